@@ -1,0 +1,1 @@
+"""The public coordinator: WireGuard handshake responder, registry, HTTP API and admin CLI."""
