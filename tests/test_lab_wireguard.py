@@ -86,9 +86,7 @@ SCENARIOS = [
 @pytest.mark.parametrize(
     ("type_a", "type_b"), SCENARIOS, ids=[f"{a.value}-{b.value}" for a, b in SCENARIOS]
 )
-def test_two_peers_punch_through_as_theory_says(
-    lab: Lab, type_a: NatType, type_b: NatType
-) -> None:
+def test_two_peers_punch_through_as_theory_says(lab: Lab, type_a: NatType, type_b: NatType) -> None:
     reflector = lab.add_public_host("stun").start_reflector()
     a = build_site(lab, 1, type_a, reflector)
     b = build_site(lab, 2, type_b, reflector)
@@ -117,8 +115,10 @@ def test_connectivity_grid(lab: Lab) -> None:
     started = time.monotonic()
 
     expected = {(i, j): direct_path_expected(types[i], types[j]) for i, j in pairs}
-    wait_for(lambda: all(handshaken(sites[i], sites[j]) for (i, j), e in expected.items() if e),
-             PUNCH_WAIT_S)  # fmt: skip
+    wait_for(
+        lambda: all(handshaken(sites[i], sites[j]) for (i, j), e in expected.items() if e),
+        PUNCH_WAIT_S,
+    )
     time.sleep(max(0.0, PUNCH_WAIT_S - (time.monotonic() - started)))
 
     seen = {(i, j): handshaken(sites[i], sites[j]) for i, j in pairs}

@@ -27,7 +27,9 @@ def pytest_configure(config: pytest.Config) -> None:
 def require_lab_host() -> None:
     """Fail, never skip: a lab test that does not run must not look like one that passed."""
     if os.geteuid() != 0:
-        pytest.fail("the lab needs root (network namespaces, nftables); run the test command as root")
+        pytest.fail(
+            "the lab needs root (network namespaces, nftables); run the test command as root"
+        )
     missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
     if missing:
         pytest.fail(f"the lab needs {', '.join(missing)}: run the README's test command to install")

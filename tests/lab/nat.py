@@ -4,7 +4,7 @@ Linux conntrack alone is a port-restricted cone only by accident (it preserves p
 and has no endpoint-independent filtering at all. So each router keeps the NAT's state explicitly,
 in nftables maps filled from the packet path, the way a real NAT keeps its mapping table:
 
-- ``eim``      internal ip . port  -> public ip . port   (endpoint-independent mapping, RFC 4787 4.1)
+- ``eim``      internal ip . port  -> public ip . port (endpoint-independent mapping, 4787 4.1)
 - ``inbound``  public port         -> internal ip . port (what unsolicited packets are let in to)
 - ``contacts`` public port . remote address that the internal endpoint has sent to
                (address-dependent filtering, RFC 4787 section 5)
@@ -87,7 +87,9 @@ def _prerouting(spec: NatSpec) -> list[str]:
     if spec.nat_type is NatType.FULL_CONE:
         rules.append(f'iifname "{wan}" ip daddr {public} {to_mapping}')
     elif spec.nat_type is NatType.ADDRESS_RESTRICTED:
-        rules.append(f'iifname "{wan}" ip daddr {public} udp dport . ip saddr @contacts {to_mapping}')
+        rules.append(
+            f'iifname "{wan}" ip daddr {public} udp dport . ip saddr @contacts {to_mapping}'
+        )
     # Port-restricted and symmetric filtering is conntrack's own: only replies get in.
     if spec.hairpin:
         # Hairpinned packets are filtered endpoint-independently, as most NATs that hairpin do.
@@ -128,8 +130,12 @@ def _record(spec: NatSpec) -> list[str]:
         if spec.nat_type.endpoint_independent_mapping:
             rules.append(f"{outbound} update @eim {{ {endpoint} : ip saddr . udp sport }}")
         rules.append(f"{outbound} update @inbound {{ udp sport : {endpoint} }}")
-    rules.append(f'oifname "{spec.wan_if}" meta l4proto udp update @contacts {{ udp sport . ip daddr }}')
-    return _chain("record", "type filter hook postrouting priority srcnat + 100; policy accept;", rules)
+    rules.append(
+        f'oifname "{spec.wan_if}" meta l4proto udp update @contacts {{ udp sport . ip daddr }}'
+    )
+    return _chain(
+        "record", "type filter hook postrouting priority srcnat + 100; policy accept;", rules
+    )
 
 
 def _filter(spec: NatSpec) -> list[str]:

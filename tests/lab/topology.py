@@ -115,15 +115,28 @@ class Segment:
         self._free = itertools.islice(network.hosts(), 1, None)
         self._ports = itertools.count()
 
-    def attach(
-        self, node: Node, ifname: str, address: ipaddress.IPv4Address | None = None
-    ) -> None:
+    def attach(self, node: Node, ifname: str, address: ipaddress.IPv4Address | None = None) -> None:
         """Plug `node` in as `ifname`; its uplink (any interface but a router's lan) routes via
         the segment's gateway, if the segment has one."""
         address = address or next(self._free)
         port = f"p{next(self._ports)}"
-        run(["ip", "-n", node.ns, "link", "add", ifname, "type", "veth",
-             "peer", "name", port, "netns", self.ns])  # fmt: skip
+        run(
+            [
+                "ip",
+                "-n",
+                node.ns,
+                "link",
+                "add",
+                ifname,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                port,
+                "netns",
+                self.ns,
+            ]
+        )
         run(["ip", "-n", self.ns, "link", "set", port, "master", "br0", "up"])
         interface = f"{address}/{self.network.prefixlen}"
         run(["ip", "-n", node.ns, "addr", "add", interface, "dev", ifname])
@@ -146,8 +159,17 @@ class Node:
         self.addresses: dict[str, ipaddress.IPv4Address] = {}
 
     def argv(self, command: Sequence[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.ns, "sh", "-c", _WITH_PRIVATE_RUN, str(self.rundir),
-                *command]  # fmt: skip
+        return [
+            "ip",
+            "netns",
+            "exec",
+            self.ns,
+            "sh",
+            "-c",
+            _WITH_PRIVATE_RUN,
+            str(self.rundir),
+            *command,
+        ]
 
     def run(
         self, command: Sequence[str], *, check: bool = True, timeout: float = 30.0
@@ -162,8 +184,9 @@ class Node:
         return process
 
     def udp_socket(self, port: int) -> UdpSocket:
-        agent = LineAgent(f"udp:{self.name}:{port}",
-                          self.argv([sys.executable, str(_UDP_AGENT), str(port)]))  # fmt: skip
+        agent = LineAgent(
+            f"udp:{self.name}:{port}", self.argv([sys.executable, str(_UDP_AGENT), str(port)])
+        )
         self.lab.processes.append(agent)
         return UdpSocket(agent)
 
@@ -236,4 +259,3 @@ class Router(Node):
 
 
 _NAT_STATE = (("map", "eim"), ("map", "inbound"), ("set", "contacts"))
-

@@ -27,7 +27,9 @@ class UdpSocket:
 
     def ask(self, reflector: Address, timeout: float = 2.0) -> Address | None:
         """The address a reflector saw this socket's datagram come from: its public mapping."""
-        answer = self.agent.request(timeout=timeout + 5, op="ask", to=list(reflector), timeout_s=timeout)
+        answer = self.agent.request(
+            timeout=timeout + 5, op="ask", to=list(reflector), timeout_s=timeout
+        )
         if answer.get("timeout"):
             return None
         return answer["mapped"][0], answer["mapped"][1]

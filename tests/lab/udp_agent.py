@@ -7,7 +7,7 @@ RFC 5389, in its simplest form).
 ``udp_agent.py PORT`` keeps one socket bound to PORT and obeys commands on stdin, one JSON
 object a line, answering one JSON line each:
   {"op": "send", "to": [ip, port], "data": "..."}
-  {"op": "recv", "timeout_s": s}               -> {"from": [ip, port], "data": "..."} or {"timeout": true}
+  {"op": "recv", "timeout_s": s}  -> {"from": [ip, port], "data": "..."} or {"timeout": true}
   {"op": "ask", "to": [ip, port], "timeout_s": s}  -> {"mapped": [ip, port]} or {"timeout": true}
 Keeping one socket for the whole scenario is the point: a NAT mapping belongs to that socket.
 """

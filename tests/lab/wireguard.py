@@ -56,8 +56,17 @@ class WireGuardGo:
         key_file = self.node.dir / f"{self.ifname}.key"
         key_file.write_text(self.keys.private_key + "\n")
         key_file.chmod(0o600)
-        self.node.run(["wg", "set", self.ifname, "private-key", str(key_file),
-                       "listen-port", str(self.listen_port)])  # fmt: skip
+        self.node.run(
+            [
+                "wg",
+                "set",
+                self.ifname,
+                "private-key",
+                str(key_file),
+                "listen-port",
+                str(self.listen_port),
+            ]
+        )
         self.node.run(["ip", "addr", "add", str(self.interface), "dev", self.ifname])
         self.node.run(["ip", "link", "set", self.ifname, "up"])
         return self

@@ -1,0 +1,59 @@
+"""The package layout: code folders install under meshpeer.*; dns/ never shadows dnspython."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dns.message
+
+import meshpeer.dns.naming
+
+REPO = Path(__file__).resolve().parent.parent
+SITE_DNS = "site-packages/dns/message.py"
+
+
+def test_dnspython_wins_under_pytest() -> None:
+    assert dns.message.__file__ is not None and dns.message.__file__.endswith(SITE_DNS)
+    assert dns.message.Message.__module__ == "dns.message"
+
+
+def test_dnspython_wins_for_python_started_in_the_repository_root() -> None:
+    probe = (
+        "import dns.message, meshpeer.dns.naming as naming;"
+        "print(dns.message.__file__); print(naming.__file__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    dnspython_file, naming_file = result.stdout.split()
+    assert dnspython_file.endswith(SITE_DNS)
+    assert Path(naming_file) == REPO / "dns" / "naming.py"
+
+
+def test_the_dns_folder_is_meshpeer_dns() -> None:
+    assert meshpeer.dns.naming.__file__ is not None
+    assert Path(meshpeer.dns.naming.__file__) == REPO / "dns" / "naming.py"
+    assert not (REPO / "dns" / "__init__.py").exists(), "a dns/__init__.py would shadow dnspython"
+
+
+def test_console_scripts_print_their_help() -> None:
+    for script in ("rendezvous", "meshpeer"):
+        path = shutil.which(script, path=str(Path(sys.executable).parent))
+        assert path is not None, f"{script} is not installed next to {sys.executable}"
+        result = subprocess.run([path], capture_output=True, text=True, check=False)
+        assert result.returncode == 0 and result.stdout.startswith(f"usage: {script}")
+
+
+def test_a_bad_flag_is_one_line_and_exit_2() -> None:
+    bin_dir = Path(sys.executable).parent
+    result = subprocess.run(
+        [bin_dir / "meshpeer", "--no-such-flag"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "meshpeer: error: unrecognized arguments: --no-such-flag"
+    )
