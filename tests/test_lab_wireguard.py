@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -61,8 +62,7 @@ def handshaken(a: Site, b: Site) -> bool:
     )
 
 
-def wait_for(predicate: object, timeout_s: float) -> bool:
-    assert callable(predicate)
+def wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():

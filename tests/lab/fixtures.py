@@ -13,6 +13,7 @@ import pytest
 from .topology import Lab
 
 REQUIRED_TOOLS = ("ip", "nft", "conntrack", "wireguard-go", "wg", "ping", "dig")
+_FAILED = pytest.StashKey[bool]()  # set per test item by the report hook below
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -41,9 +42,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if call.when == "call":
         item.stash[_FAILED] = call.excinfo is not None
     return report
-
-
-_FAILED = pytest.StashKey[bool]()
 
 
 @pytest.fixture

@@ -246,6 +246,7 @@ class Router(Node):
     def reset_mappings(self) -> None:
         """Forget every mapping, as a NAT does when it reboots: the next packet gets a new port."""
         flush = "".join(f"flush {kind} ip {TABLE} {name}\n" for kind, name in _NAT_STATE)
+        # Flushed on both sides of the conntrack flush: a packet in between would re-add them.
         run(["ip", "netns", "exec", self.ns, "nft", "-f", "-"], stdin=flush)
         run(["ip", "netns", "exec", self.ns, "conntrack", "-F"], check=False)
         run(["ip", "netns", "exec", self.ns, "nft", "-f", "-"], stdin=flush)
