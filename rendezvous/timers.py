@@ -1,0 +1,19 @@
+"""Every protocol time and limit of the rendezvous, with where its value comes from.
+
+WireGuard's come from the whitepaper section 6 and agree with the kernel, wireguard-go and
+boringtun (see shared/reference/wireguard-protocol.md).
+"""
+
+from __future__ import annotations
+
+REJECT_AFTER_TIME_S = 180.0  # a session's keys are refused this long after the handshake
+REKEY_AFTER_TIME_S = 120.0  # initiators rehandshake this often
+REJECT_AFTER_MESSAGES = 2**64 - 2**13 - 1  # counters at or past this are never accepted
+REPLAY_WINDOW = 8128  # packets behind the newest still accepted once (kernel, wireguard-go)
+INITIATION_MIN_INTERVAL_S = 0.02  # at most 50 initiations a second are processed per peer
+COOKIE_SECRET_LIFETIME_S = 120.0  # the cookie secret Rm is replaced this often
+UNDER_LOAD_HOLD_S = 1.0  # once under load, stay so this long (the kernel does too)
+# Initiations a second above which the responder asks for cookies. A full handshake costs about
+# 0.4 ms of CPU here, so this keeps handshake work to about a fifth of one core under a flood.
+UNDER_LOAD_INITIATIONS_PER_S = 500
+SESSIONS_PER_PEER = 2  # the current session and the previous one, as WireGuard keeps them
