@@ -16,7 +16,7 @@ import pytest
 
 from tests.lab import Lab, NatType
 from tests.lab.fixtures import require_lab_host
-from tests.lab.netns import namespace_names, run
+from tests.lab.netns import namespace_names, process_running, run
 from tests.lab.wireguard import WireGuardGo
 
 pytestmark = pytest.mark.lab
@@ -54,17 +54,9 @@ SCENARIO = textwrap.dedent(
 )
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return not Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
-
-
 def leftovers(record: dict[str, Any]) -> list[str]:
     found = [name for name in namespace_names() if record["run_id"] in name]
-    found += [f"pid {pid}" for pid in record["pids"] if alive(pid)]
+    found += [f"pid {pid}" for pid in record["pids"] if process_running(pid)]
     found += [
         line for line in run(["ip", "-o", "link"]).stdout.splitlines() if record["run_id"] in line
     ]

@@ -56,17 +56,37 @@ def namespace_pids(name: str) -> list[int]:
 
 def kill_namespace_processes(name: str) -> None:
     """SIGKILL whatever still runs in a namespace; a process keeps a deleted namespace alive."""
+    killed: set[int] = set()
     for _ in range(50):
         pids = namespace_pids(name)
         if not pids:
-            return
+            break
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        killed.update(pids)
         time.sleep(0.02)
-    raise LabError(f"processes {namespace_pids(name)} in namespace {name} survived SIGKILL")
+    else:
+        raise LabError(f"processes {namespace_pids(name)} in namespace {name} survived SIGKILL")
+    # A dying process leaves the namespace before it has finished exiting: wait for the end.
+    deadline = time.monotonic() + 5.0
+    while (
+        running := [pid for pid in killed if process_running(pid)]
+    ) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if running:
+        raise LabError(f"processes {running} of namespace {name} did not exit after SIGKILL")
+
+
+def process_running(pid: int) -> bool:
+    """True unless the process is gone or a zombie (dead, waiting for its parent to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(") ", 1)[1][:1] not in ("Z", "X")
 
 
 def delete_namespace(name: str) -> None:
