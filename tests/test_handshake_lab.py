@@ -12,6 +12,7 @@ import pytest
 
 from tests.lab import Host, Lab, NatType
 from tests.lab.process import LabProcess
+from tests.lab.wait import wait_until
 from tests.lab.wireguard import KeyPair, WireGuardGo
 
 pytestmark = pytest.mark.lab
@@ -32,15 +33,6 @@ def lines(probe: LabProcess) -> list[dict[str, Any]]:
 
 def confirmed_sources(probe: LabProcess) -> list[tuple[str, int]]:
     return [(line["source"][0], line["source"][1]) for line in lines(probe) if "confirmed" in line]
-
-
-def wait_until(predicate: Any, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 def test_a_peer_behind_a_nat_is_seen_at_its_mapping(lab: Lab) -> None:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 
 from tests.lab import Lab, NatType, Reflector, Router
 from tests.lab.topology import Host
+from tests.lab.wait import wait_until
 from tests.lab.wireguard import WireGuardGo, learn_mapping
 
 pytestmark = pytest.mark.lab
@@ -62,15 +62,6 @@ def handshaken(a: Site, b: Site) -> bool:
     )
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return bool(predicate())
-
-
 def ping_over_tunnel(a: Site, b: Site) -> bool:
     return any(a.host.ping(b.wg.interface.ip) for _ in range(3))
 
@@ -95,12 +86,12 @@ def test_two_peers_punch_through_as_theory_says(lab: Lab, type_a: NatType, type_
     introduce(a, b)
 
     if direct_path_expected(type_a, type_b):
-        assert wait_for(lambda: handshaken(a, b), PUNCH_WAIT_S), a.wg.show() + b.wg.show()
+        assert wait_until(lambda: handshaken(a, b), PUNCH_WAIT_S), a.wg.show() + b.wg.show()
         assert ping_over_tunnel(a, b) and ping_over_tunnel(b, a)
         # Each side talks to the other's NAT, never to a private address.
         assert a.wg.endpoints()[b.wg.public_key].startswith(f"{b.nat.public_address}:")
     else:
-        assert not wait_for(lambda: handshaken(a, b), PUNCH_WAIT_S)
+        assert not wait_until(lambda: handshaken(a, b), PUNCH_WAIT_S)
         assert not a.host.ping(b.wg.interface.ip)
 
 
@@ -115,7 +106,7 @@ def test_connectivity_grid(lab: Lab) -> None:
     started = time.monotonic()
 
     expected = {(i, j): direct_path_expected(types[i], types[j]) for i, j in pairs}
-    wait_for(
+    wait_until(
         lambda: all(handshaken(sites[i], sites[j]) for (i, j), e in expected.items() if e),
         PUNCH_WAIT_S,
     )
