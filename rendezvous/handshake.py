@@ -51,6 +51,7 @@ class _Peer:
     latest_timestamp: bytes = b""
     last_initiation_at: float | None = None
     static_static: bytes | None = None  # DH(our static, theirs): the same for every handshake
+    response_mac1_key: bytes | None = None  # HASH(LABEL_MAC1 || their key): likewise
     sessions: collections.deque[int] = field(
         default_factory=lambda: collections.deque(maxlen=timers.SESSIONS_PER_PEER)
     )
@@ -199,7 +200,9 @@ class Responder:
         nothing = noise.aead_encrypt(key, 0, b"", hash_)
         index = self._new_session(peer, chaining_key, now)
         body = wire.response_body(index, message.sender, ephemeral_public, nothing)
-        mac1 = noise.mac(noise.blake2s(noise.LABEL_MAC1, peer.public_key), body)
+        if peer.response_mac1_key is None:
+            peer.response_mac1_key = noise.blake2s(noise.LABEL_MAC1, peer.public_key)
+        mac1 = noise.mac(peer.response_mac1_key, body)
         self._outgoing.append((body + mac1 + bytes(16), source))
         self._events.append(InitiationAccepted(peer.public_key, source, peer.latest_timestamp))
         self.counts["handshakes"] += 1

@@ -6,6 +6,7 @@ response (or a cookie reply, then build the next initiation with mac2), send kee
 
 from __future__ import annotations
 
+import hmac
 import os
 import time
 from collections.abc import Callable
@@ -106,7 +107,8 @@ class Initiator:
     def _consume_response(self, message: wire.Response) -> None:
         pending = self._require_pending(message.receiver)
         body = message.raw[: wire.RESPONSE_MAC1_END]
-        if noise.mac(noise.blake2s(noise.LABEL_MAC1, self.public_key), body) != message.mac1:
+        expected = noise.mac(noise.blake2s(noise.LABEL_MAC1, self.public_key), body)
+        if not hmac.compare_digest(expected, message.mac1):
             raise HandshakeFailed("response mac1 is wrong")
         try:
             chaining_key = noise.kdf(pending.chaining_key, message.ephemeral, 1)[0]

@@ -130,14 +130,16 @@ _DECODERS: dict[MessageType, Callable[[bytes], Message]] = {
 
 def initiation_body(sender: int, ephemeral: bytes, static: bytes, timestamp: bytes) -> bytes:
     """Bytes [0, 116) of an initiation: everything mac1 covers."""
-    return _INITIATION.pack(MessageType.INITIATION, sender, ephemeral, static, timestamp,
-                            b"", b"")[:INITIATION_MAC1_END]  # fmt: skip
+    packed = _INITIATION.pack(
+        MessageType.INITIATION, sender, ephemeral, static, timestamp, b"", b""
+    )
+    return packed[:INITIATION_MAC1_END]
 
 
 def response_body(sender: int, receiver: int, ephemeral: bytes, nothing: bytes) -> bytes:
     """Bytes [0, 60) of a response: everything mac1 covers."""
-    return _RESPONSE.pack(MessageType.RESPONSE, sender, receiver, ephemeral, nothing,
-                          b"", b"")[:RESPONSE_MAC1_END]  # fmt: skip
+    packed = _RESPONSE.pack(MessageType.RESPONSE, sender, receiver, ephemeral, nothing, b"", b"")
+    return packed[:RESPONSE_MAC1_END]
 
 
 def cookie_reply(receiver: int, nonce: bytes, encrypted_cookie: bytes) -> bytes:
