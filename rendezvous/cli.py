@@ -1,30 +1,273 @@
-"""Command line of the rendezvous (``rendezvous``)."""
+"""Command line of the rendezvous (``rendezvous``): serve, and administer the data folder.
+
+Every subcommand works on one data folder (`--data-dir`, `RENDEZVOUS_DATA_DIR`, or the shared
+default), so `rendezvous token create` needs no flags next to a running `rendezvous serve`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import signal
+import sqlite3
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from . import settings as config
+from .console import (
+    FAILURE,
+    USAGE_ERROR,
+    Failure,
+    OneLineParser,
+    UsageError,
+    configure_logging,
+    report,
+)
+from .model import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    Peer,
+    TokenRejected,
+    encode_key,
+    format_endpoint,
+    parse_duration,
+    parse_key,
+    parse_name,
+    parse_routes,
+)
+from .registry import ADMIN_TOKEN_NAME, Registry
+from .service import ListenError, Rendezvous
+
+PROG = "rendezvous"
+_SERVE_FLAGS = {
+    "zone": "DNS zone the peers are published in (default mesh.internal.)",
+    "network": "mesh network, as a CIDR (default 10.77.0.0/16)",
+    "wg_listen": "HOST:PORT of the WireGuard responder (default 0.0.0.0:51820)",
+    "dns_listen": "HOST:PORT of the DNS server, UDP and TCP (default 0.0.0.0:53)",
+    "api_listen": "HOST:PORT of the HTTP API (default 0.0.0.0:51821)",
+    "public_endpoint": "HOST:PORT peers dial for WireGuard (default: this host's address)",
+    "public_api_url": "URL peers use for the API (default http://PUBLIC-HOST:API-PORT)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rendezvous",
+    parser = OneLineParser(
+        prog=PROG,
         description=(
             "The meshpeer rendezvous: completes WireGuard handshakes with every registered peer, "
             "records each NAT-mapped endpoint and publishes it as DNS-SD."
         ),
     )
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = OneLineParser(add_help=False)
+    common.add_argument(
+        "--data-dir",
+        type=Path,
+        help="the rendezvous's data folder (env RENDEZVOUS_DATA_DIR; "
+        f"default {config.default_data_dir()})",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser("serve", parents=[common], help="run the rendezvous")
+    for name, text in _SERVE_FLAGS.items():
+        flag = "--" + name.replace("_", "-")
+        serve.add_argument(flag, dest=name, help=f"{text}; env RENDEZVOUS_{name.upper()}")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+
+    token = commands.add_parser("token", help="join tokens").add_subparsers(
+        dest="token_command", metavar="ACTION", required=True
+    )
+    create = token.add_parser("create", parents=[common], help="print a new join token")
+    create.add_argument("--uses", type=int, default=1, help="how many peers may join with it")
+    create.add_argument("--expires", default="24h", help="lifetime such as 30m, 24h, 7d")
+    listing = token.add_parser("list", parents=[common], help="list join tokens")
+    listing.add_argument("--json", action="store_true")
+    revoke = token.add_parser("revoke", parents=[common], help="revoke a join token")
+    revoke.add_argument("token_id", metavar="ID", help="the id `token list` shows")
+
+    info = commands.add_parser("info", parents=[common], help="what peers need to know")
+    info.add_argument("--json", action="store_true")
+
+    peer = commands.add_parser("peer", help="register or remove a peer by hand").add_subparsers(
+        dest="peer_command", metavar="ACTION", required=True
+    )
+    add = peer.add_parser("add", parents=[common], help="register an existing WireGuard peer")
+    add.add_argument("--public-key", required=True, help="its public key (wg pubkey)")
+    add.add_argument("--name", required=True, help="its name, a DNS label")
+    add.add_argument("--routes", default="", help="CIDRs it routes to, comma-separated")
+    remove = peer.add_parser("remove", parents=[common], help="remove a peer")
+    remove.add_argument("peer", metavar="NAME|KEY")
+
+    peers = commands.add_parser("peers", parents=[common], help="list registered peers")
+    peers.add_argument("--json", action="store_true")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)  # exits 2 with a one-line usage error on bad input
+    args = parser.parse_args(argv)  # exits 2 with a one-line error on a bad flag
     if args.command is None:
         parser.print_help(sys.stdout)
+        return 0
+    try:
+        return asyncio.run(_dispatch(args))
+    except (UsageError, InvalidInput, Conflict, NotFound, TokenRejected) as error:
+        return report(PROG, error, USAGE_ERROR)
+    except (Failure, ListenError) as error:
+        return report(PROG, error, FAILURE)
+    except sqlite3.Error as error:
+        return report(PROG, f"the data folder's database failed: {error}", FAILURE)
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir or config.default_data_dir()
+    if args.command == "serve":
+        return await _serve(args, data_dir)
+    action = _ACTIONS[(args.command, getattr(args, f"{args.command}_command", None))]
+    registry = await Registry.open(data_dir)
+    try:
+        await action(registry, args)
+    finally:
+        await registry.close()
     return 0
+
+
+async def _serve(args: argparse.Namespace, data_dir: Path) -> int:
+    configure_logging(args.log_level)
+    flags = config.from_mapping({name: getattr(args, name) for name in _SERVE_FLAGS})
+    given = config.merge(flags, config.from_environment())
+    service = Rendezvous(await Registry.open(data_dir, given))
+    try:
+        await service.start()
+        print(
+            f"make a join token with: {PROG} token create --data-dir {data_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
+        await _until_signalled()
+    finally:
+        await service.stop()
+    return 0
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
+# -- administration ---------------------------------------------------------------------------
+
+
+async def _token_create(registry: Registry, args: argparse.Namespace) -> None:
+    print(await registry.create_token(args.uses, parse_duration(args.expires)))
+
+
+async def _token_list(registry: Registry, args: argparse.Namespace) -> None:
+    listed = await registry.list_tokens()
+    if args.json:
+        print(json.dumps([token.to_json() for token in listed], indent=2))
+        return
+    now = time.time()
+    rows = [["ID", "USES LEFT", "EXPIRES", "STATE"]]
+    for token in listed:
+        state = "revoked" if token.revoked else "expired" if token.expires_at <= now else "valid"
+        expires = time.strftime("%Y-%m-%d %H:%M", time.localtime(token.expires_at))
+        rows.append([token.token_id, str(token.uses_left), expires, state])
+    _print_table(rows)
+
+
+async def _token_revoke(registry: Registry, args: argparse.Namespace) -> None:
+    await registry.revoke_token(args.token_id)
+    print(f"revoked {args.token_id}")
+
+
+async def _info(registry: Registry, args: argparse.Namespace) -> None:
+    settings = registry.settings
+    facts = {
+        "public_key": encode_key(registry.public_key),
+        "endpoint": format_endpoint(settings.public_endpoint),
+        "zone": settings.zone,
+        "network": str(settings.network),
+        "dns": format_endpoint(settings.dns_address),
+        "api_url": settings.public_api_url,
+        "address": str(settings.rendezvous_address),
+        "admin_token_file": str(registry.data_dir / ADMIN_TOKEN_NAME),
+    }
+    if args.json:
+        print(json.dumps(facts, indent=2))
+    else:
+        _print_table([[key.replace("_", " "), value] for key, value in facts.items()])
+
+
+async def _peer_add(registry: Registry, args: argparse.Namespace) -> None:
+    key = parse_key(args.public_key, "--public-key")
+    routes = parse_routes(args.routes, registry.settings.network)
+    peer = await registry.add_peer(key, parse_name(args.name), routes)
+    print(peer.address)
+
+
+async def _peer_remove(registry: Registry, args: argparse.Namespace) -> None:
+    peer = await registry.remove_peer(args.peer)
+    print(f"removed {peer.name} ({peer.address})")
+
+
+async def _peers(registry: Registry, args: argparse.Namespace) -> None:
+    listed = registry.peers()
+    if args.json:
+        print(json.dumps([peer.to_json() for peer in listed], indent=2))
+        return
+    rows = [["NAME", "ADDRESS", "ENDPOINT", "HANDSHAKE", "ROUTES", "PUBLIC KEY"]]
+    now = time.time()
+    rows.extend(_peer_row(peer, now) for peer in listed)
+    _print_table(rows)
+
+
+def _peer_row(peer: Peer, now: float) -> list[str]:
+    return [
+        peer.name,
+        str(peer.address),
+        format_endpoint(peer.endpoint) if peer.endpoint else "-",
+        _ago(peer.last_handshake, now),
+        ",".join(str(route) for route in peer.routes) or "-",
+        peer.public_key_b64,
+    ]
+
+
+def _ago(moment: float | None, now: float) -> str:
+    if moment is None:
+        return "never"
+    seconds = max(0, int(now - moment))
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h ago"
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
+
+
+Action = Callable[[Registry, argparse.Namespace], Awaitable[None]]
+_ACTIONS: dict[tuple[str, str | None], Action] = {
+    ("token", "create"): _token_create,
+    ("token", "list"): _token_list,
+    ("token", "revoke"): _token_revoke,
+    ("info", None): _info,
+    ("peer", "add"): _peer_add,
+    ("peer", "remove"): _peer_remove,
+    ("peers", None): _peers,
+}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,293 @@
+"""The HTTP API (aiohttp): join, peers, watch, admin calls, health and metrics.
+
+Every answer is JSON, errors included: `{"error": "<what to fix>"}` with a 4xx status for
+anything the caller got wrong. Peers authenticate with the credential `join` gave them, the
+operator with the admin token from the data folder; both as `Authorization: Bearer ...`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from . import model
+from .metrics import CONTENT_TYPE, ApiCounters, Snapshot, render
+from .model import Conflict, InvalidInput, NotFound, Peer, TokenRejected
+from .registry import Registry
+
+logger = logging.getLogger("meshpeer.rendezvous.api")
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_WATCH_S = 60.0
+DEFAULT_WATCH_S = 30.0
+REGISTRY = web.AppKey("registry", Registry)
+COUNTERS = web.AppKey("counters", ApiCounters)
+SNAPSHOT: web.AppKey[Callable[[], Snapshot]] = web.AppKey("snapshot")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_STATUS_OF: dict[type[Exception], int] = {
+    InvalidInput: 400,
+    TokenRejected: 403,
+    NotFound: 404,
+    Conflict: 409,
+}
+
+
+class Unauthorized(Exception):
+    pass
+
+
+def create_app(
+    registry: Registry, snapshot: Callable[[], Snapshot], counters: ApiCounters
+) -> web.Application:
+    """`snapshot` gathers the figures of /metrics, including those in `counters`."""
+    app = web.Application(middlewares=[_json_errors], client_max_size=MAX_BODY_BYTES)
+    app[REGISTRY] = registry
+    app[COUNTERS] = counters
+    app[SNAPSHOT] = snapshot
+    app.router.add_post("/v1/join", join)
+    app.router.add_get("/v1/self", show_self)
+    app.router.add_delete("/v1/self", leave)
+    app.router.add_get("/v1/peers", list_peers)
+    app.router.add_get("/v1/watch", watch)
+    app.router.add_get("/v1/admin/tokens", list_tokens)
+    app.router.add_post("/v1/admin/tokens", create_token)
+    app.router.add_delete("/v1/admin/tokens/{token_id}", revoke_token)
+    app.router.add_post("/v1/admin/peers", add_peer)
+    app.router.add_delete("/v1/admin/peers/{peer}", remove_peer)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPException as error:
+        response = _error(error.status, error.reason)
+    except Unauthorized as error:
+        response = _error(401, str(error))
+    except (InvalidInput, TokenRejected, NotFound, Conflict) as error:
+        response = _error(_STATUS_OF[type(error)], str(error))
+    except Exception:
+        logger.exception("unexpected error in %s %s", request.method, request.path)
+        response = _error(500, "internal error; the rendezvous log has the details")
+    route = request.match_info.route.resource
+    request.app[COUNTERS].count(route.canonical if route else "unmatched", response.status)
+    return response
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+# -- peers ------------------------------------------------------------------------------------
+
+
+async def join(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    body = await _json_object(request)
+    public_key = model.parse_key(body.get("public_key"))
+    name = model.parse_name(body.get("name"))
+    routes = model.parse_routes(body.get("routes", []), registry.settings.network)
+    registration = await registry.join(_text(body, "token"), public_key, name, routes)
+    answer = _configuration(registry, registration.peer)
+    answer["credential"] = registration.credential
+    return web.json_response(answer, status=201 if registration.created else 200)
+
+
+async def show_self(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    return web.json_response(_configuration(registry, _peer_caller(request)))
+
+
+async def leave(request: web.Request) -> web.Response:
+    peer = _peer_caller(request)
+    await request.app[REGISTRY].remove_peer(peer.public_key_b64)
+    return web.json_response({"removed": peer.to_json()})
+
+
+async def list_peers(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    await _any_caller(request)
+    return web.json_response([peer.to_json() for peer in registry.peers()])
+
+
+async def watch(request: web.Request) -> web.Response:
+    """Long poll: answers at once when `since` is behind, else at the next change or timeout."""
+    registry = request.app[REGISTRY]
+    await _any_caller(request)
+    query = request.query
+    since = _int_parameter(query.get("since"), "since")
+    epoch = query.get("epoch")
+    if epoch is not None and len(epoch) > 64:
+        raise InvalidInput("epoch must be the value a previous watch returned")
+    timeout = _float_parameter(query.get("timeout"), "timeout", DEFAULT_WATCH_S)
+    result = await registry.watch(epoch, since, min(timeout, MAX_WATCH_S))
+    return web.json_response(
+        {
+            "epoch": result.epoch,
+            "revision": result.revision,
+            "full": result.full,
+            "peers": [peer.to_json() for peer in result.peers],
+            "removed": [model.encode_key(key) for key in result.removed],
+        }
+    )
+
+
+# -- the operator -----------------------------------------------------------------------------
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    await _admin(request)
+    return web.json_response([token.to_json() for token in await registry.list_tokens()])
+
+
+async def create_token(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    await _admin(request)
+    body = await _json_object(request)
+    uses = body.get("uses", 1)
+    if not isinstance(uses, int) or isinstance(uses, bool):
+        raise InvalidInput("uses must be a whole number such as 5")
+    lifetime = model.parse_duration(_text(body, "expires", "24h"))
+    token = await registry.create_token(uses, lifetime)
+    return web.json_response({"token": token}, status=201)
+
+
+async def revoke_token(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    await _admin(request)
+    await registry.revoke_token(request.match_info["token_id"])
+    return web.json_response({"revoked": request.match_info["token_id"]})
+
+
+async def add_peer(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    await _admin(request)
+    body = await _json_object(request)
+    public_key = model.parse_key(body.get("public_key"))
+    name = model.parse_name(body.get("name"))
+    routes = model.parse_routes(body.get("routes", []), registry.settings.network)
+    peer = await registry.add_peer(public_key, name, routes)
+    return web.json_response(_configuration(registry, peer), status=201)
+
+
+async def remove_peer(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    await _admin(request)
+    peer = await registry.remove_peer(request.match_info["peer"])
+    return web.json_response({"removed": peer.to_json()})
+
+
+# -- health -----------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    registry = request.app[REGISTRY]
+    return web.json_response({"status": "ok", "peers": len(registry)})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    response = web.Response(text=render(request.app[SNAPSHOT]()))
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _configuration(registry: Registry, peer: Peer) -> dict[str, Any]:
+    """All a peer needs to configure its interface, as join and /v1/self return it."""
+    settings = registry.settings
+    return {
+        "peer": peer.to_json(),
+        "network": str(settings.network),
+        "zone": settings.zone,
+        "rendezvous": {
+            "public_key": model.encode_key(registry.public_key),
+            "endpoint": model.format_endpoint(settings.public_endpoint),
+            "address": str(settings.rendezvous_address),
+        },
+        "dns": model.format_endpoint(settings.dns_address),
+        "api_url": settings.public_api_url,
+    }
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json(loads=_strict_loads)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("the request body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    return body
+
+
+def _strict_loads(text: str) -> Any:
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _text(body: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = body.get(key, default)
+    if not isinstance(value, str):
+        raise InvalidInput(f"{key} must be a string")
+    return value
+
+
+def _int_parameter(text: str | None, name: str) -> int | None:
+    if text is None:
+        return None
+    if not text.isdigit() or len(text) > 18:
+        raise InvalidInput(f"{name} must be a whole number")
+    return int(text)
+
+
+def _float_parameter(text: str | None, name: str, default: float) -> float:
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidInput(f"{name} must be a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise InvalidInput(f"{name} must be a number of seconds")
+    return value
+
+
+def _bearer(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Unauthorized("send Authorization: Bearer <credential from join, or admin token>")
+    return value.strip()
+
+
+def _peer_caller(request: web.Request) -> Peer:
+    peer = request.app[REGISTRY].authenticate(_bearer(request))
+    if peer is None:
+        raise Unauthorized("unknown credential; join again with a token")
+    return peer
+
+
+async def _admin(request: web.Request) -> None:
+    if not await request.app[REGISTRY].is_admin(_bearer(request)):
+        raise Unauthorized("unknown admin token; it is in the data folder's admin-token file")
+
+
+async def _any_caller(request: web.Request) -> None:
+    secret = _bearer(request)
+    registry = request.app[REGISTRY]
+    if registry.authenticate(secret) is None and not await registry.is_admin(secret):
+        raise Unauthorized("unknown credential; join again with a token")

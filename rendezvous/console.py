@@ -1,0 +1,40 @@
+"""What both command lines share: one-line errors with exit code 2, and logging set-up."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import NoReturn
+
+USAGE_ERROR = 2
+FAILURE = 1
+
+
+class UsageError(Exception):
+    """A user mistake; the message says what to fix (exit 2)."""
+
+
+class Failure(Exception):
+    """Not the user's mistake, but still one line to explain it (exit 1)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag costs one line (with the way to help), not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def report(prog: str, error: BaseException | str, code: int) -> int:
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    return code
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+        stream=sys.stderr,
+    )

@@ -1,0 +1,69 @@
+"""`/metrics` in the Prometheus text exposition format (version 0.0.4)."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(slots=True)
+class ApiCounters:
+    requests: collections.Counter[tuple[str, int]] = field(default_factory=collections.Counter)
+
+    def count(self, route: str, status: int) -> None:
+        self.requests[(route, status)] += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything `/metrics` reports, gathered at one moment."""
+
+    counts: Mapping[str, int]  # the responder's: handshakes, transport, cookie_replies
+    drops: Mapping[str, int]
+    under_load: bool
+    peers: int
+    peers_with_endpoint: int
+    api_requests: Mapping[tuple[str, int], int]
+
+
+def render(snapshot: Snapshot) -> str:
+    lines: list[str] = []
+    _metric(lines, "handshakes_total", "counter", "Handshake initiations answered.")
+    lines.append(f"meshpeer_handshakes_total {snapshot.counts.get('handshakes', 0)}")
+    _metric(lines, "keepalives_total", "counter", "Authenticated transport packets received.")
+    lines.append(f"meshpeer_keepalives_total {snapshot.counts.get('transport', 0)}")
+    _metric(lines, "cookie_replies_total", "counter", "Cookie replies sent while under load.")
+    lines.append(f"meshpeer_cookie_replies_total {snapshot.counts.get('cookie_replies', 0)}")
+    _metric(lines, "drops_total", "counter", "Datagrams dropped without a reply, by reason.")
+    lines.extend(_labelled("drops_total", {(("reason", k),): v for k, v in snapshot.drops.items()}))
+    _metric(lines, "under_load", "gauge", "1 while initiations need a cookie (mac2).")
+    lines.append(f"meshpeer_under_load {int(snapshot.under_load)}")
+    _metric(lines, "peers", "gauge", "Registered peers.")
+    lines.append(f"meshpeer_peers {snapshot.peers}")
+    _metric(lines, "peers_with_endpoint", "gauge", "Peers with a confirmed endpoint.")
+    lines.append(f"meshpeer_peers_with_endpoint {snapshot.peers_with_endpoint}")
+    _metric(lines, "api_requests_total", "counter", "HTTP API requests, by route and status.")
+    api: dict[tuple[tuple[str, str], ...], int] = {
+        (("route", route), ("status", str(status))): value
+        for (route, status), value in snapshot.api_requests.items()
+    }
+    lines.extend(_labelled("api_requests_total", api))
+    return "\n".join(lines) + "\n"
+
+
+def _metric(lines: list[str], name: str, kind: str, help_text: str) -> None:
+    lines.append(f"# HELP meshpeer_{name} {help_text}")
+    lines.append(f"# TYPE meshpeer_{name} {kind}")
+
+
+def _labelled(name: str, values: Mapping[tuple[tuple[str, str], ...], int]) -> Iterable[str]:
+    for labels, value in sorted(values.items()):
+        text = ",".join(f'{key}="{_escape(label)}"' for key, label in labels)
+        yield f"meshpeer_{name}{{{text}}} {value}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -1,0 +1,188 @@
+"""The registry's vocabulary and the checks on everything a user or a peer hands us.
+
+Pure functions and frozen records: the HTTP API and the CLI both validate through here, so a
+mistake gets the same one-line explanation wherever it is made.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+from dataclasses import dataclass
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Endpoint = tuple[str, int]
+
+KEY_SIZE = 32
+MAX_ROUTES = 64
+# A DNS label (RFC 1035 2.3.1, lower case): a peer's name is also `<name>.<zone>` in DNS-SD.
+_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_DURATION_PART = re.compile(r"(\d+)([smhdw])")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class InvalidInput(ValueError):
+    """A user or peer mistake; the message says what to fix, in one line."""
+
+
+class Conflict(Exception):
+    """The request is valid but clashes with the registry (a name or key already taken)."""
+
+
+class NotFound(LookupError):
+    """No such peer or token."""
+
+
+class TokenRejected(Exception):
+    """A join token that is unknown, revoked, expired or used up; the message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    public_key: bytes
+    name: str
+    address: IPAddress
+    routes: tuple[IPNetwork, ...] = ()
+    endpoint: Endpoint | None = None
+    endpoint_confirmed_at: float | None = None  # when this endpoint was first confirmed
+    last_handshake: float | None = None
+    handshake_timestamp: bytes = b""  # the newest TAI64N accepted: the replay floor
+
+    @property
+    def public_key_b64(self) -> str:
+        return encode_key(self.public_key)
+
+    def to_json(self) -> dict[str, object]:
+        """The contract of `rendezvous peers --json` and the API (DESIGN.md), plus extras."""
+        return {
+            "name": self.name,
+            "public_key": self.public_key_b64,
+            "address": str(self.address),
+            "endpoint": format_endpoint(self.endpoint) if self.endpoint else None,
+            "last_handshake": _whole_seconds(self.last_handshake),
+            "endpoint_confirmed_at": _whole_seconds(self.endpoint_confirmed_at),
+            "routes": [str(route) for route in self.routes],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    token_id: str
+    uses_left: int
+    expires_at: float
+    created_at: float
+    revoked: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.token_id,
+            "uses_left": self.uses_left,
+            "expires_at": int(self.expires_at),
+            "created_at": int(self.created_at),
+            "revoked": self.revoked,
+        }
+
+
+def _whole_seconds(moment: float | None) -> int | None:
+    return None if moment is None else int(moment)
+
+
+def encode_key(key: bytes) -> str:
+    return base64.b64encode(key).decode()
+
+
+def parse_key(text: object, what: str = "public key") -> bytes:
+    if not isinstance(text, str) or len(text) != 44:
+        raise InvalidInput(f"{what} must be 44 characters of base64 (as `wg pubkey` prints)")
+    try:
+        key = base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise InvalidInput(f"{what} is not valid base64: {text!r}") from None
+    if len(key) != KEY_SIZE:
+        raise InvalidInput(f"{what} must decode to {KEY_SIZE} bytes")
+    return key
+
+
+def parse_name(text: object) -> str:
+    if not isinstance(text, str) or not _NAME.fullmatch(text):
+        raise InvalidInput(
+            f"name {text!r} must be 1-63 lower-case letters, digits or '-', "
+            "not starting or ending with '-' (it becomes a DNS label)"
+        )
+    return text
+
+
+def parse_routes(value: object, mesh: IPNetwork) -> tuple[IPNetwork, ...]:
+    """Advertised routes: a list (or comma-separated text) of CIDRs outside the mesh network."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise InvalidInput("routes must be a list of CIDRs such as 192.168.1.0/24")
+    if len(items) > MAX_ROUTES:
+        raise InvalidInput(f"at most {MAX_ROUTES} routes per peer")
+    routes: list[IPNetwork] = []
+    for item in items:
+        if isinstance(item, str) and not item.strip():
+            continue
+        route = parse_cidr(item, "route")
+        if route.overlaps(mesh):
+            raise InvalidInput(f"route {route} overlaps the mesh network {mesh}")
+        if route not in routes:
+            routes.append(route)
+    return tuple(routes)
+
+
+def parse_cidr(text: object, what: str) -> IPNetwork:
+    if not isinstance(text, str):
+        raise InvalidInput(f"{what} must be a CIDR such as 192.168.1.0/24")
+    try:
+        return ipaddress.ip_network(text.strip())
+    except ValueError as error:
+        if "host bits set" in str(error):
+            loose = ipaddress.ip_network(text.strip(), strict=False)
+            raise InvalidInput(f"{what} {text} has host bits set; did you mean {loose}?") from None
+        raise InvalidInput(f"{what} {text!r} is not a CIDR such as 192.168.1.0/24") from None
+
+
+def parse_mesh_network(text: str) -> IPNetwork:
+    network = parse_cidr(text, "network")
+    if network.num_addresses < 4:
+        raise InvalidInput(f"network {network} is too small: it needs room for peers")
+    return network
+
+
+def parse_duration(text: str) -> float:
+    """`90s`, `30m`, `24h`, `7d`, `2w` or combinations such as `1h30m`, in seconds."""
+    compact = text.strip().lower()
+    parts = _DURATION_PART.findall(compact)
+    if not parts or "".join(n + u for n, u in parts) != compact:
+        raise InvalidInput(f"duration {text!r} must look like 90s, 30m, 24h, 7d or 1h30m")
+    seconds = sum(int(number) * _SECONDS[unit] for number, unit in parts)
+    if seconds <= 0:
+        raise InvalidInput(f"duration {text!r} must be longer than zero")
+    return float(seconds)
+
+
+def format_endpoint(endpoint: Endpoint) -> str:
+    host, port = endpoint
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_host_port(text: str, what: str) -> Endpoint:
+    """HOST:PORT or [V6]:PORT, as the serve flags take them."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host:
+        raise InvalidInput(f"{what} {text!r} must be HOST:PORT, e.g. 0.0.0.0:51820")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise InvalidInput(f"{what} {text!r} needs a port between 1 and 65535")
+    return host, int(port_text)
+
+
+def unmap_address(host: str) -> str:
+    """`::ffff:192.0.2.1` (a dual-stack socket's view of IPv4) is just 192.0.2.1."""
+    if host.startswith("::ffff:") and "." in host:
+        return host[len("::ffff:") :]
+    return host

@@ -1,0 +1,769 @@
+"""The registry: networks, peers, join tokens and the rendezvous key, in SQLite (WAL).
+
+One process serves (`rendezvous serve`); the admin CLI writes to the same file from others.
+Every write is one `BEGIN IMMEDIATE` transaction, so SQLite orders writers across processes,
+and commits with `synchronous=FULL`: a join is acknowledged only once it would survive a crash.
+
+The serving process keeps every peer in memory (the handshake responder, DNS and the watch API
+read from there, never from disk) and learns of other processes' writes from a `changes` table,
+polled cheaply through `PRAGMA data_version`. What the responder observes (endpoints, handshake
+times, the TAI64N replay floor) is written behind, in batches: an endpoint change within
+`ENDPOINT_FLUSH_S`, the rest within `LAZY_FLUSH_S`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import aiosqlite
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from . import settings as config
+from . import tokens
+from .model import (
+    Conflict,
+    Endpoint,
+    InvalidInput,
+    IPAddress,
+    NotFound,
+    Peer,
+    Token,
+    TokenRejected,
+    encode_key,
+    parse_cidr,
+    parse_key,
+)
+from .noise import public_bytes
+
+logger = logging.getLogger("meshpeer.rendezvous.registry")
+
+DATABASE_NAME = "rendezvous.sqlite3"
+ADMIN_TOKEN_NAME = "admin-token"  # noqa: S105 (a file name, not a secret)
+SCHEMA_VERSION = 1
+ENDPOINT_FLUSH_S = 0.02
+LAZY_FLUSH_S = 1.0
+FOREIGN_POLL_S = 0.05  # how soon a CLI write (peer remove, ...) reaches DNS and watchers
+WATCH_LOG_LENGTH = 100_000
+BUSY_TIMEOUT_MS = 10_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS networks (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    cidr TEXT NOT NULL,
+    zone TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS peers (
+    public_key BLOB PRIMARY KEY,
+    network_id INTEGER NOT NULL REFERENCES networks(id),
+    name TEXT NOT NULL,
+    address TEXT NOT NULL,
+    routes TEXT NOT NULL DEFAULT '[]',
+    endpoint_host TEXT,
+    endpoint_port INTEGER,
+    endpoint_confirmed_at REAL,
+    last_handshake REAL,
+    handshake_timestamp BLOB NOT NULL DEFAULT x'',
+    credential_hash BLOB UNIQUE,
+    created_at REAL NOT NULL,
+    UNIQUE (network_id, name),
+    UNIQUE (network_id, address)
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY,
+    network_id INTEGER NOT NULL REFERENCES networks(id),
+    secret_hash BLOB NOT NULL UNIQUE,
+    uses_left INTEGER NOT NULL CHECK (uses_left >= 0),
+    expires_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    public_key BLOB NOT NULL
+);
+"""
+_PEER_COLUMNS = (
+    "public_key, name, address, routes, endpoint_host, endpoint_port, "
+    "endpoint_confirmed_at, last_handshake, handshake_timestamp"
+)
+
+ChangeKind = Literal["added", "updated", "removed"]
+Listener = Callable[[ChangeKind, Peer], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    peer: Peer
+    credential: str
+    created: bool  # False when the same key and name joined again (a retried join)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchResult:
+    epoch: str
+    revision: int
+    full: bool  # True: `peers` is every peer (the watcher was too far behind, or new)
+    peers: list[Peer]
+    removed: list[bytes]
+
+
+@dataclass(slots=True)
+class _WatchLog:
+    epoch: str = field(default_factory=lambda: uuid.uuid4().hex)
+    revision: int = 0
+    entries: collections.deque[tuple[int, bytes]] = field(
+        default_factory=lambda: collections.deque(maxlen=WATCH_LOG_LENGTH)
+    )
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Registry:
+    """Open with `await Registry.open(data_dir)`; close with `await registry.close()`."""
+
+    def __init__(self, db: aiosqlite.Connection, data_dir: Path) -> None:
+        self._db = db
+        self.data_dir = data_dir
+        self.settings: config.Settings
+        self.given: config.Overrides = config.Overrides()
+        self.private_key: X25519PrivateKey
+        self.public_key = b""
+        self._network_id = 0
+        self._peers: dict[bytes, Peer] = {}
+        self._by_name: dict[str, bytes] = {}
+        self._by_credential: dict[bytes, bytes] = {}  # credential hash -> public key
+        self._credential_of: dict[bytes, bytes] = {}  # public key -> credential hash
+        self._listeners: list[Listener] = []
+        self._write_lock = asyncio.Lock()
+        self._next_address = 0
+        self._seen_seq = 0
+        self._data_version = -1
+        self._dirty: set[bytes] = set()
+        self._endpoint_moved = asyncio.Event()
+        self._log = _WatchLog()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- opening and closing ------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, data_dir: Path, given: config.Overrides | None = None) -> Registry:
+        """Open (or create) the data folder; `given` are serve's flags, stored for later."""
+        _make_private_dir(data_dir)
+        db = await aiosqlite.connect(
+            data_dir / DATABASE_NAME, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+        try:
+            os.chmod(data_dir / DATABASE_NAME, 0o600)  # it holds the rendezvous private key
+            registry = cls(db, data_dir)
+            await registry._prepare(given)
+        except BaseException:
+            await db.close()
+            raise
+        return registry
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        with contextlib.suppress(sqlite3.Error):
+            await self.flush()
+        await self._db.close()
+
+    def start_background(self) -> None:
+        """Serving only: write observations behind, and follow other processes' writes."""
+        self._tasks.append(asyncio.create_task(self._flush_loop(), name="registry-flush"))
+        self._tasks.append(asyncio.create_task(self._follow_loop(), name="registry-follow"))
+
+    async def _prepare(self, given: config.Overrides | None) -> None:
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=FULL",
+            f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
+            "PRAGMA foreign_keys=ON",
+        ):
+            await self._db.execute(pragma)
+        await self._db.executescript(_SCHEMA)  # each CREATE ... IF NOT EXISTS is idempotent
+        async with self._write() as db:
+            meta = await _read_meta(db)
+            stored = config.from_mapping(json.loads(meta.get("settings", "{}")))
+            self.given = config.merge(given, stored) if given else stored
+            self.settings = config.resolve(self.given)
+            await self._store_settings(db, meta)
+            self.private_key = await self._load_or_make_key(db, meta)
+            await self._ensure_admin_token(db, meta)
+        self.public_key = public_bytes(self.private_key)
+        await self._load_peers()
+
+    async def _store_settings(self, db: aiosqlite.Connection, meta: dict[str, str]) -> None:
+        if "schema" not in meta:
+            await _set_meta(db, "schema", str(SCHEMA_VERSION))
+        await _set_meta(db, "settings", json.dumps(config.to_mapping(self.given), sort_keys=True))
+        rows = await db.execute_fetchall("SELECT id, cidr FROM networks WHERE name = 'default'")
+        network = str(self.settings.network)
+        if not rows:
+            cursor = await db.execute(
+                "INSERT INTO networks (name, cidr, zone) VALUES ('default', ?, ?)",
+                (network, self.settings.zone),
+            )
+            self._network_id = int(cursor.lastrowid or 0)
+            return
+        network_id, stored_cidr = next(iter(rows))
+        self._network_id = int(network_id)
+        if stored_cidr != network:
+            count = await _count(db, "SELECT count(*) FROM peers WHERE network_id = ?", network_id)
+            if count:
+                raise InvalidInput(
+                    f"the data folder's network is {stored_cidr} with {count} peers; "
+                    f"remove them first or use a new --data-dir to move to {network}"
+                )
+        await db.execute(
+            "UPDATE networks SET cidr = ?, zone = ? WHERE id = ?",
+            (network, self.settings.zone, network_id),
+        )
+
+    async def _load_or_make_key(
+        self, db: aiosqlite.Connection, meta: dict[str, str]
+    ) -> X25519PrivateKey:
+        if "private_key" in meta:
+            raw = parse_key(meta["private_key"], "stored private key")
+            return X25519PrivateKey.from_private_bytes(raw)
+        key = X25519PrivateKey.generate()
+        await _set_meta(db, "private_key", encode_key(key.private_bytes_raw()))
+        return key
+
+    async def _ensure_admin_token(self, db: aiosqlite.Connection, meta: dict[str, str]) -> None:
+        """The admin API's bearer token: its hash in the database, the token in a 0600 file."""
+        path = self.data_dir / ADMIN_TOKEN_NAME
+        if "admin_hash" in meta and path.exists():
+            return
+        secret = secrets.token_urlsafe(32)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secret + "\n")
+        await _set_meta(db, "admin_hash", tokens.hash_secret(secret.encode()).hex())
+
+    async def _load_peers(self) -> None:
+        rows = await self._db.execute_fetchall(
+            f"SELECT {_PEER_COLUMNS}, credential_hash FROM peers WHERE network_id = ?",  # noqa: S608
+            (self._network_id,),
+        )
+        for row in rows:
+            peer = _peer_from_row(row)
+            self._remember(peer, row[-1])
+        self._next_address = _after_highest(self._peers.values(), self.settings)
+        self._seen_seq = await _count(self._db, "SELECT coalesce(max(seq), 0) FROM changes")
+        self._data_version = await self._read_data_version()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def peers(self) -> list[Peer]:
+        return sorted(self._peers.values(), key=lambda peer: peer.name)
+
+    def peer(self, public_key: bytes) -> Peer | None:
+        return self._peers.get(public_key)
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def find(self, name_or_key: str) -> Peer:
+        key = self._by_name.get(name_or_key)
+        if key is None:
+            with contextlib.suppress(InvalidInput):
+                key = parse_key(name_or_key)
+        peer = self._peers.get(key) if key else None
+        if peer is None:
+            raise NotFound(f"no peer named or keyed {name_or_key!r}; `rendezvous peers` lists them")
+        return peer
+
+    def authenticate(self, credential: str) -> Peer | None:
+        key = self._by_credential.get(tokens.hash_secret(credential.encode()))
+        return self._peers.get(key) if key else None
+
+    async def is_admin(self, secret: str) -> bool:
+        meta = await _read_meta(self._db)
+        expected = meta.get("admin_hash", "")
+        return secrets.compare_digest(tokens.hash_secret(secret.encode()).hex(), expected)
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    # -- tokens -------------------------------------------------------------------------------
+
+    async def create_token(self, uses: int, lifetime_s: float, now: float | None = None) -> str:
+        if not 1 <= uses <= 1_000_000:
+            raise InvalidInput("--uses must be between 1 and 1000000")
+        now = time.time() if now is None else now
+        join_token = tokens.JoinToken(
+            self.settings.public_api_url, tokens.new_secret(), self.public_key
+        )
+        secret_hash = join_token.secret_hash
+        async with self._write() as db:
+            await db.execute(
+                "INSERT INTO tokens (id, network_id, secret_hash, uses_left, expires_at, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    tokens.token_id(secret_hash),
+                    self._network_id,
+                    secret_hash,
+                    uses,
+                    now + lifetime_s,
+                    now,
+                ),
+            )
+        return join_token.encode()
+
+    async def list_tokens(self) -> list[Token]:
+        rows = await self._db.execute_fetchall(
+            "SELECT id, uses_left, expires_at, created_at, revoked FROM tokens "
+            "WHERE network_id = ? ORDER BY created_at",
+            (self._network_id,),
+        )
+        return [Token(row[0], row[1], row[2], row[3], bool(row[4])) for row in rows]
+
+    async def revoke_token(self, token_id: str) -> None:
+        async with self._write() as db:
+            cursor = await db.execute(
+                "UPDATE tokens SET revoked = 1 WHERE id = ? AND network_id = ?",
+                (token_id, self._network_id),
+            )
+            if cursor.rowcount == 0:
+                raise NotFound(f"no token {token_id!r}; `rendezvous token list` shows them")
+
+    # -- joining and leaving ------------------------------------------------------------------
+
+    async def join(
+        self,
+        token_text: str,
+        public_key: bytes,
+        name: str,
+        routes: tuple[Any, ...] = (),
+        now: float | None = None,
+    ) -> Registration:
+        """Register a peer with a join token; durable before it returns.
+
+        The same key joining again under the same name (a join retried after a lost answer)
+        gets its registration back with a new credential and does not spend a use."""
+        now = time.time() if now is None else now
+        secret_hash = tokens.decode(token_text).secret_hash
+        self._check_new_key(public_key)
+        async with self._write() as db:
+            token_row = await self._usable_token(db, secret_hash, now)
+            existing = await self._existing_peer(db, public_key, name)
+            if existing is None:
+                await self._check_routes_free(public_key, routes)
+                if token_row[1] <= 0:
+                    raise TokenRejected("this join token is used up; make a new one")
+                await db.execute(
+                    "UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ?", (token_row[0],)
+                )
+                peer = await self._insert_peer(db, public_key, name, routes, now)
+            else:
+                peer = replace(existing, routes=routes)
+                await db.execute(
+                    "UPDATE peers SET routes = ? WHERE public_key = ?",
+                    (_routes_text(routes), public_key),
+                )
+            credential = await self._new_credential(db, public_key)
+        self._apply_own(peer, credential)
+        return Registration(peer, credential, existing is None)
+
+    async def add_peer(
+        self, public_key: bytes, name: str, routes: tuple[Any, ...] = (), now: float | None = None
+    ) -> Peer:
+        """Register a peer by hand (no token): a phone or a box that cannot run the agent."""
+        now = time.time() if now is None else now
+        self._check_new_key(public_key)
+        async with self._write() as db:
+            if await self._existing_peer(db, public_key, name) is not None:
+                raise Conflict(f"this key is already registered as {name!r}")
+            await self._check_routes_free(public_key, routes)
+            peer = await self._insert_peer(db, public_key, name, routes, now)
+        self._apply_own(peer, None)
+        return peer
+
+    async def remove_peer(self, name_or_key: str) -> Peer:
+        async with self._write() as db:
+            await self._catch_up(db)
+            peer = self.find(name_or_key)
+            await db.execute("DELETE FROM peers WHERE public_key = ?", (peer.public_key,))
+            await _log_change(db, peer.public_key)
+        self._forget(peer.public_key)
+        return peer
+
+    def _check_new_key(self, public_key: bytes) -> None:
+        if public_key == self.public_key:
+            raise InvalidInput("that is the rendezvous's own public key, not the peer's")
+        try:
+            self.private_key.exchange(X25519PublicKey.from_public_bytes(public_key))
+        except ValueError:
+            # A low-order point: every handshake with it would give an all-zero secret.
+            raise InvalidInput("that public key is not a usable X25519 key") from None
+
+    async def _usable_token(
+        self, db: aiosqlite.Connection, secret_hash: bytes, now: float
+    ) -> tuple[str, int]:
+        rows = list(
+            await db.execute_fetchall(
+                "SELECT id, uses_left, expires_at, revoked FROM tokens "
+                "WHERE secret_hash = ? AND network_id = ?",
+                (secret_hash, self._network_id),
+            )
+        )
+        if not rows:
+            raise TokenRejected("this join token is unknown here; make one with `token create`")
+        token_id, uses_left, expires_at, revoked = rows[0]
+        if revoked:
+            raise TokenRejected("this join token was revoked; make a new one")
+        if expires_at <= now:
+            raise TokenRejected("this join token has expired; make a new one")
+        return str(token_id), int(uses_left)
+
+    async def _existing_peer(
+        self, db: aiosqlite.Connection, public_key: bytes, name: str
+    ) -> Peer | None:
+        rows = list(
+            await db.execute_fetchall(
+                f"SELECT {_PEER_COLUMNS} FROM peers WHERE public_key = ?",  # noqa: S608
+                (public_key,),
+            )
+        )
+        if not rows:
+            return None
+        peer = _peer_from_row(rows[0])
+        if peer.name != name:
+            raise Conflict(f"this key is already registered as {peer.name!r}")
+        return self._peers.get(public_key, peer)
+
+    async def _check_routes_free(self, public_key: bytes, routes: Iterable[Any]) -> None:
+        for route in routes:
+            for other in self._peers.values():
+                if other.public_key == public_key:
+                    continue
+                for taken in other.routes:
+                    if route.version == taken.version and route.overlaps(taken):
+                        raise Conflict(
+                            f"route {route} overlaps {taken}, advertised by {other.name}"
+                        )
+
+    async def _insert_peer(
+        self,
+        db: aiosqlite.Connection,
+        public_key: bytes,
+        name: str,
+        routes: tuple[Any, ...],
+        now: float,
+    ) -> Peer:
+        address = await self._allocate_address(db)
+        try:
+            await db.execute(
+                "INSERT INTO peers (public_key, network_id, name, address, routes, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (public_key, self._network_id, name, str(address), _routes_text(routes), now),
+            )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"the name {name!r} is taken by another peer; choose another") from None
+        await _log_change(db, public_key)
+        return Peer(public_key, name, address, routes)
+
+    async def _allocate_address(self, db: aiosqlite.Connection) -> IPAddress:
+        """Next fit: the first free address after the last one given, wrapping around.
+
+        Freed addresses come back, but only after the others: a peer that still routes to a
+        removed one does not reach a newcomer at once."""
+        first, last = _host_range(self.settings)
+        size = last - first + 1
+        start = min(max(self._next_address, first), last)
+        for step in range(size):
+            candidate = first + (start - first + step) % size
+            address = ipaddress.ip_address(candidate)
+            taken = await _count(
+                db,
+                "SELECT count(*) FROM peers WHERE network_id = ? AND address = ?",
+                self._network_id,
+                str(address),
+            )
+            if not taken:
+                self._next_address = candidate + 1
+                return address
+        raise Conflict(f"the network {self.settings.network} is full; remove peers or widen it")
+
+    async def _new_credential(self, db: aiosqlite.Connection, public_key: bytes) -> str:
+        credential = secrets.token_urlsafe(32)
+        await db.execute(
+            "UPDATE peers SET credential_hash = ? WHERE public_key = ?",
+            (tokens.hash_secret(credential.encode()), public_key),
+        )
+        return credential
+
+    # -- what the responder observes ----------------------------------------------------------
+
+    def observe_handshake(self, public_key: bytes, timestamp: bytes, now: float) -> None:
+        peer = self._peers.get(public_key)
+        if peer is None:
+            return
+        self._peers[public_key] = replace(peer, last_handshake=now, handshake_timestamp=timestamp)
+        self._dirty.add(public_key)
+
+    def observe_endpoint(self, public_key: bytes, source: Endpoint, now: float) -> None:
+        """An authenticated keepalive came from `source`: that is the peer's NAT mapping."""
+        peer = self._peers.get(public_key)
+        if peer is None or peer.endpoint == source:
+            return
+        moved = replace(peer, endpoint=source, endpoint_confirmed_at=now)
+        self._peers[public_key] = moved
+        self._dirty.add(public_key)
+        self._endpoint_moved.set()
+        self._publish("updated", moved)
+
+    async def flush(self) -> None:
+        """Write observed endpoints and handshakes; the replay floor survives a restart."""
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, set()
+        rows = [_observation_row(self._peers[key]) for key in dirty if key in self._peers]
+        async with self._write() as db:
+            await db.executemany(
+                "UPDATE peers SET endpoint_host = ?, endpoint_port = ?, endpoint_confirmed_at = ?,"
+                " last_handshake = ?, handshake_timestamp = ? WHERE public_key = ?",
+                rows,
+            )
+
+    async def _flush_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._endpoint_moved.wait(), LAZY_FLUSH_S)
+                await asyncio.sleep(ENDPOINT_FLUSH_S)  # let a burst of moves share one commit
+            self._endpoint_moved.clear()
+            try:
+                await self.flush()
+            except sqlite3.Error as error:
+                logger.warning("could not write observations yet (%s); retrying", error)
+
+    # -- other processes' writes --------------------------------------------------------------
+
+    async def _follow_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FOREIGN_POLL_S)
+            try:
+                await self.sync()
+            except sqlite3.Error as error:
+                logger.warning("could not read the registry (%s); retrying", error)
+
+    async def sync(self) -> None:
+        """Apply what other processes committed since we last looked."""
+        version = await self._read_data_version()
+        if version == self._data_version:
+            return
+        self._data_version = version
+        async with self._write_lock:
+            await self._catch_up(self._db)
+
+    async def _read_data_version(self) -> int:
+        return await _count(self._db, "PRAGMA data_version")
+
+    async def _catch_up(self, db: aiosqlite.Connection) -> None:
+        rows = await db.execute_fetchall(
+            "SELECT seq, public_key FROM changes WHERE seq > ? ORDER BY seq", (self._seen_seq,)
+        )
+        keys: dict[bytes, None] = {}
+        for seq, key in rows:
+            self._seen_seq = max(self._seen_seq, int(seq))
+            keys[bytes(key)] = None
+        for key in keys:
+            await self._reload(db, key)
+
+    async def _reload(self, db: aiosqlite.Connection, public_key: bytes) -> None:
+        rows = list(
+            await db.execute_fetchall(
+                f"SELECT {_PEER_COLUMNS}, credential_hash FROM peers "  # noqa: S608
+                "WHERE public_key = ? AND network_id = ?",
+                (public_key, self._network_id),
+            )
+        )
+        if not rows:
+            self._forget(public_key)
+            return
+        stored = _peer_from_row(rows[0])
+        known = self._peers.get(public_key)
+        # Only the serving process observes endpoints: keep ours, take the rest from disk.
+        merged = (
+            replace(known, name=stored.name, address=stored.address, routes=stored.routes)
+            if known
+            else stored
+        )
+        self._remember(merged, rows[0][-1])
+
+    # -- the watch API ------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> str:
+        return self._log.epoch
+
+    @property
+    def revision(self) -> int:
+        return self._log.revision
+
+    async def watch(self, epoch: str | None, since: int | None, timeout_s: float) -> WatchResult:
+        """Changes after revision `since` of `epoch`, waiting up to `timeout_s` for one."""
+        log = self._log
+        if epoch == log.epoch and since == log.revision:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(log.changed.wait(), timeout_s)
+        oldest = log.entries[0][0] if log.entries else log.revision + 1
+        if epoch != log.epoch or since is None or since > log.revision or since < oldest - 1:
+            return WatchResult(log.epoch, log.revision, True, self.peers(), [])
+        changed = {key: None for revision, key in log.entries if revision > since}
+        peers = [self._peers[key] for key in changed if key in self._peers]
+        removed = [key for key in changed if key not in self._peers]
+        return WatchResult(log.epoch, log.revision, False, peers, removed)
+
+    # -- in-memory bookkeeping ----------------------------------------------------------------
+
+    def _apply_own(self, peer: Peer, credential: str | None) -> None:
+        """Our own committed write; a None credential keeps the peer's current one."""
+        if credential is None:
+            credential_hash = self._credential_of.get(peer.public_key)
+        else:
+            credential_hash = tokens.hash_secret(credential.encode())
+        self._remember(peer, credential_hash)
+
+    def _remember(self, peer: Peer, credential_hash: bytes | None) -> None:
+        known = self._peers.get(peer.public_key)
+        if known is not None and self._by_name.get(known.name) == peer.public_key:
+            del self._by_name[known.name]
+        self._drop_credential(peer.public_key)
+        self._peers[peer.public_key] = peer
+        self._by_name[peer.name] = peer.public_key
+        if credential_hash:
+            self._by_credential[bytes(credential_hash)] = peer.public_key
+            self._credential_of[peer.public_key] = bytes(credential_hash)
+        if known != peer:
+            self._publish("added" if known is None else "updated", peer)
+
+    def _forget(self, public_key: bytes) -> None:
+        peer = self._peers.pop(public_key, None)
+        if peer is None:
+            return
+        if self._by_name.get(peer.name) == public_key:
+            del self._by_name[peer.name]
+        self._drop_credential(public_key)
+        self._dirty.discard(public_key)
+        self._publish("removed", peer)
+
+    def _drop_credential(self, public_key: bytes) -> None:
+        stale = self._credential_of.pop(public_key, None)
+        if stale is not None:
+            self._by_credential.pop(stale, None)
+
+    def _publish(self, kind: ChangeKind, peer: Peer) -> None:
+        log = self._log
+        log.revision += 1
+        log.entries.append((log.revision, peer.public_key))
+        log.changed.set()
+        log.changed = asyncio.Event()
+        for listener in self._listeners:
+            listener(kind, peer)
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; SQLite's lock orders it against other processes."""
+        async with self._write_lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+
+def _make_private_dir(path: Path) -> None:
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise InvalidInput(
+            f"cannot use data folder {path}: {error.strerror}; pass --data-dir"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InvalidInput(f"cannot write to data folder {path}; pass --data-dir or fix its owner")
+
+
+async def _read_meta(db: aiosqlite.Connection) -> dict[str, str]:
+    rows = await db.execute_fetchall("SELECT key, value FROM meta")
+    return {str(key): str(value) for key, value in rows}
+
+
+async def _set_meta(db: aiosqlite.Connection, key: str, value: str) -> None:
+    await db.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+async def _count(db: aiosqlite.Connection, sql: str, *parameters: object) -> int:
+    rows = list(await db.execute_fetchall(sql, parameters))
+    return int(rows[0][0]) if rows else 0
+
+
+async def _log_change(db: aiosqlite.Connection, public_key: bytes) -> None:
+    await db.execute("INSERT INTO changes (public_key) VALUES (?)", (public_key,))
+
+
+def _routes_text(routes: Iterable[Any]) -> str:
+    return json.dumps([str(route) for route in routes])
+
+
+def _peer_from_row(row: Any) -> Peer:
+    key, name, address, routes, host, port, confirmed_at, handshake, timestamp = row[:9]
+    return Peer(
+        public_key=bytes(key),
+        name=str(name),
+        address=ipaddress.ip_address(address),
+        routes=tuple(parse_cidr(route, "stored route") for route in json.loads(routes)),
+        endpoint=(str(host), int(port)) if host is not None and port is not None else None,
+        endpoint_confirmed_at=confirmed_at,
+        last_handshake=handshake,
+        handshake_timestamp=bytes(timestamp),
+    )
+
+
+def _observation_row(peer: Peer) -> tuple[object, ...]:
+    host, port = peer.endpoint if peer.endpoint else (None, None)
+    return (
+        host,
+        port,
+        peer.endpoint_confirmed_at,
+        peer.last_handshake,
+        peer.handshake_timestamp,
+        peer.public_key,
+    )
+
+
+def _host_range(settings: config.Settings) -> tuple[int, int]:
+    """Peers get addresses after the rendezvous's own (the first host) and before broadcast."""
+    network = settings.network
+    return int(settings.rendezvous_address) + 1, int(network.broadcast_address) - 1
+
+
+def _after_highest(peers: Iterable[Peer], settings: config.Settings) -> int:
+    addresses = [int(peer.address) for peer in peers if peer.address in settings.network]
+    return max(addresses) + 1 if addresses else _host_range(settings)[0]

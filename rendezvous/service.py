@@ -1,0 +1,105 @@
+"""The serving process: the handshake responder, the registry and the HTTP API on their sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from aiohttp import web
+
+from .api import create_app
+from .handshake import EndpointConfirmed, Event, InitiationAccepted, Responder
+from .metrics import ApiCounters, Snapshot
+from .model import Endpoint, Peer, format_endpoint, unmap_address
+from .registry import ChangeKind, Registry
+from .udp import serve_handshakes
+
+logger = logging.getLogger("meshpeer.rendezvous")
+T = TypeVar("T")
+
+
+class ListenError(Exception):
+    """A socket could not be opened; the message names the flag to change."""
+
+
+class Rendezvous:
+    def __init__(self, registry: Registry, responder: Responder | None = None) -> None:
+        self.registry = registry
+        self.responder = responder or Responder(registry.private_key)
+        self.counters = ApiCounters()
+        self._udp: asyncio.DatagramTransport | None = None
+        self._runner: web.AppRunner | None = None
+        for peer in registry.peers():
+            # The stored TAI64N floor: an initiation recorded before a restart stays refused.
+            self.responder.authorize(peer.public_key, peer.handshake_timestamp)
+        registry.subscribe(self._on_registry_change)
+
+    async def start(self) -> None:
+        settings = self.registry.settings
+        self.registry.start_background()
+        self._udp = await _listen(
+            "--wg-listen",
+            settings.wg_listen,
+            serve_handshakes(self.responder, *settings.wg_listen, self._on_handshake_event),
+        )
+        self._runner = web.AppRunner(
+            create_app(self.registry, self.snapshot, self.counters), access_log=None
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, *settings.api_listen, reuse_address=True)
+        await _listen("--api-listen", settings.api_listen, site.start())
+        logger.info(
+            "serving %d peers: WireGuard on udp %s (peers dial %s), API on %s (%s)",
+            len(self.registry),
+            format_endpoint(settings.wg_listen),
+            format_endpoint(settings.public_endpoint),
+            format_endpoint(settings.api_listen),
+            settings.public_api_url,
+        )
+
+    async def stop(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.registry.close()
+
+    def snapshot(self) -> Snapshot:
+        peers = self.registry.peers()
+        return Snapshot(
+            counts=dict(self.responder.counts),
+            drops=dict(self.responder.drops),
+            under_load=self.responder.under_load(asyncio.get_running_loop().time()),
+            peers=len(peers),
+            peers_with_endpoint=sum(1 for peer in peers if peer.endpoint is not None),
+            api_requests=dict(self.counters.requests),
+        )
+
+    def _on_handshake_event(self, event: Event) -> None:
+        now = time.time()
+        if isinstance(event, InitiationAccepted):
+            self.registry.observe_handshake(event.public_key, event.timestamp, now)
+        elif isinstance(event, EndpointConfirmed):
+            host, port = event.source
+            self.registry.observe_endpoint(event.public_key, (unmap_address(host), port), now)
+
+    def _on_registry_change(self, kind: ChangeKind, peer: Peer) -> None:
+        if kind == "added":
+            self.responder.authorize(peer.public_key, peer.handshake_timestamp)
+            logger.info("peer %s registered (%s)", peer.name, peer.address)
+        elif kind == "removed":
+            self.responder.revoke(peer.public_key)
+            logger.info("peer %s removed", peer.name)
+
+
+async def _listen(flag: str, address: Endpoint, opening: Awaitable[T]) -> T:
+    try:
+        return await opening
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ListenError(
+            f"cannot listen on {format_endpoint(address)} ({reason}); choose another {flag}"
+        ) from None

@@ -1,0 +1,169 @@
+"""What a rendezvous is configured with, and where each value comes from.
+
+Precedence, highest first: a flag or its `RENDEZVOUS_*` variable, the value the data folder
+stored at the last `serve`, then the embedded default. Storing them is what lets `rendezvous
+token create` (run later, with no flags) put the right API URL in a token.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import dns.exception
+import dns.name
+
+from .model import (
+    Endpoint,
+    InvalidInput,
+    IPAddress,
+    IPNetwork,
+    format_endpoint,
+    parse_host_port,
+    parse_mesh_network,
+)
+
+DEFAULT_ZONE = "mesh.internal."  # .internal is reserved for private use (ICANN, 2024)
+DEFAULT_NETWORK = "10.77.0.0/16"
+DEFAULT_WG_LISTEN = "0.0.0.0:51820"
+DEFAULT_DNS_LISTEN = "0.0.0.0:53"
+DEFAULT_API_LISTEN = "0.0.0.0:51821"
+_WILDCARDS = {"0.0.0.0", "::", ""}  # noqa: S104 (the names of wildcard binds, not a bind)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    zone: str
+    network: IPNetwork
+    wg_listen: Endpoint
+    dns_listen: Endpoint
+    api_listen: Endpoint
+    public_endpoint: Endpoint
+    public_api_url: str
+
+    @property
+    def rendezvous_address(self) -> IPAddress:
+        """The rendezvous's own mesh address: the first host of the network."""
+        return self.network.network_address + 1
+
+    @property
+    def dns_address(self) -> Endpoint:
+        return (self.public_endpoint[0], self.dns_listen[1])
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "zone": self.zone,
+            "network": str(self.network),
+            "wg_listen": format_endpoint(self.wg_listen),
+            "dns_listen": format_endpoint(self.dns_listen),
+            "api_listen": format_endpoint(self.api_listen),
+            "public_endpoint": format_endpoint(self.public_endpoint),
+            "public_api_url": self.public_api_url,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """Values given on the command line or in the environment (None: not given)."""
+
+    zone: str | None = None
+    network: str | None = None
+    wg_listen: str | None = None
+    dns_listen: str | None = None
+    api_listen: str | None = None
+    public_endpoint: str | None = None
+    public_api_url: str | None = None
+
+
+_FIELDS = tuple(field.name for field in fields(Overrides))
+
+
+def resolve(given: Overrides) -> Settings:
+    """Fill what was not given with defaults; raise InvalidInput naming the bad value."""
+    wg_listen = parse_host_port(given.wg_listen or DEFAULT_WG_LISTEN, "--wg-listen")
+    dns_listen = parse_host_port(given.dns_listen or DEFAULT_DNS_LISTEN, "--dns-listen")
+    api_listen = parse_host_port(given.api_listen or DEFAULT_API_LISTEN, "--api-listen")
+    public_endpoint = (
+        parse_host_port(given.public_endpoint, "--public-endpoint")
+        if given.public_endpoint
+        else (guess_public_host(wg_listen[0]), wg_listen[1])
+    )
+    api_url = given.public_api_url or "http://" + format_endpoint(
+        (public_endpoint[0], api_listen[1])
+    )
+    return Settings(
+        zone=parse_zone(given.zone or DEFAULT_ZONE),
+        network=parse_mesh_network(given.network or DEFAULT_NETWORK),
+        wg_listen=wg_listen,
+        dns_listen=dns_listen,
+        api_listen=api_listen,
+        public_endpoint=public_endpoint,
+        public_api_url=parse_api_url(api_url),
+    )
+
+
+def from_environment(environ: dict[str, str] | None = None) -> Overrides:
+    environ = dict(os.environ) if environ is None else environ
+    return from_mapping({name: environ.get("RENDEZVOUS_" + name.upper()) for name in _FIELDS})
+
+
+def from_mapping(values: dict[str, str | None]) -> Overrides:
+    return Overrides(**{name: values.get(name) or None for name in _FIELDS})
+
+
+def to_mapping(given: Overrides) -> dict[str, str]:
+    return {name: value for name in _FIELDS if (value := getattr(given, name)) is not None}
+
+
+def merge(high: Overrides, low: Overrides) -> Overrides:
+    """Each value from `high` where it was given, else from `low`."""
+    chosen = {
+        name: value if (value := getattr(high, name)) is not None else getattr(low, name)
+        for name in _FIELDS
+    }
+    return Overrides(**chosen)
+
+
+def parse_zone(text: str) -> str:
+    try:
+        name = dns.name.from_text(text.strip())
+    except dns.exception.DNSException as error:
+        raise InvalidInput(f"zone {text!r} is not a DNS name ({error})") from None
+    if name == dns.name.root:
+        raise InvalidInput("zone must not be the DNS root; use a name such as mesh.internal")
+    return name.to_text().lower()
+
+
+def parse_api_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")) or len(text) > 512:
+        raise InvalidInput(f"API URL {text!r} must start with http:// or https://")
+    return text.rstrip("/")
+
+
+def guess_public_host(listen_host: str) -> str:
+    """With no --public-endpoint: the bound address, or the address of the default route."""
+    if listen_host not in _WILDCARDS:
+        return listen_host
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        # connect() on a UDP socket only chooses the route and source address; nothing is sent.
+        probe.connect(("192.0.2.1", 9))
+        host = str(probe.getsockname()[0])
+    except OSError:
+        host = "127.0.0.1"
+    finally:
+        probe.close()
+    return host
+
+
+def default_data_dir(environ: dict[str, str] | None = None) -> Path:
+    """One folder shared by every subcommand, so no flag is needed after the first `serve`."""
+    environ = dict(os.environ) if environ is None else environ
+    if environ.get("RENDEZVOUS_DATA_DIR"):
+        return Path(environ["RENDEZVOUS_DATA_DIR"])
+    if os.geteuid() == 0:
+        return Path("/var/lib/meshpeer-rendezvous")
+    base = environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "meshpeer-rendezvous"
