@@ -1,0 +1,125 @@
+"""The `rendezvous` command as a user runs it: outputs, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.lab.wireguard import KeyPair
+
+ENTRY = [sys.executable, "-m", "meshpeer.rendezvous.cli"]
+
+
+def rendezvous(
+    *argv: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [*ENTRY, *argv], capture_output=True, text=True, timeout=timeout, env=environment
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, words: str) -> None:
+    assert result.returncode == code, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("rendezvous") and ": error: " in lines[0], lines[0]
+    assert words in lines[0], lines[0]
+
+
+def test_without_a_command_it_prints_help() -> None:
+    result = rendezvous()
+    assert result.returncode == 0 and "token" in result.stdout and "serve" in result.stdout
+
+
+def test_the_admin_commands_share_one_data_folder(tmp_path: Path) -> None:
+    env = {"RENDEZVOUS_DATA_DIR": str(tmp_path / "data")}
+    token = rendezvous("token", "create", "--uses", "3", env=env)
+    assert token.returncode == 0, token.stderr
+    assert token.stdout.count("\n") == 1 and token.stdout.startswith("mp1_")
+
+    info = json.loads(rendezvous("info", "--json", env=env).stdout)
+    assert {"public_key", "endpoint", "zone", "network", "dns", "api_url"} <= info.keys()
+    assert info["network"] == "10.77.0.0/16" and info["zone"] == "mesh.internal."
+
+    key = KeyPair.generate().public_key
+    added = rendezvous("peer", "add", "--public-key", key, "--name", "phone", env=env)
+    assert added.stdout.strip() == "10.77.0.2", added.stderr
+    [listed] = json.loads(rendezvous("peers", "--json", env=env).stdout)
+    assert listed == {
+        "name": "phone",
+        "public_key": key,
+        "address": "10.77.0.2",
+        "endpoint": None,
+        "last_handshake": None,
+        "endpoint_confirmed_at": None,
+        "routes": [],
+    }
+    table = rendezvous("peers", env=env).stdout
+    assert "phone" in table and "never" in table
+    tokens = json.loads(rendezvous("token", "list", "--json", env=env).stdout)
+    assert [entry["uses_left"] for entry in tokens] == [3]
+    assert rendezvous("token", "revoke", tokens[0]["id"], env=env).returncode == 0
+    assert rendezvous("peer", "remove", "phone", env=env).returncode == 0
+    assert json.loads(rendezvous("peers", "--json", env=env).stdout) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--bogus"], "unrecognized arguments"),
+        (["token", "create", "--uses", "0"], "--uses must be between"),
+        (["token", "create", "--uses", "many"], "invalid int value"),
+        (["token", "create", "--expires", "soon"], "must look like 90s"),
+        (["token", "revoke", "abc"], "no token 'abc'"),
+        (["peer", "add", "--public-key", "nope", "--name", "x"], "--public-key must be 44"),
+        (["peer", "add", "--public-key", "KEY", "--name", "No Way"], "DNS label"),
+        (["peer", "add", "--public-key", "KEY", "--name", "x", "--routes", "1.2.3.4/8"], "did you"),
+        (["peer", "remove", "ghost"], "no peer named"),
+        (["peers", "--yaml"], "unrecognized arguments"),
+    ],
+)
+def test_mistakes_cost_one_line_and_exit_2(tmp_path: Path, argv: list[str], words: str) -> None:
+    key = KeyPair.generate().public_key
+    argv = [key if arg == "KEY" else arg for arg in argv]
+    result = rendezvous(*argv, env={"RENDEZVOUS_DATA_DIR": str(tmp_path)})
+    assert_one_line_error(result, 2, words)
+
+
+def test_serve_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    assert_one_line_error(rendezvous("serve", *data, "--network", "10.0.0.0/33"), 2, "CIDR")
+    assert_one_line_error(rendezvous("serve", *data, "--wg-listen", "nowhere"), 2, "HOST:PORT")
+    assert_one_line_error(
+        rendezvous("serve", *data, env={"RENDEZVOUS_ZONE": "a..b"}), 2, "not a DNS name"
+    )
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert_one_line_error(rendezvous("info", "--data-dir", str(blocked / "sub")), 2, "data folder")
+
+
+def test_a_port_in_use_is_one_line_naming_the_flag(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        free_udp_port = probe.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = rendezvous(
+            "serve",
+            "--data-dir",
+            str(tmp_path),
+            "--wg-listen",
+            f"127.0.0.1:{free_udp_port}",
+            "--api-listen",
+            f"127.0.0.1:{port}",
+        )
+    assert_one_line_error(result, 1, "--api-listen")
