@@ -63,7 +63,7 @@ class Peer:
             "address": str(self.address),
             "endpoint": format_endpoint(self.endpoint) if self.endpoint else None,
             "last_handshake": _whole_seconds(self.last_handshake),
-            "endpoint_confirmed_at": _whole_seconds(self.endpoint_confirmed_at),
+            "endpoint_confirmed_at": _milliseconds(self.endpoint_confirmed_at),
             "routes": [str(route) for route in self.routes],
         }
 
@@ -88,6 +88,10 @@ class Token:
 
 def _whole_seconds(moment: float | None) -> int | None:
     return None if moment is None else int(moment)
+
+
+def _milliseconds(moment: float | None) -> float | None:
+    return None if moment is None else round(moment, 3)
 
 
 def encode_key(key: bytes) -> str:

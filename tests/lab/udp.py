@@ -19,11 +19,18 @@ class UdpSocket:
     def send(self, to: Address, data: str) -> None:
         self.agent.request(op="send", to=list(to), data=data)
 
-    def recv(self, timeout: float = 1.0) -> tuple[str, Address] | None:
+    def send_bytes(self, to: Address, data: bytes) -> None:
+        self.agent.request(op="send", to=list(to), hex=data.hex())
+
+    def recv_bytes(self, timeout: float = 1.0) -> tuple[bytes, Address] | None:
         answer = self.agent.request(timeout=timeout + 5, op="recv", timeout_s=timeout)
         if answer.get("timeout"):
             return None
-        return answer["data"], (answer["from"][0], answer["from"][1])
+        return bytes.fromhex(answer["hex"]), (answer["from"][0], answer["from"][1])
+
+    def recv(self, timeout: float = 1.0) -> tuple[str, Address] | None:
+        received = self.recv_bytes(timeout)
+        return None if received is None else (received[0].decode(errors="replace"), received[1])
 
     def ask(self, reflector: Address, timeout: float = 2.0) -> Address | None:
         """The address a reflector saw this socket's datagram come from: its public mapping."""

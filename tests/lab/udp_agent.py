@@ -6,8 +6,9 @@ RFC 5389, in its simplest form).
 
 ``udp_agent.py PORT`` keeps one socket bound to PORT and obeys commands on stdin, one JSON
 object a line, answering one JSON line each:
-  {"op": "send", "to": [ip, port], "data": "..."}
-  {"op": "recv", "timeout_s": s}  -> {"from": [ip, port], "data": "..."} or {"timeout": true}
+  {"op": "send", "to": [ip, port], "data": "..."}  (or "hex": "..." for raw bytes)
+  {"op": "recv", "timeout_s": s}  -> {"from": [ip, port], "data": "...", "hex": "..."}
+                                     or {"timeout": true}
   {"op": "ask", "to": [ip, port], "timeout_s": s}  -> {"mapped": [ip, port]} or {"timeout": true}
 Keeping one socket for the whole scenario is the point: a NAT mapping belongs to that socket.
 """
@@ -67,13 +68,15 @@ class Agent:
     def obey(self, command: dict[str, Any]) -> dict[str, Any]:
         op = command["op"]
         if op == "send":
-            self.sock.sendto(command["data"].encode(), tuple(command["to"]))
+            data = bytes.fromhex(command["hex"]) if "hex" in command else command["data"].encode()
+            self.sock.sendto(data, tuple(command["to"]))
             return {"sent": True}
         if op == "recv":
             datagram = self.receive(command["timeout_s"])
             if datagram is None:
                 return {"timeout": True}
-            return {"from": list(datagram[1]), "data": datagram[0].decode(errors="replace")}
+            data, source = datagram
+            return {"from": list(source), "data": data.decode(errors="replace"), "hex": data.hex()}
         if op == "ask":
             return self.ask(tuple(command["to"]), command["timeout_s"])
         return {"error": f"unknown op {op!r}"}

@@ -1,0 +1,52 @@
+"""Many joins at once against the HTTP API, printing each acknowledged one (a script).
+
+    join_burst.py API_URL TOKEN COUNT CONCURRENCY
+
+Prints {"acked": name, "address": ip} as soon as the rendezvous answers 200 or 201, and
+{"failed": name, "error": text} otherwise; the output is the list of promises to check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sys
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from meshpeer.rendezvous.noise import public_bytes
+
+
+async def join(session: aiohttp.ClientSession, url: str, token: str, name: str) -> None:
+    key = base64.b64encode(public_bytes(X25519PrivateKey.generate())).decode()
+    body = {"token": token, "public_key": key, "name": name}
+    try:
+        async with session.post(f"{url}/v1/join", json=body) as answer:
+            payload = await answer.json()
+            if answer.status in (200, 201):
+                line = {"acked": name, "address": payload["peer"]["address"], "key": key}
+            else:
+                line = {"failed": name, "error": payload.get("error", answer.status)}
+    except (TimeoutError, aiohttp.ClientError, OSError) as error:
+        line = {"failed": name, "error": repr(error)}
+    print(json.dumps(line), flush=True)
+
+
+async def main() -> None:
+    url, token, count, concurrency = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    limit = asyncio.Semaphore(concurrency)
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def limited(index: int) -> None:
+            async with limit:
+                await join(session, url, token, f"burst-{index}")
+
+        await asyncio.gather(*(limited(index) for index in range(count)))
+    print(json.dumps({"done": True}), flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
