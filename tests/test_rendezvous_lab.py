@@ -20,6 +20,7 @@ pytestmark = pytest.mark.lab
 LAB = Path(__file__).with_name("lab")
 KEEPALIVE_S = 2
 RENDEZVOUS_MESH_ADDRESS = "10.77.0.1/32"
+SECOND_ADDRESS = "203.0.113.200"  # a second address on the rendezvous host (not handed out)
 
 
 def json_lines(process: LabProcess) -> list[dict[str, Any]]:
@@ -65,6 +66,25 @@ def test_a_peer_behind_a_nat_shows_at_its_mapping_and_follows_a_new_one(lab: Lab
         f"new mapping confirmed {seen_after_reset:.2f} s after the reset "
         f"(keepalive every {KEEPALIVE_S} s)"
     )
+
+
+def test_on_a_wildcard_bind_answers_leave_from_the_address_the_peer_dialled(lab: Lab) -> None:
+    """A public host with two addresses: the kernel would answer from the first one, and the
+    peer's NAT, which filters by address, would drop that answer."""
+    host = lab.add_public_host("rendezvous")
+    host.run(["ip", "addr", "add", f"{SECOND_ADDRESS}/24", "dev", "eth0"])
+    dialled = (SECOND_ADDRESS, 51820)
+    flags = ["--wg-listen", "0.0.0.0:51820", "--public-endpoint", f"{SECOND_ADDRESS}:51820"]
+    server = RendezvousServer(host, *flags).start()
+    nat = lab.add_nat("home", NatType.PORT_RESTRICTED)
+    wg = WireGuardGo(nat.add_host("laptop"), "10.77.0.2/16").start()
+    server.cli("peer", "add", "--public-key", wg.public_key, "--name", "laptop")
+    server_key = server.public_key()
+
+    wg.add_peer(server_key, RENDEZVOUS_MESH_ADDRESS, dialled, KEEPALIVE_S)
+
+    assert wait_until(lambda: wg.latest_handshakes()[server_key] > 0, 4), wg.show()
+    assert wait_until(lambda: endpoint_of(server, "laptop"), 2), server.peers()
 
 
 def test_a_replayed_initiation_does_not_move_the_endpoint(lab: Lab) -> None:
