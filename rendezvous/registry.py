@@ -157,6 +157,7 @@ class Registry:
         self._endpoint_moved = asyncio.Event()
         self._log = _WatchLog()
         self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
 
     # -- opening and closing ------------------------------------------------------------------
 
@@ -177,6 +178,9 @@ class Registry:
         return registry
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -61,10 +61,13 @@ class Rendezvous:
         )
 
     async def stop(self) -> None:
-        if self._udp is not None:
-            self._udp.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        """Close the sockets, then write what the registry still holds; safe to call twice."""
+        udp, self._udp = self._udp, None
+        runner, self._runner = self._runner, None
+        if udp is not None:
+            udp.close()
+        if runner is not None:
+            await runner.cleanup()
         await self.registry.close()
 
     def snapshot(self) -> Snapshot:
