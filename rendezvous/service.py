@@ -15,7 +15,7 @@ from .handshake import EndpointConfirmed, Event, InitiationAccepted, Responder
 from .metrics import ApiCounters, Snapshot
 from .model import Endpoint, Peer, format_endpoint, unmap_address
 from .registry import ChangeKind, Registry
-from .udp import HandshakeSocket, serve_handshakes
+from .udp import DatagramEndpoint, serve_handshakes
 
 logger = logging.getLogger("meshpeer.rendezvous")
 T = TypeVar("T")
@@ -30,7 +30,7 @@ class Rendezvous:
         self.registry = registry
         self.responder = responder or Responder(registry.private_key)
         self.counters = ApiCounters()
-        self._udp: HandshakeSocket | None = None
+        self._udp: DatagramEndpoint | None = None
         self._runner: web.AppRunner | None = None
         for peer in registry.peers():
             # The stored TAI64N floor: an initiation recorded before a restart stays refused.

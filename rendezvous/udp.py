@@ -1,10 +1,11 @@
-"""The asyncio adapter around the handshake core: one UDP socket, nothing else.
+"""UDP on asyncio for the sans-I/O cores: the handshake responder, and the DNS server.
 
-It feeds every datagram to the `Responder`, sends what the core produced, and hands each event
-to `on_event`. Answers leave from the very address the peer sent to, even on a wildcard bind of
-a host with several addresses: a NAT that filters by address (most do) drops an answer from any
-other. asyncio's datagram transport cannot set a source address, so this reads and writes the
-socket itself with recvmsg/sendmsg and the IP_PKTINFO / IPV6_PKTINFO control messages.
+`serve_handshakes` feeds every datagram to the `Responder`, hands each event to `on_event` and
+sends what the core produced. Answers leave from the very address the peer sent to, even on a
+wildcard bind of a host with several addresses: a NAT that filters by address (most do) drops
+an answer from any other. asyncio's datagram transport cannot set a source address, so
+`DatagramEndpoint` reads and writes the socket itself with recvmsg/sendmsg and the IP_PKTINFO /
+IPV6_PKTINFO control messages.
 """
 
 from __future__ import annotations
@@ -28,21 +29,23 @@ _IN6_PKTINFO = struct.Struct("=16sI")  # addr, ifindex
 _ANCILLARY_SPACE = socket.CMSG_SPACE(max(_IN_PKTINFO.size, _IN6_PKTINFO.size))
 
 ControlMessage = tuple[int, int, bytes]
+Address = tuple[str, int]
+# Given a datagram and its source, the datagrams to send back (to any address).
+DatagramHandler = Callable[[bytes, Address], list[tuple[bytes, Address]]]
 
 
-class HandshakeSocket:
-    def __init__(
-        self, responder: Responder, sock: socket.socket, on_event: Callable[[Event], None]
-    ) -> None:
-        self.responder = responder
+class DatagramEndpoint:
+    """A UDP socket on the event loop whose answers leave from the address each datagram hit."""
+
+    def __init__(self, sock: socket.socket, handler: DatagramHandler) -> None:
         self._sock = sock
-        self._on_event = on_event
+        self._handler = handler
         self._loop = asyncio.get_running_loop()
         self.send_failures = 0
         self._loop.add_reader(sock.fileno(), self._readable)
 
     @property
-    def address(self) -> tuple[str, int]:
+    def address(self) -> Address:
         host, port = self._sock.getsockname()[:2]
         return str(host), int(port)
 
@@ -61,19 +64,17 @@ class HandshakeSocket:
                 # An ICMP error for an earlier send (a peer's NAT closed): nothing to do.
                 logger.debug("udp error: %s", error)
                 continue
-            self._handle(data, (source[0], source[1]), _reply_control(ancillary))
+            control = _reply_control(ancillary)
+            for datagram, destination in self._handler(data, (source[0], source[1])):
+                self._send(datagram, destination, control)
 
-    def _handle(self, data: bytes, source: tuple[str, int], control: list[ControlMessage]) -> None:
-        self.responder.receive_datagram(data, source, self._loop.time())
-        for datagram, destination in self.responder.datagrams_to_send():
-            try:
-                self._sock.sendmsg([datagram], control, 0, destination)
-            except OSError as error:
-                # UDP gives no delivery promise; a full buffer is a lost packet, as on the wire.
-                self.send_failures += 1
-                logger.debug("udp send to %s failed: %s", destination, error)
-        while (event := self.responder.next_event()) is not None:
-            self._on_event(event)
+    def _send(self, datagram: bytes, destination: Address, control: list[ControlMessage]) -> None:
+        try:
+            self._sock.sendmsg([datagram], control, 0, destination)
+        except OSError as error:
+            # UDP gives no delivery promise; a full buffer is a lost packet, as on the wire.
+            self.send_failures += 1
+            logger.debug("udp send to %s failed: %s", destination, error)
 
 
 def _reply_control(ancillary: list[ControlMessage]) -> list[ControlMessage]:
@@ -108,7 +109,22 @@ def open_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def handshake_handler(
+    responder: Responder, on_event: Callable[[Event], None], clock: Callable[[], float]
+) -> DatagramHandler:
+    """Feeds the responder; hands its events on; returns what it wants sent."""
+
+    def handle(data: bytes, source: Address) -> list[tuple[bytes, Address]]:
+        responder.receive_datagram(data, source, clock())
+        while (event := responder.next_event()) is not None:
+            on_event(event)
+        return responder.datagrams_to_send()
+
+    return handle
+
+
 async def serve_handshakes(
     responder: Responder, host: str, port: int, on_event: Callable[[Event], None]
-) -> HandshakeSocket:
-    return HandshakeSocket(responder, open_socket(host, port), on_event)
+) -> DatagramEndpoint:
+    handler = handshake_handler(responder, on_event, asyncio.get_running_loop().time)
+    return DatagramEndpoint(open_socket(host, port), handler)
