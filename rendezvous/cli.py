@@ -51,6 +51,7 @@ _SERVE_FLAGS = {
     "api_listen": "HOST:PORT of the HTTP API (default 0.0.0.0:51821)",
     "public_endpoint": "HOST:PORT peers dial for WireGuard (default: this host's address)",
     "public_api_url": "URL peers use for the API (default http://PUBLIC-HOST:API-PORT)",
+    "dns_ttl": "TTL of the DNS records in seconds (default 0, as wgsd: endpoints move)",
 }
 
 

@@ -27,6 +27,7 @@ class Snapshot:
     peers: int
     peers_with_endpoint: int
     api_requests: Mapping[tuple[str, int], int]
+    dns: Mapping[str, int]  # DNS answers by rcode, and rate_limited, slipped, truncated, ...
 
 
 def render(snapshot: Snapshot) -> str:
@@ -51,6 +52,8 @@ def render(snapshot: Snapshot) -> str:
         for (route, status), value in snapshot.api_requests.items()
     }
     lines.extend(_labelled("api_requests_total", api))
+    _metric(lines, "dns_total", "counter", "DNS queries by outcome (rcode, rate_limited, ...).")
+    lines.extend(_labelled("dns_total", {(("outcome", k),): v for k, v in snapshot.dns.items()}))
     return "\n".join(lines) + "\n"
 
 

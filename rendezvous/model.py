@@ -12,6 +12,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from meshpeer.dns.naming import RESERVED_NAMES
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Endpoint = tuple[str, int]
@@ -116,6 +118,8 @@ def parse_name(text: object) -> str:
             f"name {text!r} must be 1-63 lower-case letters, digits or '-', "
             "not starting or ending with '-' (it becomes a DNS label)"
         )
+    if text in RESERVED_NAMES:
+        raise InvalidInput(f"name {text!r} is reserved for the rendezvous's own DNS names")
     return text
 
 

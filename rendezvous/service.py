@@ -8,7 +8,12 @@ import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
+import dns.name
 from aiohttp import web
+
+from meshpeer.dns.ratelimit import ResponseRateLimiter
+from meshpeer.dns.records import PeerEntry, Zone, ZoneConfig
+from meshpeer.dns.server import Authority, DnsServer
 
 from .api import create_app
 from .handshake import EndpointConfirmed, Event, InitiationAccepted, Responder
@@ -30,11 +35,15 @@ class Rendezvous:
         self.registry = registry
         self.responder = responder or Responder(registry.private_key)
         self.counters = ApiCounters()
+        self.zone = _zone_for(registry)
+        self.authority = Authority(self.zone, ResponseRateLimiter())
+        self._dns = DnsServer(self.authority)
         self._udp: DatagramEndpoint | None = None
         self._runner: web.AppRunner | None = None
         for peer in registry.peers():
             # The stored TAI64N floor: an initiation recorded before a restart stays refused.
             self.responder.authorize(peer.public_key, peer.handshake_timestamp)
+            self.zone.put(zone_entry(peer))
         registry.subscribe(self._on_registry_change)
 
     async def start(self) -> None:
@@ -51,11 +60,15 @@ class Rendezvous:
         await self._runner.setup()
         site = web.TCPSite(self._runner, *settings.api_listen, reuse_address=True)
         await _listen("--api-listen", settings.api_listen, site.start())
+        await _listen("--dns-listen", settings.dns_listen, self._dns.start(*settings.dns_listen))
         logger.info(
-            "serving %d peers: WireGuard on udp %s (peers dial %s), API on %s (%s)",
+            "serving %d peers: WireGuard on udp %s (peers dial %s), DNS for %s on %s, "
+            "API on %s (%s)",
             len(self.registry),
             format_endpoint(settings.wg_listen),
             format_endpoint(settings.public_endpoint),
+            settings.zone,
+            format_endpoint(settings.dns_listen),
             format_endpoint(settings.api_listen),
             settings.public_api_url,
         )
@@ -68,6 +81,7 @@ class Rendezvous:
             udp.close()
         if runner is not None:
             await runner.cleanup()
+        await self._dns.stop()
         await self.registry.close()
 
     def snapshot(self) -> Snapshot:
@@ -79,6 +93,7 @@ class Rendezvous:
             peers=len(peers),
             peers_with_endpoint=sum(1 for peer in peers if peer.endpoint is not None),
             api_requests=dict(self.counters.requests),
+            dns=dict(self.authority.counts),
         )
 
     def _on_handshake_event(self, event: Event) -> None:
@@ -90,12 +105,38 @@ class Rendezvous:
             self.registry.observe_endpoint(event.public_key, (unmap_address(host), port), now)
 
     def _on_registry_change(self, kind: ChangeKind, peer: Peer) -> None:
+        if kind == "removed":
+            self.responder.revoke(peer.public_key)
+            self.zone.remove(peer.public_key)
+            logger.info("peer %s removed", peer.name)
+            return
+        self.zone.put(zone_entry(peer))  # the next DNS answer already has it
         if kind == "added":
             self.responder.authorize(peer.public_key, peer.handshake_timestamp)
             logger.info("peer %s registered (%s)", peer.name, peer.address)
-        elif kind == "removed":
-            self.responder.revoke(peer.public_key)
-            logger.info("peer %s removed", peer.name)
+
+
+def zone_entry(peer: Peer) -> PeerEntry:
+    host_route = f"{peer.address}/{peer.address.max_prefixlen}"
+    return PeerEntry(
+        public_key=peer.public_key,
+        name=peer.name,
+        address=str(peer.address),
+        allowed=(host_route, *(str(route) for route in peer.routes)),
+        endpoint=peer.endpoint,
+    )
+
+
+def _zone_for(registry: Registry) -> Zone:
+    settings = registry.settings
+    config = ZoneConfig(
+        origin=dns.name.from_text(settings.zone),
+        ttl=settings.dns_ttl,
+        nameserver=settings.public_endpoint[0],
+        rendezvous_address=str(settings.rendezvous_address),
+    )
+    # The serial only moves forward, across restarts too: it starts from the clock.
+    return Zone(config, serial=int(time.time()))
 
 
 async def _listen(flag: str, address: Endpoint, opening: Awaitable[T]) -> T:

@@ -30,6 +30,8 @@ DEFAULT_NETWORK = "10.77.0.0/16"
 DEFAULT_WG_LISTEN = "0.0.0.0:51820"
 DEFAULT_DNS_LISTEN = "0.0.0.0:53"
 DEFAULT_API_LISTEN = "0.0.0.0:51821"
+DEFAULT_DNS_TTL = "0"  # as wgsd: an endpoint can move at any keepalive, so never cache it
+MAX_DNS_TTL = 86_400
 _WILDCARDS = {"0.0.0.0", "::", ""}  # noqa: S104 (the names of wildcard binds, not a bind)
 
 
@@ -42,6 +44,7 @@ class Settings:
     api_listen: Endpoint
     public_endpoint: Endpoint
     public_api_url: str
+    dns_ttl: int = 0
 
     @property
     def rendezvous_address(self) -> IPAddress:
@@ -61,6 +64,7 @@ class Settings:
             "api_listen": format_endpoint(self.api_listen),
             "public_endpoint": format_endpoint(self.public_endpoint),
             "public_api_url": self.public_api_url,
+            "dns_ttl": self.dns_ttl,
         }
 
 
@@ -75,6 +79,7 @@ class Overrides:
     api_listen: str | None = None
     public_endpoint: str | None = None
     public_api_url: str | None = None
+    dns_ttl: str | None = None
 
 
 _FIELDS = tuple(field.name for field in fields(Overrides))
@@ -101,6 +106,7 @@ def resolve(given: Overrides) -> Settings:
         api_listen=api_listen,
         public_endpoint=public_endpoint,
         public_api_url=parse_api_url(api_url),
+        dns_ttl=parse_ttl(given.dns_ttl or DEFAULT_DNS_TTL),
     )
 
 
@@ -134,6 +140,12 @@ def parse_zone(text: str) -> str:
     if name == dns.name.root:
         raise InvalidInput("zone must not be the DNS root; use a name such as mesh.internal")
     return name.to_text().lower()
+
+
+def parse_ttl(text: str) -> int:
+    if not text.strip().isdigit() or int(text) > MAX_DNS_TTL:
+        raise InvalidInput(f"--dns-ttl {text!r} must be whole seconds from 0 to {MAX_DNS_TTL}")
+    return int(text)
 
 
 def parse_api_url(text: str) -> str:

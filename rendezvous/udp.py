@@ -65,7 +65,14 @@ class DatagramEndpoint:
                 logger.debug("udp error: %s", error)
                 continue
             control = _reply_control(ancillary)
-            for datagram, destination in self._handler(data, (source[0], source[1])):
+            try:
+                answers = self._handler(data, (source[0], source[1]))
+            except Exception:
+                # The cores promise not to raise; if one does, that is a bug to log, and the
+                # next datagram is still served.
+                logger.exception("handling a datagram from %s failed", source)
+                continue
+            for datagram, destination in answers:
                 self._send(datagram, destination, control)
 
     def _send(self, datagram: bytes, destination: Address, control: list[ControlMessage]) -> None:

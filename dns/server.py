@@ -1,0 +1,319 @@
+"""The authoritative DNS server for the mesh zone: a sans-I/O core and its asyncio adapters.
+
+`Authority` turns query bytes into answer bytes, with dnspython for the wire format:
+- authoritative answers (AA);
+- NXDOMAIN and NODATA with the SOA in the authority section;
+- REFUSED outside the zone (it never recurses);
+- FORMERR for malformed queries, NOTIMP for other opcodes;
+- EDNS0 buffer sizes honoured up to `max_udp_payload`;
+- TC when an answer does not fit over UDP, and the full answer over TCP;
+- AXFR over TCP.
+Names match in any case. The answer keeps the query's case, because each owner name is written
+as a compression pointer to the question. UDP answers pass the response rate limiter first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import struct
+from collections.abc import Iterator
+
+import dns.edns
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from meshpeer.rendezvous.udp import Address, DatagramEndpoint, open_socket
+
+from .ratelimit import ResponseRateLimiter, Verdict
+from .records import Zone
+
+logger = logging.getLogger("meshpeer.dns")
+
+HEADER = struct.Struct("!HHHHHH")
+HEADER_SIZE = HEADER.size
+CLASSIC_UDP_PAYLOAD = 512  # without EDNS0 (RFC 1035)
+DEFAULT_MAX_UDP_PAYLOAD = 4096
+OUR_EDNS_PAYLOAD = 1232  # what we advertise (DNS flag day 2020): no IP fragmentation
+TCP_MESSAGE_MAX = 65535
+TCP_IDLE_S = 10.0  # RFC 7766 6.2.3: a few seconds between queries, then close
+MAX_TCP_CONNECTIONS = 256
+AXFR_CHUNK = 16_384  # bytes of records per AXFR message; the limit is 64 KiB
+
+
+_ADDRESSES = (dns.rdatatype.A, dns.rdatatype.AAAA)
+_ADDITIONAL = {
+    dns.rdatatype.SRV: (*_ADDRESSES, dns.rdatatype.TXT),
+    dns.rdatatype.NS: _ADDRESSES,
+}
+
+
+class Authority:
+    def __init__(
+        self,
+        zone: Zone,
+        limiter: ResponseRateLimiter | None = None,
+        max_udp_payload: int = DEFAULT_MAX_UDP_PAYLOAD,
+    ) -> None:
+        self.zone = zone
+        self.limiter = limiter
+        self.max_udp_payload = max(CLASSIC_UDP_PAYLOAD, min(max_udp_payload, TCP_MESSAGE_MAX))
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    # -- the two transports -------------------------------------------------------------------
+
+    def answer_udp(self, wire: bytes, client: str, now: float) -> bytes | None:
+        """The answer to one UDP query, or None to stay silent."""
+        if not _is_query(wire):
+            self.counts["dropped"] += 1
+            return None
+        verdict = Verdict.SEND if self.limiter is None else self.limiter.check(client, now)
+        if verdict is Verdict.DROP:
+            self.counts["rate_limited"] += 1
+            return None
+        query = self._parse(wire)
+        if isinstance(query, bytes):
+            return query
+        if verdict is Verdict.SLIP:
+            self.counts["slipped"] += 1
+            return self._truncated(query)
+        return self._answer(query, _udp_limit(query, self.max_udp_payload), tcp=False)
+
+    def answer_tcp(self, wire: bytes) -> list[bytes]:
+        """The answers to one TCP query (several for AXFR); none to stay silent."""
+        if not _is_query(wire):
+            self.counts["dropped"] += 1
+            return []
+        query = self._parse(wire)
+        if isinstance(query, bytes):
+            return [query]
+        question = query.question[0] if len(query.question) == 1 else None
+        if question is not None and question.rdtype == dns.rdatatype.AXFR and self._ours(query):
+            return list(self._transfer(query))
+        return [self._answer(query, TCP_MESSAGE_MAX, tcp=True)]
+
+    # -- parsing ------------------------------------------------------------------------------
+
+    def _parse(self, wire: bytes) -> dns.message.Message | bytes:
+        """The query, or the FORMERR to send when it cannot be read."""
+        try:
+            return dns.message.from_wire(wire)
+        except Exception:  # hostile bytes: whatever dnspython raises, the answer is FORMERR
+            self.counts["FORMERR"] += 1
+            return _header_only_error(wire, dns.rcode.FORMERR)
+
+    # -- answering ----------------------------------------------------------------------------
+
+    def _answer(self, query: dns.message.Message, limit: int, *, tcp: bool) -> bytes:
+        response = dns.message.make_response(query, our_payload=OUR_EDNS_PAYLOAD)
+        response.flags &= ~dns.flags.RA  # no recursion here, whatever the query asked
+        rcode = self._fill(query, response, limit, tcp=tcp)
+        response.set_rcode(rcode)
+        self.counts[dns.rcode.to_text(rcode)] += 1
+        wire = response.to_wire(max_size=limit, prefer_truncation=True)
+        if HEADER.unpack_from(wire)[1] & dns.flags.TC:
+            self.counts["truncated"] += 1
+        return wire
+
+    def _fill(
+        self, query: dns.message.Message, response: dns.message.Message, limit: int, *, tcp: bool
+    ) -> dns.rcode.Rcode:
+        if query.opcode() != dns.opcode.QUERY:
+            return dns.rcode.NOTIMP
+        if len(query.question) != 1:
+            return dns.rcode.FORMERR
+        if query.edns > 0:
+            return dns.rcode.BADVERS
+        question = query.question[0]
+        qtype = question.rdtype
+        if qtype in (dns.rdatatype.IXFR, dns.rdatatype.AXFR):
+            return dns.rcode.NOTIMP if qtype == dns.rdatatype.IXFR else dns.rcode.REFUSED
+        if dns.rdatatype.is_metatype(qtype) and qtype != dns.rdatatype.ANY:
+            return dns.rcode.FORMERR
+        if not self._ours(query):
+            return dns.rcode.REFUSED
+        response.flags |= dns.flags.AA
+        return self._lookup(question.name, qtype, response, limit, tcp=tcp)
+
+    def _ours(self, query: dns.message.Message) -> bool:
+        question = query.question[0]
+        return bool(
+            question.rdclass in (dns.rdataclass.IN, dns.rdataclass.ANY)
+            and question.name.is_subdomain(self.zone.origin)
+        )
+
+    def _lookup(
+        self,
+        qname: dns.name.Name,
+        qtype: dns.rdatatype.RdataType,
+        response: dns.message.Message,
+        limit: int,
+        *,
+        tcp: bool,
+    ) -> dns.rcode.Rcode:
+        zone = self.zone
+        if qname == zone.service and qtype in (dns.rdatatype.PTR, dns.rdatatype.ANY):
+            if zone.ptr_count:
+                self._answer_ptrs(qname, response, limit, tcp=tcp)
+                return dns.rcode.NOERROR
+        node = zone.node(qname) or {}
+        found = list(node.values()) if qtype == dns.rdatatype.ANY else _present(node.get(qtype))
+        if found:
+            response.answer.extend(found)
+            response.additional.extend(self._additional(found))
+            return dns.rcode.NOERROR
+        response.authority.append(zone.soa)
+        return dns.rcode.NOERROR if zone.exists(qname) else dns.rcode.NXDOMAIN
+
+    def _answer_ptrs(
+        self, qname: dns.name.Name, response: dns.message.Message, limit: int, *, tcp: bool
+    ) -> None:
+        """The PTR set, sized without rendering all of it: it may hold 100,000 instances."""
+        zone = self.zone
+        base = len(response.to_wire(max_size=limit))
+        one = zone.ptr_rrset(qname, 1)
+        response.answer.append(one)
+        per_record = len(response.to_wire(max_size=TCP_MESSAGE_MAX)) - base
+        response.answer.clear()
+        fits = max(0, (limit - base) // per_record)
+        if zone.ptr_count <= fits:
+            response.answer.append(zone.ptr_rrset(qname))
+        elif tcp:
+            # No DNS message holds more than 64 KiB: as many as fit, marked incomplete (AXFR
+            # has them all).
+            response.answer.append(zone.ptr_rrset(qname, fits))
+            response.flags |= dns.flags.TC
+        else:
+            response.flags |= dns.flags.TC  # an empty truncated answer: ask again over TCP
+
+    def _additional(self, answer: list[dns.rrset.RRset]) -> Iterator[dns.rrset.RRset]:
+        """For SRV, the target's address and TXT, as wgsd sends them; for NS, the glue."""
+        sent = {(rrset.name, rrset.rdtype) for rrset in answer}
+        for rrset in answer:
+            wanted = _ADDITIONAL.get(rrset.rdtype, ())
+            for rdata in rrset if wanted else ():
+                extra = self.zone.node(rdata.target) or {}
+                for rdtype in wanted:
+                    if rdtype in extra and (rdata.target, rdtype) not in sent:
+                        sent.add((rdata.target, rdtype))
+                        yield extra[rdtype]
+
+    def _truncated(self, query: dns.message.Message) -> bytes:
+        response = dns.message.make_response(query, our_payload=OUR_EDNS_PAYLOAD)
+        response.flags |= dns.flags.TC
+        return response.to_wire(max_size=CLASSIC_UDP_PAYLOAD, prefer_truncation=True)
+
+    def _transfer(self, query: dns.message.Message) -> Iterator[bytes]:
+        """AXFR (RFC 5936): the SOA, every RRset, the SOA again, in messages of a few KiB."""
+        self.counts["AXFR"] += 1
+        message, size = self._transfer_message(query, first=True), 0
+        for rrset in [*self.zone.transfer(), self.zone.soa]:
+            # Text is longer than wire format for these records: a safe measure of the size.
+            cost = len(rrset.to_text())
+            if message.answer and size + cost > AXFR_CHUNK:
+                yield message.to_wire(max_size=TCP_MESSAGE_MAX)
+                message, size = self._transfer_message(query, first=False), 0
+            message.answer.append(rrset)
+            size += cost
+        yield message.to_wire(max_size=TCP_MESSAGE_MAX)
+
+    def _transfer_message(self, query: dns.message.Message, *, first: bool) -> dns.message.Message:
+        message = dns.message.Message(id=query.id)
+        message.flags = dns.flags.QR | dns.flags.AA
+        if first:
+            message.question = list(query.question)
+        return message
+
+
+def _present(rrset: dns.rrset.RRset | None) -> list[dns.rrset.RRset]:
+    return [rrset] if rrset is not None else []
+
+
+def _is_query(wire: bytes) -> bool:
+    """Long enough for a header, and not itself a response (answering those makes loops)."""
+    return len(wire) >= HEADER_SIZE and not HEADER.unpack_from(wire)[1] & dns.flags.QR
+
+
+def _udp_limit(query: dns.message.Message, max_udp_payload: int) -> int:
+    if query.edns < 0:
+        return CLASSIC_UDP_PAYLOAD
+    return max(CLASSIC_UDP_PAYLOAD, min(query.payload, max_udp_payload))
+
+
+def _header_only_error(wire: bytes, rcode: dns.rcode.Rcode) -> bytes:
+    """An answer for a query we could not parse: its ID and opcode, no sections."""
+    query_id, flags = struct.unpack_from("!HH", wire)
+    kept = flags & (0x7800 | dns.flags.RD)  # the opcode bits and RD
+    return HEADER.pack(query_id, dns.flags.QR | kept | int(rcode), 0, 0, 0, 0)
+
+
+# -- asyncio adapters -------------------------------------------------------------------------
+
+
+class DnsServer:
+    """The authority on one UDP socket (answers from the address asked) and one TCP listener."""
+
+    def __init__(self, authority: Authority) -> None:
+        self.authority = authority
+        self._udp: DatagramEndpoint | None = None
+        self._tcp: asyncio.Server | None = None
+        self._connections = 0
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_datagram(data: bytes, source: Address) -> list[tuple[bytes, Address]]:
+            answer = self.authority.answer_udp(data, source[0], loop.time())
+            return [(answer, source)] if answer is not None else []
+
+        self._udp = DatagramEndpoint(open_socket(host, port), on_datagram)
+        try:
+            self._tcp = await asyncio.start_server(
+                self._serve_connection, host, port, reuse_address=True
+            )
+        except OSError:
+            self._udp.close()
+            raise
+
+    async def stop(self) -> None:
+        udp, self._udp = self._udp, None
+        tcp, self._tcp = self._tcp, None
+        if udp is not None:
+            udp.close()
+        if tcp is not None:
+            tcp.close()
+            await tcp.wait_closed()
+
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self._connections += 1
+        try:
+            if self._connections <= MAX_TCP_CONNECTIONS:
+                await self._exchange(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass  # the client went away or idled out: nothing to answer
+        finally:
+            self._connections -= 1
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_S), "big")
+            if size < HEADER_SIZE:
+                return
+            query = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE_S)
+            for answer in self.authority.answer_tcp(query):
+                writer.write(len(answer).to_bytes(2, "big") + answer)
+            await writer.drain()
