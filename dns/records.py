@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import ipaddress
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,13 +30,18 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+from dns.rdtypes.ANY.PTR import PTR
+from dns.rdtypes.ANY.TXT import TXT
+from dns.rdtypes.IN.A import A
+from dns.rdtypes.IN.AAAA import AAAA
+from dns.rdtypes.IN.SRV import SRV
 
 from .naming import (
     NAMESERVER_LABEL,
     RENDEZVOUS_LABEL,
     BadLabel,
     enumeration_name,
-    instance_name,
+    instance_label,
     key_from_label,
     service_name,
 )
@@ -44,6 +50,7 @@ IN = dns.rdataclass.IN
 TXT_VERSION = "txtvers=1"
 MAX_TXT_STRING = 255
 SOA_REFRESH_S, SOA_RETRY_S, SOA_EXPIRE_S = 3600, 600, 86400
+BUILT_NODES = 8192  # peers' record sets kept built; others are rebuilt when asked for
 
 Endpoint = tuple[str, int]
 Node = dict[dns.rdatatype.RdataType, dns.rrset.RRset]
@@ -96,9 +103,14 @@ class Zone:
         self.origin = config.origin
         self.service = service_name(config.origin)
         self.serial = serial
-        self._nodes: dict[dns.name.Name, Node] = {}
-        self._ptrs: dict[bytes, dns.rdata.Rdata] = {}  # in registration order
+        self._soa_serial = serial
+        self._fixed: dict[dns.name.Name, Node] = {}  # the apex, ns, rendezvous, enumeration
         self._entries: dict[bytes, PeerEntry] = {}
+        # Peers are found by their lower-case label; their records are built when first asked
+        # for (a bounded cache keeps the busy ones), so loading 100,000 peers stays cheap.
+        self._by_instance: dict[bytes, bytes] = {}  # instance label -> key; in PTR order
+        self._by_name: dict[bytes, bytes] = {}  # mesh name label -> key
+        self._built: collections.OrderedDict[tuple[bool, bytes], Node] = collections.OrderedDict()
         # Names that exist without records of their own (RFC 8020: NODATA, not NXDOMAIN).
         self._structural = {
             config.origin,
@@ -112,25 +124,31 @@ class Zone:
     # -- reading ------------------------------------------------------------------------------
 
     def node(self, name: dns.name.Name) -> Node | None:
-        return self._nodes.get(name)
+        if name == self.origin:
+            self._refresh_soa()
+        fixed = self._fixed.get(name)
+        if fixed is not None:
+            return fixed
+        found = self._peer_of(name)
+        return self._peer_node(*found) if found else None
 
     def exists(self, name: dns.name.Name) -> bool:
-        return name in self._nodes or name in self._structural
+        return name in self._fixed or name in self._structural or self._peer_of(name) is not None
 
     @property
     def soa(self) -> dns.rrset.RRset:
-        return self._nodes[self.origin][dns.rdatatype.SOA]
+        self._refresh_soa()
+        return self._fixed[self.origin][dns.rdatatype.SOA]
 
     @property
     def ptr_count(self) -> int:
-        return len(self._ptrs)
+        return len(self._by_instance)
 
     def ptr_rrset(self, owner: dns.name.Name, limit: int | None = None) -> dns.rrset.RRset:
         """The service PTR set (the first `limit` instances), owned by `owner` as asked."""
         rrset = dns.rrset.RRset(owner, IN, dns.rdatatype.PTR)
-        rrset.update_ttl(self.config.ttl)
-        for rdata in itertools.islice(self._ptrs.values(), limit):
-            rrset.add(rdata)
+        for label in itertools.islice(self._by_instance, limit):
+            rrset.add(_ptr(self._instance(label)), self.config.ttl)
         return rrset
 
     def entry(self, public_key: bytes) -> PeerEntry | None:
@@ -138,15 +156,16 @@ class Zone:
 
     def transfer(self) -> Iterator[dns.rrset.RRset]:
         """Every RRset for AXFR, SOA first (the caller repeats it last); PTRs one by one."""
-        yield self.soa
-        for name, node in self._nodes.items():
-            for rdtype, rrset in node.items():
-                if not (name == self.origin and rdtype == dns.rdatatype.SOA):
-                    yield rrset
-        for rdata in self._ptrs.values():
-            single = dns.rrset.RRset(self.service, IN, dns.rdatatype.PTR)
-            single.add(rdata, self.config.ttl)
-            yield single
+        soa = self.soa
+        yield soa
+        for node in self._fixed.values():
+            yield from (rrset for rrset in node.values() if rrset is not soa)
+        for key, entry in self._entries.items():
+            yield from _mesh_node(self._mesh_name(entry.name), entry, self.config.ttl).values()
+            if entry.endpoint is not None:
+                instance = self._instance(instance_label(key).encode())
+                yield from _instance_node(instance, entry, entry.endpoint, self.config.ttl).values()
+                yield _rrset(self.service, self.config.ttl, [_ptr(instance)])
 
     # -- changing -----------------------------------------------------------------------------
 
@@ -158,7 +177,11 @@ class Zone:
         if old is not None:
             self._unpublish(old, keep_ptr=entry.endpoint is not None)
         self._entries[entry.public_key] = entry
-        self._publish(entry)
+        self._by_name[entry.name.encode()] = entry.public_key
+        if entry.endpoint is not None:
+            self._by_instance.setdefault(
+                instance_label(entry.public_key).encode(), entry.public_key
+            )
         self._bump()
 
     def remove(self, public_key: bytes) -> None:
@@ -167,36 +190,61 @@ class Zone:
             self._unpublish(old, keep_ptr=False)
             self._bump()
 
-    def _publish(self, entry: PeerEntry) -> None:
-        ttl = self.config.ttl
-        self._set(_address_rrset(self._mesh_name(entry.name), entry.address, ttl))
-        if entry.endpoint is None:
-            return
-        instance = instance_name(entry.public_key, self.origin)
-        host, port = entry.endpoint
-        srv = _rdata(dns.rdatatype.SRV, f"0 0 {port} {instance}")
-        self._set(_rrset(instance, ttl, [srv]))
-        self._set(_address_rrset(instance, host, ttl))
-        txt = _rdata(dns.rdatatype.TXT, " ".join(_quoted(text) for text in txt_strings(entry)))
-        self._set(_rrset(instance, ttl, [txt]))
-        if entry.public_key not in self._ptrs:
-            self._ptrs[entry.public_key] = _rdata(dns.rdatatype.PTR, instance.to_text())
-
     def _unpublish(self, entry: PeerEntry, *, keep_ptr: bool) -> None:
-        self._nodes.pop(self._mesh_name(entry.name), None)
-        self._nodes.pop(instance_name(entry.public_key, self.origin), None)
+        if self._by_name.get(entry.name.encode()) == entry.public_key:
+            del self._by_name[entry.name.encode()]
         if not keep_ptr:
-            self._ptrs.pop(entry.public_key, None)
+            self._by_instance.pop(instance_label(entry.public_key).encode(), None)
+        self._built.pop((True, entry.public_key), None)
+        self._built.pop((False, entry.public_key), None)
 
     def _bump(self) -> None:
         self.serial = (self.serial + 1) % 2**32 or 1
-        self._set(self._soa_rrset())
+
+    # -- peers' records, built on demand ------------------------------------------------------
+
+    def _peer_of(self, name: dns.name.Name) -> tuple[bool, bytes, dns.name.Name] | None:
+        """(is an instance, key, name) for a peer's name, by a dictionary lookup."""
+        depth = len(name.labels)
+        if depth == len(self.service.labels) + 1 and name.is_subdomain(self.service):
+            key = self._by_instance.get(name.labels[0].lower())
+            return (True, key, name) if key is not None else None
+        if depth == len(self.origin.labels) + 1 and name.is_subdomain(self.origin):
+            key = self._by_name.get(name.labels[0].lower())
+            return (False, key, name) if key is not None else None
+        return None
+
+    def _peer_node(self, is_instance: bool, key: bytes, name: dns.name.Name) -> Node:
+        cached = self._built.get((is_instance, key))
+        if cached is not None:
+            self._built.move_to_end((is_instance, key))
+            return cached
+        entry, ttl = self._entries[key], self.config.ttl
+        canonical = name.canonicalize()
+        if is_instance and entry.endpoint is not None:
+            node = _instance_node(canonical, entry, entry.endpoint, ttl)
+        else:
+            node = _mesh_node(canonical, entry, ttl)
+        self._built[(is_instance, key)] = node
+        if len(self._built) > BUILT_NODES:
+            self._built.popitem(last=False)
+        return node
+
+    def _instance(self, label: bytes) -> dns.name.Name:
+        return dns.name.Name((label,)).concatenate(self.service)
 
     def _mesh_name(self, peer_name: str) -> dns.name.Name:
         return dns.name.Name((peer_name,)).concatenate(self.origin)
 
+    # -- the fixed records --------------------------------------------------------------------
+
+    def _refresh_soa(self) -> None:
+        if self._soa_serial != self.serial:  # built when read, not at every change
+            self._set(self._soa_rrset())
+            self._soa_serial = self.serial
+
     def _set(self, rrset: dns.rrset.RRset) -> None:
-        self._nodes.setdefault(rrset.name, {})[rrset.rdtype] = rrset
+        self._fixed.setdefault(rrset.name, {})[rrset.rdtype] = rrset
 
     def _build_fixed(self) -> None:
         config, ttl = self.config, self.config.ttl
@@ -208,7 +256,7 @@ class Zone:
             self._set(_address_rrset(nameserver, config.nameserver, ttl))
         rendezvous = dns.name.Name((RENDEZVOUS_LABEL,)).concatenate(config.origin)
         self._set(_address_rrset(rendezvous, config.rendezvous_address, ttl))
-        enumeration = _rdata(dns.rdatatype.PTR, self.service.to_text())
+        enumeration = _ptr(self.service)
         self._set(_rrset(enumeration_name(config.origin), ttl, [enumeration]))
 
     def _nameserver_name(self) -> dns.name.Name:
@@ -228,6 +276,23 @@ class Zone:
         return _rrset(origin, ttl, [soa])
 
 
+def _mesh_node(name: dns.name.Name, entry: PeerEntry, ttl: int) -> Node:
+    return {_address_type(entry.address): _address_rrset(name, entry.address, ttl)}
+
+
+def _instance_node(name: dns.name.Name, entry: PeerEntry, endpoint: Endpoint, ttl: int) -> Node:
+    host, port = endpoint
+    return {
+        dns.rdatatype.SRV: _rrset(name, ttl, [_srv(port, name)]),
+        _address_type(host): _address_rrset(name, host, ttl),
+        dns.rdatatype.TXT: _rrset(name, ttl, [_txt(txt_strings(entry))]),
+    }
+
+
+def _address_type(address: str) -> dns.rdatatype.RdataType:
+    return dns.rdatatype.AAAA if ":" in address else dns.rdatatype.A
+
+
 def _rrset(name: dns.name.Name, ttl: int, rdatas: Iterable[dns.rdata.Rdata]) -> dns.rrset.RRset:
     rdatas = list(rdatas)
     rrset = dns.rrset.RRset(name, IN, rdatas[0].rdtype)
@@ -237,17 +302,31 @@ def _rrset(name: dns.name.Name, ttl: int, rdatas: Iterable[dns.rdata.Rdata]) -> 
 
 
 def _address_rrset(name: dns.name.Name, address: str, ttl: int) -> dns.rrset.RRset:
-    version = ipaddress.ip_address(address).version
-    rdtype = dns.rdatatype.AAAA if version == 6 else dns.rdatatype.A
-    return _rrset(name, ttl, [_rdata(rdtype, address)])
+    return _rrset(name, ttl, [_address(address)])
+
+
+def _address(address: str) -> dns.rdata.Rdata:
+    if ":" in address:
+        return AAAA(IN, dns.rdatatype.AAAA, address)  # type: ignore[no-untyped-call]
+    return A(IN, dns.rdatatype.A, address)  # type: ignore[no-untyped-call]
 
 
 def _rdata(rdtype: dns.rdatatype.RdataType, text: str) -> dns.rdata.Rdata:
     return dns.rdata.from_text(IN, rdtype, text)
 
 
-def _quoted(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+# The per-peer records are built from their fields: parsing zone-file text costs 10 times more,
+# and 100,000 peers are loaded at every start. (dnspython's constructors carry no annotations.)
+def _srv(port: int, target: dns.name.Name) -> dns.rdata.Rdata:
+    return SRV(IN, dns.rdatatype.SRV, 0, 0, port, target)  # type: ignore[no-untyped-call]
+
+
+def _ptr(target: dns.name.Name) -> dns.rdata.Rdata:
+    return PTR(IN, dns.rdatatype.PTR, target)  # type: ignore[no-untyped-call]
+
+
+def _txt(strings: list[str]) -> dns.rdata.Rdata:
+    return TXT(IN, dns.rdatatype.TXT, strings)
 
 
 def _is_ip(text: str) -> bool:

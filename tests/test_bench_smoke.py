@@ -19,3 +19,15 @@ def test_handshake_benchmark_runs() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "handshakes/s: median" in result.stdout and "ratio" in result.stdout
+
+
+def test_dns_benchmark_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "dns_answers.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "q/s by dnsperf" in result.stdout and "p99" in result.stdout
