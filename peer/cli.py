@@ -1,30 +1,183 @@
-"""Command line of the agent (``meshpeer``)."""
+"""Command line of the agent (``meshpeer``): run, status, down."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import signal
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from meshpeer.rendezvous.console import (
+    FAILURE,
+    USAGE_ERROR,
+    OneLineParser,
+    configure_logging,
+    report,
+)
+from meshpeer.rendezvous.model import InvalidInput, parse_name
+
+from . import client
+from .agent import Agent, AgentError, Options
+from .state import DEFAULT_STATE_DIR, StateDir, StateError
+from .wireguard import BackendError, Links
+
+PROG = "meshpeer"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="meshpeer",
+    parser = OneLineParser(
+        prog=PROG,
         description=(
             "The meshpeer agent: joins the mesh through the rendezvous, drives the WireGuard "
             "interface and punches through NATs to every other peer."
         ),
     )
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = OneLineParser(add_help=False)
+    common.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("MESHPEER_STATE_DIR", DEFAULT_STATE_DIR)),
+        help=f"where the key and membership live (default {DEFAULT_STATE_DIR})",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser("run", parents=[common], help="join (once) and keep the mesh up")
+    run.add_argument("--token", help="join token from `rendezvous token create` (first run)")
+    run.add_argument("--interface", default="wg0", help="WireGuard interface name (default wg0)")
+    run.add_argument("--listen-port", type=int, default=51820, help="UDP port (default 51820)")
+    run.add_argument("--backend", choices=["auto", "kernel", "userspace"], default="auto")
+    run.add_argument("--name", help="this peer's name, a DNS label (default: the host name)")
+    run.add_argument(
+        "--advertise-routes", default="", help="CIDRs behind this peer, comma-separated"
+    )
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    status = commands.add_parser("status", parents=[common], help="the peers and their paths")
+    status.add_argument("--json", action="store_true")
+    commands.add_parser("down", parents=[common], help="stop `run` and remove its interface")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)  # exits 2 with a one-line usage error on bad input
+    args = parser.parse_args(argv)  # exits 2 with a one-line error on a bad flag
     if args.command is None:
         parser.print_help(sys.stdout)
+        return 0
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "status":
+            return _status(args)
+        return _down(args)
+    except (AgentError, InvalidInput, StateError, client.JoinRefused) as error:
+        return report(PROG, error, USAGE_ERROR)
+    except BackendError as error:
+        return report(PROG, error, FAILURE)
+    except PermissionError as error:
+        return report(PROG, f"{error.strerror}: meshpeer needs root (CAP_NET_ADMIN)", USAGE_ERROR)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        raise AgentError("meshpeer run needs root (CAP_NET_ADMIN) to make the interface")
+    if not 0 < args.listen_port < 65536:
+        raise AgentError("--listen-port must be between 1 and 65535")
+    options = Options(
+        state_dir=args.state_dir,
+        token=args.token,
+        interface=args.interface,
+        listen_port=args.listen_port,
+        backend=args.backend,
+        name=parse_name(args.name) if args.name else None,
+        routes=_routes(args.advertise_routes),
+    )
+    configure_logging(args.log_level)
+    return asyncio.run(_serve(Agent(options)))
+
+
+async def _serve(agent: Agent) -> int:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, agent.stop)
+    await agent.run()
     return 0
+
+
+def _routes(text: str) -> tuple[str, ...]:
+    routes = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            routes.append(str(ipaddress.ip_network(item)))
+        except ValueError:
+            raise AgentError(
+                f"--advertise-routes: {item!r} is not a CIDR such as 192.168.1.0/24"
+            ) from None
+    return tuple(routes)
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = StateDir(args.state_dir).read_status()
+    if status is None or not _alive(status.get("pid")):
+        raise AgentError(f"meshpeer is not running with state in {args.state_dir}")
+    if args.json:
+        print(json.dumps(_contract(status), indent=2))
+        return 0
+    print(f"{status['name']}  {status['address']}  {status['interface']} ({status['backend']})")
+    rows = [["PEER", "ADDRESS", "PATH", "ENDPOINT", "HANDSHAKE"]]
+    now = time.time()
+    for peer in status["peers"]:
+        handshake = peer["latest_handshake"]
+        ago = f"{int(now - handshake)}s ago" if handshake else "never"
+        rows.append([peer["name"], peer["address"], peer["path"], peer["endpoint"] or "-", ago])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return 0
+
+
+def _contract(status: dict[str, Any]) -> dict[str, Any]:
+    """DESIGN.md's keys first; the rest as extras."""
+    return {"public_key": status["public_key"], "address": status["address"], **status}
+
+
+def _down(args: argparse.Namespace) -> int:
+    state = StateDir(args.state_dir)
+    status = state.read_status()
+    if status and _alive(status.get("pid")):
+        os.kill(int(status["pid"]), signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _alive(status.get("pid")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        print(f"stopped meshpeer (pid {status['pid']}); {status['interface']} removed")
+        return 0
+    interface = status["interface"] if status else "wg0"
+    links = Links()
+    if links.is_ours(interface):
+        links.delete(interface)
+        print(f"removed {interface}")
+        return 0
+    print("nothing to do: meshpeer is not running")
+    return 0
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 if __name__ == "__main__":

@@ -1,0 +1,301 @@
+"""`meshpeer run`: join, make the interface, follow the mesh, keep every path punched."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ipaddress
+import logging
+import os
+import random
+import re
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from meshpeer.rendezvous.tokens import decode as decode_token
+
+from . import client
+from .mesh import RENDEZVOUS_KEEPALIVE_S, Mesh, remote_from_json
+from .state import Membership, StateDir
+from .uapi import DeviceStatus, PeerConfig
+from .wireguard import (
+    Backend,
+    BackendError,
+    KernelBackend,
+    Links,
+    UserspaceBackend,
+    kernel_has_wireguard,
+)
+
+logger = logging.getLogger("meshpeer.peer")
+
+MTU = 1420  # 1500 minus WireGuard's 80 bytes over IPv6: safe on any ordinary path
+RECONCILE_S = 1.0
+BACKOFF_MAX_S = 30.0
+
+
+class AgentError(Exception):
+    """A user-fixable problem (exit 2): the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    state_dir: Path
+    token: str | None = None
+    interface: str = "wg0"
+    listen_port: int = 51820
+    backend: str = "auto"
+    name: str | None = None
+    routes: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class _Live:
+    """What a running agent works with, once it has joined and made its interface."""
+
+    membership: Membership
+    mesh: Mesh
+    backend: Backend
+    routes: set[str]
+
+
+class Agent:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.state = StateDir(options.state_dir)
+        self.links = Links()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    # -- starting -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.state.prepare()
+        private_key = self.state.private_key()
+        own_key = private_key.public_key().public_bytes_raw()
+        membership = await self._membership(own_key)
+        backend = choose_backend(self.options.backend, self.links)
+        await self._free_interface()
+        try:
+            await self._make_interface(backend, membership, private_key)
+            live = _Live(membership, Mesh(own_key), backend, set())
+            await asyncio.to_thread(self._enable_forwarding)
+            tasks = [
+                asyncio.create_task(self._follow_rendezvous(live), name="watch"),
+                asyncio.create_task(self._reconcile_forever(live), name="reconcile"),
+            ]
+            await self._stopping.wait()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        finally:
+            await self._tear_down(backend)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _membership(self, own_key: bytes) -> Membership:
+        stored = self.state.membership()
+        token_text = self.options.token
+        if token_text is None:
+            if stored is None:
+                raise AgentError(
+                    f"{self.options.state_dir} holds no membership yet: "
+                    "run `meshpeer run --token TOKEN` once "
+                    "(make one with `rendezvous token create`)"
+                )
+            return stored
+        token = decode_token(token_text)
+        name = self.options.name or (stored.name if stored else default_name())
+        backoff = 1.0
+        while True:
+            try:
+                membership, _ = await client.join(
+                    token, _b64(own_key), name, list(self.options.routes)
+                )
+                break
+            except client.Unreachable as error:
+                logger.warning("%s; retrying in %.0f s", error, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+        self.state.save_membership(membership)
+        logger.info(
+            "joined as %s (%s) in %s", membership.name, membership.address, membership.network
+        )
+        return membership
+
+    async def _free_interface(self) -> None:
+        ifname = self.options.interface
+        if await asyncio.to_thread(self.links.index, ifname) is None:
+            return
+        if not await asyncio.to_thread(self.links.is_ours, ifname):
+            raise AgentError(
+                f"interface {ifname} exists and meshpeer did not make it: "
+                "choose another with --interface"
+            )
+        logger.info("removing %s left over from an earlier run", ifname)
+        await asyncio.to_thread(self.links.delete, ifname)
+
+    async def _make_interface(
+        self, backend: Backend, membership: Membership, private_key: X25519PrivateKey
+    ) -> None:
+        ifname = self.options.interface
+        await backend.create(ifname, private_key.private_bytes_raw(), self.options.listen_port)
+        prefix = ipaddress.ip_network(membership.network).prefixlen
+        await asyncio.to_thread(self.links.claim, ifname, f"{membership.address}/{prefix}", MTU)
+        await backend.apply([rendezvous_peer(membership)], [])
+        logger.info(
+            "interface %s up (%s backend), listening on udp/%d",
+            ifname,
+            backend.name,
+            self.options.listen_port,
+        )
+
+    def _enable_forwarding(self) -> None:
+        """A peer that carries a LAN for the mesh must forward between them."""
+        versions = {ipaddress.ip_network(route).version for route in self.options.routes}
+        for version in versions:
+            knob = "ipv4/ip_forward" if version == 4 else "ipv6/conf/all/forwarding"
+            Path("/proc/sys/net", knob).write_text("1\n")
+            logger.info(
+                "forwarding on (net.%s=1) for %s",
+                knob.replace("/", "."),
+                ",".join(self.options.routes),
+            )
+
+    # -- following the rendezvous -------------------------------------------------------------
+
+    async def _follow_rendezvous(self, live: _Live) -> None:
+        """The watch API, long-polled; on failure, back off and keep the tunnels as they are."""
+        epoch: str | None = None
+        revision: int | None = None
+        backoff = 1.0
+        while True:
+            try:
+                answer = await client.watch(
+                    live.membership, epoch, revision, client.WATCH_TIMEOUT_S
+                )
+            except client.Unreachable as error:
+                logger.warning("rendezvous unreachable (%s); retrying in %.0f s", error, backoff)
+                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
+            backoff = 1.0
+            peers = [p for p in map(remote_from_json, answer.peers) if p is not None]
+            if answer.full:
+                live.mesh.replace_all(peers)
+            else:
+                removed = [base64.b64decode(key) for key in answer.removed]
+                live.mesh.update(peers, removed)
+            epoch, revision = answer.epoch, answer.revision
+            self._wake.set()
+
+    # -- reconciling --------------------------------------------------------------------------
+
+    async def _reconcile_forever(self, live: _Live) -> None:
+        while True:
+            try:
+                await self.reconcile(live)
+            except (BackendError, OSError) as error:
+                logger.warning("could not configure the interface yet: %s", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), RECONCILE_S)
+            self._wake.clear()
+
+    async def reconcile(self, live: _Live) -> None:
+        device = await live.backend.status()
+        plan = live.mesh.plan(device, time.time())
+        if plan.set_peers or plan.remove:
+            await live.backend.apply(plan.set_peers, plan.remove)
+        for event in plan.events:
+            logger.info("%s", event)
+        wanted = {route for peer in live.mesh.peers.values() for route in peer.routes}
+        if wanted != live.routes:
+            live.routes = await asyncio.to_thread(
+                self.links.set_routes, self.options.interface, wanted, live.routes
+            )
+        await asyncio.to_thread(self.state.write_status, self.status(live, device))
+
+    def status(self, live: _Live, device: DeviceStatus) -> dict[str, Any]:
+        peers = []
+        mesh = live.mesh
+        for key, peer in sorted(mesh.peers.items(), key=lambda item: item[1].name):
+            seen = device.peers.get(key)
+            endpoint = seen.endpoint if seen and seen.endpoint else peer.endpoint
+            peers.append(
+                {
+                    "name": peer.name,
+                    "public_key": _b64(key),
+                    "address": peer.address,
+                    "endpoint": _format(endpoint),
+                    "path": mesh.path(key),
+                    "latest_handshake": int(seen.latest_handshake)
+                    if seen and seen.latest_handshake
+                    else None,
+                    "routes": list(peer.routes),
+                }
+            )
+        return {
+            "public_key": _b64(mesh.own_key),
+            "name": live.membership.name,
+            "address": live.membership.address,
+            "interface": self.options.interface,
+            "backend": live.backend.name,
+            "pid": os.getpid(),
+            "updated": int(time.time()),
+            "peers": peers,
+        }
+
+    async def _tear_down(self, backend: Backend) -> None:
+        with contextlib.suppress(BackendError, OSError):
+            await backend.destroy()
+        with contextlib.suppress(OSError):
+            if await asyncio.to_thread(self.links.is_ours, self.options.interface):
+                await asyncio.to_thread(self.links.delete, self.options.interface)
+        logger.info("interface %s removed", self.options.interface)
+        with contextlib.suppress(OSError):
+            (self.options.state_dir / "status.json").unlink()
+
+
+def rendezvous_peer(membership: Membership) -> PeerConfig:
+    """The rendezvous as a WireGuard peer: its mesh address only, and a short keepalive."""
+    host, _, port = membership.rendezvous_endpoint.rpartition(":")
+    address = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_DGRAM)[0][4][0]
+    mesh_address = ipaddress.ip_address(membership.rendezvous_address)
+    return PeerConfig(
+        base64.b64decode(membership.rendezvous_key),
+        (f"{mesh_address}/{mesh_address.max_prefixlen}",),
+        (str(address), int(port)),
+        RENDEZVOUS_KEEPALIVE_S,
+    )
+
+
+def choose_backend(choice: str, links: Links) -> Backend:
+    if choice == "kernel" or (choice == "auto" and kernel_has_wireguard()):
+        return KernelBackend(links)
+    return UserspaceBackend()
+
+
+def default_name() -> str:
+    """This host's name as a DNS label."""
+    label = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().split(".")[0].lower()).strip("-")
+    return label[:63] or "peer"
+
+
+def _format(endpoint: tuple[str, int] | None) -> str | None:
+    if endpoint is None:
+        return None
+    host, port = endpoint
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _b64(key: bytes) -> str:
+    return base64.b64encode(key).decode()

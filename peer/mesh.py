@@ -1,0 +1,179 @@
+"""The agent's sans-I/O core: what the mesh should look like, what each path is, what to change.
+
+Discovery feeds `Mesh` the other peers (from the watch API, later also DNS-SD and mDNS). The
+device feeds it its status. `plan()` answers with the WireGuard peers to set or remove, and the
+events worth a log line. Nothing here does I/O or reads a clock: `now` comes in.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .uapi import DeviceStatus, PeerConfig
+
+# The rendezvous sees a NAT rebinding at the next keepalive. Ten seconds keeps "a moved peer is
+# found again" near 10 s, and at one 32-byte packet per 10 s per peer it costs nothing. (The 25 s
+# WireGuard suggests only keeps mappings open; it would make rebinding news 25 s late.)
+RENDEZVOUS_KEEPALIVE_S = 10
+# Between peers, the usual 25 s keeps every common NAT's UDP mapping alive (the shortest seen in
+# the wild is 30 s).
+PEER_KEEPALIVE_S = 25
+# A session is dead 180 s after its handshake (REJECT_AFTER_TIME); with keepalives flowing a
+# live path rehandshakes every 120 s, so a handshake younger than 180 s means the path is up.
+PATH_FRESH_S = 180.0
+# While a path is down, its endpoint is set again this often: both sides keep sending to each
+# other's current mapping, which is what opens the NATs.
+REPUNCH_S = 10.0
+
+Path = Literal["direct", "lan", "relay", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class RemotePeer:
+    public_key: bytes
+    name: str
+    address: str
+    routes: tuple[str, ...]
+    endpoint: tuple[str, int] | None  # as the rendezvous observed it
+
+    @property
+    def allowed_ips(self) -> tuple[str, ...]:
+        host = ipaddress.ip_address(self.address)
+        return (f"{host}/{host.max_prefixlen}", *self.routes)
+
+
+@dataclass(slots=True)
+class _PathState:
+    path: Path = "none"
+    punched_at: float | None = None
+    punched_endpoint: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    set_peers: list[PeerConfig]
+    remove: list[bytes]
+    events: list[str]
+
+
+@dataclass(slots=True)
+class Mesh:
+    own_key: bytes
+    peers: dict[bytes, RemotePeer] = field(default_factory=dict)
+    _applied: dict[bytes, PeerConfig] = field(default_factory=dict)
+    _paths: dict[bytes, _PathState] = field(default_factory=dict)
+
+    # -- discovery ----------------------------------------------------------------------------
+
+    def replace_all(self, peers: list[RemotePeer]) -> None:
+        self.peers = {peer.public_key: peer for peer in peers if peer.public_key != self.own_key}
+
+    def update(self, changed: list[RemotePeer], removed: list[bytes]) -> None:
+        for peer in changed:
+            if peer.public_key != self.own_key:
+                self.peers[peer.public_key] = peer
+        for key in removed:
+            self.peers.pop(key, None)
+
+    # -- planning -----------------------------------------------------------------------------
+
+    def plan(self, device: DeviceStatus, now: float) -> Plan:
+        events: list[str] = []
+        wanted: list[PeerConfig] = []
+        for key, peer in self.peers.items():
+            state = self._paths.setdefault(key, _PathState())
+            config = self._config(peer, device, state, now)
+            if config is not None:
+                wanted.append(config)
+                self._applied[key] = config
+                if key not in device.peers:
+                    events.append(f"peer {peer.name} added ({peer.address})")
+            self._note_path(peer, device, state, now, events)
+        remove = [key for key in self._applied if key not in self.peers]
+        for key in remove:
+            del self._applied[key]
+            self._paths.pop(key, None)
+            events.append(f"peer {_short(key)} removed")
+        return Plan(wanted, remove, events)
+
+    def _config(
+        self, peer: RemotePeer, device: DeviceStatus, state: _PathState, now: float
+    ) -> PeerConfig | None:
+        """The peer's configuration, if something must be (re)written."""
+        up = self._is_up(peer.public_key, device, now)
+        endpoint = None if up else peer.endpoint
+        config = PeerConfig(peer.public_key, peer.allowed_ips, endpoint, PEER_KEEPALIVE_S)
+        applied = self._applied.get(peer.public_key)
+        same_shape = applied is not None and (
+            applied.allowed_ips == config.allowed_ips and applied.keepalive_s == config.keepalive_s
+        )
+        if peer.public_key not in device.peers or not same_shape:
+            return self._punched(config, state, now)
+        if up or endpoint is None:
+            return None
+        repunch = state.punched_at is None or now - state.punched_at >= REPUNCH_S
+        if endpoint != state.punched_endpoint or repunch:
+            return self._punched(config, state, now)
+        return None
+
+    def _punched(self, config: PeerConfig, state: _PathState, now: float) -> PeerConfig:
+        if config.endpoint is not None:
+            state.punched_at, state.punched_endpoint = now, config.endpoint
+        return config
+
+    def _is_up(self, key: bytes, device: DeviceStatus, now: float) -> bool:
+        status = device.peers.get(key)
+        return bool(
+            status and status.latest_handshake and now - status.latest_handshake < PATH_FRESH_S
+        )
+
+    def _note_path(
+        self,
+        peer: RemotePeer,
+        device: DeviceStatus,
+        state: _PathState,
+        now: float,
+        events: list[str],
+    ) -> None:
+        path: Path = "direct" if self._is_up(peer.public_key, device, now) else "none"
+        if path != state.path:
+            reason = "handshake completed" if path != "none" else "no handshake for 180 s"
+            events.append(f"path to {peer.name} {state.path} -> {path} ({reason})")
+            state.path = path
+
+    def path(self, key: bytes) -> Path:
+        state = self._paths.get(key)
+        return state.path if state else "none"
+
+
+def remote_from_json(item: dict[str, Any]) -> RemotePeer | None:
+    """A peer as the API lists it; None for anything malformed (it is skipped, not fatal)."""
+    try:
+        key = base64.b64decode(str(item["public_key"]), validate=True)
+        address = str(ipaddress.ip_address(str(item["address"])))
+        routes = tuple(str(ipaddress.ip_network(str(r))) for r in item.get("routes") or [])
+        endpoint = _endpoint(item.get("endpoint"))
+    except (KeyError, ValueError, TypeError, binascii.Error):
+        return None
+    if len(key) != 32:
+        return None
+    return RemotePeer(key, str(item.get("name", "")), address, routes, endpoint)
+
+
+def _endpoint(text: object) -> tuple[str, int] | None:
+    if text is None:
+        return None
+    host, _, port = str(text).rpartition(":")
+    host = host.strip("[]")
+    ipaddress.ip_address(host)
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad endpoint {text!r}")
+    return host, int(port)
+
+
+def _short(key: bytes) -> str:
+    return base64.b64encode(key).decode()[:8] + "..."

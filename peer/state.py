@@ -1,0 +1,120 @@
+"""The agent's state folder: its key (made once, mode 0600), its membership, and its status.
+
+key            the X25519 private key, base64 (as `wg genkey` writes it)
+membership.json what joining gave us: API URL, credential, mesh address, the rendezvous
+status.json    written by `meshpeer run` for `meshpeer status` and `meshpeer down`
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+DEFAULT_STATE_DIR = Path("/var/lib/meshpeer")
+
+
+class StateError(Exception):
+    """The state folder is unusable; the message says what to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    api_url: str
+    credential: str
+    name: str
+    address: str  # our mesh address
+    network: str  # the mesh CIDR
+    zone: str
+    dns: str  # HOST:PORT of the rendezvous's DNS
+    rendezvous_key: str  # base64
+    rendezvous_endpoint: str  # HOST:PORT
+    rendezvous_address: str  # its mesh address
+    routes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_join(cls, answer: dict[str, Any], api_url: str, credential: str) -> Membership:
+        peer, rendezvous = answer["peer"], answer["rendezvous"]
+        return cls(
+            api_url=api_url,
+            credential=credential,
+            name=str(peer["name"]),
+            address=str(peer["address"]),
+            network=str(answer["network"]),
+            zone=str(answer["zone"]),
+            dns=str(answer["dns"]),
+            rendezvous_key=str(rendezvous["public_key"]),
+            rendezvous_endpoint=str(rendezvous["endpoint"]),
+            rendezvous_address=str(rendezvous["address"]),
+            routes=tuple(str(route) for route in peer.get("routes", [])),
+        )
+
+
+class StateDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def prepare(self) -> None:
+        try:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as error:
+            raise StateError(
+                f"cannot use state folder {self.path}: {error.strerror}; pass --state-dir"
+            ) from None
+
+    def private_key(self) -> X25519PrivateKey:
+        """Ours, made on first use and kept; the same key is the same peer across restarts."""
+        path = self.path / "key"
+        if path.exists():
+            try:
+                raw = base64.b64decode(path.read_text().strip(), validate=True)
+                return X25519PrivateKey.from_private_bytes(raw)
+            except (ValueError, binascii.Error):
+                raise StateError(f"{path} is not a WireGuard private key; remove it") from None
+        key = X25519PrivateKey.generate()
+        _write_private(path, base64.b64encode(key.private_bytes_raw()).decode() + "\n")
+        return key
+
+    def membership(self) -> Membership | None:
+        path = self.path / "membership.json"
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            data["routes"] = tuple(data.get("routes", ()))
+            return Membership(**data)
+        except (ValueError, TypeError) as error:
+            raise StateError(f"{path} is damaged ({error}); remove it and join again") from None
+
+    def save_membership(self, membership: Membership) -> None:
+        _write_private(self.path / "membership.json", json.dumps(asdict(membership), indent=2))
+
+    def write_status(self, status: dict[str, Any]) -> None:
+        _write_private(self.path / "status.json", json.dumps(status, indent=2))
+
+    def read_status(self) -> dict[str, Any] | None:
+        path = self.path / "status.json"
+        if not path.exists():
+            return None
+        try:
+            status: dict[str, Any] = json.loads(path.read_text())
+        except ValueError:
+            return None
+        return status
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write whole or not at all (a crash leaves the old file), readable by root only."""
+    temporary = path.with_name(path.name + ".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)

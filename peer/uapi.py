@@ -1,0 +1,182 @@
+"""The cross-platform WireGuard configuration protocol (UAPI), as bytes in and bytes out.
+
+wireguard-go and boringtun listen on `/run/wireguard/<interface>.sock`. A `get=1` answers with
+`key=value` lines; a `set=1` takes them (shared/reference/wireguard-protocol.md). Keys travel
+as lower-case hex. `parse_get` reads hostile bytes: only `UapiError` escapes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+MAX_REPLY_BYTES = 16 * 1024 * 1024  # 100,000 peers fit with room to spare
+
+
+class UapiError(Exception):
+    """A reply that is not UAPI, or an errno the device returned."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    """What we want a peer to be: the whole truth, applied with replace_allowed_ips."""
+
+    public_key: bytes
+    allowed_ips: tuple[str, ...]
+    endpoint: tuple[str, int] | None = None
+    keepalive_s: int = 0
+
+
+@dataclass(slots=True)
+class PeerStatus:
+    public_key: bytes
+    endpoint: tuple[str, int] | None = None
+    allowed_ips: list[str] = field(default_factory=list)
+    latest_handshake: float | None = None  # unix seconds; None: never
+    keepalive_s: int = 0
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+
+
+@dataclass(slots=True)
+class DeviceStatus:
+    listen_port: int = 0
+    has_private_key: bool = False
+    peers: dict[bytes, PeerStatus] = field(default_factory=dict)
+
+
+def set_device(private_key: bytes, listen_port: int) -> bytes:
+    return _request([f"private_key={private_key.hex()}", f"listen_port={listen_port}"])
+
+
+def set_peers(peers: list[PeerConfig], remove: list[bytes]) -> bytes:
+    lines: list[str] = []
+    for key in remove:
+        lines += [f"public_key={key.hex()}", "remove=true"]
+    for peer in peers:
+        lines += [f"public_key={peer.public_key.hex()}", "replace_allowed_ips=true"]
+        lines += [f"allowed_ip={cidr}" for cidr in peer.allowed_ips]
+        if peer.endpoint is not None:
+            lines.append(f"endpoint={format_endpoint(peer.endpoint)}")
+        lines.append(f"persistent_keepalive_interval={peer.keepalive_s}")
+    return _request(lines)
+
+
+def get_request() -> bytes:
+    return b"get=1\n\n"
+
+
+def _request(lines: list[str]) -> bytes:
+    return ("set=1\n" + "".join(line + "\n" for line in lines) + "\n").encode()
+
+
+def check_errno(reply: bytes) -> None:
+    """A set's reply is `errno=N`; anything but 0 is the device refusing."""
+    values = _lines(reply)
+    if not values or values[-1][0] != "errno":
+        raise UapiError("the device's reply has no errno")
+    if values[-1][1] != "0":
+        raise UapiError(f"the device refused the configuration (errno={values[-1][1]})")
+
+
+def parse_get(reply: bytes) -> DeviceStatus:
+    device = DeviceStatus()
+    peer: PeerStatus | None = None
+    seconds = nanoseconds = 0
+    for key, value in _lines(reply):
+        if key == "public_key":
+            _finish(peer, seconds, nanoseconds)
+            peer, seconds, nanoseconds = PeerStatus(_hex_key(value)), 0, 0
+            device.peers[peer.public_key] = peer
+        elif key == "errno":
+            if value != "0":
+                raise UapiError(f"the device refused the request (errno={value})")
+        elif peer is None:
+            _device_field(device, key, value)
+        elif key == "last_handshake_time_sec":
+            seconds = _number(value)
+        elif key == "last_handshake_time_nsec":
+            nanoseconds = _number(value)
+        else:
+            _peer_field(peer, key, value)
+    _finish(peer, seconds, nanoseconds)
+    return device
+
+
+def _device_field(device: DeviceStatus, key: str, value: str) -> None:
+    if key == "listen_port":
+        device.listen_port = _number(value)
+    elif key == "private_key":
+        device.has_private_key = any(character != "0" for character in value)
+
+
+def _peer_field(peer: PeerStatus, key: str, value: str) -> None:
+    if key == "endpoint":
+        peer.endpoint = parse_endpoint(value)
+    elif key == "allowed_ip":
+        try:
+            peer.allowed_ips.append(str(ipaddress.ip_network(value, strict=False)))
+        except ValueError:
+            raise UapiError(f"allowed_ip {value!r} is not a CIDR") from None
+    elif key == "persistent_keepalive_interval":
+        peer.keepalive_s = _number(value)
+    elif key == "rx_bytes":
+        peer.rx_bytes = _number(value)
+    elif key == "tx_bytes":
+        peer.tx_bytes = _number(value)
+
+
+def _finish(peer: PeerStatus | None, seconds: int, nanoseconds: int) -> None:
+    if peer is not None and seconds:
+        peer.latest_handshake = seconds + nanoseconds / 1e9
+
+
+def _lines(reply: bytes) -> list[tuple[str, str]]:
+    if len(reply) > MAX_REPLY_BYTES:
+        raise UapiError("the device's reply is too long")
+    try:
+        text = reply.decode("ascii")
+    except UnicodeDecodeError:
+        raise UapiError("the device's reply is not ASCII") from None
+    pairs: list[tuple[str, str]] = []
+    for line in text.split("\n"):
+        if not line:
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise UapiError(f"the device's reply has a line without '=': {line[:40]!r}")
+        pairs.append((key, value))
+    return pairs
+
+
+def _hex_key(value: str) -> bytes:
+    try:
+        key = bytes.fromhex(value)
+    except ValueError:
+        raise UapiError("a public key in the reply is not hex") from None
+    if len(key) != 32:
+        raise UapiError("a public key in the reply is not 32 bytes")
+    return key
+
+
+def _number(value: str) -> int:
+    if not value.isdigit() or len(value) > 20:
+        raise UapiError(f"{value[:30]!r} is not a number")
+    return int(value)
+
+
+def format_endpoint(endpoint: tuple[str, int]) -> str:
+    host, port = endpoint
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UapiError(f"endpoint {text[:60]!r} is not HOST:PORT")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise UapiError(f"endpoint {text[:60]!r} has no IP address") from None
+    return host, int(port)

@@ -1,0 +1,312 @@
+"""WireGuard backends behind one interface: the kernel (pyroute2 generic netlink) and
+userspace (wireguard-go, driven through its UAPI socket). Links, addresses and routes go
+through rtnetlink for both (`Links`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ipaddress
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from .uapi import (
+    DeviceStatus,
+    PeerConfig,
+    PeerStatus,
+    UapiError,
+    check_errno,
+    get_request,
+    parse_get,
+    set_device,
+    set_peers,
+)
+
+logger = logging.getLogger("meshpeer.peer.wireguard")
+
+UAPI_DIR = Path("/run/wireguard")
+SOCKET_WAIT_S = 5.0
+USERSPACE_ENV = {"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"}
+# An interface made by us says so in its alias: `down` and restarts touch nothing else.
+OWNER_ALIAS = "meshpeer"
+
+
+class BackendError(Exception):
+    """The interface could not be made or driven; the message says what to fix."""
+
+
+class Backend(Protocol):
+    name: str
+
+    async def create(self, ifname: str, private_key: bytes, listen_port: int) -> None: ...
+
+    async def apply(self, peers: list[PeerConfig], remove: list[bytes]) -> None: ...
+
+    async def status(self) -> DeviceStatus: ...
+
+    async def destroy(self) -> None: ...
+
+
+# -- rtnetlink: links, addresses, routes ------------------------------------------------------
+
+
+class Links:
+    """The few rtnetlink operations the agent needs, through pyroute2's IPRoute."""
+
+    def __init__(self, iproute_factory: Callable[[], Any] | None = None) -> None:
+        if iproute_factory is None:
+            from pyroute2 import IPRoute
+
+            iproute_factory = IPRoute
+        self._factory = iproute_factory
+
+    def index(self, ifname: str) -> int | None:
+        with self._factory() as ip:
+            found = ip.link_lookup(ifname=ifname)
+        return int(found[0]) if found else None
+
+    def is_ours(self, ifname: str) -> bool:
+        with self._factory() as ip:
+            found = ip.link_lookup(ifname=ifname)
+            if not found:
+                return False
+            [link] = ip.get_links(found[0])
+        return bool(link.get_attr("IFLA_IFALIAS") == OWNER_ALIAS)
+
+    def create_wireguard(self, ifname: str) -> None:
+        with self._factory() as ip:
+            ip.link("add", ifname=ifname, kind="wireguard")
+
+    def claim(self, ifname: str, address: str, mtu: int) -> None:
+        """Mark the link as ours, give it its mesh address and MTU, and bring it up."""
+        interface = ipaddress.ip_interface(address)
+        with self._factory() as ip:
+            [index] = ip.link_lookup(ifname=ifname)
+            ip.link("set", index=index, ifalias=OWNER_ALIAS, mtu=mtu)
+            existing = {
+                (attr.get_attr("IFA_ADDRESS"), attr["prefixlen"])
+                for attr in ip.get_addr(index=index)
+            }
+            if (str(interface.ip), interface.network.prefixlen) not in existing:
+                ip.addr(
+                    "add",
+                    index=index,
+                    address=str(interface.ip),
+                    prefixlen=interface.network.prefixlen,
+                )
+            ip.link("set", index=index, state="up")
+
+    def set_routes(self, ifname: str, wanted: set[str], owned: set[str]) -> set[str]:
+        """Add routes in `wanted` via the link, delete those in `owned` no longer wanted."""
+        with self._factory() as ip:
+            [index] = ip.link_lookup(ifname=ifname)
+            for cidr in sorted(owned - wanted):
+                with contextlib.suppress(Exception):  # already gone with the link
+                    ip.route("del", dst=cidr, oif=index)
+            for cidr in sorted(wanted - owned):
+                ip.route("replace", dst=cidr, oif=index)
+        return set(wanted)
+
+    def delete(self, ifname: str) -> None:
+        with self._factory() as ip:
+            found = ip.link_lookup(ifname=ifname)
+            if found:
+                ip.link("del", index=found[0])
+
+
+# -- userspace: wireguard-go and UAPI ---------------------------------------------------------
+
+
+class UserspaceBackend:
+    name = "userspace"
+
+    def __init__(self, uapi_dir: Path = UAPI_DIR, binary: str = "wireguard-go") -> None:
+        self.uapi_dir = uapi_dir
+        self.binary = binary
+        self.ifname = ""
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.uapi_dir / f"{self.ifname}.sock"
+
+    async def create(self, ifname: str, private_key: bytes, listen_port: int) -> None:
+        self.ifname = ifname
+        if shutil.which(self.binary) is None:
+            raise BackendError(
+                "wireguard-go is not installed: `apt-get install wireguard-go`, "
+                "or use --backend kernel on a kernel with WireGuard"
+            )
+        process = await asyncio.create_subprocess_exec(
+            self.binary,
+            "--foreground",
+            ifname,
+            env={**os.environ, **USERSPACE_ENV},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        self.process = process
+        await self._wait_for_socket(process)
+        check_errno(await self._exchange(set_device(private_key, listen_port)))
+
+    async def _wait_for_socket(self, process: asyncio.subprocess.Process) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SOCKET_WAIT_S
+        while not self.socket_path.exists():
+            if process.returncode is not None or loop.time() > deadline:
+                await _fail_start(process)
+            await asyncio.sleep(0.02)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    async def apply(self, peers: list[PeerConfig], remove: list[bytes]) -> None:
+        if peers or remove:
+            check_errno(await self._exchange(set_peers(peers, remove)))
+
+    async def status(self) -> DeviceStatus:
+        return parse_get(await self._exchange(get_request()))
+
+    async def _exchange(self, request: bytes) -> bytes:
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
+        except OSError as error:
+            raise BackendError(
+                f"cannot reach wireguard-go at {self.socket_path}: {error}"
+            ) from None
+        try:
+            writer.write(request)
+            await writer.drain()
+            return await reader.readuntil(b"\n\n")
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as error:
+            raise UapiError(f"wireguard-go closed the UAPI socket: {error!r}") from None
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def destroy(self) -> None:
+        """Stopping wireguard-go removes its TUN device and socket."""
+        process, self.process = self.process, None
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 5)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+async def _fail_start(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.terminate()
+    _, errors = await process.communicate()
+    detail = errors.decode(errors="replace").strip().splitlines()
+    raise BackendError(f"wireguard-go did not start: {detail[-1] if detail else 'no output'}")
+
+
+# -- kernel: pyroute2's generic netlink -------------------------------------------------------
+
+
+class KernelBackend:
+    name = "kernel"
+
+    def __init__(
+        self, links: Links | None = None, wireguard_factory: Callable[[], Any] | None = None
+    ) -> None:
+        if wireguard_factory is None:
+            from pyroute2 import WireGuard
+
+            wireguard_factory = WireGuard
+        self.links = links or Links()
+        self._factory = wireguard_factory
+        self.ifname = ""
+
+    async def create(self, ifname: str, private_key: bytes, listen_port: int) -> None:
+        self.ifname = ifname
+        await asyncio.to_thread(self._create, private_key, listen_port)
+
+    def _create(self, private_key: bytes, listen_port: int) -> None:
+        if self.links.index(self.ifname) is None:
+            self.links.create_wireguard(self.ifname)
+        with self._factory() as wg:
+            wg.set(self.ifname, private_key=_b64(private_key), listen_port=listen_port)
+
+    async def apply(self, peers: list[PeerConfig], remove: list[bytes]) -> None:
+        await asyncio.to_thread(self._apply, peers, remove)
+
+    def _apply(self, peers: list[PeerConfig], remove: list[bytes]) -> None:
+        with self._factory() as wg:
+            for key in remove:
+                wg.set(self.ifname, peer={"public_key": _b64(key), "remove": True})
+            for peer in peers:
+                wg.set(self.ifname, peer=netlink_peer(peer))
+
+    async def status(self) -> DeviceStatus:
+        return await asyncio.to_thread(self._status)
+
+    def _status(self) -> DeviceStatus:
+        with self._factory() as wg:
+            return device_from_netlink(wg.info(self.ifname))
+
+    async def destroy(self) -> None:
+        await asyncio.to_thread(self.links.delete, self.ifname)
+
+
+def netlink_peer(peer: PeerConfig) -> dict[str, Any]:
+    """A peer as pyroute2's WireGuard.set takes it (base64 keys, split endpoint)."""
+    settings: dict[str, Any] = {
+        "public_key": _b64(peer.public_key),
+        "replace_allowed_ips": True,
+        "allowed_ips": list(peer.allowed_ips),
+        "persistent_keepalive": peer.keepalive_s,
+    }
+    if peer.endpoint is not None:
+        settings["endpoint_addr"], settings["endpoint_port"] = peer.endpoint
+    return settings
+
+
+def device_from_netlink(messages: Any) -> DeviceStatus:
+    """Our view of `WireGuard.info()`: the device and its peers, over every message of the dump."""
+    device = DeviceStatus()
+    for message in messages:
+        port = message.get_attr("WGDEVICE_A_LISTEN_PORT")
+        if port:
+            device.listen_port = int(port)
+        for peer in message.get_attr("WGDEVICE_A_PEERS") or []:
+            status = _peer_from_netlink(peer)
+            device.peers[status.public_key] = status
+    return device
+
+
+def _peer_from_netlink(peer: Any) -> PeerStatus:
+    key = base64.b64decode(peer.get_attr("WGPEER_A_PUBLIC_KEY")["value"])
+    status = PeerStatus(key)
+    endpoint = peer.get_attr("WGPEER_A_ENDPOINT")
+    if endpoint and endpoint.get("port"):
+        status.endpoint = (str(endpoint["addr"]), int(endpoint["port"]))
+    handshake = peer.get_attr("WGPEER_A_LAST_HANDSHAKE_TIME")
+    if handshake and handshake["tv_sec"]:
+        status.latest_handshake = handshake["tv_sec"] + handshake["tv_nsec"] / 1e9
+    status.keepalive_s = int(peer.get_attr("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL") or 0)
+    status.rx_bytes = int(peer.get_attr("WGPEER_A_RX_BYTES") or 0)
+    status.tx_bytes = int(peer.get_attr("WGPEER_A_TX_BYTES") or 0)
+    for allowed in peer.get_attr("WGPEER_A_ALLOWEDIPS") or []:
+        if "addr" in allowed:
+            status.allowed_ips.append(str(allowed["addr"]))
+    return status
+
+
+def kernel_has_wireguard() -> bool:
+    return Path("/sys/module/wireguard").exists()
+
+
+def _b64(key: bytes) -> str:
+    return base64.b64encode(key).decode()

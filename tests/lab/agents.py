@@ -1,0 +1,49 @@
+"""`meshpeer run` on lab hosts, driven through its real CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .process import LabProcess
+from .topology import Host
+
+MESHPEER = str(Path(sys.executable).with_name("meshpeer"))
+
+
+class MeshAgent:
+    def __init__(self, host: Host, name: str) -> None:
+        self.host = host
+        self.name = name
+        self.state_dir = host.dir / "meshpeer-state"
+        self.process: LabProcess | None = None
+
+    def start(self, token: str | None, *flags: str) -> MeshAgent:
+        command = [MESHPEER, "run", "--state-dir", str(self.state_dir), "--name", self.name]
+        command += ["--backend", "userspace", *flags]
+        if token is not None:
+            command += ["--token", token]
+        self.process = self.host.spawn(f"meshpeer-{self.name}", command)
+        return self
+
+    def status(self) -> dict[str, Any] | None:
+        command = [MESHPEER, "status", "--json", "--state-dir", str(self.state_dir)]
+        result = self.host.run(command, check=False)
+        if result.returncode != 0:
+            return None
+        status: dict[str, Any] = json.loads(result.stdout)
+        return status
+
+    def paths(self) -> dict[str, str]:
+        status = self.status()
+        return {peer["name"]: peer["path"] for peer in status["peers"]} if status else {}
+
+    def address(self) -> str:
+        status = self.status()
+        assert status is not None, self.output()
+        return str(status["address"])
+
+    def output(self) -> str:
+        return self.process.output() if self.process else ""
