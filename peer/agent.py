@@ -183,6 +183,10 @@ class Agent:
                 answer = await client.watch(
                     live.membership, epoch, revision, client.WATCH_TIMEOUT_S
                 )
+            except client.JoinRefused as error:
+                logger.error("%s: stopping", error)
+                self.stop()
+                return
             except client.Unreachable as error:
                 logger.warning("rendezvous unreachable (%s); retrying in %.0f s", error, backoff)
                 await asyncio.sleep(backoff * random.uniform(0.8, 1.2))  # noqa: S311 - jitter

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from .uapi import DeviceStatus, PeerConfig
@@ -106,11 +106,12 @@ class Mesh:
         """The peer's configuration, if something must be (re)written."""
         up = self._is_up(peer.public_key, device, now)
         endpoint = None if up else peer.endpoint
-        config = PeerConfig(peer.public_key, peer.allowed_ips, endpoint, PEER_KEEPALIVE_S)
+        # No endpoint yet: nothing to keep alive. The interval goes from 0 when one arrives,
+        # and that makes WireGuard send at once: the punch starts without waiting for a timer.
+        keepalive = PEER_KEEPALIVE_S if peer.endpoint is not None else 0
+        config = PeerConfig(peer.public_key, peer.allowed_ips, endpoint, keepalive)
         applied = self._applied.get(peer.public_key)
-        same_shape = applied is not None and (
-            applied.allowed_ips == config.allowed_ips and applied.keepalive_s == config.keepalive_s
-        )
+        same_shape = applied is not None and applied.allowed_ips == config.allowed_ips
         if peer.public_key not in device.peers or not same_shape:
             return self._punched(config, state, now)
         if up or endpoint is None:
@@ -121,9 +122,11 @@ class Mesh:
         return None
 
     def _punched(self, config: PeerConfig, state: _PathState, now: float) -> PeerConfig:
-        if config.endpoint is not None:
-            state.punched_at, state.punched_endpoint = now, config.endpoint
-        return config
+        """Point the peer at its endpoint and send at once (both sides do: the hole punch)."""
+        if config.endpoint is None:
+            return config
+        state.punched_at, state.punched_endpoint = now, config.endpoint
+        return replace(config, kick=True)
 
     def _is_up(self, key: bytes, device: DeviceStatus, now: float) -> bool:
         status = device.peers.get(key)

@@ -25,6 +25,9 @@ class PeerConfig:
     allowed_ips: tuple[str, ...]
     endpoint: tuple[str, int] | None = None
     keepalive_s: int = 0
+    # Send a keepalive now. WireGuard (kernel and wireguard-go) sends one at once only when the
+    # keepalive interval goes from 0 to non-zero, so a kick sets 0 and then the interval.
+    kick: bool = False
 
 
 @dataclass(slots=True)
@@ -58,6 +61,8 @@ def set_peers(peers: list[PeerConfig], remove: list[bytes]) -> bytes:
         lines += [f"allowed_ip={cidr}" for cidr in peer.allowed_ips]
         if peer.endpoint is not None:
             lines.append(f"endpoint={format_endpoint(peer.endpoint)}")
+        if peer.kick and peer.keepalive_s:
+            lines.append("persistent_keepalive_interval=0")
         lines.append(f"persistent_keepalive_interval={peer.keepalive_s}")
     return _request(lines)
 

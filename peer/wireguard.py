@@ -247,6 +247,9 @@ class KernelBackend:
             for key in remove:
                 wg.set(self.ifname, peer={"public_key": _b64(key), "remove": True})
             for peer in peers:
+                if peer.kick and peer.keepalive_s:
+                    kicked = {"public_key": _b64(peer.public_key), "persistent_keepalive": 0}
+                    wg.set(self.ifname, peer=kicked)
                 wg.set(self.ifname, peer=netlink_peer(peer))
 
     async def status(self) -> DeviceStatus:

@@ -39,3 +39,76 @@ def test_two_peers_behind_port_restricted_nats_mesh_directly(lab: Lab) -> None:
     print(f"all pairs direct {time.monotonic() - started:.2f} s after starting the agents")
     for one, other in itertools.permutations(agents, 2):
         assert one.host.ping(other.address()), f"{one.name} cannot ping {other.name}"
+
+
+def dig_endpoints(lab_host: MeshAgent, server: RendezvousServer) -> dict[str, str]:
+    """Each peer's endpoint as dig reads it from the rendezvous (SRV port, A address)."""
+    address = str(server.host.address)
+    instances = lab_host.host.run(
+        ["dig", f"@{address}", "+short", "_wireguard._udp.mesh.internal", "PTR"]
+    ).stdout.split()
+    found = {}
+    for instance in instances:
+        answer = lab_host.host.run(
+            ["dig", f"@{address}", "+noall", "+answer", "+additional", instance, "SRV"]
+        ).stdout
+        fields = [line.split() for line in answer.splitlines() if line.strip()]
+        port = next(f[6] for f in fields if f[3] == "SRV")
+        host = next(f[4] for f in fields if f[3] == "A")
+        name = next(f[4:] for f in fields if f[3] == "TXT")
+        peer_name = next(item.strip('"')[5:] for item in name if item.startswith('"name='))
+        found[peer_name] = f"{host}:{port}"
+    return found
+
+
+def test_four_peers_behind_four_kinds_of_nat_form_a_full_direct_mesh(lab: Lab) -> None:
+    server = RendezvousServer(lab.add_public_host("rendezvous")).start()
+    token = server.cli("token", "create", "--uses", "4").strip()
+    isp = lab.add_nat("isp", NatType.PORT_RESTRICTED, lan="100.64.0.0/24")
+    nats = {
+        "home": lab.add_nat("home", NatType.PORT_RESTRICTED),
+        "office": lab.add_nat("office", NatType.PORT_RESTRICTED),
+        "cafe": lab.add_nat("cafe", NatType.ADDRESS_RESTRICTED),
+        "flat": lab.add_nat("flat", NatType.PORT_RESTRICTED, upstream=isp),
+    }
+    agents = [MeshAgent(nat.add_host(f"{name}-pc"), name) for name, nat in nats.items()]
+    started = time.monotonic()
+    for agent in agents:
+        agent.start(token)
+
+    assert wait_until(lambda: all_direct(agents), 30), [a.output() for a in agents]
+    print(f"4 peers, all 6 pairs direct {time.monotonic() - started:.2f} s after start")
+    for one, other in itertools.permutations(agents, 2):
+        assert one.host.ping(other.address()), f"{one.name} cannot ping {other.name}"
+    published = dig_endpoints(agents[0], server)
+    public = {name: str(nat.public_address) for name, nat in nats.items()}
+    public["flat"] = str(isp.public_address)
+    assert {name: endpoint.split(":")[0] for name, endpoint in published.items()} == public
+    status = agents[0].status()
+    assert status is not None and {"public_key", "address", "peers"} <= status.keys()
+    assert all(
+        {"name", "public_key", "address", "endpoint", "path", "latest_handshake"} <= p.keys()
+        for p in status["peers"]
+    )
+
+
+def test_a_late_joiner_meshes_with_all_and_removal_reaches_every_agent(lab: Lab) -> None:
+    server = RendezvousServer(lab.add_public_host("rendezvous")).start()
+    token = server.cli("token", "create", "--uses", "3").strip()
+    agents = [
+        MeshAgent(lab.add_nat(f"site{n}", NatType.PORT_RESTRICTED).add_host(f"p{n}"), f"p{n}")
+        for n in range(3)
+    ]
+    for agent in agents[:2]:
+        agent.start(token)
+    assert wait_until(lambda: all_direct(agents[:2]), 20), [a.output() for a in agents]
+
+    joined = time.monotonic()
+    agents[2].start(token)
+    assert wait_until(lambda: all_direct(agents), 20), [a.output() for a in agents]
+    print(f"late joiner direct with all {time.monotonic() - joined:.2f} s after it started")
+    assert agents[2].host.ping(agents[0].address())
+
+    server.cli("peer", "remove", "p2")
+    assert wait_until(lambda: all("p2" not in a.paths() for a in agents[:2]), 5)
+    assert wait_until(lambda: agents[2].process is not None and not agents[2].process.running(), 10)
