@@ -290,7 +290,8 @@ def device_from_netlink(messages: Any) -> DeviceStatus:
 
 
 def _peer_from_netlink(peer: Any) -> PeerStatus:
-    key = base64.b64decode(peer.get_attr("WGPEER_A_PUBLIC_KEY")["value"])
+    # pyroute2 hands the key over already base64-encoded (its parse_peer_key does that).
+    key = base64.b64decode(peer.get_attr("WGPEER_A_PUBLIC_KEY"))
     status = PeerStatus(key)
     endpoint = peer.get_attr("WGPEER_A_ENDPOINT")
     if endpoint and endpoint.get("port"):
