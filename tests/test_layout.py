@@ -54,6 +54,6 @@ def test_a_bad_flag_is_one_line_and_exit_2() -> None:
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (
-        "meshpeer: error: unrecognized arguments: --no-such-flag"
-    )
+    assert result.stderr.strip().splitlines() == [
+        "meshpeer: error: unrecognized arguments: --no-such-flag (see `meshpeer --help`)"
+    ]
