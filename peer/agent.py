@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from meshpeer.rendezvous.tokens import decode as decode_token
 
 from . import client
+from .lan import LanDiscovery
 from .mesh import RENDEZVOUS_KEEPALIVE_S, Mesh, remote_from_json
 from .state import Membership, StateDir
 from .uapi import DeviceStatus, PeerConfig
@@ -86,6 +87,7 @@ class Agent:
             await self._make_interface(backend, membership, private_key)
             live = _Live(membership, Mesh(own_key), backend, set())
             await asyncio.to_thread(self._enable_forwarding)
+            lan = await self._start_lan(live)
             tasks = [
                 asyncio.create_task(self._follow_rendezvous(live), name="watch"),
                 asyncio.create_task(self._reconcile_forever(live), name="reconcile"),
@@ -96,6 +98,7 @@ class Agent:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await lan.stop()
         finally:
             await self._tear_down(backend)
 
@@ -158,6 +161,29 @@ class Agent:
             backend.name,
             self.options.listen_port,
         )
+
+    async def _start_lan(self, live: _Live) -> LanDiscovery:
+        """mDNS on the LAN: peers behind the same NAT reach each other without hairpinning."""
+        addresses = await asyncio.to_thread(self.links.lan_addresses, self.options.interface)
+        mesh_network = ipaddress.ip_network(live.membership.network)
+        addresses = [a for a in addresses if ipaddress.ip_address(a) not in mesh_network]
+
+        def on_sightings(sightings: dict[bytes, list[tuple[str, int]]]) -> None:
+            live.mesh.set_lan(sightings)
+            self._wake.set()
+
+        lan = LanDiscovery(
+            live.mesh.own_key,
+            live.membership.name,
+            self.options.listen_port,
+            addresses,
+            on_sightings,
+        )
+        try:
+            await lan.start()
+        except OSError as error:
+            logger.warning("mDNS discovery off: %s", error)
+        return lan
 
     def _enable_forwarding(self) -> None:
         """A peer that carries a LAN for the mesh must forward between them."""

@@ -51,6 +51,8 @@ class _PathState:
     path: Path = "none"
     punched_at: float | None = None
     punched_endpoint: tuple[str, int] | None = None
+    candidates: tuple[tuple[str, int], ...] = ()
+    attempt: int = 0  # which candidate: tried in turn, one per REPUNCH_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,7 @@ class Plan:
 class Mesh:
     own_key: bytes
     peers: dict[bytes, RemotePeer] = field(default_factory=dict)
+    lan: dict[bytes, list[tuple[str, int]]] = field(default_factory=dict)  # from mDNS
     _applied: dict[bytes, PeerConfig] = field(default_factory=dict)
     _paths: dict[bytes, _PathState] = field(default_factory=dict)
 
@@ -78,6 +81,16 @@ class Mesh:
                 self.peers[peer.public_key] = peer
         for key in removed:
             self.peers.pop(key, None)
+
+    def set_lan(self, sightings: dict[bytes, list[tuple[str, int]]]) -> None:
+        self.lan = dict(sightings)
+
+    def candidates(self, peer: RemotePeer) -> tuple[tuple[str, int], ...]:
+        """Where to reach a peer, best first: its LAN addresses, then its public mapping."""
+        found = list(self.lan.get(peer.public_key, []))
+        if peer.endpoint is not None and peer.endpoint not in found:
+            found.append(peer.endpoint)
+        return tuple(found)
 
     # -- planning -----------------------------------------------------------------------------
 
@@ -104,22 +117,27 @@ class Mesh:
         self, peer: RemotePeer, device: DeviceStatus, state: _PathState, now: float
     ) -> PeerConfig | None:
         """The peer's configuration, if something must be (re)written."""
-        up = self._is_up(peer.public_key, device, now)
-        endpoint = None if up else peer.endpoint
+        candidates = self.candidates(peer)
         # No endpoint yet: nothing to keep alive. The interval goes from 0 when one arrives,
         # and that makes WireGuard send at once: the punch starts without waiting for a timer.
-        keepalive = PEER_KEEPALIVE_S if peer.endpoint is not None else 0
-        config = PeerConfig(peer.public_key, peer.allowed_ips, endpoint, keepalive)
+        keepalive = PEER_KEEPALIVE_S if candidates else 0
+        config = PeerConfig(peer.public_key, peer.allowed_ips, None, keepalive)
         applied = self._applied.get(peer.public_key)
-        same_shape = applied is not None and applied.allowed_ips == config.allowed_ips
-        if peer.public_key not in device.peers or not same_shape:
-            return self._punched(config, state, now)
-        if up or endpoint is None:
+        reshaped = (
+            peer.public_key not in device.peers
+            or applied is None
+            or applied.allowed_ips != config.allowed_ips
+        )
+        if self._is_up(peer.public_key, device, now) or not candidates:
+            return config if reshaped else None  # an up path keeps the endpoint WireGuard has
+        if candidates != state.candidates:
+            state.candidates, state.attempt = candidates, 0  # news: try the best one now
+        elif state.punched_at is not None and now - state.punched_at >= REPUNCH_S:
+            state.attempt += 1  # that one did not answer: the next, in turn
+        elif not reshaped:
             return None
-        repunch = state.punched_at is None or now - state.punched_at >= REPUNCH_S
-        if endpoint != state.punched_endpoint or repunch:
-            return self._punched(config, state, now)
-        return None
+        endpoint = candidates[state.attempt % len(candidates)]
+        return self._punched(replace(config, endpoint=endpoint), state, now)
 
     def _punched(self, config: PeerConfig, state: _PathState, now: float) -> PeerConfig:
         """Point the peer at its endpoint and send at once (both sides do: the hole punch)."""
@@ -142,7 +160,10 @@ class Mesh:
         now: float,
         events: list[str],
     ) -> None:
-        path: Path = "direct" if self._is_up(peer.public_key, device, now) else "none"
+        path: Path = "none"
+        if self._is_up(peer.public_key, device, now):
+            seen = device.peers[peer.public_key].endpoint
+            path = "lan" if seen in self.lan.get(peer.public_key, []) else "direct"
         if path != state.path:
             reason = "handshake completed" if path != "none" else "no handshake for 180 s"
             events.append(f"path to {peer.name} {state.path} -> {path} ({reason})")

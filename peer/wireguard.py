@@ -79,6 +79,17 @@ class Links:
             [link] = ip.get_links(found[0])
         return bool(link.get_attr("IFLA_IFALIAS") == OWNER_ALIAS)
 
+    def lan_addresses(self, skip_ifname: str) -> list[str]:
+        """This host's IPv4 addresses on its other links (for mDNS): not loopback, not ours."""
+        with self._factory() as ip:
+            skip = set(ip.link_lookup(ifname=skip_ifname))
+            found = []
+            for item in ip.get_addr(family=2):  # AF_INET
+                address = ipaddress.ip_address(item.get_attr("IFA_ADDRESS"))
+                if item["index"] not in skip and not address.is_loopback:
+                    found.append(str(address))
+        return found
+
     def create_wireguard(self, ifname: str) -> None:
         with self._factory() as ip:
             ip.link("add", ifname=ifname, kind="wireguard")

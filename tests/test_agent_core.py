@@ -253,3 +253,32 @@ def test_agent_mistakes_cost_one_line_and_exit_2(
     assert "Traceback" not in result.stderr
     [line] = result.stderr.strip().splitlines()
     assert "error:" in line and words in line, line
+
+
+def test_lan_candidates_come_first_and_name_the_path() -> None:
+    from meshpeer.peer.lan import parse_sighting
+
+    pub = b"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="
+    assert parse_sighting({b"pub": pub}, ["192.168.1.5", "127.0.0.1"], 51820) == (
+        KEY_A,
+        [("192.168.1.5", 51820)],
+    )
+    for bad in [
+        ({}, ["192.168.1.5"], 1),
+        ({b"pub": b"x"}, ["192.168.1.5"], 1),
+        ({b"pub": pub}, ["nope"], 1),
+        ({b"pub": pub}, ["192.168.1.5"], None),
+    ]:
+        assert parse_sighting(*bad) is None
+    mesh = Mesh(OWN)
+    mesh.replace_all([remote(KEY_A)])
+    mesh.set_lan({KEY_A: [("192.168.1.5", 51820)]})
+    [first] = mesh.plan(DeviceStatus(), 100.0).set_peers
+    assert first.endpoint == ("192.168.1.5", 51820)
+    [second] = mesh.plan(device_with(KEY_A, None), 100.0 + REPUNCH_S).set_peers
+    assert second.endpoint == ("203.0.113.7", 40000)  # the LAN did not answer: the mapping
+    device = DeviceStatus(
+        peers={KEY_A: PeerStatus(KEY_A, ("192.168.1.5", 51820), latest_handshake=111.0)}
+    )
+    mesh.plan(device, 112.0)
+    assert mesh.path(KEY_A) == "lan"

@@ -112,3 +112,19 @@ def test_a_late_joiner_meshes_with_all_and_removal_reaches_every_agent(lab: Lab)
     server.cli("peer", "remove", "p2")
     assert wait_until(lambda: all("p2" not in a.paths() for a in agents[:2]), 5)
     assert wait_until(lambda: agents[2].process is not None and not agents[2].process.running(), 10)
+
+
+def test_two_peers_behind_one_nat_without_hairpinning_meet_on_the_lan(lab: Lab) -> None:
+    server = RendezvousServer(lab.add_public_host("rendezvous")).start()
+    token = server.cli("token", "create", "--uses", "2").strip()
+    office = lab.add_nat("office", NatType.PORT_RESTRICTED, hairpin=False)
+    agents = [MeshAgent(office.add_host(f"desk{n}"), f"desk{n}") for n in range(2)]
+    for agent in agents:
+        agent.start(token)
+
+    def on_the_lan() -> bool:
+        return all(set(agent.paths().values()) == {"lan"} for agent in agents)
+
+    assert wait_until(on_the_lan, 20), [a.output() for a in agents]
+    assert agents[0].host.ping(agents[1].address())
+    assert agents[1].host.ping(agents[0].address())
