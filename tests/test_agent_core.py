@@ -263,12 +263,13 @@ def test_lan_candidates_come_first_and_name_the_path() -> None:
         KEY_A,
         [("192.168.1.5", 51820)],
     )
-    for bad in [
+    bad_answers: list[tuple[dict[bytes, bytes | None], list[str], int | None]] = [
         ({}, ["192.168.1.5"], 1),
         ({b"pub": b"x"}, ["192.168.1.5"], 1),
         ({b"pub": pub}, ["nope"], 1),
         ({b"pub": pub}, ["192.168.1.5"], None),
-    ]:
+    ]
+    for bad in bad_answers:
         assert parse_sighting(*bad) is None
     mesh = Mesh(OWN)
     mesh.replace_all([remote(KEY_A)])
