@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dns.exception
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshpeer.rendezvous.tokens import decode as decode_token
 
-from . import client
+from . import client, dnssd
 from .lan import LanDiscovery
 from .mesh import RENDEZVOUS_KEEPALIVE_S, Mesh, remote_from_json
 from .state import Membership, StateDir
@@ -39,6 +40,8 @@ logger = logging.getLogger("meshpeer.peer")
 MTU = 1420  # 1500 minus WireGuard's 80 bytes over IPv6: safe on any ordinary path
 RECONCILE_S = 1.0
 BACKOFF_MAX_S = 30.0
+# The watch API brings news within 100 ms; DNS-SD is the slow safety net (and wgsd's way).
+DNS_SD_POLL_S = 30.0
 
 
 class AgentError(Exception):
@@ -91,6 +94,7 @@ class Agent:
             tasks = [
                 asyncio.create_task(self._follow_rendezvous(live), name="watch"),
                 asyncio.create_task(self._reconcile_forever(live), name="reconcile"),
+                asyncio.create_task(self._poll_dns_sd(live), name="dns-sd"),
             ]
             await self._stopping.wait()
             for task in tasks:
@@ -227,6 +231,23 @@ class Agent:
                 live.mesh.update(peers, removed)
             epoch, revision = answer.epoch, answer.revision
             self._wake.set()
+
+    async def _poll_dns_sd(self, live: _Live) -> None:
+        """DNS-SD from the rendezvous's zone: a second, independent source of the peer list."""
+        host, _, port = live.membership.dns.rpartition(":")
+        server = (host.strip("[]"), int(port))
+        while True:
+            try:
+                peers = await dnssd.discover(server, live.membership.zone)
+            except (dns.exception.DNSException, OSError) as error:
+                logger.debug("DNS-SD from %s failed: %s", live.membership.dns, error)
+            else:
+                known = set(live.mesh.peers)
+                live.mesh.update([p for p in peers if p.public_key not in known], [])
+                if set(live.mesh.peers) != known:
+                    logger.info("DNS-SD found %d new peers", len(set(live.mesh.peers) - known))
+                    self._wake.set()
+            await asyncio.sleep(DNS_SD_POLL_S)
 
     # -- reconciling --------------------------------------------------------------------------
 

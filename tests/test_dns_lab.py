@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import re
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import dns.name
 import pytest
@@ -166,3 +169,46 @@ def test_dig_gets_900_peers_complete_over_tcp() -> None:
             check=True,
         ).stdout.strip()
         assert len(base64.b64decode(decoded)) == 32
+
+
+@pytest.mark.lab
+def test_the_agents_dns_sd_discovery_reads_the_rendezvous_zone(lab: Lab) -> None:
+    server = RendezvousServer(lab.add_public_host("rendezvous")).start()
+    observer = lab.add_public_host("observer")
+    nat = lab.add_nat("home", NatType.PORT_RESTRICTED)
+    wg = WireGuardGo(nat.add_host("router"), "10.77.0.2/16").start()
+    server.cli(
+        "peer",
+        "add",
+        "--public-key",
+        wg.public_key,
+        "--name",
+        "router",
+        "--routes",
+        "192.168.50.0/24",
+    )
+    server.cli(
+        "peer",
+        "add",
+        "--public-key",
+        WireGuardGo(observer, "10.9.0.1/24").public_key,
+        "--name",
+        "silent",
+    )  # registered, never handshakes: not in DNS-SD
+    wg.add_peer(server.public_key(), "10.77.0.1/32", server.endpoint, 2)
+    assert wait_until(lambda: server.peers()["router"]["endpoint"], 3)
+
+    probe = Path(__file__).with_name("lab") / "dnssd_probe.py"
+    found = json.loads(
+        observer.run([sys.executable, str(probe), str(server.host.address), "53", ZONE]).stdout
+    )
+    host, port = server.peers()["router"]["endpoint"].rsplit(":", 1)
+    assert found == [
+        {
+            "public_key": wg.public_key,
+            "name": "router",
+            "address": "10.77.0.2",
+            "routes": ["192.168.50.0/24"],
+            "endpoint": [host, int(port)],
+        }
+    ]
