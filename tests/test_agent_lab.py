@@ -128,3 +128,24 @@ def test_two_peers_behind_one_nat_without_hairpinning_meet_on_the_lan(lab: Lab) 
     assert wait_until(on_the_lan, 20), [a.output() for a in agents]
     assert agents[0].host.ping(agents[1].address())
     assert agents[1].host.ping(agents[0].address())
+
+
+def test_a_peer_carries_its_lan_for_the_mesh(lab: Lab) -> None:
+    """Site to site: a gateway advertises its office LAN; a remote peer reaches a host on it."""
+    server = RendezvousServer(lab.add_public_host("rendezvous")).start()
+    token = server.cli("token", "create", "--uses", "2").strip()
+    office = lab.add_nat("office", NatType.PORT_RESTRICTED)
+    gateway_host, printer = office.add_host("gateway"), office.add_host("printer")
+    office_lan = str(office.lan.network)
+    gateway = MeshAgent(gateway_host, "gateway").start(token, "--advertise-routes", office_lan)
+    laptop = MeshAgent(lab.add_nat("home", NatType.PORT_RESTRICTED).add_host("laptop"), "laptop")
+    laptop.start(token)
+    assert wait_until(lambda: all_direct([gateway, laptop]), 20), gateway.output()
+    # The printer answers the mesh through the gateway, as the office router would be told to.
+    printer.run(["ip", "route", "add", "10.77.0.0/16", "via", str(gateway_host.address)])
+
+    assert laptop.host.ping(printer.address), laptop.output()
+    status = laptop.status()
+    assert status is not None
+    [peer] = status["peers"]
+    assert peer["routes"] == [office_lan]
