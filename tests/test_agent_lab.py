@@ -149,3 +149,27 @@ def test_a_peer_carries_its_lan_for_the_mesh(lab: Lab) -> None:
     assert status is not None
     [peer] = status["peers"]
     assert peer["routes"] == [office_lan]
+
+
+def test_tunnels_outlive_the_rendezvous_and_agents_reconnect(lab: Lab) -> None:
+    server = RendezvousServer(lab.add_public_host("rendezvous")).start()
+    token = server.cli("token", "create", "--uses", "3").strip()
+    agents = [
+        MeshAgent(lab.add_nat(f"site{n}", NatType.PORT_RESTRICTED).add_host(f"p{n}"), f"p{n}")
+        for n in range(2)
+    ]
+    for agent in agents:
+        agent.start(token)
+    assert wait_until(lambda: all_direct(agents), 20), [a.output() for a in agents]
+    addresses = [agent.address() for agent in agents]
+
+    server.kill()
+    time.sleep(3)
+    assert all(agent.process is not None and agent.process.running() for agent in agents)
+    assert agents[0].host.ping(addresses[1]) and agents[1].host.ping(addresses[0])
+    assert all("rendezvous unreachable" in agent.output() for agent in agents)
+
+    server.start()  # the same data folder: the agents' credentials still hold
+    late = MeshAgent(lab.add_nat("site2", NatType.PORT_RESTRICTED).add_host("p2"), "p2")
+    late.start(token)
+    assert wait_until(lambda: all_direct([*agents, late]), 40), late.output()
