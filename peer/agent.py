@@ -83,9 +83,11 @@ class Agent:
         self.state.prepare()
         private_key = self.state.private_key()
         own_key = private_key.public_key().public_bytes_raw()
-        membership = await self._membership(own_key)
-        backend = choose_backend(self.options.backend, self.links)
+        # Checked before joining: a run that cannot make its interface must not spend a token.
         await self._free_interface()
+        backend = choose_backend(self.options.backend, self.links)
+        backend.check()
+        membership = await self._membership(own_key)
         try:
             await self._make_interface(backend, membership, private_key)
             live = _Live(membership, Mesh(own_key), backend, set())

@@ -26,7 +26,7 @@ from meshpeer.rendezvous.model import InvalidInput, parse_name
 from . import client
 from .agent import Agent, AgentError, Options
 from .state import DEFAULT_STATE_DIR, StateDir, StateError
-from .wireguard import BackendError, Links
+from .wireguard import BackendError, Links, MissingTool
 
 PROG = "meshpeer"
 
@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             return _status(args)
         return _down(args)
-    except (AgentError, InvalidInput, StateError, client.JoinRefused) as error:
+    except (AgentError, InvalidInput, StateError, client.JoinRefused, MissingTool) as error:
         return report(PROG, error, USAGE_ERROR)
     except BackendError as error:
         return report(PROG, error, FAILURE)

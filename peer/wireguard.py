@@ -41,8 +41,15 @@ class BackendError(Exception):
     """The interface could not be made or driven; the message says what to fix."""
 
 
+class MissingTool(BackendError):
+    """Something to install (wireguard-go): a user-fixable problem."""
+
+
 class Backend(Protocol):
     name: str
+
+    def check(self) -> None:
+        """Raise if this backend cannot work here (a tool missing), before anything is done."""
 
     async def create(self, ifname: str, private_key: bytes, listen_port: int) -> None: ...
 
@@ -147,13 +154,16 @@ class UserspaceBackend:
     def socket_path(self) -> Path:
         return self.uapi_dir / f"{self.ifname}.sock"
 
-    async def create(self, ifname: str, private_key: bytes, listen_port: int) -> None:
-        self.ifname = ifname
+    def check(self) -> None:
         if shutil.which(self.binary) is None:
-            raise BackendError(
+            raise MissingTool(
                 "wireguard-go is not installed: `apt-get install wireguard-go`, "
                 "or use --backend kernel on a kernel with WireGuard"
             )
+
+    async def create(self, ifname: str, private_key: bytes, listen_port: int) -> None:
+        self.ifname = ifname
+        self.check()
         process = await asyncio.create_subprocess_exec(
             self.binary,
             "--foreground",
@@ -239,6 +249,13 @@ class KernelBackend:
         self.links = links or Links()
         self._factory = wireguard_factory
         self.ifname = ""
+
+    def check(self) -> None:
+        if not kernel_has_wireguard():
+            raise MissingTool(
+                "this kernel has no WireGuard module: `modprobe wireguard`, "
+                "or use --backend userspace (wireguard-go)"
+            )
 
     async def create(self, ifname: str, private_key: bytes, listen_port: int) -> None:
         self.ifname = ifname

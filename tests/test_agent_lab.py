@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.lab import Lab, NatType
-from tests.lab.agents import MeshAgent
+from tests.lab.agents import MESHPEER, MeshAgent
 from tests.lab.rendezvous import RendezvousServer
 from tests.lab.wait import wait_until
 
@@ -173,3 +173,73 @@ def test_tunnels_outlive_the_rendezvous_and_agents_reconnect(lab: Lab) -> None:
     late = MeshAgent(lab.add_nat("site2", NatType.PORT_RESTRICTED).add_host("p2"), "p2")
     late.start(token)
     assert wait_until(lambda: all_direct([*agents, late]), 40), late.output()
+
+
+def assert_one_line(agent: MeshAgent, code: int, words: str) -> None:
+    process = agent.process
+    assert process is not None
+    assert wait_until(lambda: not process.running(), 20), agent.output()
+    assert process.popen.returncode == code, agent.output()
+    lines = agent.output().strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0] and words in lines[0], lines
+    assert "Traceback" not in agent.output()
+
+
+def test_user_mistakes_on_a_real_host_cost_one_line_and_exit_2(lab: Lab) -> None:
+    server = RendezvousServer(lab.add_public_host("rendezvous")).start()
+    token = server.cli("token", "create", "--uses", "1").strip()
+    home = lab.add_nat("home", NatType.PORT_RESTRICTED)
+    first = MeshAgent(home.add_host("first"), "first").start(token)
+    assert wait_until(lambda: first.status() is not None, 15), first.output()
+
+    used_up = MeshAgent(home.add_host("second"), "second").start(token)
+    assert_one_line(used_up, 2, "used up")
+
+    taken_host = home.add_host("third")
+    taken_host.run(["ip", "link", "add", "wg0", "type", "veth", "peer", "name", "wg0-peer"])
+    fresh = server.cli("token", "create").strip()
+    taken = MeshAgent(taken_host, "third").start(fresh)
+    assert_one_line(taken, 2, "interface wg0 exists and meshpeer did not make it")
+    assert taken_host.run(["ip", "link", "show", "wg0"]).returncode == 0  # left alone
+
+    no_tool_host = home.add_host("fourth")
+    no_tool = MeshAgent(no_tool_host, "fourth")
+    no_tool.start(server.cli("token", "create").strip())  # wireguard-go on PATH: control
+    assert wait_until(lambda: no_tool.status() is not None, 15), no_tool.output()
+    assert no_tool.process is not None
+    no_tool.process.stop()
+    bare = MeshAgent(home.add_host("fifth"), "fifth")
+    bare.process = bare.host.spawn(
+        "meshpeer-fifth",
+        [
+            "env",
+            "PATH=/nonexistent",
+            MESHPEER,
+            "run",
+            "--backend",
+            "userspace",
+            "--state-dir",
+            str(bare.state_dir),
+            "--name",
+            "fifth",
+            "--token",
+            server.cli("token", "create").strip(),
+        ],
+    )
+    assert_one_line(bare, 2, "wireguard-go is not installed")
+
+    nobody = MeshAgent(home.add_host("sixth"), "sixth")
+    nobody.process = nobody.host.spawn(
+        "meshpeer-sixth",
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            MESHPEER,
+            "run",
+            "--state-dir",
+            "/tmp/meshpeer-nobody-state",
+        ],
+    )
+    assert_one_line(nobody, 2, "needs root")
