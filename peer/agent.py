@@ -256,12 +256,26 @@ class Agent:
     async def _reconcile_forever(self, live: _Live) -> None:
         while True:
             try:
+                if not live.backend.alive():
+                    await self._remake_interface(live)
                 await self.reconcile(live)
             except (BackendError, OSError) as error:
                 logger.warning("could not configure the interface yet: %s", error)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), RECONCILE_S)
             self._wake.clear()
+
+    async def _remake_interface(self, live: _Live) -> None:
+        """wireguard-go died (or someone deleted the link): make it again, peers and all."""
+        logger.warning("interface %s is gone; making it again", self.options.interface)
+        await live.backend.destroy()
+        live.mesh.forget_device()
+        live.routes = set()
+        try:
+            await self._make_interface(live.backend, live.membership, self.state.private_key())
+        except BaseException:
+            await live.backend.destroy()  # not alive: the next round tries again from scratch
+            raise
 
     async def reconcile(self, live: _Live) -> None:
         device = await live.backend.status()

@@ -85,6 +85,11 @@ class Mesh:
     def set_lan(self, sightings: dict[bytes, list[tuple[str, int]]]) -> None:
         self.lan = dict(sightings)
 
+    def forget_device(self) -> None:
+        """The device was made anew: every peer must be written again."""
+        self._applied.clear()
+        self._paths.clear()
+
     def candidates(self, peer: RemotePeer) -> tuple[tuple[str, int], ...]:
         """Where to reach a peer, best first: its LAN addresses, then its public mapping."""
         found = list(self.lan.get(peer.public_key, []))
@@ -165,7 +170,7 @@ class Mesh:
             seen = device.peers[peer.public_key].endpoint
             path = "lan" if seen in self.lan.get(peer.public_key, []) else "direct"
         if path != state.path:
-            reason = "handshake completed" if path != "none" else "no handshake for 180 s"
+            reason = "handshake completed" if path != "none" else "no live handshake"
             events.append(f"path to {peer.name} {state.path} -> {path} ({reason})")
             state.path = path
 

@@ -51,6 +51,9 @@ class Backend(Protocol):
     def check(self) -> None:
         """Raise if this backend cannot work here (a tool missing), before anything is done."""
 
+    def alive(self) -> bool:
+        """False once the device is gone (wireguard-go died): the agent then makes it again."""
+
     async def create(self, ifname: str, private_key: bytes, listen_port: int) -> None: ...
 
     async def apply(self, peers: list[PeerConfig], remove: list[bytes]) -> None: ...
@@ -164,6 +167,10 @@ class UserspaceBackend:
     async def create(self, ifname: str, private_key: bytes, listen_port: int) -> None:
         self.ifname = ifname
         self.check()
+        # A socket left by a wireguard-go that died would look ready before the new one is.
+        # (The interface is known not to exist here, so no live wireguard-go owns it.)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
         process = await asyncio.create_subprocess_exec(
             self.binary,
             "--foreground",
@@ -286,6 +293,9 @@ class KernelBackend:
     def _status(self) -> DeviceStatus:
         with self._factory() as wg:
             return device_from_netlink(wg.info(self.ifname))
+
+    def alive(self) -> bool:
+        return self.links.index(self.ifname) is not None
 
     async def destroy(self) -> None:
         await asyncio.to_thread(self.links.delete, self.ifname)

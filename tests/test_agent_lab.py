@@ -243,3 +243,23 @@ def test_user_mistakes_on_a_real_host_cost_one_line_and_exit_2(lab: Lab) -> None
         ],
     )
     assert_one_line(nobody, 2, "needs root")
+
+
+def test_the_agent_brings_wireguard_go_back_when_it_dies(lab: Lab) -> None:
+    server = RendezvousServer(lab.add_public_host("rendezvous")).start()
+    token = server.cli("token", "create", "--uses", "2").strip()
+    agents = [
+        MeshAgent(lab.add_nat(f"site{n}", NatType.PORT_RESTRICTED).add_host(f"p{n}"), f"p{n}")
+        for n in range(2)
+    ]
+    for agent in agents:
+        agent.start(token)
+    assert wait_until(lambda: all_direct(agents), 20), [a.output() for a in agents]
+
+    assert agents[0].process is not None
+    # Only this agent's own wireguard-go (the lab's hosts share one PID namespace).
+    agents[0].host.run(["pkill", "-KILL", "-P", str(agents[0].process.pid), "-x", "wireguard-go"])
+
+    assert wait_until(lambda: "making it again" in agents[0].output(), 10), agents[0].output()
+    assert wait_until(lambda: all_direct(agents), 30), [a.output() for a in agents]
+    assert agents[0].host.ping(agents[1].address())
