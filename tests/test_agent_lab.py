@@ -263,3 +263,27 @@ def test_the_agent_brings_wireguard_go_back_when_it_dies(lab: Lab) -> None:
     assert wait_until(lambda: "making it again" in agents[0].output(), 10), agents[0].output()
     assert wait_until(lambda: all_direct(agents), 30), [a.output() for a in agents]
     assert agents[0].host.ping(agents[1].address())
+
+
+def test_down_stops_the_agent_and_removes_only_what_it_made(lab: Lab) -> None:
+    server = RendezvousServer(lab.add_public_host("rendezvous")).start()
+    token = server.cli("token", "create").strip()
+    host = lab.add_nat("home", NatType.PORT_RESTRICTED).add_host("laptop")
+    host.run(["ip", "link", "add", "wg9", "type", "veth", "peer", "name", "wg9-peer"])
+    agent = MeshAgent(host, "laptop").start(token)
+    assert wait_until(lambda: agent.status() is not None, 15), agent.output()
+    key_file = agent.state_dir / "key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    first_key = key_file.read_text()
+
+    down = host.run([MESHPEER, "down", "--state-dir", str(agent.state_dir)])
+    assert "stopped meshpeer" in down.stdout
+    assert agent.process is not None and not agent.process.running()
+    assert host.run(["ip", "link", "show", "wg0"], check=False).returncode != 0
+    assert host.run(["ip", "link", "show", "wg9"]).returncode == 0  # not ours: untouched
+    assert "interface wg0 removed" in agent.output()
+
+    again = MeshAgent(host, "laptop").start(None)  # resumes without a token, same key
+    assert wait_until(lambda: again.status() is not None, 15), again.output()
+    assert key_file.read_text() == first_key
+    assert server.cli("peers", "--json").count('"name": "laptop"') == 1
