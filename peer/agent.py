@@ -19,6 +19,7 @@ from typing import Any
 import dns.exception
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from meshpeer.rendezvous.model import encode_key, format_endpoint
 from meshpeer.rendezvous.tokens import decode as decode_token
 
 from . import client, dnssd
@@ -128,7 +129,7 @@ class Agent:
         while True:
             try:
                 membership, _ = await client.join(
-                    token, _b64(own_key), name, list(self.options.routes)
+                    token, encode_key(own_key), name, list(self.options.routes)
                 )
                 break
             except client.Unreachable as error:
@@ -300,9 +301,9 @@ class Agent:
             peers.append(
                 {
                     "name": peer.name,
-                    "public_key": _b64(key),
+                    "public_key": encode_key(key),
                     "address": peer.address,
-                    "endpoint": _format(endpoint),
+                    "endpoint": format_endpoint(endpoint) if endpoint else None,
                     "path": mesh.path(key),
                     "latest_handshake": int(seen.latest_handshake)
                     if seen and seen.latest_handshake
@@ -311,7 +312,7 @@ class Agent:
                 }
             )
         return {
-            "public_key": _b64(mesh.own_key),
+            "public_key": encode_key(mesh.own_key),
             "name": live.membership.name,
             "address": live.membership.address,
             "interface": self.options.interface,
@@ -355,14 +356,3 @@ def default_name() -> str:
     """This host's name as a DNS label."""
     label = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().split(".")[0].lower()).strip("-")
     return label[:63] or "peer"
-
-
-def _format(endpoint: tuple[str, int] | None) -> str | None:
-    if endpoint is None:
-        return None
-    host, port = endpoint
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _b64(key: bytes) -> str:
-    return base64.b64encode(key).decode()

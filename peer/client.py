@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from meshpeer.rendezvous.model import encode_key
 from meshpeer.rendezvous.tokens import JoinToken
 
 from .state import Membership
@@ -41,7 +41,7 @@ async def join(
     if status >= 400:
         raise JoinRefused(str(answer.get("error", f"the rendezvous answered {status}")))
     offered = answer.get("rendezvous", {}).get("public_key")
-    if offered != _b64(token.rendezvous_key):
+    if offered != encode_key(token.rendezvous_key):
         raise JoinRefused(
             "the rendezvous at the token's URL has another key than the token names; "
             "check the URL or make a new token"
@@ -97,7 +97,3 @@ async def _request(
             return response.status, answer if isinstance(answer, dict) else {}
     except (aiohttp.ClientError, TimeoutError, OSError) as error:
         raise Unreachable(f"cannot reach the rendezvous at {url}: {error!r}") from None
-
-
-def _b64(key: bytes) -> str:
-    return base64.b64encode(key).decode()

@@ -13,7 +13,7 @@ import ipaddress
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from .uapi import DeviceStatus, PeerConfig
+from .uapi import DeviceStatus, PeerConfig, UapiError, parse_endpoint
 
 # The rendezvous sees a NAT rebinding at the next keepalive. Ten seconds keeps "a moved peer is
 # found again" near 10 s, and at one 32-byte packet per 10 s per peer it costs nothing. (The 25 s
@@ -185,23 +185,13 @@ def remote_from_json(item: dict[str, Any]) -> RemotePeer | None:
         key = base64.b64decode(str(item["public_key"]), validate=True)
         address = str(ipaddress.ip_address(str(item["address"])))
         routes = tuple(str(ipaddress.ip_network(str(r))) for r in item.get("routes") or [])
-        endpoint = _endpoint(item.get("endpoint"))
-    except (KeyError, ValueError, TypeError, binascii.Error):
+        text = item.get("endpoint")
+        endpoint = None if text is None else parse_endpoint(str(text))
+    except (KeyError, ValueError, TypeError, binascii.Error, UapiError):
         return None
     if len(key) != 32:
         return None
     return RemotePeer(key, str(item.get("name", "")), address, routes, endpoint)
-
-
-def _endpoint(text: object) -> tuple[str, int] | None:
-    if text is None:
-        return None
-    host, _, port = str(text).rpartition(":")
-    host = host.strip("[]")
-    ipaddress.ip_address(host)
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"bad endpoint {text!r}")
-    return host, int(port)
 
 
 def _short(key: bytes) -> str:

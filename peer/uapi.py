@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from meshpeer.rendezvous.model import format_endpoint
+
 MAX_REPLY_BYTES = 16 * 1024 * 1024  # 100,000 peers fit with room to spare
 
 
@@ -168,11 +170,6 @@ def _number(value: str) -> int:
     if not value.isdigit() or len(value) > 20:
         raise UapiError(f"{value[:30]!r} is not a number")
     return int(value)
-
-
-def format_endpoint(endpoint: tuple[str, int]) -> str:
-    host, port = endpoint
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_endpoint(text: str) -> tuple[str, int]:

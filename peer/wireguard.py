@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from meshpeer.rendezvous.model import encode_key
+
 from .uapi import (
     DeviceStatus,
     PeerConfig,
@@ -272,7 +274,7 @@ class KernelBackend:
         if self.links.index(self.ifname) is None:
             self.links.create_wireguard(self.ifname)
         with self._factory() as wg:
-            wg.set(self.ifname, private_key=_b64(private_key), listen_port=listen_port)
+            wg.set(self.ifname, private_key=encode_key(private_key), listen_port=listen_port)
 
     async def apply(self, peers: list[PeerConfig], remove: list[bytes]) -> None:
         await asyncio.to_thread(self._apply, peers, remove)
@@ -280,10 +282,10 @@ class KernelBackend:
     def _apply(self, peers: list[PeerConfig], remove: list[bytes]) -> None:
         with self._factory() as wg:
             for key in remove:
-                wg.set(self.ifname, peer={"public_key": _b64(key), "remove": True})
+                wg.set(self.ifname, peer={"public_key": encode_key(key), "remove": True})
             for peer in peers:
                 if peer.kick and peer.keepalive_s:
-                    kicked = {"public_key": _b64(peer.public_key), "persistent_keepalive": 0}
+                    kicked = {"public_key": encode_key(peer.public_key), "persistent_keepalive": 0}
                     wg.set(self.ifname, peer=kicked)
                 wg.set(self.ifname, peer=netlink_peer(peer))
 
@@ -304,7 +306,7 @@ class KernelBackend:
 def netlink_peer(peer: PeerConfig) -> dict[str, Any]:
     """A peer as pyroute2's WireGuard.set takes it (base64 keys, split endpoint)."""
     settings: dict[str, Any] = {
-        "public_key": _b64(peer.public_key),
+        "public_key": encode_key(peer.public_key),
         "replace_allowed_ips": True,
         "allowed_ips": list(peer.allowed_ips),
         "persistent_keepalive": peer.keepalive_s,
@@ -348,7 +350,3 @@ def _peer_from_netlink(peer: Any) -> PeerStatus:
 
 def kernel_has_wireguard() -> bool:
     return Path("/sys/module/wireguard").exists()
-
-
-def _b64(key: bytes) -> str:
-    return base64.b64encode(key).decode()

@@ -372,7 +372,7 @@ class Registry:
             token_row = await self._usable_token(db, secret_hash, now)
             existing = await self._existing_peer(db, public_key, name)
             if existing is None:
-                await self._check_routes_free(public_key, routes)
+                self._check_routes_free(public_key, routes)
                 if token_row[1] <= 0:
                     raise TokenRejected("this join token is used up; make a new one")
                 await db.execute(
@@ -398,7 +398,7 @@ class Registry:
         async with self._write() as db:
             if await self._existing_peer(db, public_key, name) is not None:
                 raise Conflict(f"this key is already registered as {name!r}")
-            await self._check_routes_free(public_key, routes)
+            self._check_routes_free(public_key, routes)
             peer = await self._insert_peer(db, public_key, name, routes, now)
         self._apply_own(peer, None)
         return peer
@@ -456,7 +456,7 @@ class Registry:
             raise Conflict(f"this key is already registered as {peer.name!r}")
         return self._peers.get(public_key, peer)
 
-    async def _check_routes_free(self, public_key: bytes, routes: Iterable[Any]) -> None:
+    def _check_routes_free(self, public_key: bytes, routes: Iterable[Any]) -> None:
         for route in routes:
             for other in self._peers.values():
                 if other.public_key == public_key:
