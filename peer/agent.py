@@ -68,6 +68,7 @@ class _Live:
     mesh: Mesh
     backend: Backend
     routes: set[str]
+    last_status: dict[str, Any] | None = None
 
 
 class Agent:
@@ -290,7 +291,10 @@ class Agent:
             live.routes = await asyncio.to_thread(
                 self.links.set_routes, self.options.interface, wanted, live.routes
             )
-        await asyncio.to_thread(self.state.write_status, self.status(live, device))
+        status = self.status(live, device)
+        if status != live.last_status:  # most seconds nothing changed: no write at all
+            await asyncio.to_thread(self.state.write_status, status)
+            live.last_status = status
 
     def status(self, live: _Live, device: DeviceStatus) -> dict[str, Any]:
         peers = []
@@ -318,7 +322,6 @@ class Agent:
             "interface": self.options.interface,
             "backend": live.backend.name,
             "pid": os.getpid(),
-            "updated": int(time.time()),
             "peers": peers,
         }
 

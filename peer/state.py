@@ -96,7 +96,8 @@ class StateDir:
         _write_private(self.path / "membership.json", json.dumps(asdict(membership), indent=2))
 
     def write_status(self, status: dict[str, Any]) -> None:
-        _write_private(self.path / "status.json", json.dumps(status, indent=2))
+        # Rebuilt from the live device whenever it changes: no fsync, only an atomic replace.
+        _write_private(self.path / "status.json", json.dumps(status, indent=2), durable=False)
 
     def read_status(self) -> dict[str, Any] | None:
         path = self.path / "status.json"
@@ -109,12 +110,13 @@ class StateDir:
         return status
 
 
-def _write_private(path: Path, text: str) -> None:
+def _write_private(path: Path, text: str, *, durable: bool = True) -> None:
     """Write whole or not at all (a crash leaves the old file), readable by root only."""
     temporary = path.with_name(path.name + ".tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as file:
         file.write(text)
         file.flush()
-        os.fsync(file.fileno())
+        if durable:
+            os.fsync(file.fileno())
     os.replace(temporary, path)

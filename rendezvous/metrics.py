@@ -32,20 +32,45 @@ class Snapshot:
 
 def render(snapshot: Snapshot) -> str:
     lines: list[str] = []
-    _metric(lines, "handshakes_total", "counter", "Handshake initiations answered.")
-    lines.append(f"meshpeer_handshakes_total {snapshot.counts.get('handshakes', 0)}")
-    _metric(lines, "keepalives_total", "counter", "Authenticated transport packets received.")
-    lines.append(f"meshpeer_keepalives_total {snapshot.counts.get('transport', 0)}")
-    _metric(lines, "cookie_replies_total", "counter", "Cookie replies sent while under load.")
-    lines.append(f"meshpeer_cookie_replies_total {snapshot.counts.get('cookie_replies', 0)}")
+    counts = snapshot.counts
+    _sample(
+        lines,
+        "handshakes_total",
+        "counter",
+        "Handshake initiations answered.",
+        counts.get("handshakes", 0),
+    )
+    _sample(
+        lines,
+        "keepalives_total",
+        "counter",
+        "Authenticated transport packets received.",
+        counts.get("transport", 0),
+    )
+    _sample(
+        lines,
+        "cookie_replies_total",
+        "counter",
+        "Cookie replies sent while under load.",
+        counts.get("cookie_replies", 0),
+    )
     _metric(lines, "drops_total", "counter", "Datagrams dropped without a reply, by reason.")
     lines.extend(_labelled("drops_total", {(("reason", k),): v for k, v in snapshot.drops.items()}))
-    _metric(lines, "under_load", "gauge", "1 while initiations need a cookie (mac2).")
-    lines.append(f"meshpeer_under_load {int(snapshot.under_load)}")
-    _metric(lines, "peers", "gauge", "Registered peers.")
-    lines.append(f"meshpeer_peers {snapshot.peers}")
-    _metric(lines, "peers_with_endpoint", "gauge", "Peers with a confirmed endpoint.")
-    lines.append(f"meshpeer_peers_with_endpoint {snapshot.peers_with_endpoint}")
+    _sample(
+        lines,
+        "under_load",
+        "gauge",
+        "1 while initiations need a cookie (mac2).",
+        int(snapshot.under_load),
+    )
+    _sample(lines, "peers", "gauge", "Registered peers.", snapshot.peers)
+    _sample(
+        lines,
+        "peers_with_endpoint",
+        "gauge",
+        "Peers with a confirmed endpoint.",
+        snapshot.peers_with_endpoint,
+    )
     _metric(lines, "api_requests_total", "counter", "HTTP API requests, by route and status.")
     api: dict[tuple[tuple[str, str], ...], int] = {
         (("route", route), ("status", str(status))): value
@@ -55,6 +80,11 @@ def render(snapshot: Snapshot) -> str:
     _metric(lines, "dns_total", "counter", "DNS queries by outcome (rcode, rate_limited, ...).")
     lines.extend(_labelled("dns_total", {(("outcome", k),): v for k, v in snapshot.dns.items()}))
     return "\n".join(lines) + "\n"
+
+
+def _sample(lines: list[str], name: str, kind: str, help_text: str, value: int) -> None:
+    _metric(lines, name, kind, help_text)
+    lines.append(f"meshpeer_{name} {value}")
 
 
 def _metric(lines: list[str], name: str, kind: str, help_text: str) -> None:

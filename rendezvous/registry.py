@@ -281,6 +281,9 @@ class Registry:
     def peers(self) -> list[Peer]:
         return sorted(self._peers.values(), key=lambda peer: peer.name)
 
+    def with_endpoint(self) -> int:
+        return sum(1 for peer in self._peers.values() if peer.endpoint is not None)
+
     def peer(self, public_key: bytes) -> Peer | None:
         return self._peers.get(public_key)
 

@@ -85,13 +85,12 @@ class Rendezvous:
         await self.registry.close()
 
     def snapshot(self) -> Snapshot:
-        peers = self.registry.peers()
         return Snapshot(
             counts=dict(self.responder.counts),
             drops=dict(self.responder.drops),
             under_load=self.responder.under_load(asyncio.get_running_loop().time()),
-            peers=len(peers),
-            peers_with_endpoint=sum(1 for peer in peers if peer.endpoint is not None),
+            peers=len(self.registry),
+            peers_with_endpoint=self.registry.with_endpoint(),
             api_requests=dict(self.counters.requests),
             dns=dict(self.authority.counts),
         )

@@ -15,6 +15,20 @@ from tests.lab.wait import wait_until
 pytestmark = pytest.mark.lab
 
 
+def agents_behind_own_nats(lab: Lab, count: int) -> list[MeshAgent]:
+    """Agents p0, p1, ... each on a host behind its own port-restricted NAT (not started)."""
+    return [
+        MeshAgent(lab.add_nat(f"site{n}", NatType.PORT_RESTRICTED).add_host(f"p{n}"), f"p{n}")
+        for n in range(count)
+    ]
+
+
+def start_mesh(agents: list[MeshAgent], token: str, timeout_s: float = 20) -> None:
+    for agent in agents:
+        agent.start(token)
+    assert wait_until(lambda: all_direct(agents), timeout_s), [a.output() for a in agents]
+
+
 def all_direct(agents: list[MeshAgent]) -> bool:
     names = {agent.name for agent in agents}
     for agent in agents:
@@ -26,11 +40,8 @@ def all_direct(agents: list[MeshAgent]) -> bool:
 
 def test_two_peers_behind_port_restricted_nats_mesh_directly(lab: Lab) -> None:
     server = RendezvousServer(lab.add_public_host("rendezvous")).start()
-    token = server.cli("token", "create", "--uses", "2").strip()
-    agents = [
-        MeshAgent(lab.add_nat(f"site{n}", NatType.PORT_RESTRICTED).add_host(f"p{n}"), f"p{n}")
-        for n in range(2)
-    ]
+    token = server.token(2)
+    agents = agents_behind_own_nats(lab, 2)
     started = time.monotonic()
     for agent in agents:
         agent.start(token)
@@ -63,7 +74,7 @@ def dig_endpoints(lab_host: MeshAgent, server: RendezvousServer) -> dict[str, st
 
 def test_four_peers_behind_four_kinds_of_nat_form_a_full_direct_mesh(lab: Lab) -> None:
     server = RendezvousServer(lab.add_public_host("rendezvous")).start()
-    token = server.cli("token", "create", "--uses", "4").strip()
+    token = server.token(4)
     isp = lab.add_nat("isp", NatType.PORT_RESTRICTED, lan="100.64.0.0/24")
     nats = {
         "home": lab.add_nat("home", NatType.PORT_RESTRICTED),
@@ -94,11 +105,8 @@ def test_four_peers_behind_four_kinds_of_nat_form_a_full_direct_mesh(lab: Lab) -
 
 def test_a_late_joiner_meshes_with_all_and_removal_reaches_every_agent(lab: Lab) -> None:
     server = RendezvousServer(lab.add_public_host("rendezvous")).start()
-    token = server.cli("token", "create", "--uses", "3").strip()
-    agents = [
-        MeshAgent(lab.add_nat(f"site{n}", NatType.PORT_RESTRICTED).add_host(f"p{n}"), f"p{n}")
-        for n in range(3)
-    ]
+    token = server.token(3)
+    agents = agents_behind_own_nats(lab, 3)
     for agent in agents[:2]:
         agent.start(token)
     assert wait_until(lambda: all_direct(agents[:2]), 20), [a.output() for a in agents]
@@ -116,7 +124,7 @@ def test_a_late_joiner_meshes_with_all_and_removal_reaches_every_agent(lab: Lab)
 
 def test_two_peers_behind_one_nat_without_hairpinning_meet_on_the_lan(lab: Lab) -> None:
     server = RendezvousServer(lab.add_public_host("rendezvous")).start()
-    token = server.cli("token", "create", "--uses", "2").strip()
+    token = server.token(2)
     office = lab.add_nat("office", NatType.PORT_RESTRICTED, hairpin=False)
     agents = [MeshAgent(office.add_host(f"desk{n}"), f"desk{n}") for n in range(2)]
     for agent in agents:
@@ -133,7 +141,7 @@ def test_two_peers_behind_one_nat_without_hairpinning_meet_on_the_lan(lab: Lab) 
 def test_a_peer_carries_its_lan_for_the_mesh(lab: Lab) -> None:
     """Site to site: a gateway advertises its office LAN; a remote peer reaches a host on it."""
     server = RendezvousServer(lab.add_public_host("rendezvous")).start()
-    token = server.cli("token", "create", "--uses", "2").strip()
+    token = server.token(2)
     office = lab.add_nat("office", NatType.PORT_RESTRICTED)
     gateway_host, printer = office.add_host("gateway"), office.add_host("printer")
     office_lan = str(office.lan.network)
@@ -153,14 +161,9 @@ def test_a_peer_carries_its_lan_for_the_mesh(lab: Lab) -> None:
 
 def test_tunnels_outlive_the_rendezvous_and_agents_reconnect(lab: Lab) -> None:
     server = RendezvousServer(lab.add_public_host("rendezvous")).start()
-    token = server.cli("token", "create", "--uses", "3").strip()
-    agents = [
-        MeshAgent(lab.add_nat(f"site{n}", NatType.PORT_RESTRICTED).add_host(f"p{n}"), f"p{n}")
-        for n in range(2)
-    ]
-    for agent in agents:
-        agent.start(token)
-    assert wait_until(lambda: all_direct(agents), 20), [a.output() for a in agents]
+    token = server.token(3)
+    agents = agents_behind_own_nats(lab, 2)
+    start_mesh(agents, token)
     addresses = [agent.address() for agent in agents]
 
     server.kill()
@@ -187,7 +190,7 @@ def assert_one_line(agent: MeshAgent, code: int, words: str) -> None:
 
 def test_user_mistakes_on_a_real_host_cost_one_line_and_exit_2(lab: Lab) -> None:
     server = RendezvousServer(lab.add_public_host("rendezvous")).start()
-    token = server.cli("token", "create", "--uses", "1").strip()
+    token = server.token(1)
     home = lab.add_nat("home", NatType.PORT_RESTRICTED)
     first = MeshAgent(home.add_host("first"), "first").start(token)
     assert wait_until(lambda: first.status() is not None, 15), first.output()
@@ -197,14 +200,14 @@ def test_user_mistakes_on_a_real_host_cost_one_line_and_exit_2(lab: Lab) -> None
 
     taken_host = home.add_host("third")
     taken_host.run(["ip", "link", "add", "wg0", "type", "veth", "peer", "name", "wg0-peer"])
-    fresh = server.cli("token", "create").strip()
+    fresh = server.token()
     taken = MeshAgent(taken_host, "third").start(fresh)
     assert_one_line(taken, 2, "interface wg0 exists and meshpeer did not make it")
     assert taken_host.run(["ip", "link", "show", "wg0"]).returncode == 0  # left alone
 
     no_tool_host = home.add_host("fourth")
     no_tool = MeshAgent(no_tool_host, "fourth")
-    no_tool.start(server.cli("token", "create").strip())  # wireguard-go on PATH: control
+    no_tool.start(server.token())  # wireguard-go on PATH: control
     assert wait_until(lambda: no_tool.status() is not None, 15), no_tool.output()
     assert no_tool.process is not None
     no_tool.process.stop()
@@ -223,7 +226,7 @@ def test_user_mistakes_on_a_real_host_cost_one_line_and_exit_2(lab: Lab) -> None
             "--name",
             "fifth",
             "--token",
-            server.cli("token", "create").strip(),
+            server.token(),
         ],
     )
     assert_one_line(bare, 2, "wireguard-go is not installed")
@@ -247,14 +250,9 @@ def test_user_mistakes_on_a_real_host_cost_one_line_and_exit_2(lab: Lab) -> None
 
 def test_the_agent_brings_wireguard_go_back_when_it_dies(lab: Lab) -> None:
     server = RendezvousServer(lab.add_public_host("rendezvous")).start()
-    token = server.cli("token", "create", "--uses", "2").strip()
-    agents = [
-        MeshAgent(lab.add_nat(f"site{n}", NatType.PORT_RESTRICTED).add_host(f"p{n}"), f"p{n}")
-        for n in range(2)
-    ]
-    for agent in agents:
-        agent.start(token)
-    assert wait_until(lambda: all_direct(agents), 20), [a.output() for a in agents]
+    token = server.token(2)
+    agents = agents_behind_own_nats(lab, 2)
+    start_mesh(agents, token)
 
     assert agents[0].process is not None
     # Only this agent's own wireguard-go (the lab's hosts share one PID namespace).
@@ -267,7 +265,7 @@ def test_the_agent_brings_wireguard_go_back_when_it_dies(lab: Lab) -> None:
 
 def test_down_stops_the_agent_and_removes_only_what_it_made(lab: Lab) -> None:
     server = RendezvousServer(lab.add_public_host("rendezvous")).start()
-    token = server.cli("token", "create").strip()
+    token = server.token()
     host = lab.add_nat("home", NatType.PORT_RESTRICTED).add_host("laptop")
     host.run(["ip", "link", "add", "wg9", "type", "veth", "peer", "name", "wg9-peer"])
     agent = MeshAgent(host, "laptop").start(token)

@@ -181,7 +181,7 @@ def test_under_a_flood_the_rendezvous_asks_for_cookies_and_a_peer_still_gets_in(
 def test_kill_9_during_a_burst_of_joins_loses_no_acknowledged_registration(lab: Lab) -> None:
     server = RendezvousServer(lab.add_public_host("rendezvous")).start()
     client = lab.add_public_host("client")
-    token = server.cli("token", "create", "--uses", "1000").strip()
+    token = server.token(1000)
     burst = client.spawn(
         "joins",
         [sys.executable, str(LAB / "join_burst.py"), server.api_url, token, "600", "16"],

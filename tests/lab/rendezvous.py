@@ -76,6 +76,10 @@ class RendezvousServer:
         command = [RENDEZVOUS, *argv, "--data-dir", str(self.data_dir)]
         return self.host.run(command).stdout
 
+    def token(self, uses: int = 1) -> str:
+        """A join token from `rendezvous token create`."""
+        return self.cli("token", "create", "--uses", str(uses)).strip()
+
     def public_key(self) -> str:
         info: dict[str, str] = json.loads(self.cli("info", "--json"))
         return info["public_key"]
