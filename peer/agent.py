@@ -133,6 +133,13 @@ class Agent:
                     token, encode_key(own_key), name, list(self.options.routes)
                 )
                 break
+            except client.JoinRefused as error:
+                # A service unit passes the same token at every start; once it has expired or
+                # is used up, a peer that already joined this rendezvous resumes as it was.
+                if stored is None or stored.rendezvous_key != encode_key(token.rendezvous_key):
+                    raise
+                logger.warning("token refused (%s): resuming the stored membership", error)
+                return stored
             except client.Unreachable as error:
                 logger.warning("%s; retrying in %.0f s", error, backoff)
                 await asyncio.sleep(backoff)

@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = commands.add_parser("run", parents=[common], help="join (once) and keep the mesh up")
-    run.add_argument("--token", help="join token from `rendezvous token create` (first run)")
+    run.add_argument(
+        "--token",
+        default=os.environ.get("MESHPEER_TOKEN") or None,
+        help="join token from `rendezvous token create` (first run; env MESHPEER_TOKEN)",
+    )
     run.add_argument("--interface", default="wg0", help="WireGuard interface name (default wg0)")
     run.add_argument("--listen-port", type=int, default=51820, help="UDP port (default 51820)")
     run.add_argument("--backend", choices=["auto", "kernel", "userspace"], default="auto")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import signal
 import sqlite3
@@ -15,6 +16,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+
+import aiohttp
 
 from . import settings as config
 from .console import (
@@ -43,6 +46,7 @@ from .registry import ADMIN_TOKEN_NAME, Registry
 from .service import ListenError, Rendezvous
 
 PROG = "rendezvous"
+HEALTH_TIMEOUT_S = 3.0
 _SERVE_FLAGS = {
     "zone": "DNS zone the peers are published in (default mesh.internal.)",
     "network": "mesh network, as a CIDR (default 10.77.0.0/16)",
@@ -103,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     peers = commands.add_parser("peers", parents=[common], help="list registered peers")
     peers.add_argument("--json", action="store_true")
+
+    commands.add_parser(
+        "health", parents=[common], help="exit 0 if the serving rendezvous answers /healthz"
+    )
     return parser
 
 
@@ -214,6 +222,24 @@ async def _peer_add(registry: Registry, args: argparse.Namespace) -> None:
     print(peer.address)
 
 
+async def _health(registry: Registry, args: argparse.Namespace) -> None:
+    # The container's health check: asks the API the running `serve` listens on (as stored in
+    # the data folder), on loopback when it listens on every address.
+    host, port = registry.settings.api_listen
+    if ipaddress.ip_address(host).is_unspecified:
+        host = "::1" if ipaddress.ip_address(host).version == 6 else "127.0.0.1"
+    url = f"http://{format_endpoint((host, port))}/healthz"
+    try:
+        timeout = aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as answer:
+            body = await answer.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        raise Failure(f"{url} did not answer: {error or type(error).__name__}") from None
+    if answer.status != 200 or body.get("status") != "ok":
+        raise Failure(f"{url} answered {answer.status}")
+    print(f"ok: {body.get('peers', 0)} peers")
+
+
 async def _peer_remove(registry: Registry, args: argparse.Namespace) -> None:
     peer = await registry.remove_peer(args.peer)
     print(f"removed {peer.name} ({peer.address})")
@@ -268,6 +294,7 @@ _ACTIONS: dict[tuple[str, str | None], Action] = {
     ("peer", "add"): _peer_add,
     ("peer", "remove"): _peer_remove,
     ("peers", None): _peers,
+    ("health", None): _health,
 }
 
 

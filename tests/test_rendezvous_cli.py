@@ -123,3 +123,28 @@ def test_a_port_in_use_is_one_line_naming_the_flag(tmp_path: Path) -> None:
             f"127.0.0.1:{port}",
         )
     assert_one_line_error(result, 1, "--api-listen")
+
+
+def test_health_answers_for_the_serving_rendezvous_only(tmp_path: Path) -> None:
+    ports = []
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    wg, api, dns_port = ports
+    data = ["--data-dir", str(tmp_path)]
+    listen = ["--wg-listen", f"127.0.0.1:{wg}", "--public-endpoint", f"127.0.0.1:{wg}"]
+    listen += ["--api-listen", f"0.0.0.0:{api}", "--dns-listen", f"127.0.0.1:{dns_port}"]
+    serve = subprocess.Popen(
+        [*ENTRY, "serve", *data, *listen],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert serve.stderr is not None and "serving" in serve.stderr.readline()
+        healthy = rendezvous("health", *data)
+        assert healthy.returncode == 0 and healthy.stdout == "ok: 0 peers\n", healthy
+    finally:
+        serve.terminate()
+        serve.wait(10)
+    assert_one_line_error(rendezvous("health", *data), 1, f"127.0.0.1:{api}/healthz")
