@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 DEFAULT_RESPONSES_PER_S = 100.0  # per client network; an agent asks a few times a minute
 DEFAULT_MAX_NETWORKS = 16_384
-IPV4_PREFIX = 24
 IPV6_PREFIX = 56
 
 
@@ -45,7 +44,7 @@ class ResponseRateLimiter:
         self.burst = max(1.0, responses_per_s)  # one second's worth
         self.slip = slip
         self.max_networks = max_networks
-        self._buckets: collections.OrderedDict[bytes, _Bucket] = collections.OrderedDict()
+        self._buckets: collections.OrderedDict[str, _Bucket] = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -73,14 +72,16 @@ class ResponseRateLimiter:
         return Verdict.DROP
 
 
-def _network_of(client: str) -> bytes:
-    """The client's /24 or /56, as bytes: the key of its bucket."""
+def _network_of(client: str) -> str:
+    """The client's /24 or /56: the key of its bucket."""
+    if ":" not in client and client.count(".") == 3:
+        # The socket gives IPv4 sources in dotted quads: the /24 is the text before the last dot
+        # (ipaddress would cost more than the rest of a cached answer).
+        return client.rpartition(".")[0]
     try:
         address = ipaddress.ip_address(client)
     except ValueError:
-        return client.encode()[:64]
+        return client[:64]
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    if isinstance(address, ipaddress.IPv4Address):
-        return address.packed[: IPV4_PREFIX // 8]
-    return address.packed[: IPV6_PREFIX // 8]
+        return str(address.ipv4_mapped).rpartition(".")[0]
+    return address.packed[: IPV6_PREFIX // 8].hex()

@@ -47,6 +47,7 @@ OUR_EDNS_PAYLOAD = 1232  # what we advertise (DNS flag day 2020): no IP fragment
 TCP_MESSAGE_MAX = 65535
 TCP_IDLE_S = 10.0  # RFC 7766 6.2.3: a few seconds between queries, then close
 MAX_TCP_CONNECTIONS = 256
+ANSWER_CACHE_SIZE = 16_384  # UDP answers kept, about 5 MiB at most
 AXFR_CHUNK = 16_384  # bytes of records per AXFR message; the limit is 64 KiB
 
 
@@ -63,11 +64,16 @@ class Authority:
         zone: Zone,
         limiter: ResponseRateLimiter | None = None,
         max_udp_payload: int = DEFAULT_MAX_UDP_PAYLOAD,
+        answer_cache: int = ANSWER_CACHE_SIZE,
     ) -> None:
         self.zone = zone
+        self.answer_cache = answer_cache
         self.limiter = limiter
         self.max_udp_payload = max(CLASSIC_UDP_PAYLOAD, min(max_udp_payload, TCP_MESSAGE_MAX))
         self.counts: collections.Counter[str] = collections.Counter()
+        self.cache_hits = 0
+        self._cache: dict[bytes, tuple[bytes, tuple[str, ...]]] = {}
+        self._cache_serial = zone.serial
 
     # -- the two transports -------------------------------------------------------------------
 
@@ -80,13 +86,53 @@ class Authority:
         if verdict is Verdict.DROP:
             self.counts["rate_limited"] += 1
             return None
+        if verdict is Verdict.SEND:
+            cached = self._cached(wire)
+            if cached is not None:
+                return cached
         query = self._parse(wire)
         if isinstance(query, bytes):
             return query
         if verdict is Verdict.SLIP:
             self.counts["slipped"] += 1
             return self._truncated(query)
-        return self._answer(query, _udp_limit(query, self.max_udp_payload), tcp=False)
+        answer = self._answer(query, _udp_limit(query, self.max_udp_payload), tcp=False)
+        self._remember(wire, answer)
+        return answer
+
+    # -- the answer cache ---------------------------------------------------------------------
+    # Parsing and rendering with dnspython costs about 200 us a query; most queries repeat. An
+    # answer depends only on the query's bytes after its ID (flags, question in its exact case,
+    # EDNS size) and on the zone, whose serial moves at every change. So a repeated query gets
+    # the stored answer with its own ID put in, and a zone change empties the cache.
+
+    def _cached(self, wire: bytes) -> bytes | None:
+        if self._cache_serial != self.zone.serial:
+            self._cache.clear()
+            self._cache_serial = self.zone.serial
+            return None
+        hit = self._cache.get(wire[2:])
+        if hit is None:
+            return None
+        answer, outcomes = hit
+        for outcome in outcomes:
+            self.counts[outcome] += 1
+        self.cache_hits += 1
+        return wire[:2] + answer
+
+    def _remember(self, wire: bytes, answer: bytes) -> None:
+        if self._cache_serial != self.zone.serial:
+            self._cache.clear()
+            self._cache_serial = self.zone.serial
+        if self.answer_cache <= 0:
+            return
+        if len(self._cache) >= self.answer_cache:
+            del self._cache[next(iter(self._cache))]  # the oldest: insertion order
+        flags = HEADER.unpack_from(answer)[1]
+        outcomes = (dns.rcode.to_text(dns.rcode.from_flags(flags, 0)),)
+        if flags & dns.flags.TC:
+            outcomes += ("truncated",)
+        self._cache[wire[2:]] = (answer[2:], outcomes)
 
     def answer_tcp(self, wire: bytes) -> list[bytes]:
         """The answers to one TCP query (several for AXFR); none to stay silent."""

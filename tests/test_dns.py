@@ -320,3 +320,34 @@ def _mutate(wire: bytes, changes: list[tuple[int, int]]) -> bytes:
         if position < len(mutable):
             mutable[position] = value
     return bytes(mutable)
+
+
+def test_repeated_queries_are_answered_from_the_cache_and_never_stale() -> None:
+    zone = make_zone()
+    peer = entry(1)
+    zone.put(peer)
+    authority = Authority(zone)
+    instance = instance_name(peer.public_key, ORIGIN).to_text()
+    srv = ask(authority, instance, "SRV")
+    for _ in range(3):  # new IDs each time (make_query picks one): each answer carries its own
+        assert records(ask(authority, instance, "SRV")) == records(srv)
+    assert authority.cache_hits == 3
+    assert authority.counts["NOERROR"] == 4
+
+    shouting = instance.upper()  # a query's case is part of the key, and comes back as asked
+    assert ask(authority, shouting, "SRV").question[0].name.to_text() == shouting
+    assert ask(authority, shouting, "SRV").question[0].name.to_text() == shouting
+
+    zone.put(PeerEntry(peer.public_key, peer.name, peer.address, peer.allowed, ("203.0.113.9", 41)))
+    assert records(ask(authority, instance, "SRV"))["SRV"][0].split()[2] == "41"
+    assert ask(authority, "nobody.mesh.example.").rcode() == dns.rcode.NXDOMAIN
+    zone.put(entry(2))
+    nxdomain = ask(authority, "nobody.mesh.example.")
+    assert nxdomain.authority[0][0].serial == zone.serial  # a negative answer's SOA is current
+
+
+def test_the_answer_cache_is_bounded() -> None:
+    authority = Authority(make_zone(), answer_cache=8)
+    for number in range(50):
+        ask(authority, f"nobody{number}.mesh.example.")
+    assert len(authority._cache) == 8
