@@ -406,6 +406,19 @@ class Registry:
         self._apply_own(peer, None)
         return peer
 
+    async def add_peers(
+        self, entries: list[tuple[bytes, str]], now: float | None = None
+    ) -> list[Peer]:
+        """Register many peers by hand in one transaction (all or none): an import, a benchmark."""
+        now = time.time() if now is None else now
+        for public_key, _ in entries:
+            self._check_new_key(public_key)
+        async with self._write() as db:
+            added = [await self._insert_peer(db, key, name, (), now) for key, name in entries]
+        for peer in added:
+            self._apply_own(peer, None)
+        return added
+
     async def remove_peer(self, name_or_key: str) -> Peer:
         async with self._write() as db:
             await self._catch_up(db)
