@@ -322,3 +322,20 @@ async def wait_for_peer(
             return peers[name]
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.01)
+
+
+def test_many_peers_register_in_one_transaction_or_none_do(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        registry = await Registry.open(tmp_path, SMALL)
+        added = await registry.add_peers([(new_key(), "a"), (new_key(), "b")])
+        assert [str(peer.address) for peer in added] == ["10.9.0.2", "10.9.0.3"]
+        with pytest.raises(Conflict, match="taken"):
+            await registry.add_peers([(new_key(), "c"), (new_key(), "a")])
+        with pytest.raises(InvalidInput, match="not a usable X25519 key"):
+            await registry.add_peers([(new_key(), "d"), (bytes(32), "zero")])
+        await registry.close()
+        reopened = await Registry.open(tmp_path, SMALL)
+        assert sorted(peer.name for peer in reopened.peers()) == ["a", "b"]
+        await reopened.close()
+
+    run(scenario)
