@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given, settings
@@ -272,3 +274,8 @@ def _mutate(valid: bytes, flips: list[tuple[int, int]]) -> bytes:
     for offset, mask in flips:
         mutated[offset % len(mutated)] ^= mask
     return bytes(mutated)
+
+
+@given(key=st.binary(max_size=100), data=st.binary(max_size=200))
+def test_hand_made_hmac_blake2s_is_hmac(key: bytes, data: bytes) -> None:
+    assert noise.hmac_blake2s(key, data) == hmac.digest(key, data, "blake2s")
