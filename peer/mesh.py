@@ -133,7 +133,8 @@ class Mesh:
             or applied is None
             or applied.allowed_ips != config.allowed_ips
         )
-        if self._is_up(peer.public_key, device, now) or not candidates:
+        up = self._is_up(peer.public_key, device, now)
+        if not candidates or (up and not self._moved(peer.public_key, device, state, candidates)):
             return config if reshaped else None  # an up path keeps the endpoint WireGuard has
         if candidates != state.candidates:
             state.candidates, state.attempt = candidates, 0  # news: try the best one now
@@ -150,6 +151,21 @@ class Mesh:
             return config
         state.punched_at, state.punched_endpoint = now, config.endpoint
         return replace(config, kick=True)
+
+    def _moved(
+        self,
+        key: bytes,
+        device: DeviceStatus,
+        state: _PathState,
+        candidates: tuple[tuple[str, int], ...],
+    ) -> bool:
+        """The endpoint in use was a candidate and is one no longer: the peer's mapping moved
+        (its NAT rebooted, say). The session still looks fresh, but WireGuard would keep
+        sending to a dead mapping until it times out, minutes later: punch the new one now.
+        An endpoint WireGuard roamed to by itself (never a candidate) is kept."""
+        status = device.peers.get(key)
+        current = status.endpoint if status else None
+        return current is not None and current in state.candidates and current not in candidates
 
     def _is_up(self, key: bytes, device: DeviceStatus, now: float) -> bool:
         status = device.peers.get(key)

@@ -283,3 +283,22 @@ def test_lan_candidates_come_first_and_name_the_path() -> None:
     )
     mesh.plan(device, 112.0)
     assert mesh.path(KEY_A) == "lan"
+
+
+def test_a_peer_whose_mapping_moved_is_punched_at_once_even_while_its_path_looks_up() -> None:
+    mesh = Mesh(OWN)
+    old, new, roamed = ("203.0.113.7", 40000), ("203.0.113.7", 41000), ("198.51.100.9", 5)
+    mesh.replace_all([remote(KEY_A, old)])
+    mesh.plan(DeviceStatus(), now=100.0)
+    using_old = DeviceStatus(peers={KEY_A: PeerStatus(KEY_A, old, latest_handshake=101.0)})
+    assert mesh.plan(using_old, 102.0).set_peers == [] and mesh.path(KEY_A) == "direct"
+
+    mesh.update([remote(KEY_A, new)], [])  # its NAT rebooted: the rendezvous saw a new port
+    [punch] = mesh.plan(using_old, 103.0).set_peers
+    assert punch.endpoint == new and punch.kick
+
+    mesh.update([remote(KEY_A, old)], [])
+    mesh.plan(DeviceStatus(), 104.0)
+    roaming = DeviceStatus(peers={KEY_A: PeerStatus(KEY_A, roamed, latest_handshake=104.0)})
+    mesh.update([remote(KEY_A, new)], [])
+    assert mesh.plan(roaming, 105.0).set_peers == []  # WireGuard roamed there: authenticated
