@@ -129,7 +129,7 @@ class Authority:
         if len(self._cache) >= self.answer_cache:
             del self._cache[next(iter(self._cache))]  # the oldest: insertion order
         flags = HEADER.unpack_from(answer)[1]
-        outcomes = (dns.rcode.to_text(dns.rcode.from_flags(flags, 0)),)
+        outcomes: tuple[str, ...] = (dns.rcode.to_text(dns.rcode.from_flags(flags, 0)),)
         if flags & dns.flags.TC:
             outcomes += ("truncated",)
         self._cache[wire[2:]] = (answer[2:], outcomes)
