@@ -94,18 +94,21 @@ class Agent:
             await self._make_interface(backend, membership, private_key)
             live = _Live(membership, Mesh(own_key), backend, set())
             await asyncio.to_thread(self._enable_forwarding)
-            lan = await self._start_lan(live)
             tasks = [
                 asyncio.create_task(self._follow_rendezvous(live), name="watch"),
                 asyncio.create_task(self._reconcile_forever(live), name="reconcile"),
                 asyncio.create_task(self._poll_dns_sd(live), name="dns-sd"),
             ]
+            # Not awaited first: announcing on mDNS probes the name for about a second, and
+            # the punch to the other peers must not wait for it (it did: new pairs took 1.3 s).
+            lan_start = asyncio.create_task(self._start_lan(live), name="mdns")
             await self._stopping.wait()
             for task in tasks:
                 task.cancel()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            lan = await lan_start
             await lan.stop()
         finally:
             await self._tear_down(backend)
