@@ -1,4 +1,4 @@
-"""The benchmarks still run (tiny sizes): figures come from bench/, never from tests."""
+"""The benchmarks still run (tiny sizes, --smoke): figures come from bench/, never from tests."""
 
 from __future__ import annotations
 
@@ -6,28 +6,51 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.lab.fixtures import require_lab_host
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+pytestmark = pytest.mark.lab
+
+
+def smoke(script: str, timeout: float = 240) -> str:
+    require_lab_host()
+    result = subprocess.run(
+        [sys.executable, str(BENCH / script), "--smoke"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("machine: "), result.stdout
+    return result.stdout
 
 
 def test_handshake_benchmark_runs() -> None:
-    result = subprocess.run(
-        [sys.executable, str(BENCH / "handshakes.py"), "--peers", "20", "--rounds", "1"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "handshakes/s: median" in result.stdout and "ratio" in result.stdout
+    output = smoke("handshakes.py")
+    assert "X25519 floor" in output and "keepalives/s median" in output
+    assert "ratio rendezvous / wireguard-go" in output
 
 
 def test_dns_benchmark_runs() -> None:
-    result = subprocess.run(
-        [sys.executable, str(BENCH / "dns_answers.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "q/s by dnsperf" in result.stdout and "p99" in result.stdout
+    output = smoke("dns_answers.py")
+    assert output.count("q/s by dnsperf") == 3 and "ratio meshpeer / NSD" in output
+
+
+def test_convergence_benchmark_runs() -> None:
+    output = smoke("convergence.py")
+    for figure in ("all pairs, 2 peers", "new pair", "join a mesh of 2", "heal after a NAT"):
+        assert figure in output, output
+
+
+def test_scale_benchmark_runs() -> None:
+    output = smoke("scale.py")
+    assert "CPU share" in output and "resident memory" in output and "during the load" in output
+
+
+def test_footprint_benchmark_runs() -> None:
+    output = smoke("footprint.py")
+    assert "median: meshpeer run" in output

@@ -1,0 +1,188 @@
+"""How fast the mesh forms and heals: `meshpeer run` agents behind port-restricted NATs in the lab.
+
+    .venv/bin/python bench/convergence.py [--runs 5] [--sizes 2,4,8] [--smoke]
+
+Each run builds a fresh lab (a public rendezvous, each agent behind its own port-restricted NAT)
+and measures, with the real `rendezvous serve` and `meshpeer run`:
+- all pairs: from starting N agents at once to every pair having a WireGuard handshake (read
+  from each wireguard-go's UAPI socket every 10 ms), for each N in --sizes;
+- new pair: for N = 2, from the second agent's registration (its membership file written) to
+  the pair's handshake;
+- join: a peer started into the formed mesh of 4 (or the largest size) until it has handshakes
+  with all and all with it, from its start and from its registration;
+- heal: with ping running over the tunnel (every 50 ms), one NAT forgets every mapping (as on a
+  reboot); the time until pings get through again.
+Figures are medians and maxima over the runs. Not a test: the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import re
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from loadgen import machine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.lab
+
+from meshpeer.peer import uapi
+from tests.lab import Lab, NatType, Router
+from tests.lab.agents import MeshAgent
+from tests.lab.rendezvous import RendezvousServer
+
+POLL_S = 0.01
+TIMEOUT_S = 60.0
+
+
+def handshaken_addresses(agent: MeshAgent) -> set[str]:
+    """Mesh addresses of the peers this agent's WireGuard has a handshake with (via UAPI)."""
+    control = agent.host.rundir / "wireguard" / "wg0.sock"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1)
+            sock.connect(str(control))
+            sock.sendall(uapi.get_request())
+            reply = b""
+            while not reply.endswith(b"\n\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+        device = uapi.parse_get(reply)
+    except (OSError, uapi.UapiError):
+        return set()
+    found = set()
+    for peer in device.peers.values():
+        if peer.latest_handshake:
+            found.update(
+                str(ipaddress.ip_network(cidr).network_address) for cidr in peer.allowed_ips
+            )
+    return found
+
+
+def registered_at(agent: MeshAgent) -> float | None:
+    with contextlib.suppress(OSError):
+        return (agent.state_dir / "membership.json").stat().st_mtime
+    return None
+
+
+def mesh_address(agent: MeshAgent) -> str | None:
+    with contextlib.suppress(OSError, ValueError):
+        text = (agent.state_dir / "membership.json").read_text()
+        found = re.search(r'"address": "([\d.]+)"', text)
+        return found.group(1) if found else None
+    return None
+
+
+def all_pairs(agents: list[MeshAgent]) -> bool:
+    addresses = [mesh_address(agent) for agent in agents]
+    if None in addresses:
+        return False
+    for agent, own in zip(agents, addresses, strict=True):
+        if not {a for a in addresses if a != own} <= handshaken_addresses(agent):
+            return False
+    return True
+
+
+def wait(predicate: Callable[[], bool], what: str) -> float:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not happen within {TIMEOUT_S:.0f} s")
+        time.sleep(POLL_S)
+    return time.time()
+
+
+def build(lab: Lab, count: int) -> tuple[str, list[MeshAgent], list[Router]]:
+    """A rendezvous, its token, and `count` agents (not started) each behind its own NAT."""
+    server = RendezvousServer(lab.add_public_host("rendezvous")).start()
+    token = server.token(count + 1)
+    routers = [lab.add_nat(f"site{n}", NatType.PORT_RESTRICTED) for n in range(count)]
+    agents = [MeshAgent(router.add_host(f"p{n}"), f"p{n}") for n, router in enumerate(routers)]
+    return token, agents, routers
+
+
+def formation(count: int, join: bool) -> dict[str, float]:
+    """All-pairs time for `count` agents; with `join`, a late joiner's times as well."""
+    figures: dict[str, float] = {}
+    with Lab() as lab:
+        token, agents, _ = build(lab, count)
+        started = time.time()
+        for agent in agents:
+            agent.start(token)
+        done = wait(lambda: all_pairs(agents), f"all pairs of {count}")
+        figures[f"all pairs, {count} peers"] = done - started
+        if count == 2:
+            second = max(registered_at(agent) or started for agent in agents)
+            figures["new pair, from the 2nd registration"] = done - second
+        if join:
+            late_site = lab.add_nat("latesite", NatType.PORT_RESTRICTED)
+            late = MeshAgent(late_site.add_host("late"), "late")
+            started = time.time()
+            late.start(token)
+            done = wait(lambda: all_pairs([*agents, late]), "the late joiner's pairs")
+            figures[f"join a mesh of {count}, from start"] = done - started
+            figures[f"join a mesh of {count}, from registration"] = done - (
+                registered_at(late) or started
+            )
+    return figures
+
+
+def heal() -> float:
+    """Seconds from a NAT dropping all its mappings until pings cross the tunnel again."""
+    with Lab() as lab:
+        token, agents, routers = build(lab, 2)
+        for agent in agents:
+            agent.start(token)
+        wait(lambda: all_pairs(agents), "the pair")
+        first, second = agents
+        target = mesh_address(second) or "unknown"
+        pinger = first.host.spawn("ping", ["ping", "-D", "-n", "-i", "0.05", "-W", "1", target])
+        wait(lambda: "bytes from" in pinger.output(), "the first ping")
+        time.sleep(0.5)
+        reset = time.time()
+        routers[0].reset_mappings()
+        replies = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from", re.MULTILINE)
+
+        def replied_after_reset() -> bool:
+            return any(float(stamp) > reset + 0.2 for stamp in replies.findall(pinger.output()))
+
+        wait(replied_after_reset, "pings after the NAT reset")
+        stamps = [float(stamp) for stamp in replies.findall(pinger.output())]
+        pinger.stop()
+        return min(stamp for stamp in stamps if stamp > reset + 0.2) - reset
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--sizes", default="2,4,8")
+    parser.add_argument("--smoke", action="store_true", help="one run of 2 peers: for the tests")
+    args = parser.parse_args()
+    sizes = [2] if args.smoke else [int(size) for size in args.sizes.split(",")]
+    runs = 1 if args.smoke else args.runs
+    join_size = 2 if args.smoke else (4 if 4 in sizes else max(sizes))
+    print(machine())
+    print(f"{runs} runs; agents behind port-restricted NATs; wireguard-go; lab in namespaces")
+    samples: dict[str, list[float]] = {}
+    for _ in range(runs):
+        for count in sizes:
+            for name, value in formation(count, join=count == join_size).items():
+                samples.setdefault(name, []).append(value)
+        samples.setdefault("heal after a NAT reset", []).append(heal())
+    for name, values in samples.items():
+        print(
+            f"  {name:<40} median {statistics.median(values):5.2f} s, max {max(values):5.2f} s "
+            f"({', '.join(f'{v:.2f}' for v in values)})"
+        )
+
+
+if __name__ == "__main__":
+    main()
