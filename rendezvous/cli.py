@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import json
 import signal
@@ -226,8 +227,9 @@ async def _health(registry: Registry, args: argparse.Namespace) -> None:
     # The container's health check: asks the API the running `serve` listens on (as stored in
     # the data folder), on loopback when it listens on every address.
     host, port = registry.settings.api_listen
-    if ipaddress.ip_address(host).is_unspecified:
-        host = "::1" if ipaddress.ip_address(host).version == 6 else "127.0.0.1"
+    with contextlib.suppress(ValueError):  # a host name stays as it is
+        if ipaddress.ip_address(host).is_unspecified:
+            host = "::1" if ipaddress.ip_address(host).version == 6 else "127.0.0.1"
     url = f"http://{format_endpoint((host, port))}/healthz"
     try:
         timeout = aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)
@@ -235,8 +237,8 @@ async def _health(registry: Registry, args: argparse.Namespace) -> None:
             body = await answer.json()
     except (aiohttp.ClientError, TimeoutError, ValueError) as error:
         raise Failure(f"{url} did not answer: {error or type(error).__name__}") from None
-    if answer.status != 200 or body.get("status") != "ok":
-        raise Failure(f"{url} answered {answer.status}")
+    if answer.status != 200 or not isinstance(body, dict) or body.get("status") != "ok":
+        raise Failure(f"{url} answered {answer.status} without status ok")
     print(f"ok: {body.get('peers', 0)} peers")
 
 
