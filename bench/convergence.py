@@ -21,18 +21,18 @@ import argparse
 import contextlib
 import ipaddress
 import re
-import socket
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from loadgen import machine
+from loadgen import machine, uapi_exchange
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.lab
 
 from meshpeer.peer import uapi
+from meshpeer.peer.state import StateDir, StateError
 from tests.lab import Lab, NatType, Router
 from tests.lab.agents import MeshAgent
 from tests.lab.rendezvous import RendezvousServer
@@ -45,17 +45,7 @@ def handshaken_addresses(agent: MeshAgent) -> set[str]:
     """Mesh addresses of the peers this agent's WireGuard has a handshake with (via UAPI)."""
     control = agent.host.rundir / "wireguard" / "wg0.sock"
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(1)
-            sock.connect(str(control))
-            sock.sendall(uapi.get_request())
-            reply = b""
-            while not reply.endswith(b"\n\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                reply += chunk
-        device = uapi.parse_get(reply)
+        device = uapi.parse_get(uapi_exchange(control, uapi.get_request()))
     except (OSError, uapi.UapiError):
         return set()
     found = set()
@@ -74,10 +64,9 @@ def registered_at(agent: MeshAgent) -> float | None:
 
 
 def mesh_address(agent: MeshAgent) -> str | None:
-    with contextlib.suppress(OSError, ValueError):
-        text = (agent.state_dir / "membership.json").read_text()
-        found = re.search(r'"address": "([\d.]+)"', text)
-        return found.group(1) if found else None
+    with contextlib.suppress(OSError, StateError):
+        membership = StateDir(agent.state_dir).membership()
+        return membership.address if membership else None
     return None
 
 

@@ -228,14 +228,12 @@ def measure(peers: int, seconds: float, rounds: int) -> dict[str, list[Sample]]:
     with tempfile.TemporaryDirectory() as scratch:
         query_file = Path(scratch) / "queries"
         query_file.write_text("".join(f"{name} {rdtype}\n" for name, rdtype in queries))
+        ports = {name: free_port() for name in ("meshpeer", "meshpeer, no cache", "NSD")}
         servers = {
-            "meshpeer": start_ours(peers, free_port(), ANSWER_CACHE_SIZE),
-            "meshpeer, no cache": start_ours(peers, free_port(), 0),
+            "meshpeer": start_ours(peers, ports["meshpeer"], ANSWER_CACHE_SIZE),
+            "meshpeer, no cache": start_ours(peers, ports["meshpeer, no cache"], 0),
+            "NSD": start_nsd(zone, ports["NSD"], Path(scratch)),
         }
-        ports = {name: int(child.args[-2]) for name, child in servers.items()}  # type: ignore[index]
-        nsd_port = free_port()
-        servers["NSD"] = start_nsd(zone, nsd_port, Path(scratch))
-        ports["NSD"] = nsd_port
         try:
             for _ in range(rounds):
                 for name, port in ports.items():

@@ -170,16 +170,7 @@ def start_wireguard_go(peer_keys: list[bytes]) -> Server:
 
 
 def uapi_set(control: Path, request: bytes) -> None:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(str(control))
-        sock.sendall(request)
-        reply = b""
-        while not reply.endswith(b"\n\n"):
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
-    uapi.check_errno(reply)
+    uapi.check_errno(loadgen.uapi_exchange(control, request))
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 20) -> None:

@@ -21,7 +21,8 @@ import struct
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -69,6 +70,21 @@ def private_namespace(prefix: str = "mpbench") -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
+def uapi_exchange(control: Path, request: bytes) -> bytes:
+    """One request on a wireguard-go UAPI socket, answered up to its blank line."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2)
+        sock.connect(str(control))
+        sock.sendall(request)
+        reply = b""
+        while not reply.endswith(b"\n\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    return reply
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (and its threads) so far."""
     with open(f"/proc/{pid}/stat") as stat:
@@ -98,7 +114,6 @@ class SimulatedPeer:
     cookie: bytes | None = None
     cookie_at: float = 0.0
     last_sent: float = 0.0
-    sends: int = field(default=0)
 
 
 class InitiationFactory:
@@ -183,7 +198,7 @@ def blast(
                 if now - peer.last_sent < 0.025:  # responders take 50 initiations/s per peer
                     break
                 datagram, mac1 = factory.initiation(peer, sender, now)
-                control = [(socket.IPPROTO_IP, IP_PKTINFO, _pktinfo(peer.address))]
+                control = [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo(peer.address))]
                 sock.sendmsg([datagram], control, 0, target)
                 outstanding[sender] = (peer, mac1, now)
                 peer.last_sent = now
@@ -220,5 +235,6 @@ def receiver_of(reply: bytes) -> int:
     return int(struct.unpack_from("<I", reply, offset)[0])
 
 
-def _pktinfo(source: str) -> bytes:
+def pktinfo(source: str) -> bytes:
+    """IP_PKTINFO that makes a datagram leave from `source` (any address of ours)."""
     return struct.pack("=I4s4s", 0, socket.inet_aton(source), bytes(4))

@@ -139,8 +139,7 @@ class Simulation:
 
 
 def _source(number: int) -> bytes:
-    address = f"127.{1 + number // 65536}.{number // 256 % 256}.{number % 256}"
-    return struct.pack("=I4s4s", 0, socket.inet_aton(address), bytes(4))
+    return loadgen.pktinfo(f"127.{1 + number // 65536}.{number // 256 % 256}.{number % 256}")
 
 
 def register(data_dir: Path, keys: list[X25519PrivateKey]) -> tuple[bytes, float]:

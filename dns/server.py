@@ -106,12 +106,15 @@ class Authority:
     # EDNS size) and on the zone, whose serial moves at every change. So a repeated query gets
     # the stored answer with its own ID put in, and a zone change empties the cache.
 
-    def _cached(self, wire: bytes) -> bytes | None:
+    def _current_cache(self) -> dict[bytes, tuple[bytes, tuple[str, ...]]]:
+        """The cache, emptied first if the zone changed since it was filled."""
         if self._cache_serial != self.zone.serial:
             self._cache.clear()
             self._cache_serial = self.zone.serial
-            return None
-        hit = self._cache.get(wire[2:])
+        return self._cache
+
+    def _cached(self, wire: bytes) -> bytes | None:
+        hit = self._current_cache().get(wire[2:])
         if hit is None:
             return None
         answer, outcomes = hit
@@ -121,18 +124,16 @@ class Authority:
         return wire[:2] + answer
 
     def _remember(self, wire: bytes, answer: bytes) -> None:
-        if self._cache_serial != self.zone.serial:
-            self._cache.clear()
-            self._cache_serial = self.zone.serial
+        cache = self._current_cache()
         if self.answer_cache <= 0:
             return
-        if len(self._cache) >= self.answer_cache:
-            del self._cache[next(iter(self._cache))]  # the oldest: insertion order
+        if len(cache) >= self.answer_cache:
+            del cache[next(iter(cache))]  # the oldest: insertion order
         flags = HEADER.unpack_from(answer)[1]
         outcomes: tuple[str, ...] = (dns.rcode.to_text(dns.rcode.from_flags(flags, 0)),)
         if flags & dns.flags.TC:
             outcomes += ("truncated",)
-        self._cache[wire[2:]] = (answer[2:], outcomes)
+        cache[wire[2:]] = (answer[2:], outcomes)
 
     def answer_tcp(self, wire: bytes) -> list[bytes]:
         """The answers to one TCP query (several for AXFR); none to stay silent."""

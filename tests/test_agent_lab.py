@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.lab import Lab, NatType
-from tests.lab.agents import MESHPEER, MeshAgent
+from tests.lab.agents import MESHPEER, MeshAgent, all_direct
 from tests.lab.rendezvous import RendezvousServer
 from tests.lab.wait import wait_until
 
@@ -27,15 +27,6 @@ def start_mesh(agents: list[MeshAgent], token: str, timeout_s: float = 20) -> No
     for agent in agents:
         agent.start(token)
     assert wait_until(lambda: all_direct(agents), timeout_s), [a.output() for a in agents]
-
-
-def all_direct(agents: list[MeshAgent]) -> bool:
-    names = {agent.name for agent in agents}
-    for agent in agents:
-        paths = agent.paths()
-        if set(paths) != names - {agent.name} or set(paths.values()) != {"direct"}:
-            return False
-    return True
 
 
 def test_two_peers_behind_port_restricted_nats_mesh_directly(lab: Lab) -> None:

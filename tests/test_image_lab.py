@@ -9,10 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.lab import Lab, NatType
-from tests.lab.agents import MeshAgent
+from tests.lab.agents import MeshAgent, all_direct
 from tests.lab.container import Compose, build_image, podman
 from tests.lab.wait import wait_until
-from tests.test_agent_lab import all_direct
 
 pytestmark = pytest.mark.lab
 

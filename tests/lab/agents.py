@@ -47,3 +47,13 @@ class MeshAgent:
 
     def output(self) -> str:
         return self.process.output() if self.process else ""
+
+
+def all_direct(agents: list[MeshAgent]) -> bool:
+    """Every agent lists every other one, each on path `direct`."""
+    names = {agent.name for agent in agents}
+    for agent in agents:
+        paths = agent.paths()
+        if set(paths) != names - {agent.name} or set(paths.values()) != {"direct"}:
+            return False
+    return True

@@ -18,7 +18,7 @@ import sys
 import time
 from types import FrameType
 
-from .agents import MESHPEER, MeshAgent
+from .agents import MESHPEER, MeshAgent, all_direct
 from .nat import NatType
 from .rendezvous import RendezvousServer
 from .topology import Host, Lab
@@ -93,7 +93,7 @@ def _demo(lab: Lab) -> bool:
     started = time.monotonic()
     for agent in agents:
         agent.start(token)
-    formed = wait_until(lambda: _all_direct(agents), MESH_TIMEOUT_S, interval_s=0.1)
+    formed = wait_until(lambda: all_direct(agents), MESH_TIMEOUT_S, interval_s=0.1)
     elapsed = time.monotonic() - started
     if formed:
         print(f"  all three pairs direct {elapsed:.1f} s after the agents started")
@@ -117,15 +117,6 @@ def _demo(lab: Lab) -> bool:
     print(_indent(server.cli("peers")))
     _dig(agents[0].host, public)
     return formed and pings_ok
-
-
-def _all_direct(agents: list[MeshAgent]) -> bool:
-    names = {agent.name for agent in agents}
-    for agent in agents:
-        paths = agent.paths()
-        if set(paths) != names - {agent.name} or set(paths.values()) != {"direct"}:
-            return False
-    return True
 
 
 def _ping_matrix(agents: list[MeshAgent]) -> bool:
