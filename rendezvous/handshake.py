@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from . import noise, timers, wire
@@ -51,6 +51,7 @@ class _Peer:
     latest_timestamp: bytes = b""
     last_initiation_at: float | None = None
     static_static: bytes | None = None  # DH(our static, theirs): the same for every handshake
+    parsed_key: X25519PublicKey | None = None  # their key, parsed once for every response
     response_mac1_key: bytes | None = None  # HASH(LABEL_MAC1 || their key): likewise
     sessions: collections.deque[int] = field(
         default_factory=lambda: collections.deque(maxlen=timers.SESSIONS_PER_PEER)
@@ -146,15 +147,16 @@ class Responder:
             self.drops["bad_initiation"] += 1
             return
         if accepted is not None:
-            peer, chaining_key, hash_ = accepted
-            self._respond(peer, message, chaining_key, hash_, source, now)
+            peer, their_ephemeral, chaining_key, hash_ = accepted
+            self._respond(peer, message, their_ephemeral, chaining_key, hash_, source, now)
 
     def _consume_initiation(
         self, message: wire.Initiation, now: float
-    ) -> tuple[_Peer, bytes, bytes] | None:
+    ) -> tuple[_Peer, X25519PublicKey, bytes, bytes] | None:
         chaining_key = noise.kdf(noise.CHAINING_KEY_INIT, message.ephemeral, 1)[0]
         hash_ = noise.blake2s(self._hash_after_static, message.ephemeral)
-        shared = noise.dh(self._private_key, message.ephemeral)
+        their_ephemeral = X25519PublicKey.from_public_bytes(message.ephemeral)  # used twice
+        shared = noise.dh(self._private_key, their_ephemeral)
         chaining_key, key = noise.kdf(chaining_key, shared, 2)
         static = noise.aead_decrypt(key, 0, message.encrypted_static, hash_)
         hash_ = noise.blake2s(hash_, message.encrypted_static)
@@ -178,12 +180,13 @@ class Responder:
             return None
         peer.latest_timestamp = timestamp
         peer.last_initiation_at = now
-        return peer, chaining_key, hash_
+        return peer, their_ephemeral, chaining_key, hash_
 
     def _respond(
         self,
         peer: _Peer,
         message: wire.Initiation,
+        their_ephemeral: X25519PublicKey,
         chaining_key: bytes,
         hash_: bytes,
         source: Address,
@@ -193,8 +196,10 @@ class Responder:
         ephemeral_public = noise.public_bytes(ephemeral)
         chaining_key = noise.kdf(chaining_key, ephemeral_public, 1)[0]
         hash_ = noise.blake2s(hash_, ephemeral_public)
-        chaining_key = noise.kdf(chaining_key, noise.dh(ephemeral, message.ephemeral), 1)[0]
-        chaining_key = noise.kdf(chaining_key, noise.dh(ephemeral, peer.public_key), 1)[0]
+        if peer.parsed_key is None:
+            peer.parsed_key = X25519PublicKey.from_public_bytes(peer.public_key)
+        chaining_key = noise.kdf(chaining_key, noise.dh(ephemeral, their_ephemeral), 1)[0]
+        chaining_key = noise.kdf(chaining_key, noise.dh(ephemeral, peer.parsed_key), 1)[0]
         chaining_key, tau, key = noise.kdf(chaining_key, bytes(noise.KEY_SIZE), 3)  # no PSK
         hash_ = noise.blake2s(hash_, tau)
         nothing = noise.aead_encrypt(key, 0, b"", hash_)
