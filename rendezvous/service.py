@@ -20,6 +20,7 @@ from .handshake import EndpointConfirmed, Event, InitiationAccepted, Responder
 from .metrics import ApiCounters, Snapshot
 from .model import Endpoint, Peer, format_endpoint, unmap_address
 from .registry import ChangeKind, Registry
+from .tls import server_context
 from .udp import DatagramEndpoint, serve_handshakes
 
 logger = logging.getLogger("meshpeer.rendezvous")
@@ -58,12 +59,18 @@ class Rendezvous:
             create_app(self.registry, self.snapshot, self.counters), access_log=None
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, *settings.api_listen, reuse_address=True)
+        files = self.registry.tls_files
+        site = web.TCPSite(
+            self._runner,
+            *settings.api_listen,
+            reuse_address=True,
+            ssl_context=server_context(files) if files else None,
+        )
         await _listen("--api-listen", settings.api_listen, site.start())
         await _listen("--dns-listen", settings.dns_listen, self._dns.start(*settings.dns_listen))
         logger.info(
             "serving %d peers: WireGuard on udp %s (peers dial %s), DNS for %s on %s, "
-            "API on %s (%s)",
+            "API on %s (%s, %s)",
             len(self.registry),
             format_endpoint(settings.wg_listen),
             format_endpoint(settings.public_endpoint),
@@ -71,6 +78,9 @@ class Rendezvous:
             format_endpoint(settings.dns_listen),
             format_endpoint(settings.api_listen),
             settings.public_api_url,
+            f"TLS pinned {self.registry.tls_pin}"
+            if self.registry.tls_pin
+            else "plain HTTP behind a TLS proxy",
         )
 
     async def stop(self) -> None:

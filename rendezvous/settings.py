@@ -7,6 +7,7 @@ token create` (run later, with no flags) put the right API URL in a token.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass, fields
@@ -45,11 +46,26 @@ class Settings:
     public_endpoint: Endpoint
     public_api_url: str
     dns_ttl: int = 0
+    tls_cert: str | None = None  # the operator's certificate; None: the data folder's own
+    tls_key: str | None = None
+    behind_tls_proxy: bool = False  # plain HTTP, for a TLS proxy in front that terminates it
 
     @property
     def rendezvous_address(self) -> IPAddress:
         """The rendezvous's own mesh address: the first host of the network."""
         return self.network.network_address + 1
+
+    @property
+    def own_addresses(self) -> tuple[IPAddress, ...]:
+        """The rendezvous's addresses that no peer's route may take (peers reach it there)."""
+        hosts = {self.public_endpoint[0], self.wg_listen[0], self.dns_listen[0], self.api_listen[0]}
+        found = [self.rendezvous_address]
+        for host in sorted(hosts - _WILDCARDS):
+            try:
+                found.append(ipaddress.ip_address(host))
+            except ValueError:
+                continue  # a host name: not an address a route could take
+        return tuple(found)
 
     @property
     def dns_address(self) -> Endpoint:
@@ -65,6 +81,9 @@ class Settings:
             "public_endpoint": format_endpoint(self.public_endpoint),
             "public_api_url": self.public_api_url,
             "dns_ttl": self.dns_ttl,
+            "tls_cert": self.tls_cert,
+            "tls_key": self.tls_key,
+            "behind_tls_proxy": self.behind_tls_proxy,
         }
 
 
@@ -80,6 +99,9 @@ class Overrides:
     public_endpoint: str | None = None
     public_api_url: str | None = None
     dns_ttl: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    behind_tls_proxy: str | None = None
 
 
 _FIELDS = tuple(field.name for field in fields(Overrides))
@@ -95,9 +117,11 @@ def resolve(given: Overrides) -> Settings:
         if given.public_endpoint
         else (guess_public_host(wg_listen[0]), wg_listen[1])
     )
-    api_url = given.public_api_url or "http://" + format_endpoint(
+    api_url = given.public_api_url or "https://" + format_endpoint(
         (public_endpoint[0], api_listen[1])
     )
+    behind_proxy = parse_switch(given.behind_tls_proxy, "--behind-tls-proxy")
+    _check_tls(given, behind_proxy)
     return Settings(
         zone=parse_zone(given.zone or DEFAULT_ZONE),
         network=parse_mesh_network(given.network or DEFAULT_NETWORK),
@@ -107,7 +131,34 @@ def resolve(given: Overrides) -> Settings:
         public_endpoint=public_endpoint,
         public_api_url=parse_api_url(api_url),
         dns_ttl=parse_ttl(given.dns_ttl or DEFAULT_DNS_TTL),
+        tls_cert=given.tls_cert,
+        tls_key=given.tls_key,
+        behind_tls_proxy=behind_proxy,
     )
+
+
+def _check_tls(given: Overrides, behind_proxy: bool) -> None:
+    if bool(given.tls_cert) != bool(given.tls_key):
+        raise InvalidInput("--tls-cert and --tls-key go together: give both or neither")
+    if behind_proxy and given.tls_cert:
+        raise InvalidInput("--behind-tls-proxy serves plain HTTP: drop --tls-cert/--tls-key")
+    if behind_proxy and not (given.public_api_url or "").startswith("https://"):
+        raise InvalidInput(
+            "--behind-tls-proxy needs --public-api-url https://... (the proxy's address): "
+            "agents never send secrets over plain HTTP"
+        )
+
+
+def parse_switch(text: str | None, flag: str) -> bool:
+    """A yes/no setting from a flag or an environment variable (1/0, true/false, yes/no)."""
+    if text is None:
+        return False
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise InvalidInput(f"{flag} {text!r} must be 1 or 0")
 
 
 def from_environment(environ: dict[str, str] | None = None) -> Overrides:
@@ -149,8 +200,10 @@ def parse_ttl(text: str) -> int:
 
 
 def parse_api_url(text: str) -> str:
-    if not text.startswith(("http://", "https://")) or len(text) > 512:
-        raise InvalidInput(f"API URL {text!r} must start with http:// or https://")
+    if not text.startswith("https://") or len(text) > 512:
+        raise InvalidInput(
+            f"API URL {text!r} must start with https:// (agents only speak TLS to the API)"
+        )
     return text.rstrip("/")
 
 

@@ -1,0 +1,171 @@
+"""The API's TLS certificate and the pin that join tokens carry.
+
+On first use the rendezvous makes its own certificate (ECDSA P-256, self-signed) in the data
+folder; an operator may give their own with `--tls-cert/--tls-key`. Either way a token carries
+`sha256:<hex>` of the certificate's SubjectPublicKeyInfo, as kubeadm's
+`--discovery-token-ca-cert-hash` does: agents accept exactly that key, so a certificate renewed
+with the same key keeps every token and membership working. Hostnames and CAs play no part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import hmac
+import ipaddress
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from .model import InvalidInput
+
+CERT_NAME = "tls.crt"
+KEY_NAME = "tls.key"
+PIN_PREFIX = "sha256:"
+# Pinned by key, so expiry guards nothing here; a long life spares operators a renewal chore.
+SELF_SIGNED_DAYS = 20 * 365
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+
+
+def pin_of_certificate(pem_or_der: bytes) -> str:
+    """`sha256:<hex>` of the certificate's public key (SubjectPublicKeyInfo, DER)."""
+    if pem_or_der.lstrip().startswith(b"-----"):
+        certificate = x509.load_pem_x509_certificate(pem_or_der)
+    else:
+        certificate = x509.load_der_x509_certificate(pem_or_der)
+    spki = certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return PIN_PREFIX + hashlib.sha256(spki).hexdigest()
+
+
+def parse_pin(text: object) -> bytes:
+    """The 32 bytes of a `sha256:<hex>` pin; InvalidInput for anything else."""
+    if isinstance(text, str) and text.startswith(PIN_PREFIX) and len(text) == 7 + 64:
+        try:
+            return bytes.fromhex(text[len(PIN_PREFIX) :])
+        except ValueError:
+            pass
+    raise InvalidInput("a TLS pin is sha256: and 64 hex digits")
+
+
+class PinnedKey(aiohttp.Fingerprint):
+    """For aiohttp's `ssl=`: accept the server whose certificate holds the pinned public key.
+
+    aiohttp checks a Fingerprint right after the TLS handshake, before it sends a byte of the
+    request: a server without the key never sees a token or a credential. (aiohttp's own
+    Fingerprint pins the whole certificate, which a renewal would change.)"""
+
+    def __init__(self, pin: str) -> None:
+        super().__init__(parse_pin(pin))
+        self.pin = pin
+
+    def check(self, transport: asyncio.Transport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        got = pin_of_certificate(der) if der else "none"
+        if not hmac.compare_digest(got, self.pin):
+            host, port, *_ = transport.get_extra_info("peername")
+            raise aiohttp.ServerFingerprintMismatch(
+                self.fingerprint, bytes.fromhex(got[len(PIN_PREFIX) :] or "00"), host, port
+            )
+
+
+def client_ssl(pin: str | None) -> PinnedKey | bool:
+    """What the agent (and `rendezvous health`) passes as aiohttp's `ssl=`: the token's pin, or
+    the system's CAs for an API behind a TLS proxy."""
+    return PinnedKey(pin) if pin else True
+
+
+def ensure_self_signed(data_dir: Path, host: str) -> TlsFiles:
+    """The data folder's certificate, made once (key 0600) and kept across restarts."""
+    files = TlsFiles(data_dir / CERT_NAME, data_dir / KEY_NAME)
+    if files.cert.exists() and files.key.exists():
+        return files
+    key = ec.generate_private_key(ec.SECP256R1())
+    _write(files.key, key_pem(key), 0o600)
+    _write(files.cert, _self_signed(key, host).public_bytes(serialization.Encoding.PEM), 0o644)
+    return files
+
+
+def read_pin(files: TlsFiles) -> str:
+    try:
+        return pin_of_certificate(files.cert.read_bytes())
+    except OSError as error:
+        raise InvalidInput(f"cannot read --tls-cert {files.cert}: {error.strerror}") from None
+    except ValueError:
+        raise InvalidInput(f"--tls-cert {files.cert} is not a PEM certificate") from None
+
+
+def server_context(files: TlsFiles) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(files.cert, files.key)
+    except (OSError, ssl.SSLError) as error:
+        raise InvalidInput(
+            f"cannot use --tls-cert {files.cert} with --tls-key {files.key}: {error}"
+        ) from None
+    return context
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _self_signed(key: ec.EllipticCurvePrivateKey, host: str) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshpeer rendezvous")])
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=SELF_SIGNED_DAYS))
+        .add_extension(x509.SubjectAlternativeName([_general_name(host)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def _general_name(host: str) -> x509.GeneralName:
+    """The public host in the SAN: not what agents check, but what curl and browsers show."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """Whole or not at all, never through a link someone planted."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    descriptor = os.open(temporary, flags, mode)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
