@@ -78,6 +78,7 @@ class Agent:
         self.links = Links()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self.exit_code = 0  # what `meshpeer run` exits with once stopped
 
     # -- starting -----------------------------------------------------------------------------
 
@@ -89,7 +90,7 @@ class Agent:
         await self._free_interface()
         backend = choose_backend(self.options.backend, self.links)
         backend.check()
-        membership = await self._membership(own_key)
+        membership = await self._membership(private_key)
         try:
             await self._make_interface(backend, membership, private_key)
             live = _Live(membership, Mesh(own_key), backend, set())
@@ -116,7 +117,7 @@ class Agent:
     def stop(self) -> None:
         self._stopping.set()
 
-    async def _membership(self, own_key: bytes) -> Membership:
+    async def _membership(self, private_key: X25519PrivateKey) -> Membership:
         stored = self.state.membership()
         token_text = self.options.token
         if token_text is None:
@@ -132,8 +133,8 @@ class Agent:
         backoff = 1.0
         while True:
             try:
-                membership, _ = await client.join(
-                    token, encode_key(own_key), name, list(self.options.routes)
+                membership, answer = await client.join(
+                    token, private_key, name, self.options.routes, int(time.time() * 1000)
                 )
                 break
             except client.JoinRefused as error:
@@ -151,6 +152,7 @@ class Agent:
         logger.info(
             "joined as %s (%s) in %s", membership.name, membership.address, membership.network
         )
+        _log_pending_routes(membership.name, answer)
         return membership
 
     async def _free_interface(self) -> None:
@@ -228,7 +230,8 @@ class Agent:
                     live.membership, epoch, revision, client.WATCH_TIMEOUT_S
                 )
             except client.JoinRefused as error:
-                logger.error("%s: stopping", error)
+                logger.error("%s: stopping; join again with a new token to come back", error)
+                self.exit_code = 2  # the operator's decision: systemd must not restart us
                 self.stop()
                 return
             except client.Unreachable as error:
@@ -357,6 +360,15 @@ def rendezvous_peer(membership: Membership) -> PeerConfig:
         (str(address), int(port)),
         RENDEZVOUS_KEEPALIVE_S,
     )
+
+
+def _log_pending_routes(name: str, answer: dict[str, Any]) -> None:
+    pending = answer.get("peer", {}).get("pending_routes") or []
+    if pending and isinstance(pending, list):
+        routes = ",".join(str(route) for route in pending[:8])
+        logger.warning(
+            "routes %s wait for the operator: `rendezvous peer routes approve %s`", routes, name
+        )
 
 
 def choose_backend(choice: str, links: Links) -> Backend:

@@ -51,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--token",
         default=os.environ.get("MESHPEER_TOKEN") or None,
-        help="join token from `rendezvous token create` (first run; env MESHPEER_TOKEN)",
+        help="join token from `rendezvous token create` (first run; env MESHPEER_TOKEN; "
+        "prefer the variable or --token-file: arguments show in `ps`)",
+    )
+    run.add_argument(
+        "--token-file", type=Path, help="read the join token from this file (first run)"
     )
     run.add_argument("--interface", default="wg0", help="WireGuard interface name (default wg0)")
     run.add_argument("--listen-port", type=int, default=51820, help="UDP port (default 51820)")
@@ -94,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
         raise AgentError("--listen-port must be between 1 and 65535")
     options = Options(
         state_dir=args.state_dir,
-        token=args.token,
+        token=_token(args),
         interface=args.interface,
         listen_port=args.listen_port,
         backend=args.backend,
@@ -110,7 +114,16 @@ async def _serve(agent: Agent) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, agent.stop)
     await agent.run()
-    return 0
+    return agent.exit_code
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file is None:
+        return str(args.token).strip() if args.token else None
+    try:
+        return str(args.token_file.read_text()).strip()
+    except OSError as error:
+        raise AgentError(f"cannot read --token-file {args.token_file}: {error.strerror}") from None
 
 
 def _routes(text: str) -> tuple[str, ...]:

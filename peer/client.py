@@ -1,4 +1,9 @@
-"""The agent's side of the rendezvous HTTP API: join, and the watch (long poll)."""
+"""The agent's side of the rendezvous HTTP API: join, and the watch (long poll).
+
+Every call goes over TLS checked against the pin the join token carried (or the system's CAs
+for an API behind a TLS proxy), so no secret leaves before the other end proved it is the
+rendezvous the operator meant.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from meshpeer.rendezvous import proof
 from meshpeer.rendezvous.model import encode_key
+from meshpeer.rendezvous.tls import client_ssl
 from meshpeer.rendezvous.tokens import JoinToken
 
 from .state import Membership
@@ -20,8 +28,16 @@ class JoinRefused(Exception):
     """The rendezvous said no (bad token, name taken, ...): the user must act."""
 
 
+class Removed(JoinRefused):
+    """The rendezvous no longer knows our credential: the operator removed this peer."""
+
+
 class Unreachable(Exception):
     """No answer from the rendezvous: retry later; existing tunnels keep working meanwhile."""
+
+
+class WrongCertificate(Exception):
+    """The API answered with a key the pin does not name: someone else is in the path."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +50,22 @@ class WatchAnswer:
 
 
 async def join(
-    token: JoinToken, public_key: str, name: str, routes: list[str]
+    token: JoinToken,
+    private_key: X25519PrivateKey,
+    name: str,
+    routes: tuple[str, ...],
+    time_ms: int,
 ) -> tuple[Membership, dict[str, Any]]:
-    body = {"token": token.encode(), "public_key": public_key, "name": name, "routes": routes}
-    status, answer = await _request("POST", f"{token.api_url}/v1/join", body=body)
+    """Join signed with our key; the credential in the answer is sealed to it."""
+    signed = proof.sign_join(
+        token.encode(), private_key, token.rendezvous_key, name, routes, time_ms
+    )
+    try:
+        status, answer = await _request(
+            "POST", f"{token.api_url}/v1/join", token.tls_pin, body=signed.to_json()
+        )
+    except WrongCertificate as error:
+        raise JoinRefused(str(error)) from None
     if status >= 400:
         raise JoinRefused(str(answer.get("error", f"the rendezvous answered {status}")))
     offered = answer.get("rendezvous", {}).get("public_key")
@@ -46,7 +74,12 @@ async def join(
             "the rendezvous at the token's URL has another key than the token names; "
             "check the URL or make a new token"
         )
-    membership = Membership.from_join(answer, token.api_url, str(answer["credential"]))
+    keys = proof.peer_keys(private_key, token.rendezvous_key)
+    try:
+        credential = proof.unseal(keys, signed.public_key, answer.get("sealed_credential"))
+        membership = Membership.from_join(answer, token, credential)
+    except (proof.ProofRejected, KeyError, TypeError, ValueError) as error:
+        raise Unreachable(f"the rendezvous's join answer is not usable: {error}") from None
     return membership, answer
 
 
@@ -59,11 +92,12 @@ async def watch(
     status, answer = await _request(
         "GET",
         f"{membership.api_url}/v1/watch?{query}",
+        membership.tls_pin,
         credential=membership.credential,
         timeout_s=timeout_s + REQUEST_TIMEOUT_S,
     )
     if status == 401:
-        raise JoinRefused("the rendezvous no longer knows this peer; it was removed")
+        raise Removed("the operator removed this machine from the mesh")
     if status >= 400:
         raise Unreachable(f"the rendezvous answered {status}: {answer.get('error')}")
     return WatchAnswer(
@@ -78,6 +112,7 @@ async def watch(
 async def _request(
     method: str,
     url: str,
+    tls_pin: str | None,
     *,
     body: dict[str, Any] | None = None,
     credential: str | None = None,
@@ -88,12 +123,19 @@ async def _request(
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
-            session.request(method, url, json=body, headers=headers) as response,
+            session.request(
+                method, url, json=body, headers=headers, ssl=client_ssl(tls_pin)
+            ) as response,
         ):
             try:
                 answer = await response.json(content_type=None)
             except ValueError:
                 answer = {}
             return response.status, answer if isinstance(answer, dict) else {}
+    except aiohttp.ServerFingerprintMismatch:
+        raise WrongCertificate(
+            f"{url} answered with a TLS key the token does not pin: someone else is in the "
+            "path, or the token is from another rendezvous; nothing was sent"
+        ) from None
     except (aiohttp.ClientError, TimeoutError, OSError) as error:
         raise Unreachable(f"cannot reach the rendezvous at {url}: {error!r}") from None

@@ -17,6 +17,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from meshpeer.rendezvous.tokens import JoinToken
+
 DEFAULT_STATE_DIR = Path("/var/lib/meshpeer")
 
 
@@ -37,12 +39,14 @@ class Membership:
     rendezvous_endpoint: str  # HOST:PORT
     rendezvous_address: str  # its mesh address
     routes: tuple[str, ...] = ()
+    tls_pin: str | None = None  # the API's key, from the token; None: CA-checked (a TLS proxy)
 
     @classmethod
-    def from_join(cls, answer: dict[str, Any], api_url: str, credential: str) -> Membership:
+    def from_join(cls, answer: dict[str, Any], token: JoinToken, credential: str) -> Membership:
         peer, rendezvous = answer["peer"], answer["rendezvous"]
         return cls(
-            api_url=api_url,
+            api_url=token.api_url,
+            tls_pin=token.tls_pin,
             credential=credential,
             name=str(peer["name"]),
             address=str(peer["address"]),
@@ -88,9 +92,15 @@ class StateDir:
         try:
             data = json.loads(path.read_text())
             data["routes"] = tuple(data.get("routes", ()))
-            return Membership(**data)
+            membership = Membership(**data)
         except (ValueError, TypeError) as error:
             raise StateError(f"{path} is damaged ({error}); remove it and join again") from None
+        if not membership.api_url.startswith("https://"):
+            raise StateError(
+                f"{path} is from before the API used TLS: join again with a new token "
+                "(`rendezvous token create`)"
+            )
+        return membership
 
     def save_membership(self, membership: Membership) -> None:
         _write_private(self.path / "membership.json", json.dumps(asdict(membership), indent=2))

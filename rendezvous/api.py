@@ -15,9 +15,10 @@ from typing import Any
 
 from aiohttp import web
 
-from . import model
+from . import model, proof
 from .metrics import CONTENT_TYPE, ApiCounters, Snapshot, render
 from .model import Conflict, InvalidInput, NotFound, Peer, TokenRejected
+from .proof import ProofRejected
 from .registry import Registry
 
 logger = logging.getLogger("meshpeer.rendezvous.api")
@@ -33,6 +34,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _STATUS_OF: dict[type[Exception], int] = {
     InvalidInput: 400,
     TokenRejected: 403,
+    ProofRejected: 403,
     NotFound: 404,
     Conflict: 409,
 }
@@ -73,7 +75,7 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         response = _error(error.status, error.reason)
     except Unauthorized as error:
         response = _error(401, str(error))
-    except (InvalidInput, TokenRejected, NotFound, Conflict) as error:
+    except (InvalidInput, TokenRejected, ProofRejected, NotFound, Conflict) as error:
         response = _error(_STATUS_OF[type(error)], str(error))
     except Exception:
         logger.exception("unexpected error in %s %s", request.method, request.path)
@@ -91,14 +93,17 @@ def _error(status: int, message: str) -> web.Response:
 
 
 async def join(request: web.Request) -> web.Response:
+    """A join signed with the peer's key (proof.py); the credential comes back sealed to it."""
     registry = request.app[REGISTRY]
-    body = await _json_object(request)
-    public_key = model.parse_key(body.get("public_key"))
-    name = model.parse_name(body.get("name"))
-    routes = model.parse_routes(body.get("routes", []), registry.settings.network)
-    registration = await registry.join(_text(body, "token"), public_key, name, routes)
-    answer = _configuration(registry, registration.peer)
-    answer["credential"] = registration.credential
+    join_request = proof.parse_join(await _json_object(request))
+    model.parse_name(join_request.name)
+    registration = await registry.join(join_request)
+    peer = registration.peer
+    answer = _configuration(registry, peer)
+    answer["peer"] = peer.to_json(operator=True)  # its own pending routes, for its log
+    answer["sealed_credential"] = proof.seal(
+        registration.join_keys, peer.public_key, registration.credential
+    )
     return web.json_response(answer, status=201 if registration.created else 200)
 
 
@@ -158,7 +163,11 @@ async def create_token(request: web.Request) -> web.Response:
     if not isinstance(uses, int) or isinstance(uses, bool):
         raise InvalidInput("uses must be a whole number such as 5")
     lifetime = model.parse_duration(_text(body, "expires", "24h"))
-    token = await registry.create_token(uses, lifetime)
+    settings = registry.settings
+    allowed = model.parse_routes(
+        body.get("allow_routes", []), settings.network, settings.own_addresses
+    )
+    token = await registry.create_token(uses, lifetime, allowed)
     return web.json_response({"token": token}, status=201)
 
 
@@ -175,7 +184,8 @@ async def add_peer(request: web.Request) -> web.Response:
     body = await _json_object(request)
     public_key = model.parse_key(body.get("public_key"))
     name = model.parse_name(body.get("name"))
-    routes = model.parse_routes(body.get("routes", []), registry.settings.network)
+    settings = registry.settings
+    routes = model.parse_routes(body.get("routes", []), settings.network, settings.own_addresses)
     peer = await registry.add_peer(public_key, name, routes)
     return web.json_response(_configuration(registry, peer), status=201)
 

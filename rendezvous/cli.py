@@ -33,11 +33,13 @@ from .console import (
 from .model import (
     Conflict,
     InvalidInput,
+    IPNetwork,
     NotFound,
     Peer,
     TokenRejected,
     encode_key,
     format_endpoint,
+    parse_cidr,
     parse_duration,
     parse_key,
     parse_name,
@@ -45,6 +47,7 @@ from .model import (
 )
 from .registry import ADMIN_TOKEN_NAME, Registry
 from .service import ListenError, Rendezvous
+from .tls import PinnedKey
 
 PROG = "rendezvous"
 HEALTH_TIMEOUT_S = 3.0
@@ -57,6 +60,8 @@ _SERVE_FLAGS = {
     "public_endpoint": "HOST:PORT peers dial for WireGuard (default: this host's address)",
     "public_api_url": "URL peers use for the API (default http://PUBLIC-HOST:API-PORT)",
     "dns_ttl": "TTL of the DNS records in seconds (default 0, as wgsd: endpoints move)",
+    "tls_cert": "the API's certificate, PEM (default: one the rendezvous makes itself)",
+    "tls_key": "the private key of --tls-cert, PEM",
 }
 
 
@@ -80,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in _SERVE_FLAGS.items():
         flag = "--" + name.replace("_", "-")
         serve.add_argument(flag, dest=name, help=f"{text}; env RENDEZVOUS_{name.upper()}")
+    serve.add_argument(
+        "--behind-tls-proxy",
+        action="store_const",
+        const="1",
+        help="serve the API as plain HTTP for a TLS proxy in front of it; needs "
+        "--public-api-url https://...; env RENDEZVOUS_BEHIND_TLS_PROXY=1",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
 
     token = commands.add_parser("token", help="join tokens").add_subparsers(
@@ -88,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     create = token.add_parser("create", parents=[common], help="print a new join token")
     create.add_argument("--uses", type=int, default=1, help="how many peers may join with it")
     create.add_argument("--expires", default="24h", help="lifetime such as 30m, 24h, 7d")
+    create.add_argument(
+        "--allow-routes",
+        default="",
+        help="CIDRs peers joining with it may carry for the mesh (routes they ask for inside "
+        "these are granted; others wait for `peer routes approve`), comma-separated",
+    )
     listing = token.add_parser("list", parents=[common], help="list join tokens")
     listing.add_argument("--json", action="store_true")
     revoke = token.add_parser("revoke", parents=[common], help="revoke a join token")
@@ -105,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--routes", default="", help="CIDRs it routes to, comma-separated")
     remove = peer.add_parser("remove", parents=[common], help="remove a peer")
     remove.add_argument("peer", metavar="NAME|KEY")
+    routes = peer.add_parser("routes", help="grant or revoke a peer's routes").add_subparsers(
+        dest="routes_command", metavar="ACTION", required=True
+    )
+    approve = routes.add_parser(
+        "approve", parents=[common], help="grant routes (default: all it asked for)"
+    )
+    approve.add_argument("peer", metavar="NAME|KEY")
+    approve.add_argument("routes", nargs="?", default=None, metavar="CIDR,...")
+    revoke_routes = routes.add_parser("revoke", parents=[common], help="take routes away")
+    revoke_routes.add_argument("peer", metavar="NAME|KEY")
+    revoke_routes.add_argument("routes", metavar="CIDR,...")
 
     peers = commands.add_parser("peers", parents=[common], help="list registered peers")
     peers.add_argument("--json", action="store_true")
@@ -137,7 +166,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir or config.default_data_dir()
     if args.command == "serve":
         return await _serve(args, data_dir)
-    action = _ACTIONS[(args.command, getattr(args, f"{args.command}_command", None))]
+    action = _ACTIONS[_action_name(args)]
     registry = await Registry.open(data_dir)
     try:
         await action(registry, args)
@@ -146,9 +175,18 @@ async def _dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _action_name(args: argparse.Namespace) -> tuple[str, str | None]:
+    action = getattr(args, f"{args.command}_command", None)
+    if action == "routes":
+        return ("peer routes", args.routes_command)
+    return (args.command, action)
+
+
 async def _serve(args: argparse.Namespace, data_dir: Path) -> int:
     configure_logging(args.log_level)
-    flags = config.from_mapping({name: getattr(args, name) for name in _SERVE_FLAGS})
+    flags = config.from_mapping(
+        {name: getattr(args, name) for name in (*_SERVE_FLAGS, "behind_tls_proxy")}
+    )
     given = config.merge(flags, config.from_environment())
     service = Rendezvous(await Registry.open(data_dir, given))
     try:
@@ -176,7 +214,9 @@ async def _until_signalled() -> None:
 
 
 async def _token_create(registry: Registry, args: argparse.Namespace) -> None:
-    print(await registry.create_token(args.uses, parse_duration(args.expires)))
+    settings = registry.settings
+    allowed = parse_routes(args.allow_routes, settings.network, settings.own_addresses)
+    print(await registry.create_token(args.uses, parse_duration(args.expires), allowed))
 
 
 async def _token_list(registry: Registry, args: argparse.Namespace) -> None:
@@ -208,17 +248,19 @@ async def _info(registry: Registry, args: argparse.Namespace) -> None:
         "dns": format_endpoint(settings.dns_address),
         "api_url": settings.public_api_url,
         "address": str(settings.rendezvous_address),
+        "tls_pin": registry.tls_pin,
         "admin_token_file": str(registry.data_dir / ADMIN_TOKEN_NAME),
     }
     if args.json:
         print(json.dumps(facts, indent=2))
     else:
-        _print_table([[key.replace("_", " "), value] for key, value in facts.items()])
+        _print_table([[key.replace("_", " "), str(value)] for key, value in facts.items()])
 
 
 async def _peer_add(registry: Registry, args: argparse.Namespace) -> None:
     key = parse_key(args.public_key, "--public-key")
-    routes = parse_routes(args.routes, registry.settings.network)
+    settings = registry.settings
+    routes = parse_routes(args.routes, settings.network, settings.own_addresses)
     peer = await registry.add_peer(key, parse_name(args.name), routes)
     print(peer.address)
 
@@ -230,16 +272,42 @@ async def _health(registry: Registry, args: argparse.Namespace) -> None:
     with contextlib.suppress(ValueError):  # a host name stays as it is
         if ipaddress.ip_address(host).is_unspecified:
             host = "::1" if ipaddress.ip_address(host).version == 6 else "127.0.0.1"
-    url = f"http://{format_endpoint((host, port))}/healthz"
+    scheme = "http" if registry.settings.behind_tls_proxy else "https"
+    url = f"{scheme}://{format_endpoint((host, port))}/healthz"
+    pinned = PinnedKey(registry.tls_pin) if registry.tls_pin else False
     try:
         timeout = aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as answer:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(url, ssl=pinned) as answer,
+        ):
             body = await answer.json()
     except (aiohttp.ClientError, TimeoutError, ValueError) as error:
         raise Failure(f"{url} did not answer: {error or type(error).__name__}") from None
     if answer.status != 200 or not isinstance(body, dict) or body.get("status") != "ok":
         raise Failure(f"{url} answered {answer.status} without status ok")
     print(f"ok: {body.get('peers', 0)} peers")
+
+
+async def _routes_approve(registry: Registry, args: argparse.Namespace) -> None:
+    settings = registry.settings
+    routes = (
+        None
+        if args.routes is None
+        else parse_routes(args.routes, settings.network, settings.own_addresses)
+    )
+    peer = await registry.grant_routes(args.peer, routes)
+    print(f"{peer.name} carries {_cidrs(peer.routes)}; waiting: {_cidrs(peer.pending_routes)}")
+
+
+async def _routes_revoke(registry: Registry, args: argparse.Namespace) -> None:
+    routes = tuple(parse_cidr(item, "route") for item in args.routes.split(",") if item.strip())
+    peer = await registry.revoke_routes(args.peer, routes)
+    print(f"{peer.name} carries {_cidrs(peer.routes)}; waiting: {_cidrs(peer.pending_routes)}")
+
+
+def _cidrs(routes: tuple[IPNetwork, ...]) -> str:
+    return ",".join(str(route) for route in routes) or "none"
 
 
 async def _peer_remove(registry: Registry, args: argparse.Namespace) -> None:
@@ -250,7 +318,7 @@ async def _peer_remove(registry: Registry, args: argparse.Namespace) -> None:
 async def _peers(registry: Registry, args: argparse.Namespace) -> None:
     listed = registry.peers()
     if args.json:
-        print(json.dumps([peer.to_json() for peer in listed], indent=2))
+        print(json.dumps([peer.to_json(operator=True) for peer in listed], indent=2))
         return
     rows = [["NAME", "ADDRESS", "ENDPOINT", "HANDSHAKE", "ROUTES", "PUBLIC KEY"]]
     now = time.time()
@@ -264,9 +332,15 @@ def _peer_row(peer: Peer, now: float) -> list[str]:
         str(peer.address),
         format_endpoint(peer.endpoint) if peer.endpoint else "-",
         _ago(peer.last_handshake, now),
-        ",".join(str(route) for route in peer.routes) or "-",
+        _routes_cell(peer),
         peer.public_key_b64,
     ]
+
+
+def _routes_cell(peer: Peer) -> str:
+    granted = [str(route) for route in peer.routes]
+    waiting = [f"{route} (not approved)" for route in peer.pending_routes]
+    return ",".join(granted + waiting) or "-"
 
 
 def _ago(moment: float | None, now: float) -> str:
@@ -295,6 +369,8 @@ _ACTIONS: dict[tuple[str, str | None], Action] = {
     ("info", None): _info,
     ("peer", "add"): _peer_add,
     ("peer", "remove"): _peer_remove,
+    ("peer routes", "approve"): _routes_approve,
+    ("peer routes", "revoke"): _routes_revoke,
     ("peers", None): _peers,
     ("health", None): _health,
 }

@@ -24,6 +24,19 @@ MAX_ROUTES = 64
 _NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _DURATION_PART = re.compile(r"(\d+)([smhdw])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_FORBIDDEN_SPACES = tuple(
+    (ipaddress.ip_network(cidr), what)
+    for cidr, what in (
+        ("127.0.0.0/8", "loopback"),
+        ("::1/128", "loopback"),
+        ("169.254.0.0/16", "link-local space"),
+        ("fe80::/10", "link-local space"),
+        ("224.0.0.0/4", "multicast space"),
+        ("ff00::/8", "multicast space"),
+        ("0.0.0.0/8", "'this network' (RFC 1122)"),
+        ("255.255.255.255/32", "the broadcast address"),
+    )
+)
 
 
 class InvalidInput(ValueError):
@@ -52,13 +65,17 @@ class Peer:
     endpoint_confirmed_at: float | None = None  # when this endpoint was first confirmed
     last_handshake: float | None = None
     handshake_timestamp: bytes = b""  # the newest TAI64N accepted: the replay floor
+    pending_routes: tuple[IPNetwork, ...] = ()  # asked for, not (yet) granted by the operator
 
     @property
     def public_key_b64(self) -> str:
         return encode_key(self.public_key)
 
-    def to_json(self) -> dict[str, object]:
-        """The contract of `rendezvous peers --json` and the API (DESIGN.md), plus extras."""
+    def to_json(self, *, operator: bool = False) -> dict[str, object]:
+        """The contract of `rendezvous peers --json` and the API (DESIGN.md), plus extras.
+        Routes waiting for a grant are the operator's business and the peer's own."""
+        if operator:
+            return {**self.to_json(), "pending_routes": [str(r) for r in self.pending_routes]}
         return {
             "name": self.name,
             "public_key": self.public_key_b64,
@@ -77,6 +94,7 @@ class Token:
     expires_at: float
     created_at: float
     revoked: bool
+    allowed_routes: tuple[IPNetwork, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -85,6 +103,7 @@ class Token:
             "expires_at": int(self.expires_at),
             "created_at": int(self.created_at),
             "revoked": self.revoked,
+            "allowed_routes": [str(route) for route in self.allowed_routes],
         }
 
 
@@ -123,8 +142,12 @@ def parse_name(text: object) -> str:
     return text
 
 
-def parse_routes(value: object, mesh: IPNetwork) -> tuple[IPNetwork, ...]:
-    """Advertised routes: a list (or comma-separated text) of CIDRs outside the mesh network."""
+def parse_routes(
+    value: object, mesh: IPNetwork, protected: tuple[IPAddress, ...] = ()
+) -> tuple[IPNetwork, ...]:
+    """Routes a peer may carry: a list (or comma-separated text) of CIDRs that take no traffic
+    from anyone who did not ask for it: never a default route, loopback, link-local or
+    multicast space, the mesh itself, or the rendezvous's own addresses (`protected`)."""
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list | tuple):
         raise InvalidInput("routes must be a list of CIDRs such as 192.168.1.0/24")
@@ -135,11 +158,35 @@ def parse_routes(value: object, mesh: IPNetwork) -> tuple[IPNetwork, ...]:
         if isinstance(item, str) and not item.strip():
             continue
         route = parse_cidr(item, "route")
-        if route.overlaps(mesh):
-            raise InvalidInput(f"route {route} overlaps the mesh network {mesh}")
+        check_route(route, mesh, protected)
         if route not in routes:
             routes.append(route)
     return tuple(routes)
+
+
+def check_route(route: IPNetwork, mesh: IPNetwork, protected: tuple[IPAddress, ...]) -> None:
+    if route.prefixlen == 0:
+        raise InvalidInput(f"route {route} is a default route: a peer never carries all traffic")
+    for space, what in _FORBIDDEN_SPACES:
+        if route.version == space.version and route.overlaps(space):
+            raise InvalidInput(f"route {route} overlaps {what} ({space})")
+    if route.version == mesh.version and route.overlaps(mesh):
+        raise InvalidInput(f"route {route} overlaps the mesh network {mesh}")
+    for address in protected:
+        if address in route:
+            raise InvalidInput(f"route {route} contains the rendezvous's address {address}")
+
+
+def split_grant(
+    requested: tuple[IPNetwork, ...], allowed: tuple[IPNetwork, ...]
+) -> tuple[tuple[IPNetwork, ...], tuple[IPNetwork, ...]]:
+    """(granted, pending): a requested route is granted when it lies inside an allowed one."""
+    granted = tuple(r for r in requested if any(_inside(r, grant) for grant in allowed))
+    return granted, tuple(r for r in requested if r not in granted)
+
+
+def _inside(route: IPNetwork, grant: IPNetwork) -> bool:
+    return route.version == grant.version and route.subnet_of(grant)  # type: ignore[arg-type]
 
 
 def parse_cidr(text: object, what: str) -> IPNetwork:

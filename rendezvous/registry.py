@@ -39,26 +39,33 @@ from .model import (
     Endpoint,
     InvalidInput,
     IPAddress,
+    IPNetwork,
     NotFound,
     Peer,
     Token,
     TokenRejected,
+    check_route,
     encode_key,
     parse_cidr,
     parse_key,
+    parse_routes,
+    split_grant,
 )
 from .noise import public_bytes
+from .proof import JoinKeys, JoinRequest, ProofRejected, verify_join
+from .tls import TlsFiles, ensure_self_signed, read_pin
 
 logger = logging.getLogger("meshpeer.rendezvous.registry")
 
 DATABASE_NAME = "rendezvous.sqlite3"
 ADMIN_TOKEN_NAME = "admin-token"  # noqa: S105 (a file name, not a secret)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ENDPOINT_FLUSH_S = 0.02
 LAZY_FLUSH_S = 1.0
 FOREIGN_POLL_S = 0.05  # how soon a CLI write (peer remove, ...) reaches DNS and watchers
 WATCH_LOG_LENGTH = 100_000
 BUSY_TIMEOUT_MS = 10_000
+MAX_TOKEN_LIFETIME_S = 10 * 365 * 86_400
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -81,6 +88,9 @@ CREATE TABLE IF NOT EXISTS peers (
     handshake_timestamp BLOB NOT NULL DEFAULT x'',
     credential_hash BLOB UNIQUE,
     created_at REAL NOT NULL,
+    pending_routes TEXT NOT NULL DEFAULT '[]',
+    token_id TEXT,
+    last_join_ms INTEGER NOT NULL DEFAULT 0,
     UNIQUE (network_id, name),
     UNIQUE (network_id, address)
 );
@@ -91,7 +101,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     uses_left INTEGER NOT NULL CHECK (uses_left >= 0),
     expires_at REAL NOT NULL,
     created_at REAL NOT NULL,
-    revoked INTEGER NOT NULL DEFAULT 0
+    revoked INTEGER NOT NULL DEFAULT 0,
+    allowed_routes TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -100,7 +111,16 @@ CREATE TABLE IF NOT EXISTS changes (
 """
 _PEER_COLUMNS = (
     "public_key, name, address, routes, endpoint_host, endpoint_port, "
-    "endpoint_confirmed_at, last_handshake, handshake_timestamp"
+    "endpoint_confirmed_at, last_handshake, handshake_timestamp, pending_routes"
+)
+# Schema 1 to 2: the columns of route grants and signed joins. Routes that peers merely claimed
+# under schema 1 become requests the operator must approve.
+_MIGRATIONS = (
+    "ALTER TABLE peers ADD COLUMN pending_routes TEXT NOT NULL DEFAULT '[]'",
+    "ALTER TABLE peers ADD COLUMN token_id TEXT",
+    "ALTER TABLE peers ADD COLUMN last_join_ms INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE tokens ADD COLUMN allowed_routes TEXT NOT NULL DEFAULT '[]'",
+    "UPDATE peers SET pending_routes = routes, routes = '[]'",
 )
 
 ChangeKind = Literal["added", "updated", "removed"]
@@ -112,6 +132,14 @@ class Registration:
     peer: Peer
     credential: str
     created: bool  # False when the same key and name joined again (a retried join)
+    join_keys: JoinKeys  # what seals the credential to the peer's key
+
+
+@dataclass(frozen=True, slots=True)
+class _TokenRow:
+    token_id: str
+    uses_left: int
+    allowed_routes: tuple[IPNetwork, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +171,8 @@ class Registry:
         self.given: config.Overrides = config.Overrides()
         self.private_key: X25519PrivateKey
         self.public_key = b""
+        self.tls_files: TlsFiles | None = None  # None: plain HTTP behind the operator's proxy
+        self.tls_pin: str | None = None
         self._network_id = 0
         self._peers: dict[bytes, Peer] = {}
         self._by_name: dict[str, bytes] = {}
@@ -204,9 +234,12 @@ class Registry:
             "PRAGMA foreign_keys=ON",
         ):
             await self._db.execute(pragma)
-        await self._db.executescript(_SCHEMA)  # each CREATE ... IF NOT EXISTS is idempotent
+        # Each CREATE ... IF NOT EXISTS is idempotent; tables of an older schema stay as they
+        # are until _migrate brings them forward.
+        await self._db.executescript(_SCHEMA)
         async with self._write() as db:
             meta = await _read_meta(db)
+            await _migrate(db, meta)
             stored = config.from_mapping(json.loads(meta.get("settings", "{}")))
             self.given = config.merge(given, stored) if given else stored
             self.settings = config.resolve(self.given)
@@ -214,11 +247,20 @@ class Registry:
             self.private_key = await self._load_or_make_key(db, meta)
             await self._ensure_admin_token(db, meta)
         self.public_key = public_bytes(self.private_key)
+        self._prepare_tls()
         await self._load_peers()
 
+    def _prepare_tls(self) -> None:
+        settings = self.settings
+        if settings.behind_tls_proxy:
+            return
+        if settings.tls_cert and settings.tls_key:
+            self.tls_files = TlsFiles(Path(settings.tls_cert), Path(settings.tls_key))
+        else:
+            self.tls_files = ensure_self_signed(self.data_dir, settings.public_endpoint[0])
+        self.tls_pin = read_pin(self.tls_files)
+
     async def _store_settings(self, db: aiosqlite.Connection, meta: dict[str, str]) -> None:
-        if "schema" not in meta:
-            await _set_meta(db, "schema", str(SCHEMA_VERSION))
         await _set_meta(db, "settings", json.dumps(config.to_mapping(self.given), sort_keys=True))
         rows = await db.execute_fetchall("SELECT id, cidr FROM networks WHERE name = 'default'")
         network = str(self.settings.network)
@@ -314,18 +356,27 @@ class Registry:
 
     # -- tokens -------------------------------------------------------------------------------
 
-    async def create_token(self, uses: int, lifetime_s: float, now: float | None = None) -> str:
+    async def create_token(
+        self,
+        uses: int,
+        lifetime_s: float,
+        allowed_routes: tuple[IPNetwork, ...] = (),
+        now: float | None = None,
+    ) -> str:
+        """A join token; peers that join with it are granted routes inside `allowed_routes`."""
         if not 1 <= uses <= 1_000_000:
             raise InvalidInput("--uses must be between 1 and 1000000")
+        if not 0 < lifetime_s <= MAX_TOKEN_LIFETIME_S:
+            raise InvalidInput("--expires must be at most 10 years")
         now = time.time() if now is None else now
         join_token = tokens.JoinToken(
-            self.settings.public_api_url, tokens.new_secret(), self.public_key
+            self.settings.public_api_url, tokens.new_secret(), self.public_key, self.tls_pin
         )
         secret_hash = join_token.secret_hash
         async with self._write() as db:
             await db.execute(
                 "INSERT INTO tokens (id, network_id, secret_hash, uses_left, expires_at, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "created_at, allowed_routes) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     tokens.token_id(secret_hash),
                     self._network_id,
@@ -333,17 +384,21 @@ class Registry:
                     uses,
                     now + lifetime_s,
                     now,
+                    _routes_text(allowed_routes),
                 ),
             )
         return join_token.encode()
 
     async def list_tokens(self) -> list[Token]:
         rows = await self._db.execute_fetchall(
-            "SELECT id, uses_left, expires_at, created_at, revoked FROM tokens "
+            "SELECT id, uses_left, expires_at, created_at, revoked, allowed_routes FROM tokens "
             "WHERE network_id = ? ORDER BY created_at",
             (self._network_id,),
         )
-        return [Token(row[0], row[1], row[2], row[3], bool(row[4])) for row in rows]
+        return [
+            Token(row[0], row[1], row[2], row[3], bool(row[4]), _routes_from_text(row[5]))
+            for row in rows
+        ]
 
     async def revoke_token(self, token_id: str) -> None:
         async with self._write() as db:
@@ -356,46 +411,97 @@ class Registry:
 
     # -- joining and leaving ------------------------------------------------------------------
 
-    async def join(
-        self,
-        token_text: str,
-        public_key: bytes,
-        name: str,
-        routes: tuple[Any, ...] = (),
-        now: float | None = None,
-    ) -> Registration:
-        """Register a peer with a join token; durable before it returns.
+    async def join(self, request: JoinRequest, now: float | None = None) -> Registration:
+        """Register the peer whose private key signed `request`; durable before it returns.
 
-        The same key joining again under the same name (a join retried after a lost answer)
-        gets its registration back with a new credential and does not spend a use."""
+        A registered key joins again only with a newer signed time (a join retried after a lost
+        answer, a machine that lost its credential): it keeps its address, gets a new
+        credential, and spends no use of the token it first joined with."""
         now = time.time() if now is None else now
-        secret_hash = tokens.decode(token_text).secret_hash
-        self._check_new_key(public_key)
+        requested = parse_routes(
+            list(request.routes), self.settings.network, self.settings.own_addresses
+        )
+        secret_hash = tokens.decode(request.token).secret_hash
+        self._check_new_key(request.public_key)
+        keys = verify_join(request, self.private_key)
         async with self._write() as db:
-            token_row = await self._usable_token(db, secret_hash, now)
-            existing = await self._existing_peer(db, public_key, name)
+            token = await self._usable_token(db, secret_hash, now)
+            existing = await self._existing_peer(db, request.public_key, request.name)
             if existing is None:
-                self._check_routes_free(public_key, routes)
-                if token_row[1] <= 0:
-                    raise TokenRejected("this join token is used up; make a new one")
-                await db.execute(
-                    "UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ?", (token_row[0],)
-                )
-                peer = await self._insert_peer(db, public_key, name, routes, now)
+                peer = await self._join_new(db, request, token, requested, now)
             else:
-                peer = replace(existing, routes=routes)
-                await db.execute(
-                    "UPDATE peers SET routes = ? WHERE public_key = ?",
-                    (_routes_text(routes), public_key),
-                )
-            credential = await self._new_credential(db, public_key)
+                peer = await self._join_again(db, request, token, existing, requested)
+            credential = await self._new_credential(db, request.public_key)
         self._apply_own(peer, credential)
-        return Registration(peer, credential, existing is None)
+        return Registration(peer, credential, existing is None, keys)
+
+    async def _join_new(
+        self,
+        db: aiosqlite.Connection,
+        request: JoinRequest,
+        token: _TokenRow,
+        requested: tuple[IPNetwork, ...],
+        now: float,
+    ) -> Peer:
+        granted, pending = split_grant(requested, token.allowed_routes)
+        self._check_routes_free(request.public_key, granted)
+        if token.uses_left <= 0:
+            raise TokenRejected("this join token is used up; make a new one")
+        await db.execute(
+            "UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ?", (token.token_id,)
+        )
+        peer = await self._insert_peer(db, request.public_key, request.name, granted, now, pending)
+        await db.execute(
+            "UPDATE peers SET token_id = ?, last_join_ms = ? WHERE public_key = ?",
+            (token.token_id, request.time_ms, request.public_key),
+        )
+        return peer
+
+    async def _join_again(
+        self,
+        db: aiosqlite.Connection,
+        request: JoinRequest,
+        token: _TokenRow,
+        existing: Peer,
+        requested: tuple[IPNetwork, ...],
+    ) -> Peer:
+        joined_with, last_join_ms = await self._join_record(db, request.public_key)
+        if request.time_ms <= last_join_ms:
+            raise ProofRejected(
+                "this join is not newer than the last one of this key (a replay, or this "
+                "machine's clock went back)"
+            )
+        if token.uses_left <= 0 and token.token_id != joined_with:
+            raise TokenRejected("this join token is used up; make a new one")
+        # Grants already given stay given; what is new needs this token's grant or the operator.
+        kept = tuple(route for route in requested if route in existing.routes)
+        granted, pending = split_grant(
+            tuple(r for r in requested if r not in kept), token.allowed_routes
+        )
+        self._check_routes_free(request.public_key, granted)
+        peer = replace(existing, routes=kept + granted, pending_routes=pending)
+        await db.execute(
+            "UPDATE peers SET routes = ?, pending_routes = ?, last_join_ms = ? "
+            "WHERE public_key = ?",
+            (_routes_text(peer.routes), _routes_text(pending), request.time_ms, peer.public_key),
+        )
+        await _log_change(db, peer.public_key)
+        return peer
+
+    async def _join_record(self, db: aiosqlite.Connection, public_key: bytes) -> tuple[str, int]:
+        rows = list(
+            await db.execute_fetchall(
+                "SELECT coalesce(token_id, ''), last_join_ms FROM peers WHERE public_key = ?",
+                (public_key,),
+            )
+        )
+        return str(rows[0][0]), int(rows[0][1])
 
     async def add_peer(
         self, public_key: bytes, name: str, routes: tuple[Any, ...] = (), now: float | None = None
     ) -> Peer:
-        """Register a peer by hand (no token): a phone or a box that cannot run the agent."""
+        """Register a peer by hand (no token): a phone or a box that cannot run the agent.
+        The operator adds it, so its routes are granted."""
         now = time.time() if now is None else now
         self._check_new_key(public_key)
         async with self._write() as db:
@@ -405,6 +511,48 @@ class Registry:
             peer = await self._insert_peer(db, public_key, name, routes, now)
         self._apply_own(peer, None)
         return peer
+
+    async def grant_routes(
+        self, name_or_key: str, routes: tuple[IPNetwork, ...] | None = None
+    ) -> Peer:
+        """The operator grants routes to a peer: the given ones, or all it asked for."""
+        async with self._write() as db:
+            await self._catch_up(db)
+            peer = self.find(name_or_key)
+            wanted = peer.pending_routes if routes is None else routes
+            for route in wanted:
+                check_route(route, self.settings.network, self.settings.own_addresses)
+            added = tuple(route for route in wanted if route not in peer.routes)
+            self._check_routes_free(peer.public_key, added)
+            pending = tuple(route for route in peer.pending_routes if route not in wanted)
+            peer = await self._set_routes(db, peer, peer.routes + added, pending)
+        self._apply_own(peer, None)
+        return peer
+
+    async def revoke_routes(self, name_or_key: str, routes: tuple[IPNetwork, ...]) -> Peer:
+        """Take routes from a peer, granted or pending; agents remove them within a second."""
+        async with self._write() as db:
+            await self._catch_up(db)
+            peer = self.find(name_or_key)
+            kept = tuple(route for route in peer.routes if route not in routes)
+            pending = tuple(route for route in peer.pending_routes if route not in routes)
+            peer = await self._set_routes(db, peer, kept, pending)
+        self._apply_own(peer, None)
+        return peer
+
+    async def _set_routes(
+        self,
+        db: aiosqlite.Connection,
+        peer: Peer,
+        routes: tuple[IPNetwork, ...],
+        pending: tuple[IPNetwork, ...],
+    ) -> Peer:
+        await db.execute(
+            "UPDATE peers SET routes = ?, pending_routes = ? WHERE public_key = ?",
+            (_routes_text(routes), _routes_text(pending), peer.public_key),
+        )
+        await _log_change(db, peer.public_key)
+        return replace(peer, routes=routes, pending_routes=pending)
 
     async def add_peers(
         self, entries: list[tuple[bytes, str]], now: float | None = None
@@ -439,22 +587,22 @@ class Registry:
 
     async def _usable_token(
         self, db: aiosqlite.Connection, secret_hash: bytes, now: float
-    ) -> tuple[str, int]:
+    ) -> _TokenRow:
         rows = list(
             await db.execute_fetchall(
-                "SELECT id, uses_left, expires_at, revoked FROM tokens "
+                "SELECT id, uses_left, expires_at, revoked, allowed_routes FROM tokens "
                 "WHERE secret_hash = ? AND network_id = ?",
                 (secret_hash, self._network_id),
             )
         )
         if not rows:
             raise TokenRejected("this join token is unknown here; make one with `token create`")
-        token_id, uses_left, expires_at, revoked = rows[0]
+        token_id, uses_left, expires_at, revoked, allowed = rows[0]
         if revoked:
             raise TokenRejected("this join token was revoked; make a new one")
         if expires_at <= now:
             raise TokenRejected("this join token has expired; make a new one")
-        return str(token_id), int(uses_left)
+        return _TokenRow(str(token_id), int(uses_left), _routes_from_text(allowed))
 
     async def _existing_peer(
         self, db: aiosqlite.Connection, public_key: bytes, name: str
@@ -490,18 +638,27 @@ class Registry:
         name: str,
         routes: tuple[Any, ...],
         now: float,
+        pending: tuple[IPNetwork, ...] = (),
     ) -> Peer:
         address = await self._allocate_address(db)
         try:
             await db.execute(
-                "INSERT INTO peers (public_key, network_id, name, address, routes, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (public_key, self._network_id, name, str(address), _routes_text(routes), now),
+                "INSERT INTO peers (public_key, network_id, name, address, routes, created_at, "
+                "pending_routes) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    public_key,
+                    self._network_id,
+                    name,
+                    str(address),
+                    _routes_text(routes),
+                    now,
+                    _routes_text(pending),
+                ),
             )
         except sqlite3.IntegrityError:
             raise Conflict(f"the name {name!r} is taken by another peer; choose another") from None
         await _log_change(db, public_key)
-        return Peer(public_key, name, address, routes)
+        return Peer(public_key, name, address, routes, pending_routes=pending)
 
     async def _allocate_address(self, db: aiosqlite.Connection) -> IPAddress:
         """Next fit: the first free address after the last one given, wrapping around.
@@ -625,7 +782,13 @@ class Registry:
         known = self._peers.get(public_key)
         # Only the serving process observes endpoints: keep ours, take the rest from disk.
         merged = (
-            replace(known, name=stored.name, address=stored.address, routes=stored.routes)
+            replace(
+                known,
+                name=stored.name,
+                address=stored.address,
+                routes=stored.routes,
+                pending_routes=stored.pending_routes,
+            )
             if known
             else stored
         )
@@ -726,6 +889,24 @@ def _make_private_dir(path: Path) -> None:
         raise InvalidInput(f"cannot write to data folder {path}; pass --data-dir or fix its owner")
 
 
+async def _migrate(db: aiosqlite.Connection, meta: dict[str, str]) -> None:
+    """Bring an older data folder to SCHEMA_VERSION, inside the opening transaction."""
+    version = int(meta.get("schema", SCHEMA_VERSION))  # no schema yet: a new data folder
+    if version > SCHEMA_VERSION:
+        raise InvalidInput(
+            f"the data folder was written by a newer rendezvous (schema {version}); upgrade"
+        )
+    if version == 1:
+        for statement in _MIGRATIONS:
+            await db.execute(statement)
+        logger.warning(
+            "routes that peers claimed are now requests: grant each with "
+            "`rendezvous peer routes approve NAME`"
+        )
+    if version != SCHEMA_VERSION or "schema" not in meta:
+        await _set_meta(db, "schema", str(SCHEMA_VERSION))
+
+
 async def _read_meta(db: aiosqlite.Connection) -> dict[str, str]:
     rows = await db.execute_fetchall("SELECT key, value FROM meta")
     return {str(key): str(value) for key, value in rows}
@@ -752,13 +933,18 @@ def _routes_text(routes: Iterable[Any]) -> str:
     return json.dumps([str(route) for route in routes])
 
 
+def _routes_from_text(text: str) -> tuple[IPNetwork, ...]:
+    return tuple(parse_cidr(route, "stored route") for route in json.loads(text))
+
+
 def _peer_from_row(row: Any) -> Peer:
-    key, name, address, routes, host, port, confirmed_at, handshake, timestamp = row[:9]
+    key, name, address, routes, host, port, confirmed_at, handshake, timestamp, pending = row[:10]
     return Peer(
         public_key=bytes(key),
         name=str(name),
         address=ipaddress.ip_address(address),
-        routes=tuple(parse_cidr(route, "stored route") for route in json.loads(routes)),
+        routes=_routes_from_text(routes),
+        pending_routes=_routes_from_text(pending),
         endpoint=(str(host), int(port)) if host is not None and port is not None else None,
         endpoint_confirmed_at=confirmed_at,
         last_handshake=handshake,

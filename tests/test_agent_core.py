@@ -231,8 +231,10 @@ MESHPEER = [sys.executable, "-m", "meshpeer.peer.cli"]
     ("argv", "words"),
     [
         (["run", "--bogus"], "unrecognized arguments"),
-        (["run", "--token", "nonsense"], "join token starts with mp1_"),
+        (["run", "--token", "nonsense"], "join token starts with mp2_"),
         (["run", "--listen-port", "70000"], "--listen-port"),
+        (["run", "--token-file", "/nonexistent/token"], "cannot read --token-file"),
+        (["run", "--token", "mp1_eyJhcGkiOiAiaHR0cDovL3gifQ"], "before the API used TLS"),
         (["run", "--advertise-routes", "10.0.0.0/99"], "not a CIDR"),
         (["run", "--name", "Bad Name"], "DNS label"),
         (["run"], "holds no membership yet"),

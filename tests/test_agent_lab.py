@@ -110,7 +110,12 @@ def test_a_late_joiner_meshes_with_all_and_removal_reaches_every_agent(lab: Lab)
 
     server.cli("peer", "remove", "p2")
     assert wait_until(lambda: all("p2" not in a.paths() for a in agents[:2]), 5)
-    assert wait_until(lambda: agents[2].process is not None and not agents[2].process.running(), 10)
+    removed = agents[2].process
+    assert removed is not None
+    assert wait_until(lambda: not removed.running(), 10)
+    # Not 0: a removed machine must not look like a clean stop (systemd would think all is well).
+    assert removed.popen.returncode == 2, agents[2].output()
+    assert "the operator removed this machine from the mesh" in agents[2].output()
 
 
 def test_two_peers_behind_one_nat_without_hairpinning_meet_on_the_lan(lab: Lab) -> None:
@@ -142,8 +147,13 @@ def test_a_peer_carries_its_lan_for_the_mesh(lab: Lab) -> None:
     assert wait_until(lambda: all_direct([gateway, laptop]), 20), gateway.output()
     # The printer answers the mesh through the gateway, as the office router would be told to.
     printer.run(["ip", "route", "add", "10.77.0.0/16", "via", str(gateway_host.address)])
+    # Asked for, not granted: nobody routes the office LAN to the gateway yet.
+    assert "wait for the operator" in gateway.output()
+    assert not laptop.host.ping(printer.address)
+    assert [peer["routes"] for peer in (laptop.status() or {"peers": []})["peers"]] == [[]]
 
-    assert laptop.host.ping(printer.address), laptop.output()
+    server.cli("peer", "routes", "approve", "gateway")
+    assert wait_until(lambda: laptop.host.ping(printer.address), 10), laptop.output()
     status = laptop.status()
     assert status is not None
     [peer] = status["peers"]

@@ -21,6 +21,7 @@ from meshpeer.rendezvous.model import encode_key
 from meshpeer.rendezvous.noise import public_bytes
 from meshpeer.rendezvous.registry import ADMIN_TOKEN_NAME, Registry
 from meshpeer.rendezvous.service import Rendezvous
+from tests.joining import Joiner
 
 GIVEN = config.Overrides(public_endpoint="192.0.2.10:51820", dns_listen="0.0.0.0:5353")
 Client = TestClient[Any, Any]
@@ -52,10 +53,11 @@ def bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
 
 
-async def make_token(client: Client, admin: str, uses: int = 1) -> str:
-    answer = await client.post(
-        "/v1/admin/tokens", json={"uses": uses, "expires": "1h"}, headers=bearer(admin)
-    )
+async def make_token(
+    client: Client, admin: str, uses: int = 1, allow_routes: tuple[str, ...] = ()
+) -> str:
+    body = {"uses": uses, "expires": "1h", "allow_routes": list(allow_routes)}
+    answer = await client.post("/v1/admin/tokens", json=body, headers=bearer(admin))
     assert answer.status == 201, await answer.text()
     token: str = (await answer.json())["token"]
     return token
@@ -64,12 +66,14 @@ async def make_token(client: Client, admin: str, uses: int = 1) -> str:
 def test_a_peer_joins_reads_its_configuration_and_leaves(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with api(tmp_path) as (client, service, admin):
-            token = await make_token(client, admin)
-            key = new_key()
-            body = {"token": token, "public_key": key, "name": "laptop", "routes": ["10.1.0.0/24"]}
+            token = await make_token(client, admin, allow_routes=("10.1.0.0/16",))
+            laptop, rendezvous_key = Joiner("laptop"), service.registry.public_key
+            key = laptop.public_key_b64
+            body = laptop.body(token, rendezvous_key, ("10.1.0.0/24",))
             joined = await client.post("/v1/join", json=body)
             assert joined.status == 201
             answer = await joined.json()
+            assert "credential" not in answer  # only sealed, for the key's holder
             assert answer["peer"]["address"] == "10.77.0.2"
             assert answer["peer"]["routes"] == ["10.1.0.0/24"]
             assert answer["network"] == "10.77.0.0/16" and answer["zone"] == "mesh.internal."
@@ -79,15 +83,17 @@ def test_a_peer_joins_reads_its_configuration_and_leaves(tmp_path: Path) -> None
                 "address": "10.77.0.1",
             }
             assert answer["dns"] == "192.0.2.10:5353"
+            body = laptop.body(token, rendezvous_key, ("10.1.0.0/24",))
             retried = await client.post("/v1/join", json=body)
             assert retried.status == 200  # the same key and name: the same registration
-            credential = (await retried.json())["credential"]
+            credential = laptop.credential(await retried.json(), rendezvous_key)
 
             me = await (await client.get("/v1/self", headers=bearer(credential))).json()
             assert me["peer"]["public_key"] == key
             peers = await (await client.get("/v1/peers", headers=bearer(credential))).json()
             assert [peer["name"] for peer in peers] == ["laptop"]
-            stale = await client.get("/v1/self", headers=bearer(answer["credential"]))
+            first_credential = laptop.credential(answer, rendezvous_key)
+            stale = await client.get("/v1/self", headers=bearer(first_credential))
             assert stale.status == 401
 
             left = await client.delete("/v1/self", headers=bearer(credential))
@@ -99,20 +105,17 @@ def test_a_peer_joins_reads_its_configuration_and_leaves(tmp_path: Path) -> None
 
 def test_the_watch_delivers_a_change_within_100_ms(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with api(tmp_path) as (client, _, admin):
+        async with api(tmp_path) as (client, service, admin):
             token = await make_token(client, admin, uses=2)
-            first = await client.post(
-                "/v1/join", json={"token": token, "public_key": new_key(), "name": "first"}
-            )
-            credential = (await first.json())["credential"]
+            rendezvous_key, joiner = service.registry.public_key, Joiner("first")
+            first = await client.post("/v1/join", json=joiner.body(token, rendezvous_key))
+            credential = joiner.credential(await first.json(), rendezvous_key)
             now = await (await client.get("/v1/watch?timeout=0", headers=bearer(credential))).json()
             assert now["full"] and [peer["name"] for peer in now["peers"]] == ["first"]
 
             async def join_later() -> float:
                 await asyncio.sleep(0.3)
-                await client.post(
-                    "/v1/join", json={"token": token, "public_key": new_key(), "name": "second"}
-                )
+                await client.post("/v1/join", json=Joiner("second").body(token, rendezvous_key))
                 return time.monotonic()
 
             joining = asyncio.create_task(join_later())
@@ -129,17 +132,13 @@ def test_the_watch_delivers_a_change_within_100_ms(tmp_path: Path) -> None:
 
 def test_two_joins_for_a_last_use_one_wins(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with api(tmp_path) as (client, _, admin):
+        async with api(tmp_path) as (client, service, admin):
+            rendezvous_key = service.registry.public_key
             for round_ in range(5):
                 token = await make_token(client, admin, uses=1)
+                bodies = [Joiner(f"p{round_}{n}").body(token, rendezvous_key) for n in range(4)]
                 answers = await asyncio.gather(
-                    *(
-                        client.post(
-                            "/v1/join",
-                            json={"token": token, "public_key": new_key(), "name": f"p{round_}{n}"},
-                        )
-                        for n in range(4)
-                    )
+                    *(client.post("/v1/join", json=body) for body in bodies)
                 )
                 assert sorted(answer.status for answer in answers) == [201, 403, 403, 403]
 
@@ -148,16 +147,15 @@ def test_two_joins_for_a_last_use_one_wins(tmp_path: Path) -> None:
 
 def test_the_operator_manages_tokens_and_peers(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with api(tmp_path) as (client, _, admin):
+        async with api(tmp_path) as (client, service, admin):
             token = await make_token(client, admin, uses=3)
             listed = await (await client.get("/v1/admin/tokens", headers=bearer(admin))).json()
             [entry] = listed
             assert entry["uses_left"] == 3 and not entry["revoked"]
             revoked = await client.delete(f"/v1/admin/tokens/{entry['id']}", headers=bearer(admin))
             assert revoked.status == 200
-            refused = await client.post(
-                "/v1/join", json={"token": token, "public_key": new_key(), "name": "late"}
-            )
+            late = Joiner("late").body(token, service.registry.public_key)
+            refused = await client.post("/v1/join", json=late)
             assert refused.status == 403
             assert "revoked" in (await refused.json())["error"]
 
@@ -183,17 +181,24 @@ def test_the_operator_manages_tokens_and_peers(tmp_path: Path) -> None:
     run(scenario)
 
 
+JOIN = {"token": "mp2_x", "public_key": "KEY", "name": "ok", "time_ms": 1, "proof": "A" * 43 + "="}
 BAD_REQUESTS: list[tuple[str, str, Any, int, str]] = [
     ("POST", "/v1/join", "not json", 400, "JSON object"),
     ("POST", "/v1/join", "[1, 2]", 400, "JSON object"),
     ("POST", "/v1/join", '{"public_key": NaN}', 400, "JSON object"),
-    ("POST", "/v1/join", {"name": "x"}, 400, "public key"),
-    ("POST", "/v1/join", {"public_key": "short", "name": "x"}, 400, "44 characters"),
-    ("POST", "/v1/join", {"public_key": "KEY", "name": "Bad_Name"}, 400, "DNS label"),
-    ("POST", "/v1/join", {"public_key": "KEY", "name": "ok", "routes": 5}, 400, "CIDR"),
-    ("POST", "/v1/join", {"public_key": "KEY", "name": "ok", "routes": ["x"]}, 400, "CIDR"),
-    ("POST", "/v1/join", {"public_key": "KEY", "name": "ok", "token": 7}, 400, "string"),
-    ("POST", "/v1/join", {"public_key": "KEY", "name": "ok", "token": "mp1_x"}, 400, "damaged"),
+    ("POST", "/v1/join", {"name": "x"}, 400, "must be strings"),
+    ("POST", "/v1/join", {**JOIN, "public_key": None}, 400, "public key"),
+    ("POST", "/v1/join", {**JOIN, "public_key": "short"}, 400, "44 characters"),
+    ("POST", "/v1/join", {**JOIN, "name": "Bad_Name"}, 400, "DNS label"),
+    ("POST", "/v1/join", {**JOIN, "routes": 5}, 400, "CIDR"),
+    ("POST", "/v1/join", {**JOIN, "routes": ["x"]}, 400, "CIDR"),
+    ("POST", "/v1/join", {**JOIN, "routes": ["0.0.0.0/0"]}, 400, "default route"),
+    ("POST", "/v1/join", {**JOIN, "token": 7}, 400, "string"),
+    ("POST", "/v1/join", {**JOIN, "token": "mp1_x"}, 400, "before the API used TLS"),
+    ("POST", "/v1/join", {**JOIN, "token": "mp2_x"}, 400, "damaged"),
+    ("POST", "/v1/join", {**JOIN, "time_ms": "soon"}, 400, "time_ms"),
+    ("POST", "/v1/join", {**JOIN, "time_ms": 2**80}, 400, "time_ms"),
+    ("POST", "/v1/join", {**JOIN, "proof": "abc"}, 400, "proof"),
     ("POST", "/v1/join", "x" * 70_000, 413, "Too Large"),
     ("GET", "/v1/join", None, 405, "Not Allowed"),
     ("GET", "/nowhere", None, 404, "Not Found"),
@@ -237,10 +242,12 @@ def test_random_join_bodies_never_cause_a_server_error(tmp_path: Path) -> None:
     fields = st.fixed_dictionaries(
         {},
         optional={
-            "token": json_values | st.just("mp1_e30"),
+            "token": json_values | st.just("mp1_e30") | st.just("mp2_e30"),
             "public_key": json_values | st.just(new_key()),
             "name": json_values | st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True),
             "routes": json_values | st.lists(st.sampled_from(["10.5.0.0/16", "::/0", "1.2.3.4"])),
+            "time_ms": json_values | st.integers(min_value=1, max_value=2**53),
+            "proof": json_values | st.just("A" * 43 + "="),
         },
     )
     loop = asyncio.new_event_loop()
@@ -259,3 +266,31 @@ def test_random_join_bodies_never_cause_a_server_error(tmp_path: Path) -> None:
     finally:
         loop.run_until_complete(context.__aexit__(None, None, None))
         loop.close()
+
+
+def test_a_rejoin_with_a_public_key_and_any_token_gets_no_credential(tmp_path: Path) -> None:
+    """The re-join takeover: the victim's key and name are public, the token is used up."""
+
+    async def scenario() -> None:
+        async with api(tmp_path) as (client, service, admin):
+            token = await make_token(client, admin, uses=1)
+            victim, rendezvous_key = Joiner("laptop"), service.registry.public_key
+            joined = await client.post("/v1/join", json=victim.body(token, rendezvous_key))
+            credential = victim.credential(await joined.json(), rendezvous_key)
+            fresh = await make_token(client, admin, uses=5)
+            attacker = Joiner("laptop")
+            attempts: list[dict[str, object]] = [
+                {"token": token, "public_key": victim.public_key_b64, "name": "laptop"},
+                {"token": fresh, "public_key": victim.public_key_b64, "name": "laptop"},
+                {**attacker.body(fresh, rendezvous_key), "public_key": victim.public_key_b64},
+            ]
+            for body in attempts:
+                answer = await client.post("/v1/join", json=body)
+                text = await answer.text()
+                assert 400 <= answer.status < 500, text
+                assert "credential" not in text, text
+            me = await client.get("/v1/self", headers=bearer(credential))
+            assert me.status == 200  # the real peer is untouched
+            assert [peer.name for peer in service.registry.peers()] == ["laptop"]
+
+    run(scenario)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import sqlite3
 import stat
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,11 +26,14 @@ from meshpeer.rendezvous.model import (
     parse_routes,
 )
 from meshpeer.rendezvous.noise import public_bytes
-from meshpeer.rendezvous.registry import ADMIN_TOKEN_NAME, DATABASE_NAME, Registry
+from meshpeer.rendezvous.proof import JoinRequest, ProofRejected
+from meshpeer.rendezvous.registry import ADMIN_TOKEN_NAME, DATABASE_NAME, Registration, Registry
+from tests.joining import Joiner
 
 T = TypeVar("T")
 SMALL = config.Overrides(network="10.9.0.0/29", public_endpoint="192.0.2.10:51820")
 # 10.9.0.0/29: .1 is the rendezvous, .2 to .6 are for peers, .7 is broadcast.
+SMALL_NET = ipaddress.ip_network("10.9.0.0/29")
 
 
 def run(coroutine: Callable[[], Awaitable[T]]) -> T:
@@ -40,6 +46,23 @@ async def _call(coroutine: Callable[[], Awaitable[T]]) -> T:
 
 def new_key() -> bytes:
     return public_bytes(X25519PrivateKey.generate())
+
+
+async def join(
+    registry: Registry,
+    token: str,
+    who: Joiner | str,
+    routes: tuple[object, ...] = (),
+    now: float | None = None,
+) -> Registration:
+    """A join signed by `who` (a new key when given a name), as the agent makes it."""
+    joiner = who if isinstance(who, Joiner) else Joiner(who)
+    request = joiner.request(token, registry.public_key, tuple(str(route) for route in routes))
+    return await registry.join(request, now=now)
+
+
+def unsigned(token: str, public_key: bytes, name: str) -> JoinRequest:
+    return JoinRequest(token, public_key, name, (), 1, bytes(32))
 
 
 def test_the_data_folder_is_private_and_keeps_its_key(tmp_path: Path) -> None:
@@ -69,16 +92,14 @@ def test_settings_given_once_are_kept_for_the_cli(tmp_path: Path) -> None:
     kept = run(scenario)
     assert str(kept.network) == "10.9.0.0/29"
     assert kept.public_endpoint == ("192.0.2.10", 51820)
-    assert kept.public_api_url == "http://192.0.2.10:51821"
+    assert kept.public_api_url == "https://192.0.2.10:51821"
 
 
 def test_join_gives_an_address_and_is_durable(tmp_path: Path) -> None:
-    key = new_key()
-
     async def scenario() -> None:
         registry = await Registry.open(tmp_path, SMALL)
         token = await registry.create_token(uses=1, lifetime_s=60)
-        registration = await registry.join(token, key, "laptop")
+        registration = await join(registry, token, "laptop")
         assert registration.created and registration.credential
         assert registration.peer.address == ipaddress.ip_address("10.9.0.2")
         assert registry.authenticate(registration.credential) == registration.peer
@@ -96,20 +117,20 @@ def test_tokens_enforce_uses_expiry_and_revocation(tmp_path: Path) -> None:
     async def scenario() -> None:
         registry = await Registry.open(tmp_path, SMALL)
         twice = await registry.create_token(uses=2, lifetime_s=60)
-        await registry.join(twice, new_key(), "one")
-        await registry.join(twice, new_key(), "two")
+        await join(registry, twice, "one")
+        await join(registry, twice, "two")
         with pytest.raises(TokenRejected, match="used up"):
-            await registry.join(twice, new_key(), "three")
+            await join(registry, twice, "three")
 
         short = await registry.create_token(uses=5, lifetime_s=10)
         with pytest.raises(TokenRejected, match="expired"):
-            await registry.join(short, new_key(), "late", now=time.time() + 11)
+            await join(registry, short, "late", now=time.time() + 11)
 
         revoked = await registry.create_token(uses=5, lifetime_s=60)
         [*_, newest] = await registry.list_tokens()
         await registry.revoke_token(newest.token_id)
         with pytest.raises(TokenRejected, match="revoked"):
-            await registry.join(revoked, new_key(), "four")
+            await join(registry, revoked, "four")
         with pytest.raises(NotFound):
             await registry.revoke_token("nosuchtoken")
 
@@ -117,9 +138,9 @@ def test_tokens_enforce_uses_expiry_and_revocation(tmp_path: Path) -> None:
         foreign = await other.create_token(uses=1, lifetime_s=60)
         await other.close()
         with pytest.raises(TokenRejected, match="unknown"):
-            await registry.join(foreign, new_key(), "five")
+            await join(registry, foreign, "five")
         with pytest.raises(InvalidInput, match="copy it whole"):
-            await registry.join(foreign[:-5], new_key(), "six")
+            await join(registry, foreign[:-5], "six")
         assert [t.uses_left for t in await registry.list_tokens()] == [0, 5, 5]
         await registry.close()
 
@@ -127,22 +148,22 @@ def test_tokens_enforce_uses_expiry_and_revocation(tmp_path: Path) -> None:
 
 
 def test_a_retried_join_gets_the_same_registration_without_spending_a_use(tmp_path: Path) -> None:
-    key = new_key()
+    laptop = Joiner("laptop")
 
     async def scenario() -> None:
         registry = await Registry.open(tmp_path, SMALL)
         token = await registry.create_token(uses=1, lifetime_s=60)
-        first = await registry.join(token, key, "laptop")
-        again = await registry.join(token, key, "laptop")  # the token is used up by now
+        first = await join(registry, token, laptop)
+        again = await join(registry, token, laptop)  # the token is used up by now
         assert not again.created
         assert again.peer.address == first.peer.address
         assert registry.authenticate(first.credential) is None  # replaced
         assert registry.authenticate(again.credential) is not None
         with pytest.raises(Conflict, match="already registered as 'laptop'"):
-            await registry.join(token, key, "desktop")
+            await join(registry, token, Joiner("desktop", laptop.private_key))
         more = await registry.create_token(uses=1, lifetime_s=60)
         with pytest.raises(Conflict, match="taken"):
-            await registry.join(more, new_key(), "laptop")
+            await join(registry, more, "laptop")
         await registry.close()
 
     run(scenario)
@@ -153,14 +174,15 @@ def test_bad_keys_and_routes_are_refused(tmp_path: Path) -> None:
         registry = await Registry.open(tmp_path, SMALL)
         token = await registry.create_token(uses=5, lifetime_s=60)
         with pytest.raises(InvalidInput, match="own public key"):
-            await registry.join(token, registry.public_key, "mirror")
+            await registry.join(unsigned(token, registry.public_key, "mirror"))
         with pytest.raises(InvalidInput, match="not a usable X25519 key"):
-            await registry.join(token, bytes(32), "zero")  # a low-order point
+            await registry.join(unsigned(token, bytes(32), "zero"))  # a low-order point
+        token = await registry.create_token(5, 60, parse_routes("192.168.0.0/16", SMALL_NET))
         routes = parse_routes("192.168.1.0/24", registry.settings.network)
-        await registry.join(token, new_key(), "office", routes)
+        await join(registry, token, "office", routes)
         clash = parse_routes(["192.168.0.0/16"], registry.settings.network)
         with pytest.raises(Conflict, match="advertised by office"):
-            await registry.join(token, new_key(), "home", clash)
+            await join(registry, token, "home", clash)
         await registry.close()
 
     run(scenario)
@@ -175,14 +197,14 @@ def test_addresses_never_collide_and_come_back_after_removal(tmp_path: Path) -> 
         registry = await Registry.open(tmp_path, SMALL)
         token = await registry.create_token(uses=10, lifetime_s=60)
         for index in range(5):
-            await registry.join(token, new_key(), f"peer{index}")
+            await join(registry, token, f"peer{index}")
         assert sorted(str(p.address) for p in registry.peers()) == [
             f"10.9.0.{host}" for host in range(2, 7)
         ]
         with pytest.raises(Conflict, match="full"):
-            await registry.join(token, new_key(), "one-too-many")
+            await join(registry, token, "one-too-many")
         removed = await registry.remove_peer("peer2")
-        newcomer = await registry.join(token, new_key(), "newcomer")
+        newcomer = await join(registry, token, "newcomer")
         assert newcomer.peer.address == removed.address
         with pytest.raises(NotFound):
             await registry.remove_peer("peer2")
@@ -205,7 +227,7 @@ def test_the_network_cannot_move_under_registered_peers(tmp_path: Path) -> None:
 def test_two_processes_racing_for_a_last_use_one_wins(tmp_path: Path) -> None:
     async def attempt(registry: Registry, token: str, name: str) -> bool:
         try:
-            await registry.join(token, new_key(), name)
+            await join(registry, token, name)
         except TokenRejected:
             return False
         return True
@@ -339,3 +361,149 @@ def test_many_peers_register_in_one_transaction_or_none_do(tmp_path: Path) -> No
         await reopened.close()
 
     run(scenario)
+
+
+# -- trust: only the key holder is the peer; routes are granted, not claimed ---------------------
+
+
+def test_a_join_not_signed_by_the_key_it_names_gets_nothing_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """The re-join takeover: the victim's key and name are public (TXT, /v1/peers), and the
+    attacker holds a token, even a used-up one."""
+    victim = Joiner("laptop")
+
+    async def scenario() -> None:
+        registry = await Registry.open(tmp_path, SMALL)
+        token = await registry.create_token(uses=1, lifetime_s=60)
+        registered = await join(registry, token, victim)
+        attacker = Joiner("laptop")  # another private key
+        forged = attacker.request(token, registry.public_key, ("192.168.1.0/24",))
+        forged = replace(forged, public_key=victim.public_key)
+        with pytest.raises(ProofRejected, match="not signed"):
+            await registry.join(forged)
+        fresh = await registry.create_token(uses=5, lifetime_s=60)
+        with pytest.raises(ProofRejected, match="not signed"):
+            await registry.join(replace(forged, token=fresh))
+        assert registry.authenticate(registered.credential) == registered.peer
+        assert registry.peer(victim.public_key) == registered.peer
+        await registry.close()
+
+    run(scenario)
+
+
+def test_a_replayed_join_is_refused(tmp_path: Path) -> None:
+    victim = Joiner("laptop")
+
+    async def scenario() -> None:
+        registry = await Registry.open(tmp_path, SMALL)
+        token = await registry.create_token(uses=2, lifetime_s=60)
+        request = victim.request(token, registry.public_key)
+        registered = await registry.join(request)
+        with pytest.raises(ProofRejected, match="not newer"):
+            await registry.join(request)
+        assert registry.authenticate(registered.credential) is not None
+        await registry.close()
+
+    run(scenario)
+
+
+def test_a_used_up_token_does_nothing(tmp_path: Path) -> None:
+    first, second = Joiner("first"), Joiner("second")
+
+    async def scenario() -> None:
+        registry = await Registry.open(tmp_path, SMALL)
+        spent = await registry.create_token(uses=1, lifetime_s=60)
+        await join(registry, spent, first)
+        with pytest.raises(TokenRejected, match="used up"):
+            await join(registry, spent, "newcomer")
+        other = await registry.create_token(uses=1, lifetime_s=60)
+        await join(registry, other, second)
+        # The key that joined with `spent` may retry with it (a lost answer); no other key may.
+        await join(registry, spent, first)
+        with pytest.raises(TokenRejected, match="used up"):
+            await join(registry, spent, second)
+        await registry.close()
+
+    run(scenario)
+
+
+def test_routes_are_granted_by_the_operator_not_claimed(tmp_path: Path) -> None:
+    office, laptop = Joiner("office"), Joiner("laptop")
+
+    async def scenario() -> None:
+        registry = await Registry.open(tmp_path, SMALL)
+        plain = await registry.create_token(uses=5, lifetime_s=60)
+        claimed = await join(registry, plain, laptop, ("192.168.1.0/24", "198.18.0.0/15"))
+        assert claimed.peer.routes == ()
+        assert [str(r) for r in claimed.peer.pending_routes] == ["192.168.1.0/24", "198.18.0.0/15"]
+        assert "pending_routes" not in claimed.peer.to_json()  # members never see requests
+
+        grant = parse_routes("192.168.0.0/16", SMALL_NET)
+        granting = await registry.create_token(uses=1, lifetime_s=60, allowed_routes=grant)
+        joined = await join(registry, granting, office, ("192.168.1.0/24", "172.16.0.0/12"))
+        assert [str(r) for r in joined.peer.routes] == ["192.168.1.0/24"]
+        assert [str(r) for r in joined.peer.pending_routes] == ["172.16.0.0/12"]
+
+        approved = await registry.grant_routes("office")
+        assert [str(r) for r in approved.routes] == ["192.168.1.0/24", "172.16.0.0/12"]
+        assert approved.pending_routes == ()
+        revoked = await registry.revoke_routes("office", parse_routes("172.16.0.0/12", SMALL_NET))
+        assert [str(r) for r in revoked.routes] == ["192.168.1.0/24"]
+        again = await join(registry, granting, office, ("192.168.1.0/24", "10.200.0.0/16"))
+        assert [str(r) for r in again.peer.routes] == ["192.168.1.0/24"]  # kept, not re-claimed
+        assert [str(r) for r in again.peer.pending_routes] == ["10.200.0.0/16"]
+        await registry.close()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("route", "words"),
+    [
+        ("0.0.0.0/0", "default route"),
+        ("::/0", "default route"),
+        ("128.0.0.0/1", "link-local"),  # half the internet: the route hijack of issue 12
+        ("64.0.0.0/2", "loopback"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("fe80::/64", "link-local"),
+        ("224.0.0.0/4", "multicast"),
+        ("10.0.0.0/8", "mesh network"),
+        ("192.0.2.0/24", "rendezvous's address 192.0.2.10"),
+    ],
+)
+def test_routes_that_take_traffic_nobody_gave_are_refused(route: str, words: str) -> None:
+    settings = config.resolve(SMALL)
+    with pytest.raises(InvalidInput, match=words):
+        parse_routes(route, settings.network, settings.own_addresses)
+
+
+def test_routes_claimed_before_grants_existed_become_requests(tmp_path: Path) -> None:
+    """A data folder of schema 1, whose peers' routes were merely claimed."""
+    victim = Joiner("old")
+
+    async def scenario() -> None:
+        registry = await Registry.open(tmp_path, SMALL)
+        token = await registry.create_token(5, 60, parse_routes("192.168.0.0/16", SMALL_NET))
+        await join(registry, token, victim, ("192.168.7.0/24",))
+        await registry.close()
+        _downgrade_to_schema_1(tmp_path / DATABASE_NAME)
+        upgraded = await Registry.open(tmp_path)
+        peer = upgraded.find("old")
+        assert peer.routes == () and [str(r) for r in peer.pending_routes] == ["192.168.7.0/24"]
+        await upgraded.close()
+
+    run(scenario)
+
+
+def _downgrade_to_schema_1(path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        for table, column in [
+            ("peers", "pending_routes"),
+            ("peers", "token_id"),
+            ("peers", "last_join_ms"),
+            ("tokens", "allowed_routes"),
+        ]:
+            db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")

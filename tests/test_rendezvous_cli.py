@@ -43,11 +43,12 @@ def test_the_admin_commands_share_one_data_folder(tmp_path: Path) -> None:
     env = {"RENDEZVOUS_DATA_DIR": str(tmp_path / "data")}
     token = rendezvous("token", "create", "--uses", "3", env=env)
     assert token.returncode == 0, token.stderr
-    assert token.stdout.count("\n") == 1 and token.stdout.startswith("mp1_")
+    assert token.stdout.count("\n") == 1 and token.stdout.startswith("mp2_")
 
     info = json.loads(rendezvous("info", "--json", env=env).stdout)
     assert {"public_key", "endpoint", "zone", "network", "dns", "api_url"} <= info.keys()
     assert info["network"] == "10.77.0.0/16" and info["zone"] == "mesh.internal."
+    assert info["api_url"].startswith("https://") and info["tls_pin"].startswith("sha256:")
 
     key = KeyPair.generate().public_key
     added = rendezvous("peer", "add", "--public-key", key, "--name", "phone", env=env)
@@ -61,6 +62,7 @@ def test_the_admin_commands_share_one_data_folder(tmp_path: Path) -> None:
         "last_handshake": None,
         "endpoint_confirmed_at": None,
         "routes": [],
+        "pending_routes": [],
     }
     table = rendezvous("peers", env=env).stdout
     assert "phone" in table and "never" in table
@@ -83,6 +85,10 @@ def test_the_admin_commands_share_one_data_folder(tmp_path: Path) -> None:
         (["peer", "add", "--public-key", "KEY", "--name", "No Way"], "DNS label"),
         (["peer", "add", "--public-key", "KEY", "--name", "x", "--routes", "1.2.3.4/8"], "did you"),
         (["peer", "remove", "ghost"], "no peer named"),
+        (["token", "create", "--allow-routes", "0.0.0.0/0"], "default route"),
+        (["token", "create", "--allow-routes", "224.0.0.0/8"], "multicast"),
+        (["peer", "routes", "approve", "ghost"], "no peer named"),
+        (["peer", "routes", "approve", "ghost", "::/0"], "default route"),
         (["peers", "--yaml"], "unrecognized arguments"),
     ],
 )
@@ -148,3 +154,20 @@ def test_health_answers_for_the_serving_rendezvous_only(tmp_path: Path) -> None:
         serve.terminate()
         serve.wait(10)
     assert_one_line_error(rendezvous("health", *data), 1, f"127.0.0.1:{api}/healthz")
+
+
+def test_the_operator_grants_and_revokes_routes(tmp_path: Path) -> None:
+    env = {"RENDEZVOUS_DATA_DIR": str(tmp_path / "data")}
+    key = KeyPair.generate().public_key
+    assert rendezvous("peer", "add", "--public-key", key, "--name", "gw", env=env).returncode == 0
+    granted = rendezvous("peer", "routes", "approve", "gw", "192.168.5.0/24", env=env)
+    assert granted.returncode == 0, granted.stderr
+    assert "gw carries 192.168.5.0/24" in granted.stdout
+    [listed] = json.loads(rendezvous("peers", "--json", env=env).stdout)
+    assert listed["routes"] == ["192.168.5.0/24"]
+    revoked = rendezvous("peer", "routes", "revoke", "gw", "192.168.5.0/24", env=env)
+    assert "gw carries none" in revoked.stdout
+    allowed = rendezvous("token", "create", "--allow-routes", "192.168.0.0/16", env=env)
+    assert allowed.returncode == 0, allowed.stderr
+    [token] = json.loads(rendezvous("token", "list", "--json", env=env).stdout)
+    assert token["allowed_routes"] == ["192.168.0.0/16"]

@@ -9,21 +9,28 @@ Prints {"acked": name, "address": ip} as soon as the rendezvous answers 200 or 2
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import sys
+import time
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from meshpeer.rendezvous.noise import public_bytes
+from meshpeer.rendezvous import proof, tokens
+from meshpeer.rendezvous.model import encode_key
+from meshpeer.rendezvous.tls import client_ssl
 
 
 async def join(session: aiohttp.ClientSession, url: str, token: str, name: str) -> None:
-    key = base64.b64encode(public_bytes(X25519PrivateKey.generate())).decode()
-    body = {"token": token, "public_key": key, "name": name}
+    """One join as the agent makes it: signed with a new key, over the pinned TLS."""
+    decoded = tokens.decode(token)
+    private_key = X25519PrivateKey.generate()
+    key = encode_key(private_key.public_key().public_bytes_raw())
+    time_ms = int(time.time() * 1000)
+    signed = proof.sign_join(token, private_key, decoded.rendezvous_key, name, (), time_ms)
+    ssl = client_ssl(decoded.tls_pin)
     try:
-        async with session.post(f"{url}/v1/join", json=body) as answer:
+        async with session.post(f"{url}/v1/join", json=signed.to_json(), ssl=ssl) as answer:
             payload = await answer.json()
             if answer.status in (200, 201):
                 line = {"acked": name, "address": payload["peer"]["address"], "key": key}
