@@ -32,9 +32,12 @@ def report(prog: str, error: BaseException | str, code: int) -> int:
 
 
 def configure_logging(level: str) -> None:
+    """`level` for our own loggers only. Libraries stay at warnings: at debug, aiosqlite logs
+    every SQL parameter (the rendezvous's private key among them) and aiohttp every header."""
     logging.basicConfig(
-        level=level.upper(),
+        level=logging.WARNING,
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%Y-%m-%dT%H:%M:%S",
         stream=sys.stderr,
     )
+    logging.getLogger("meshpeer").setLevel(level.upper())

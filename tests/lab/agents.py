@@ -23,9 +23,9 @@ class MeshAgent:
     def start(self, token: str | None, *flags: str) -> MeshAgent:
         command = [MESHPEER, "run", "--state-dir", str(self.state_dir), "--name", self.name]
         command += ["--backend", "userspace", *flags]
-        if token is not None:
-            command += ["--token", token]
-        self.process = self.host.spawn(f"meshpeer-{self.name}", command)
+        # As README advises: from the environment, not the command line `ps` shows.
+        env = {"MESHPEER_TOKEN": token} if token is not None else {}
+        self.process = self.host.spawn(f"meshpeer-{self.name}", command, env)
         return self
 
     def status(self) -> dict[str, Any] | None:

@@ -87,9 +87,9 @@ def _demo(lab: Lab) -> bool:
     print(f"  listening: WireGuard udp/51820, DNS udp+tcp/53, API tcp/51821 on {public.address}")
     _section("rendezvous token create --uses 3")
     token = server.token(3)
-    print(f"  {token}")
+    print(f"  {token[:16]}... (a secret: it carries the API's TLS pin and a join secret)")
 
-    _section("On each peer: meshpeer run --token TOKEN --name NAME (userspace WireGuard here)")
+    _section("On each peer: MESHPEER_TOKEN=TOKEN meshpeer run --name NAME (userspace WireGuard)")
     started = time.monotonic()
     for agent in agents:
         agent.start(token)

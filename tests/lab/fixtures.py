@@ -51,6 +51,8 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
         yield built
         if request.node.stash.get(_FAILED, False):
             _print_process_logs(built)
+    # No key, token or credential the lab made may appear in any process's log.
+    assert not built.leaked_secrets, f"secrets in logs: {built.leaked_secrets}"
 
 
 def _print_process_logs(built: Lab) -> None:

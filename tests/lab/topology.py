@@ -28,6 +28,7 @@ from types import TracebackType
 from .nat import TABLE, NatSpec, NatType, ruleset
 from .netns import LAB_ROOT, PREFIX, delete_namespace, run, sweep_stale
 from .process import LabProcess, LineAgent
+from .secrets import leaks
 from .udp import Reflector, UdpSocket
 
 INTERNET = ipaddress.IPv4Network("203.0.113.0/24")  # TEST-NET-3 (RFC 5737): the lab's public space
@@ -46,6 +47,8 @@ class Lab:
         self.dir = LAB_ROOT / self.run_id
         self.dir.mkdir(parents=True)
         self.namespaces: list[str] = []
+        self.join_tokens: list[str] = []  # for the check that no log holds a secret
+        self.leaked_secrets: list[str] = []
         self.processes: list[LabProcess | LineAgent] = []
         self._lan_numbers = itertools.count(1)
         self.internet = Segment(self, "internet", internet)
@@ -91,6 +94,8 @@ class Lab:
     def close(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+        # Read once every process has stopped and written its last line, before the logs go.
+        self.leaked_secrets = leaks(self.dir, self.join_tokens)
         for name in reversed(self.namespaces):
             delete_namespace(name)
         shutil.rmtree(self.dir, ignore_errors=True)
