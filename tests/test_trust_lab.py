@@ -28,13 +28,15 @@ def test_an_impostor_on_the_api_address_learns_no_secret(lab: Lab) -> None:
         f"{address}:{API_PORT + 1}",
         "--public-api-url",
         f"https://{address}:{API_PORT}",
+        "--log-level",  # and the lab's check finds no secret in a debug log either
+        "debug",
     ).start()
     impostor = public.spawn("impostor", [sys.executable, str(IMPOSTOR), address, str(API_PORT)])
     assert wait_until(lambda: "listening" in impostor.output(), 10), impostor.output()
     token = server.token(1)
 
     victim = MeshAgent(lab.add_nat("home", NatType.PORT_RESTRICTED).add_host("pc"), "pc")
-    victim.start(token)
+    victim.start(token, "--log-level", "debug")
     process = victim.process
     assert process is not None
     assert wait_until(lambda: not process.running(), 20), victim.output()
