@@ -22,7 +22,9 @@ KEY_SIZE = 32
 MAX_ROUTES = 64
 # A DNS label (RFC 1035 2.3.1, lower case): a peer's name is also `<name>.<zone>` in DNS-SD.
 _NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_DURATION_PART = re.compile(r"(\d+)([smhdw])")
+# ASCII digits only (`\d` also takes '²' and other Unicode digits), and few of them.
+_DURATION_PART = re.compile(r"([0-9]{1,9})([smhdw])")
+MAX_DURATION_S = 100 * 365 * 86_400
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _FORBIDDEN_SPACES = tuple(
     (ipaddress.ip_network(cidr), what)
@@ -215,8 +217,8 @@ def parse_duration(text: str) -> float:
     if not parts or "".join(n + u for n, u in parts) != compact:
         raise InvalidInput(f"duration {text!r} must look like 90s, 30m, 24h, 7d or 1h30m")
     seconds = sum(int(number) * _SECONDS[unit] for number, unit in parts)
-    if seconds <= 0:
-        raise InvalidInput(f"duration {text!r} must be longer than zero")
+    if not 0 < seconds <= MAX_DURATION_S:
+        raise InvalidInput(f"duration {text!r} must be longer than zero and at most 100 years")
     return float(seconds)
 
 

@@ -200,6 +200,14 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str]] = [
     ("POST", "/v1/join", {**JOIN, "time_ms": 2**80}, 400, "time_ms"),
     ("POST", "/v1/join", {**JOIN, "proof": "abc"}, 400, "proof"),
     ("POST", "/v1/join", "x" * 70_000, 413, "Too Large"),
+    ("POST", "/v1/join", "[" * 60_000, 400, "JSON object"),  # was a 500: RecursionError
+    ("POST", "/v1/join", '{"a":' * 10_000 + "1" + "}" * 10_000, 400, "JSON object"),
+    ("GET", "/v1/watch?since=%C2%B2", "ADMIN", 400, "whole number"),  # '²': isdigit() said yes
+    ("GET", "/v1/watch?since=%D9%A3", "ADMIN", 400, "whole number"),  # an Arabic-Indic 3
+    ("POST", "/v1/admin/tokens", {"expires": "9" * 400 + "s"}, 400, "duration"),  # overflowed
+    ("POST", "/v1/admin/tokens", {"expires": "999999999w"}, 400, "at most 100 years"),
+    ("POST", "/v1/admin/tokens", {"uses": 10**400}, 400, "between 1"),
+    ("GET", "/v1/watch?timeout=" + "9" * 400, "ADMIN", 400, "seconds"),
     ("GET", "/v1/join", None, 405, "Not Allowed"),
     ("GET", "/nowhere", None, 404, "Not Found"),
     ("GET", "/v1/peers", None, 401, "Bearer"),
