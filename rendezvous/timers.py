@@ -17,3 +17,16 @@ UNDER_LOAD_HOLD_S = 1.0  # once under load, stay so this long (the kernel does t
 # 0.4 ms of CPU here, so this keeps handshake work to about a fifth of one core under a flood.
 UNDER_LOAD_INITIATIONS_PER_S = 500
 SESSIONS_PER_PEER = 2  # the current session and the previous one, as WireGuard keeps them
+
+# -- what the rendezvous does for its peers -------------------------------------------------------
+
+# A peer's published endpoint moves at once when it has been still for this long, and at most
+# once per this long otherwise: a NAT reboot is published at the next keepalive, while a member
+# sending keepalives from 16 ports (1,229 revisions a second, each waking every watcher, emptying
+# DNS caches and making every agent punch again) gets one move per 5 s.
+ENDPOINT_HOLD_S = 5.0
+# A watcher that is woken waits this long for more changes, so a burst reaches it as one answer.
+WATCH_COALESCE_S = 0.02
+# Full snapshots of the peer list, per credential: one may come at once, then one per this long.
+# An agent needs one at start and after a long disconnection; at 50,000 peers one is 10 MB.
+FULL_SNAPSHOT_INTERVAL_S = 10.0
