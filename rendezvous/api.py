@@ -7,6 +7,7 @@ operator with the admin token from the data folder; both as `Authorization: Bear
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -21,6 +22,7 @@ from .metrics import CONTENT_TYPE, ApiCounters, Snapshot, render
 from .model import Conflict, InvalidInput, NotFound, Peer, TokenRejected
 from .proof import ProofRejected
 from .registry import Registry
+from .snapshots import SnapshotCache, SnapshotRation, SnapshotRationed
 
 logger = logging.getLogger("meshpeer.rendezvous.api")
 
@@ -30,6 +32,8 @@ DEFAULT_WATCH_S = 30.0
 REGISTRY = web.AppKey("registry", Registry)
 COUNTERS = web.AppKey("counters", ApiCounters)
 SNAPSHOT: web.AppKey[Callable[[], Snapshot]] = web.AppKey("snapshot")
+RATION = web.AppKey("ration", SnapshotRation)
+SNAPSHOTS = web.AppKey("snapshots", SnapshotCache)
 
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,18}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -54,6 +58,8 @@ def create_app(
     app[REGISTRY] = registry
     app[COUNTERS] = counters
     app[SNAPSHOT] = snapshot
+    app[RATION] = SnapshotRation()
+    app[SNAPSHOTS] = SnapshotCache()
     app.router.add_post("/v1/join", join)
     app.router.add_get("/v1/self", show_self)
     app.router.add_delete("/v1/self", leave)
@@ -79,6 +85,9 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         response = _error(401, str(error))
     except (InvalidInput, TokenRejected, ProofRejected, NotFound, Conflict) as error:
         response = _error(_STATUS_OF[type(error)], str(error))
+    except SnapshotRationed as error:
+        response = _error(429, f"{error}; retry in {error.retry_after_s:.0f} s")
+        response.headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
     except Exception:
         logger.exception("unexpected error in %s %s", request.method, request.path)
         response = _error(500, "internal error; the rendezvous log has the details")
@@ -122,14 +131,22 @@ async def leave(request: web.Request) -> web.Response:
 
 async def list_peers(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
-    await _any_caller(request)
-    return web.json_response([peer.to_json() for peer in registry.peers()])
+    request.app[RATION].take(await _any_caller(request), _now())
+    peers = list(registry.all_peers())
+    body = await asyncio.to_thread(_render_list, peers)
+    return web.Response(body=body, content_type="application/json")
+
+
+def _render_list(peers: list[Peer]) -> bytes:
+    peers.sort(key=lambda peer: peer.name)
+    return json.dumps([peer.to_json() for peer in peers], separators=(",", ":")).encode()
 
 
 async def watch(request: web.Request) -> web.Response:
-    """Long poll: answers at once when `since` is behind, else at the next change or timeout."""
+    """Long poll: answers at once when `since` is behind, else at the next change or timeout.
+    Full lists are shared per revision and rationed per caller (snapshots.py)."""
     registry = request.app[REGISTRY]
-    await _any_caller(request)
+    caller = await _any_caller(request)
     query = request.query
     since = _int_parameter(query.get("since"), "since")
     epoch = query.get("epoch")
@@ -137,6 +154,10 @@ async def watch(request: web.Request) -> web.Response:
         raise InvalidInput("epoch must be the value a previous watch returned")
     timeout = _float_parameter(query.get("timeout"), "timeout", DEFAULT_WATCH_S)
     result = await registry.watch(epoch, since, min(timeout, MAX_WATCH_S))
+    if result.full:
+        request.app[RATION].take(caller, _now())
+        body = await request.app[SNAPSHOTS].body(result.epoch, result.revision, result.peers)
+        return web.Response(body=body, content_type="application/json")
     return web.json_response(
         {
             "epoch": result.epoch,
@@ -301,8 +322,17 @@ async def _admin(request: web.Request) -> None:
         raise Unauthorized("unknown admin token; it is in the data folder's admin-token file")
 
 
-async def _any_caller(request: web.Request) -> None:
+async def _any_caller(request: web.Request) -> bytes:
+    """Who calls, as the key of its rations: a peer's public key, or the operator."""
     secret = _bearer(request)
     registry = request.app[REGISTRY]
-    if registry.authenticate(secret) is None and not await registry.is_admin(secret):
-        raise Unauthorized("unknown credential; join again with a token")
+    peer = registry.authenticate(secret)
+    if peer is not None:
+        return peer.public_key
+    if await registry.is_admin(secret):
+        return b"operator"
+    raise Unauthorized("unknown credential; join again with a token")
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()

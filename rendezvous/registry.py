@@ -17,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import ipaddress
+import itertools
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from . import settings as config
 from . import tokens
+from .damping import EndpointDamper
 from .model import (
     Conflict,
     Endpoint,
@@ -53,6 +55,7 @@ from .model import (
 )
 from .noise import public_bytes
 from .proof import JoinKeys, JoinRequest, ProofRejected, verify_join
+from .timers import WATCH_COALESCE_S
 from .tls import TlsFiles, ensure_self_signed, read_pin
 
 logger = logging.getLogger("meshpeer.rendezvous.registry")
@@ -186,6 +189,8 @@ class Registry:
         self._dirty: set[bytes] = set()
         self._endpoint_moved = asyncio.Event()
         self._log = _WatchLog()
+        self.damper = EndpointDamper()
+        self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
@@ -322,6 +327,10 @@ class Registry:
 
     def peers(self) -> list[Peer]:
         return sorted(self._peers.values(), key=lambda peer: peer.name)
+
+    def all_peers(self) -> list[Peer]:
+        """Every peer, in no particular order (cheaper than `peers()` at 100,000)."""
+        return list(self._peers.values())
 
     def with_endpoint(self) -> int:
         return sum(1 for peer in self._peers.values() if peer.endpoint is not None)
@@ -700,15 +709,24 @@ class Registry:
         self._dirty.add(public_key)
 
     def observe_endpoint(self, public_key: bytes, source: Endpoint, now: float) -> None:
-        """An authenticated keepalive came from `source`: that is the peer's NAT mapping."""
+        """An authenticated keepalive came from `source`: that is the peer's NAT mapping.
+        Published at once, or after the damper's hold when the peer moved a moment ago."""
         peer = self._peers.get(public_key)
-        if peer is None or peer.endpoint == source:
-            return
-        moved = replace(peer, endpoint=source, endpoint_confirmed_at=now)
-        self._peers[public_key] = moved
-        self._dirty.add(public_key)
+        if peer is not None and self.damper.observe(public_key, source, peer.endpoint, now):
+            self._move(peer, source, now)
+
+    def _move(self, peer: Peer, endpoint: Endpoint, now: float) -> None:
+        moved = replace(peer, endpoint=endpoint, endpoint_confirmed_at=now)
+        self._peers[peer.public_key] = moved
+        self._dirty.add(peer.public_key)
         self._endpoint_moved.set()
         self._publish("updated", moved)
+
+    def publish_held_endpoints(self, now: float) -> None:
+        for key, endpoint in self.damper.due(now):
+            peer = self._peers.get(key)
+            if peer is not None and peer.endpoint != endpoint:
+                self._move(peer, endpoint, now)
 
     async def flush(self) -> None:
         """Write observed endpoints and handshakes; the replay floor survives a restart."""
@@ -729,6 +747,7 @@ class Registry:
                 await asyncio.wait_for(self._endpoint_moved.wait(), LAZY_FLUSH_S)
                 await asyncio.sleep(ENDPOINT_FLUSH_S)  # let a burst of moves share one commit
             self._endpoint_moved.clear()
+            self.publish_held_endpoints(time.time())
             try:
                 await self.flush()
             except sqlite3.Error as error:
@@ -805,18 +824,28 @@ class Registry:
         return self._log.revision
 
     async def watch(self, epoch: str | None, since: int | None, timeout_s: float) -> WatchResult:
-        """Changes after revision `since` of `epoch`, waiting up to `timeout_s` for one."""
+        """Changes after revision `since` of `epoch`, waiting up to `timeout_s` for one; at
+        once when the registry is closing. A full answer's peers are in no particular order."""
         log = self._log
-        if epoch == log.epoch and since == log.revision:
+        if epoch == log.epoch and since == log.revision and not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(log.changed.wait(), timeout_s)
+                if not self._closing:
+                    await asyncio.sleep(WATCH_COALESCE_S)  # a burst of changes: one answer
         oldest = log.entries[0][0] if log.entries else log.revision + 1
         if epoch != log.epoch or since is None or since > log.revision or since < oldest - 1:
-            return WatchResult(log.epoch, log.revision, True, self.peers(), [])
-        changed = {key: None for revision, key in log.entries if revision > since}
+            return WatchResult(log.epoch, log.revision, True, list(self._peers.values()), [])
+        # Revisions in the log are consecutive: the newest `revision - since` entries are new.
+        newer = itertools.islice(reversed(log.entries), log.revision - since)
+        changed = dict.fromkeys(reversed([key for _, key in newer]))
         peers = [self._peers[key] for key in changed if key in self._peers]
         removed = [key for key in changed if key not in self._peers]
         return WatchResult(log.epoch, log.revision, False, peers, removed)
+
+    def stop_watchers(self) -> None:
+        """Answer every waiting watch now (a stopping server must not wait for long polls)."""
+        self._closing = True
+        self._log.changed.set()
 
     # -- in-memory bookkeeping ----------------------------------------------------------------
 
@@ -849,6 +878,7 @@ class Registry:
             del self._by_name[peer.name]
         self._drop_credential(public_key)
         self._dirty.discard(public_key)
+        self.damper.forget(public_key)
         self._publish("removed", peer)
 
     def _drop_credential(self, public_key: bytes) -> None:
