@@ -51,6 +51,7 @@ TXT_VERSION = "txtvers=1"
 MAX_TXT_STRING = 255
 SOA_REFRESH_S, SOA_RETRY_S, SOA_EXPIRE_S = 3600, 600, 86400
 BUILT_NODES = 8192  # peers' record sets kept built; others are rebuilt when asked for
+CHANGES_KEPT = 4096  # serials whose changed names are remembered (answer caches catch up)
 
 Endpoint = tuple[str, int]
 Node = dict[dns.rdatatype.RdataType, dns.rrset.RRset]
@@ -104,6 +105,10 @@ class Zone:
         self.service = service_name(config.origin)
         self.serial = serial
         self._soa_serial = serial
+        # Which owner names each serial changed, so a cache of answers forgets only those.
+        self._changes: collections.deque[tuple[int, tuple[dns.name.Name, ...]]] = collections.deque(
+            maxlen=CHANGES_KEPT
+        )
         self._fixed: dict[dns.name.Name, Node] = {}  # the apex, ns, rendezvous, enumeration
         self._entries: dict[bytes, PeerEntry] = {}
         # Peers are found by their lower-case label; their records are built when first asked
@@ -174,6 +179,7 @@ class Zone:
         old = self._entries.get(entry.public_key)
         if old == entry:
             return
+        instances = len(self._by_instance)
         if old is not None:
             self._unpublish(old, keep_ptr=entry.endpoint is not None)
         self._entries[entry.public_key] = entry
@@ -182,13 +188,33 @@ class Zone:
             self._by_instance.setdefault(
                 instance_label(entry.public_key).encode(), entry.public_key
             )
-        self._bump()
+        changed = [self._mesh_name(entry.name), self._instance(_label(entry.public_key))]
+        if old is not None and old.name != entry.name:
+            changed.append(self._mesh_name(old.name))
+        if len(self._by_instance) != instances:
+            changed.append(self.service)  # the PTR set grew or shrank
+        self._bump(changed)
 
     def remove(self, public_key: bytes) -> None:
         old = self._entries.pop(public_key, None)
         if old is not None:
             self._unpublish(old, keep_ptr=False)
-            self._bump()
+            self._bump(
+                [self._mesh_name(old.name), self._instance(_label(public_key)), self.service]
+            )
+
+    def changed_since(self, serial: int) -> set[dns.name.Name] | None:
+        """The owner names changed after `serial`; None when that is too long ago to know."""
+        if serial == self.serial:
+            return set()
+        if not self._changes or self._changes[0][0] > _next(serial):
+            return None
+        names: set[dns.name.Name] = set()
+        for changed_at, changed in reversed(self._changes):
+            if changed_at == serial:
+                break
+            names.update(changed)
+        return names
 
     def _unpublish(self, entry: PeerEntry, *, keep_ptr: bool) -> None:
         if self._by_name.get(entry.name.encode()) == entry.public_key:
@@ -198,8 +224,9 @@ class Zone:
         self._built.pop((True, entry.public_key), None)
         self._built.pop((False, entry.public_key), None)
 
-    def _bump(self) -> None:
-        self.serial = (self.serial + 1) % 2**32 or 1
+    def _bump(self, changed: list[dns.name.Name]) -> None:
+        self.serial = _next(self.serial)
+        self._changes.append((self.serial, tuple(changed)))
 
     # -- peers' records, built on demand ------------------------------------------------------
 
@@ -274,6 +301,14 @@ class Zone:
             f"{SOA_REFRESH_S} {SOA_RETRY_S} {SOA_EXPIRE_S} {ttl}",
         )
         return _rrset(origin, ttl, [soa])
+
+
+def _next(serial: int) -> int:
+    return (serial + 1) % 2**32 or 1
+
+
+def _label(public_key: bytes) -> bytes:
+    return instance_label(public_key).encode()
 
 
 def _mesh_node(name: dns.name.Name, entry: PeerEntry, ttl: int) -> Node:

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import dns.edns
 import dns.exception
@@ -72,7 +73,9 @@ class Authority:
         self.max_udp_payload = max(CLASSIC_UDP_PAYLOAD, min(max_udp_payload, TCP_MESSAGE_MAX))
         self.counts: collections.Counter[str] = collections.Counter()
         self.cache_hits = 0
-        self._cache: dict[bytes, tuple[bytes, tuple[str, ...]]] = {}
+        self._cache: dict[bytes, _Cached] = {}
+        self._by_name: dict[dns.name.Name, set[bytes]] = {}  # owner name -> cache keys
+        self._volatile: set[bytes] = set()  # answers that carry the SOA: every change ends them
         self._cache_serial = zone.serial
 
     # -- the two transports -------------------------------------------------------------------
@@ -97,43 +100,76 @@ class Authority:
             self.counts["slipped"] += 1
             return self._truncated(query)
         answer = self._answer(query, _udp_limit(query, self.max_udp_payload), tcp=False)
-        self._remember(wire, answer)
+        self._remember(wire, query, answer)
         return answer
 
     # -- the answer cache ---------------------------------------------------------------------
     # Parsing and rendering with dnspython costs about 200 us a query; most queries repeat. An
     # answer depends only on the query's bytes after its ID (flags, question in its exact case,
-    # EDNS size) and on the zone, whose serial moves at every change. So a repeated query gets
-    # the stored answer with its own ID put in, and a zone change empties the cache.
+    # EDNS size) and on the records of its owner name. So a repeated query gets the stored
+    # answer with its own ID put in. A zone change forgets the answers for the names it changed
+    # (the zone says which), and those that carry the SOA, whose serial moved: an endpoint that
+    # moves every second no longer empties the whole cache.
 
-    def _current_cache(self) -> dict[bytes, tuple[bytes, tuple[str, ...]]]:
-        """The cache, emptied first if the zone changed since it was filled."""
+    def _current_cache(self) -> dict[bytes, _Cached]:
+        """The cache, with what the zone changed since it was filled taken out."""
         if self._cache_serial != self.zone.serial:
-            self._cache.clear()
+            changed = self.zone.changed_since(self._cache_serial)
+            if changed is None:
+                self._forget_all()
+            else:
+                self._forget(changed)
             self._cache_serial = self.zone.serial
         return self._cache
+
+    def _forget(self, names: set[dns.name.Name]) -> None:
+        stale = set(self._volatile)
+        for name in names:
+            stale.update(self._by_name.pop(name, ()))
+        for key in stale:
+            self._drop(key)
+
+    def _forget_all(self) -> None:
+        self._cache.clear()
+        self._by_name.clear()
+        self._volatile.clear()
+
+    def _drop(self, key: bytes) -> None:
+        cached = self._cache.pop(key, None)
+        if cached is None:
+            return
+        self._volatile.discard(key)
+        keys = self._by_name.get(cached.name)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_name[cached.name]
 
     def _cached(self, wire: bytes) -> bytes | None:
         hit = self._current_cache().get(wire[2:])
         if hit is None:
             return None
-        answer, outcomes = hit
-        for outcome in outcomes:
+        for outcome in hit.outcomes:
             self.counts[outcome] += 1
         self.cache_hits += 1
-        return wire[:2] + answer
+        return wire[:2] + hit.answer
 
-    def _remember(self, wire: bytes, answer: bytes) -> None:
+    def _remember(self, wire: bytes, query: dns.message.Message, answer: bytes) -> None:
         cache = self._current_cache()
         if self.answer_cache <= 0:
             return
         if len(cache) >= self.answer_cache:
-            del cache[next(iter(cache))]  # the oldest: insertion order
-        flags = HEADER.unpack_from(answer)[1]
+            self._drop(next(iter(cache)))  # the oldest: insertion order
+        flags, authority = HEADER.unpack_from(answer)[1], HEADER.unpack_from(answer)[4]
         outcomes: tuple[str, ...] = (dns.rcode.to_text(dns.rcode.from_flags(flags, 0)),)
         if flags & dns.flags.TC:
             outcomes += ("truncated",)
-        cache[wire[2:]] = (answer[2:], outcomes)
+        name = query.question[0].name if query.question else dns.name.root
+        key = wire[2:]
+        cache[key] = _Cached(answer[2:], outcomes, name)
+        self._by_name.setdefault(name, set()).add(key)
+        if authority or name == self.zone.origin:
+            self._volatile.add(key)
 
     def answer_tcp(self, wire: bytes) -> list[bytes]:
         """The answers to one TCP query (several for AXFR); none to stay silent."""
@@ -279,6 +315,13 @@ class Authority:
         if first:
             message.question = list(query.question)
         return message
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    answer: bytes  # without its ID
+    outcomes: tuple[str, ...]  # counted again at every hit
+    name: dns.name.Name  # the question's: what a change of the zone must make us forget
 
 
 def _present(rrset: dns.rrset.RRset | None) -> list[dns.rrset.RRset]:

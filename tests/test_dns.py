@@ -346,6 +346,50 @@ def test_repeated_queries_are_answered_from_the_cache_and_never_stale() -> None:
     assert nxdomain.authority[0][0].serial == zone.serial  # a negative answer's SOA is current
 
 
+def test_a_change_forgets_only_the_answers_of_the_names_it_changed() -> None:
+    zone = make_zone()
+    still, moving = entry(1), entry(2)
+    zone.put(still)
+    zone.put(moving)
+    authority = Authority(zone)
+    still_instance = instance_name(still.public_key, ORIGIN).to_text()
+    moving_instance = instance_name(moving.public_key, ORIGIN).to_text()
+    questions = [(still_instance, "SRV"), ("peer1.mesh.example.", "A"), (moving_instance, "SRV")]
+    for name, rdtype in questions:
+        ask(authority, name, rdtype)
+    for port in range(41000, 41010):  # the moving peer's NAT mapping moves ten times
+        zone.put(
+            PeerEntry(
+                moving.public_key,
+                moving.name,
+                moving.address,
+                moving.allowed,
+                ("203.0.113.9", port),
+            )
+        )
+        hits = authority.cache_hits
+        for name, rdtype in questions[:2]:
+            ask(authority, name, rdtype)
+        assert authority.cache_hits == hits + 2  # the still peer's answers survive
+        srv = records(ask(authority, moving_instance, "SRV"))["SRV"][0]
+        assert srv.split()[2] == str(port)  # and the moved one is never stale
+    zone.remove(still.public_key)
+    assert ask(authority, still_instance, "SRV").rcode() == dns.rcode.NXDOMAIN
+    assert ask(authority, "peer1.mesh.example.").rcode() == dns.rcode.NXDOMAIN
+    ptr = ask(authority, SERVICE, "PTR")
+    assert len(ptr.answer[0]) == 1  # the PTR set shrank with the removal
+
+
+def test_a_cache_too_far_behind_the_zone_starts_afresh() -> None:
+    zone = make_zone()
+    authority = Authority(zone)
+    ask(authority, "peer7.mesh.example.")
+    for number in range(5000):  # more changes than the zone remembers
+        zone.put(entry(number))
+    assert zone.changed_since(100) is None
+    assert ask(authority, "peer7.mesh.example.").rcode() == dns.rcode.NOERROR
+
+
 def test_the_answer_cache_is_bounded() -> None:
     authority = Authority(make_zone(), answer_cache=8)
     for number in range(50):
