@@ -58,6 +58,7 @@ class Options:
     backend: str = "auto"
     name: str | None = None
     routes: tuple[str, ...] = ()
+    dns_sd_poll_s: float = DNS_SD_POLL_S
 
 
 @dataclass(slots=True)
@@ -261,7 +262,7 @@ class Agent:
                 if set(live.mesh.peers) != known:
                     logger.info("DNS-SD found %d new peers", len(set(live.mesh.peers) - known))
                     self._wake.set()
-            await asyncio.sleep(DNS_SD_POLL_S)
+            await asyncio.sleep(self.options.dns_sd_poll_s)
 
     # -- reconciling --------------------------------------------------------------------------
 

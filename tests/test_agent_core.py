@@ -233,6 +233,7 @@ MESHPEER = [sys.executable, "-m", "meshpeer.peer.cli"]
         (["run", "--bogus"], "unrecognized arguments"),
         (["run", "--token", "nonsense"], "join token starts with mp1_"),
         (["run", "--listen-port", "70000"], "--listen-port"),
+        (["run", "--dns-sd-interval", "0"], "--dns-sd-interval"),
         (["run", "--advertise-routes", "10.0.0.0/99"], "not a CIDR"),
         (["run", "--name", "Bad Name"], "DNS label"),
         (["run"], "holds no membership yet"),
