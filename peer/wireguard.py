@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from .uapi import (
     PeerStatus,
     UapiError,
     check_errno,
+    checked,
     get_request,
     parse_get,
     set_device,
@@ -183,7 +184,8 @@ class UserspaceBackend:
         )
         self.process = process
         await self._wait_for_socket(process)
-        check_errno(await self._exchange(set_device(private_key, listen_port)))
+        with refused_as_backend_error():
+            check_errno(await self._exchange(set_device(private_key, listen_port)))
 
     async def _wait_for_socket(self, process: asyncio.subprocess.Process) -> None:
         loop = asyncio.get_running_loop()
@@ -198,10 +200,12 @@ class UserspaceBackend:
 
     async def apply(self, peers: list[PeerConfig], remove: list[bytes]) -> None:
         if peers or remove:
-            check_errno(await self._exchange(set_peers(peers, remove)))
+            with refused_as_backend_error():
+                check_errno(await self._exchange(set_peers(peers, remove)))
 
     async def status(self) -> DeviceStatus:
-        return parse_get(await self._exchange(get_request()))
+        with refused_as_backend_error():
+            return parse_get(await self._exchange(get_request()))
 
     async def _exchange(self, request: bytes) -> bytes:
         try:
@@ -280,14 +284,16 @@ class KernelBackend:
         await asyncio.to_thread(self._apply, peers, remove)
 
     def _apply(self, peers: list[PeerConfig], remove: list[bytes]) -> None:
+        with refused_as_backend_error():
+            settings = [netlink_peer(peer) for peer in peers]
         with self._factory() as wg:
             for key in remove:
                 wg.set(self.ifname, peer={"public_key": encode_key(key), "remove": True})
-            for peer in peers:
+            for peer, setting in zip(peers, settings, strict=True):
                 if peer.kick and peer.keepalive_s:
-                    kicked = {"public_key": encode_key(peer.public_key), "persistent_keepalive": 0}
+                    kicked = {"public_key": setting["public_key"], "persistent_keepalive": 0}
                     wg.set(self.ifname, peer=kicked)
-                wg.set(self.ifname, peer=netlink_peer(peer))
+                wg.set(self.ifname, peer=setting)
 
     async def status(self) -> DeviceStatus:
         return await asyncio.to_thread(self._status)
@@ -303,8 +309,20 @@ class KernelBackend:
         await asyncio.to_thread(self.links.delete, self.ifname)
 
 
+@contextlib.contextmanager
+def refused_as_backend_error() -> Iterator[None]:
+    """UAPI's error (a value refused, a reply not understood, a device's errno) as the backends'
+    own: the reconcile loop outlives a BackendError and retries; anything else would end it."""
+    try:
+        yield
+    except UapiError as error:
+        raise BackendError(str(error)) from None
+
+
 def netlink_peer(peer: PeerConfig) -> dict[str, Any]:
-    """A peer as pyroute2's WireGuard.set takes it (base64 keys, split endpoint)."""
+    """A peer as pyroute2's WireGuard.set takes it (base64 keys, split endpoint); UapiError
+    for a value the UAPI encoder would refuse too (pyroute2 would resolve a host name)."""
+    peer = checked(peer)
     settings: dict[str, Any] = {
         "public_key": encode_key(peer.public_key),
         "replace_allowed_ips": True,
