@@ -23,7 +23,7 @@ from meshpeer.rendezvous.model import encode_key, format_endpoint
 from meshpeer.rendezvous.tokens import decode as decode_token
 
 from . import client, dnssd
-from .lan import LanDiscovery
+from .lan import LanDiscovery, Sightings
 from .mesh import RENDEZVOUS_KEEPALIVE_S, Mesh, remote_from_json
 from .state import Membership, StateDir
 from .uapi import DeviceStatus, PeerConfig
@@ -183,12 +183,14 @@ class Agent:
 
     async def _start_lan(self, live: _Live) -> LanDiscovery:
         """mDNS on the LAN: peers behind the same NAT reach each other without hairpinning."""
-        addresses = await asyncio.to_thread(self.links.lan_addresses, self.options.interface)
+        interfaces = await asyncio.to_thread(self.links.lan_interfaces, self.options.interface)
         mesh_network = ipaddress.ip_network(live.membership.network)
-        addresses = [a for a in addresses if ipaddress.ip_address(a) not in mesh_network]
+        interfaces = [i for i in interfaces if i.ip not in mesh_network]
+        live.mesh.set_own_lan(interfaces)
+        addresses = [str(interface.ip) for interface in interfaces]
 
-        def on_sightings(sightings: dict[bytes, list[tuple[str, int]]]) -> None:
-            live.mesh.set_lan(sightings)
+        def on_sightings(sightings: Sightings) -> None:
+            live.mesh.record_hints("lan", sightings)
             self._wake.set()
 
         lan = LanDiscovery(

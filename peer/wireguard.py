@@ -92,15 +92,17 @@ class Links:
             [link] = ip.get_links(found[0])
         return bool(link.get_attr("IFLA_IFALIAS") == OWNER_ALIAS)
 
-    def lan_addresses(self, skip_ifname: str) -> list[str]:
-        """This host's IPv4 addresses on its other links (for mDNS): not loopback, not ours."""
+    def lan_interfaces(self, skip_ifname: str) -> list[ipaddress.IPv4Interface]:
+        """This host's IPv4 addresses on its other links, with their prefixes (for mDNS, and
+        to tell which sightings lie on a subnet we are on): not loopback, not ours."""
         with self._factory() as ip:
             skip = set(ip.link_lookup(ifname=skip_ifname))
             found = []
             for item in ip.get_addr(family=2):  # AF_INET
-                address = ipaddress.ip_address(item.get_attr("IFA_ADDRESS"))
-                if item["index"] not in skip and not address.is_loopback:
-                    found.append(str(address))
+                address = item.get_attr("IFA_ADDRESS")
+                interface = ipaddress.IPv4Interface(f"{address}/{item['prefixlen']}")
+                if item["index"] not in skip and not interface.ip.is_loopback:
+                    found.append(interface)
         return found
 
     def create_wireguard(self, ifname: str) -> None:

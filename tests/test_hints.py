@@ -3,14 +3,22 @@ endpoint of a peer the API lists, and no value of any source can write a line of
 
 from __future__ import annotations
 
+import base64
+import ipaddress
+import itertools
+
 import pytest
 
 from meshpeer.peer import uapi
-from meshpeer.peer.uapi import PeerConfig, UapiError, parse_endpoint
+from meshpeer.peer.hints import ENDPOINTS_PER_KEY, MAX_UNLISTED_KEYS
+from meshpeer.peer.mesh import REPUNCH_S, Mesh, RemotePeer, remote_from_json
+from meshpeer.peer.uapi import DeviceStatus, PeerConfig, PeerStatus, UapiError, parse_endpoint
 from meshpeer.peer.wireguard import netlink_peer
 
-KEY_A = bytes([1]) * 32
+KEY_A, KEY_B, OWN, STRANGER = (bytes([n]) * 32 for n in (1, 2, 9, 66))
 INJECTED = f"\npublic_key={bytes([7] * 32).hex()}\nremove=true"
+PUBLIC = ("203.0.113.7", 40000)  # where the rendezvous saw KEY_A
+OUR_LAN = ipaddress.IPv4Interface("192.168.1.2/24")
 
 
 @pytest.mark.parametrize(
@@ -66,3 +74,127 @@ def test_a_refused_peer_is_a_backend_error_so_the_reconcile_loop_lives_on() -> N
     assert calls == []  # refused before anything was sent
     with pytest.raises(BackendError):
         asyncio.run(UserspaceBackend().apply([bad], []))
+
+
+def listed_mesh() -> Mesh:
+    """Our mesh as the API lists it: KEY_A at 10.77.0.2 with one route, seen at PUBLIC."""
+    mesh = Mesh(OWN)
+    mesh.replace_all([RemotePeer(KEY_A, "a", "10.77.0.2", ("192.168.9.0/24",), PUBLIC)])
+    mesh.set_own_lan([OUR_LAN])
+    return mesh
+
+
+def punches(mesh: Mesh, start: float, seconds: int) -> list[tuple[float, tuple[str, int]]]:
+    """Each endpoint KEY_A is punched at, second by second, while its path stays down."""
+    down = DeviceStatus(peers={KEY_A: PeerStatus(KEY_A)})
+    found: list[tuple[float, tuple[str, int]]] = []
+    for now in range(int(start), int(start) + seconds):
+        found += [(now, c.endpoint) for c in mesh.plan(down, now).set_peers if c.endpoint]
+    return found
+
+
+def test_a_peer_the_api_lists_later_gets_the_lan_hint_it_was_seen_with_before() -> None:
+    mesh = Mesh(OWN)
+    mesh.set_own_lan([OUR_LAN])
+    mesh.record_hints("lan", {KEY_A: [("192.168.1.5", 51820)]})
+    assert mesh.plan(DeviceStatus(), 100.0).set_peers == []  # a sighting adds no peer
+    mesh.update([RemotePeer(KEY_A, "a", "10.77.0.2", (), PUBLIC)], [])
+    [config] = mesh.plan(DeviceStatus(), 101.0).set_peers
+    assert config.endpoint == ("192.168.1.5", 51820)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        ("192.168.2.5", 51820),  # another subnet
+        ("8.8.8.8", 51820),  # the internet
+        ("192.168.1.2", 51820),  # ourselves
+        ("192.168.1.255", 51820),  # the broadcast address
+        ("192.168.1.0", 51820),
+        ("127.0.0.1", 51820),
+        ("224.0.0.251", 5353),
+        ("192.168.1.5", 0),
+        ("192.168.1.5\nremove=true", 51820),
+        ("fe80::1%eth0", 51820),
+    ],
+)
+def test_a_lan_hint_off_our_subnets_or_not_a_peers_address_is_dropped(
+    endpoint: tuple[str, int],
+) -> None:
+    mesh = listed_mesh()
+    mesh.record_hints("lan", {KEY_A: [endpoint]})
+    assert mesh.hints.endpoints("lan", KEY_A) == ()
+
+
+def test_hint_tables_are_bounded() -> None:
+    mesh = listed_mesh()
+    sightings = {KEY_A: [(f"192.168.1.{100 + n}", 51820) for n in range(30)]}
+    sightings |= {
+        (n + 1000).to_bytes(32, "big"): [("192.168.1.9", 1)] for n in range(2 * MAX_UNLISTED_KEYS)
+    }
+    mesh.record_hints("lan", sightings)
+    assert len(mesh.hints.endpoints("lan", KEY_A)) == ENDPOINTS_PER_KEY["lan"]
+    assert len(mesh.hints._found["lan"]) == 1 + MAX_UNLISTED_KEYS
+
+
+def test_30_spoofed_lan_sightings_hold_the_public_endpoint_back_one_turn_at_most() -> None:
+    mesh = listed_mesh()
+    spoofed = [(f"192.168.1.{100 + n}", 51820) for n in range(30)]
+    mesh.record_hints("lan", {KEY_A: spoofed})
+    tried = punches(mesh, 100, 100)
+    first_lan = tried[0][0]
+    assert tried[0][1] in spoofed
+    public = [now for now, endpoint in tried if endpoint == PUBLIC]
+    assert public and public[0] - first_lan <= REPUNCH_S
+    assert all(b - a <= 2 * REPUNCH_S for a, b in itertools.pairwise(public))
+
+
+def test_a_spoofer_that_keeps_changing_its_sightings_cannot_starve_the_public_endpoint() -> None:
+    mesh = listed_mesh()
+    down = DeviceStatus(peers={KEY_A: PeerStatus(KEY_A)})
+    public_at, first_lan = [], None
+    for now in range(100, 200):  # new spoofed addresses every second
+        mesh.record_hints("lan", {KEY_A: [(f"192.168.1.{10 + now % 200}", 51820)]})
+        for config in mesh.plan(down, float(now)).set_peers:
+            if config.endpoint == PUBLIC:
+                public_at.append(now)
+            elif first_lan is None:
+                first_lan = now
+    assert first_lan is not None and public_at and public_at[0] - first_lan <= REPUNCH_S
+    assert all(b - a <= 2 * REPUNCH_S for a, b in itertools.pairwise(public_at))
+
+
+def test_a_moved_mapping_is_punched_at_once_even_with_lan_hints() -> None:
+    mesh = listed_mesh()
+    mesh.plan(DeviceStatus(), 100.0)
+    using_public = DeviceStatus(peers={KEY_A: PeerStatus(KEY_A, PUBLIC, latest_handshake=100.5)})
+    assert mesh.plan(using_public, 101.0).set_peers == []
+    mesh.record_hints("lan", {KEY_A: [("192.168.1.5", 51820)]})
+    assert mesh.plan(using_public, 102.0).set_peers == []  # a hint never moves a live path
+    moved = ("203.0.113.7", 41000)
+    mesh.update([RemotePeer(KEY_A, "a", "10.77.0.2", ("192.168.9.0/24",), moved)], [])
+    [punch] = mesh.plan(using_public, 103.0).set_peers
+    assert punch.endpoint == moved and punch.kick
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"name": "evil\nremove=true"},
+        {"address": "fe80::1%\nremove=true"},
+        {"routes": ["10.1.0.0/16\nremove=true"]},
+        {"endpoint": "[fe80::1%\nx]:5"},
+    ],
+)
+def test_an_api_peer_with_a_control_character_anywhere_is_skipped(
+    change: dict[str, object],
+) -> None:
+    good = {
+        "public_key": base64.b64encode(KEY_A).decode(),
+        "name": "a",
+        "address": "10.77.0.2",
+        "endpoint": "203.0.113.7:5",
+        "routes": ["10.1.0.0/16"],
+    }
+    assert remote_from_json(good) is not None
+    assert remote_from_json({**good, **change}) is None
