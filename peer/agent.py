@@ -250,20 +250,17 @@ class Agent:
             self._wake.set()
 
     async def _poll_dns_sd(self, live: _Live) -> None:
-        """DNS-SD from the rendezvous's zone: a second, independent source of the peer list."""
+        """DNS-SD from the rendezvous's zone: a second endpoint for each peer the API lists,
+        tried after the API's own when a path is down (plain DNS proves nothing more)."""
         host, _, port = live.membership.dns.rpartition(":")
         server = (host.strip("[]"), int(port))
         while True:
             try:
-                peers = await dnssd.discover(server, live.membership.zone)
+                found = await dnssd.discover(server, live.membership.zone, live.mesh.peers)
             except (dns.exception.DNSException, OSError) as error:
                 logger.debug("DNS-SD from %s failed: %s", live.membership.dns, error)
             else:
-                known = set(live.mesh.peers)
-                live.mesh.update([p for p in peers if p.public_key not in known], [])
-                if set(live.mesh.peers) != known:
-                    logger.info("DNS-SD found %d new peers", len(set(live.mesh.peers) - known))
-                    self._wake.set()
+                live.mesh.record_hints("dns-sd", found)
             await asyncio.sleep(self.options.dns_sd_poll_s)
 
     # -- reconciling --------------------------------------------------------------------------

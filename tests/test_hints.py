@@ -6,11 +6,18 @@ from __future__ import annotations
 import base64
 import ipaddress
 import itertools
+import re
 
+import dns.name
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from meshpeer.dns.naming import instance_name
 from meshpeer.peer import uapi
+from meshpeer.peer.dnssd import endpoint_hint
 from meshpeer.peer.hints import ENDPOINTS_PER_KEY, MAX_UNLISTED_KEYS
+from meshpeer.peer.lan import parse_sighting
 from meshpeer.peer.mesh import REPUNCH_S, Mesh, RemotePeer, remote_from_json
 from meshpeer.peer.uapi import DeviceStatus, PeerConfig, PeerStatus, UapiError, parse_endpoint
 from meshpeer.peer.wireguard import netlink_peer
@@ -19,6 +26,7 @@ KEY_A, KEY_B, OWN, STRANGER = (bytes([n]) * 32 for n in (1, 2, 9, 66))
 INJECTED = f"\npublic_key={bytes([7] * 32).hex()}\nremove=true"
 PUBLIC = ("203.0.113.7", 40000)  # where the rendezvous saw KEY_A
 OUR_LAN = ipaddress.IPv4Interface("192.168.1.2/24")
+ZONE = dns.name.from_text("mesh.internal")
 
 
 @pytest.mark.parametrize(
@@ -91,6 +99,35 @@ def punches(mesh: Mesh, start: float, seconds: int) -> list[tuple[float, tuple[s
     for now in range(int(start), int(start) + seconds):
         found += [(now, c.endpoint) for c in mesh.plan(down, now).set_peers if c.endpoint]
     return found
+
+
+def test_dns_sd_records_only_add_an_endpoint_after_the_apis_for_a_listed_peer() -> None:
+    mesh = listed_mesh()
+    hostile_txt = [b"allowed=0.0.0.0/0", b"address=10.77.0.3", b"name=evil"]
+    hints = dict(
+        filter(
+            None,
+            [
+                endpoint_hint(instance_name(KEY_A, ZONE), 5, "198.51.100.1", hostile_txt),
+                endpoint_hint(instance_name(STRANGER, ZONE), 5, "198.51.100.2", hostile_txt),
+            ],
+        )
+    )
+    mesh.record_hints("dns-sd", {key: [endpoint] for key, endpoint in hints.items()})
+    assert set(mesh.peers) == {KEY_A}
+    [peer] = mesh.peers.values()
+    assert [(c.endpoint, c.source) for c in mesh.candidates(peer)] == [
+        (PUBLIC, "api"),
+        (("198.51.100.1", 5), "dns-sd"),
+    ]
+    [config] = mesh.plan(DeviceStatus(), 100.0).set_peers
+    assert config.public_key == KEY_A and config.endpoint == PUBLIC
+    assert config.allowed_ips == ("10.77.0.2/32", "192.168.9.0/24")
+    assert [endpoint for _, endpoint in punches(mesh, 101, 30)] == [
+        ("198.51.100.1", 5),
+        PUBLIC,
+        ("198.51.100.1", 5),
+    ]
 
 
 def test_a_peer_the_api_lists_later_gets_the_lan_hint_it_was_seen_with_before() -> None:
@@ -198,3 +235,73 @@ def test_an_api_peer_with_a_control_character_anywhere_is_skipped(
     }
     assert remote_from_json(good) is not None
     assert remote_from_json({**good, **change}) is None
+
+
+# Every line set_peers may write, each value in the form the encoder itself writes.
+UAPI_LINE = re.compile(
+    r"set=1|remove=true|replace_allowed_ips=true|public_key=[0-9a-f]{64}"
+    r"|allowed_ip=[0-9a-f.:]+/\d{1,3}|endpoint=(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:.]+\]):\d{1,5}"
+    r"|persistent_keepalive_interval=\d{1,5}"
+)
+text = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(
+        ["192.168.1.5", "10.77.0.3", "fe80::1%\nremove=true", "::1", "0.0.0.0"]  # noqa: S104
+    ),
+    st.builds(lambda a, b: f"{a}\n{b}", st.text(max_size=10), st.text(max_size=10)),
+)
+ports = st.one_of(st.integers(-1, 70000), st.sampled_from([51820, 0, 65535, 65536]))
+keys = st.sampled_from([KEY_A, KEY_B, OWN, STRANGER])
+txt = st.lists(st.one_of(st.binary(max_size=40), text.map(str.encode)), max_size=6).map(
+    lambda strings: [b"allowed=" + s if i % 2 else s for i, s in enumerate(strings)]
+)
+mdns_answer = st.tuples(
+    st.dictionaries(
+        st.sampled_from([b"pub", b"allowed", b"x"]), st.none() | st.binary(max_size=50)
+    ),
+    st.lists(text, max_size=200),
+    st.none() | ports,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    dns_answers=st.lists(st.tuples(keys, ports, text, txt), max_size=8),
+    mdns_answers=st.lists(st.tuples(keys, mdns_answer), max_size=8),
+    times=st.lists(st.floats(0, 1000), min_size=1, max_size=5),
+)
+def test_no_discovery_value_reaches_the_device_but_a_checked_endpoint(
+    dns_answers: list[tuple[bytes, int, str, list[bytes]]],
+    mdns_answers: list[tuple[bytes, tuple[dict[bytes, bytes | None], list[str], int | None]]],
+    times: list[float],
+) -> None:
+    mesh = listed_mesh()
+    mesh.update([RemotePeer(KEY_B, "b", "10.77.0.3", (), None)], [])
+    found_dns: dict[bytes, list[tuple[str, int]]] = {}
+    for key, port, address, strings in dns_answers:
+        hint = endpoint_hint(instance_name(key, ZONE), port, address, strings)
+        if hint is not None:
+            found_dns.setdefault(hint[0], []).append(hint[1])
+    found_lan: dict[bytes, list[tuple[str, int]]] = {}
+    for key, (properties, addresses, mdns_port) in mdns_answers:
+        properties = {**properties, b"pub": base64.b64encode(key)}
+        sighting = parse_sighting(properties, addresses, mdns_port)
+        if sighting is not None:
+            found_lan.setdefault(sighting[0], []).extend(sighting[1])
+    mesh.record_hints("dns-sd", found_dns)
+    mesh.record_hints("lan", found_lan)
+    for now in sorted(times):
+        plan = mesh.plan(DeviceStatus(), now)
+        request = uapi.set_peers(plan.set_peers, plan.remove).decode()
+        assert request.endswith("\n\n")
+        for line in request[:-2].split("\n"):
+            assert UAPI_LINE.fullmatch(line), line
+        assert {c.public_key for c in plan.set_peers} <= {KEY_A, KEY_B}
+        for config in plan.set_peers:
+            assert config.allowed_ips == mesh.peers[config.public_key].allowed_ips
+            assert (
+                config.endpoint is None
+                or config.endpoint == PUBLIC
+                or (ipaddress.ip_address(config.endpoint[0]) in OUR_LAN.network)
+                or config.endpoint in found_dns.get(config.public_key, [])
+            )
