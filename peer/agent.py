@@ -49,6 +49,10 @@ class AgentError(Exception):
     """A user-fixable problem (exit 2): the message says what to do."""
 
 
+class AgentFailed(Exception):
+    """One of the agent's loops failed (exit 1: a service manager restarts it)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
     state_dir: Path
@@ -79,6 +83,7 @@ class Agent:
         self.links = Links()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._failure: AgentFailed | None = None
 
     # -- starting -----------------------------------------------------------------------------
 
@@ -100,22 +105,33 @@ class Agent:
                 asyncio.create_task(self._reconcile_forever(live), name="reconcile"),
                 asyncio.create_task(self._poll_dns_sd(live), name="dns-sd"),
             ]
+            for task in tasks:
+                task.add_done_callback(self._task_ended)
             # Not awaited first: announcing on mDNS probes the name for about a second, and
             # the punch to the other peers must not wait for it (it did: new pairs took 1.3 s).
             lan_start = asyncio.create_task(self._start_lan(live), name="mdns")
             await self._stopping.wait()
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await asyncio.gather(*tasks, return_exceptions=True)
             lan = await lan_start
             await lan.stop()
         finally:
             await self._tear_down(backend)
+        if self._failure is not None:
+            raise self._failure
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """A loop ended by an exception must not leave a half-alive agent (the reconcile loop
+        once died silently and no joiner was added again): log it, stop, exit 1."""
+        error = None if task.cancelled() else task.exception()
+        if error is not None and self._failure is None:
+            logger.error("the %s loop failed; stopping", task.get_name(), exc_info=error)
+            self._failure = AgentFailed(f"the {task.get_name()} loop failed: {error!r}")
+            self.stop()
 
     async def _membership(self, own_key: bytes) -> Membership:
         stored = self.state.membership()

@@ -24,7 +24,7 @@ from meshpeer.rendezvous.console import (
 from meshpeer.rendezvous.model import InvalidInput, parse_name
 
 from . import client
-from .agent import DNS_SD_POLL_S, Agent, AgentError, Options
+from .agent import DNS_SD_POLL_S, Agent, AgentError, AgentFailed, Options
 from .state import DEFAULT_STATE_DIR, StateDir, StateError
 from .wireguard import BackendError, Links, MissingTool
 
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _down(args)
     except (AgentError, InvalidInput, StateError, client.JoinRefused, MissingTool) as error:
         return report(PROG, error, USAGE_ERROR)
-    except BackendError as error:
+    except (BackendError, AgentFailed) as error:
         return report(PROG, error, FAILURE)
     except PermissionError as error:
         return report(PROG, f"{error.strerror}: meshpeer needs root (CAP_NET_ADMIN)", USAGE_ERROR)

@@ -3,10 +3,12 @@ endpoint of a peer the API lists, and no value of any source can write a line of
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ipaddress
 import itertools
 import re
+from pathlib import Path
 
 import dns.name
 import pytest
@@ -15,12 +17,13 @@ from hypothesis import strategies as st
 
 from meshpeer.dns.naming import instance_name
 from meshpeer.peer import uapi
+from meshpeer.peer.agent import Agent, AgentFailed, Options
 from meshpeer.peer.dnssd import endpoint_hint
 from meshpeer.peer.hints import ENDPOINTS_PER_KEY, MAX_UNLISTED_KEYS
 from meshpeer.peer.lan import parse_sighting
 from meshpeer.peer.mesh import REPUNCH_S, Mesh, RemotePeer, remote_from_json
 from meshpeer.peer.uapi import DeviceStatus, PeerConfig, PeerStatus, UapiError, parse_endpoint
-from meshpeer.peer.wireguard import netlink_peer
+from meshpeer.peer.wireguard import BackendError, KernelBackend, UserspaceBackend, netlink_peer
 
 KEY_A, KEY_B, OWN, STRANGER = (bytes([n]) * 32 for n in (1, 2, 9, 66))
 INJECTED = f"\npublic_key={bytes([7] * 32).hex()}\nremove=true"
@@ -59,10 +62,6 @@ def test_an_endpoint_with_a_scope_id_is_refused_wherever_it_is_read() -> None:
 
 
 def test_a_refused_peer_is_a_backend_error_so_the_reconcile_loop_lives_on() -> None:
-    import asyncio
-
-    from meshpeer.peer.wireguard import BackendError, KernelBackend, UserspaceBackend
-
     calls: list[object] = []
 
     class NoNetlink:
@@ -305,3 +304,23 @@ def test_no_discovery_value_reaches_the_device_but_a_checked_endpoint(
                 or (ipaddress.ip_address(config.endpoint[0]) in OUR_LAN.network)
                 or config.endpoint in found_dns.get(config.public_key, [])
             )
+
+
+def test_a_loop_that_fails_stops_the_agent_instead_of_leaving_it_half_alive(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> Agent:
+        agent = Agent(Options(state_dir=tmp_path))
+
+        async def broken_reconcile() -> None:
+            raise KeyError("a bug")
+
+        task = asyncio.create_task(broken_reconcile(), name="reconcile")
+        task.add_done_callback(agent._task_ended)
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0)
+        return agent
+
+    agent = asyncio.run(scenario())
+    assert agent._stopping.is_set() and isinstance(agent._failure, AgentFailed)
+    assert "the reconcile loop failed" in caplog.text
