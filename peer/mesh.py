@@ -206,7 +206,8 @@ class Mesh:
         a hint, can move a live path."""
         status = device.peers.get(peer.public_key)
         current = status.endpoint if status else None
-        return current is not None and current == state.public and peer.endpoint != state.public
+        news = peer.endpoint is not None and peer.endpoint != state.public
+        return news and current is not None and current == state.public
 
     def _is_up(self, key: bytes, device: DeviceStatus, now: float) -> bool:
         status = device.peers.get(key)
