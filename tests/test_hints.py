@@ -20,7 +20,7 @@ from meshpeer.peer import uapi
 from meshpeer.peer.agent import Agent, AgentFailed, Options
 from meshpeer.peer.dnssd import endpoint_hint
 from meshpeer.peer.hints import ENDPOINTS_PER_KEY, MAX_UNLISTED_KEYS
-from meshpeer.peer.lan import parse_sighting
+from meshpeer.peer.lan import MAX_SERVICE_NAMES, LanDiscovery, parse_sighting
 from meshpeer.peer.mesh import REPUNCH_S, Mesh, RemotePeer, remote_from_json
 from meshpeer.peer.uapi import DeviceStatus, PeerConfig, PeerStatus, UapiError, parse_endpoint
 from meshpeer.peer.wireguard import BackendError, KernelBackend, UserspaceBackend, netlink_peer
@@ -324,3 +324,16 @@ def test_a_loop_that_fails_stops_the_agent_instead_of_leaving_it_half_alive(
     agent = asyncio.run(scenario())
     assert agent._stopping.is_set() and isinstance(agent._failure, AgentFailed)
     assert "the reconcile loop failed" in caplog.text
+
+
+def test_mdns_tracks_a_bounded_number_of_service_names_and_warns_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lan = LanDiscovery(OWN, "me", 51820, ["192.168.1.2"], lambda sightings: None)
+    for n in range(MAX_SERVICE_NAMES):
+        assert lan._room_for(f"peer{n}._wireguard._udp.local.")
+        lan._sightings[f"peer{n}._wireguard._udp.local."] = (KEY_A, [("192.168.1.5", 1)])
+    assert lan._room_for("peer0._wireguard._udp.local.")  # a known name may still change
+    assert not lan._room_for("one-more._wireguard._udp.local.")
+    assert not lan._room_for("and-another._wireguard._udp.local.")
+    assert caplog.text.count("ignoring new ones") == 1
