@@ -23,7 +23,7 @@ from meshpeer.rendezvous.model import encode_key, format_endpoint
 from meshpeer.rendezvous.tokens import decode as decode_token
 
 from . import client, dnssd
-from .lan import LanDiscovery
+from .lan import LanDiscovery, Sightings
 from .mesh import RENDEZVOUS_KEEPALIVE_S, Mesh, remote_from_json
 from .state import Membership, StateDir
 from .uapi import DeviceStatus, PeerConfig
@@ -49,6 +49,10 @@ class AgentError(Exception):
     """A user-fixable problem (exit 2): the message says what to do."""
 
 
+class AgentFailed(Exception):
+    """One of the agent's loops failed (exit 1: a service manager restarts it)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
     state_dir: Path
@@ -58,6 +62,7 @@ class Options:
     backend: str = "auto"
     name: str | None = None
     routes: tuple[str, ...] = ()
+    dns_sd_poll_s: float = DNS_SD_POLL_S
 
 
 @dataclass(slots=True)
@@ -79,6 +84,7 @@ class Agent:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self.exit_code = 0  # what `meshpeer run` exits with once stopped
+        self._failure: AgentFailed | None = None
 
     # -- starting -----------------------------------------------------------------------------
 
@@ -100,22 +106,33 @@ class Agent:
                 asyncio.create_task(self._reconcile_forever(live), name="reconcile"),
                 asyncio.create_task(self._poll_dns_sd(live), name="dns-sd"),
             ]
+            for task in tasks:
+                task.add_done_callback(self._task_ended)
             # Not awaited first: announcing on mDNS probes the name for about a second, and
             # the punch to the other peers must not wait for it (it did: new pairs took 1.3 s).
             lan_start = asyncio.create_task(self._start_lan(live), name="mdns")
             await self._stopping.wait()
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await asyncio.gather(*tasks, return_exceptions=True)
             lan = await lan_start
             await lan.stop()
         finally:
             await self._tear_down(backend)
+        if self._failure is not None:
+            raise self._failure
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """A loop ended by an exception must not leave a half-alive agent (the reconcile loop
+        once died silently and no joiner was added again): log it, stop, exit 1."""
+        error = None if task.cancelled() else task.exception()
+        if error is not None and self._failure is None:
+            logger.error("the %s loop failed; stopping", task.get_name(), exc_info=error)
+            self._failure = AgentFailed(f"the {task.get_name()} loop failed: {error!r}")
+            self.stop()
 
     async def _membership(self, private_key: X25519PrivateKey) -> Membership:
         stored = self.state.membership()
@@ -184,12 +201,14 @@ class Agent:
 
     async def _start_lan(self, live: _Live) -> LanDiscovery:
         """mDNS on the LAN: peers behind the same NAT reach each other without hairpinning."""
-        addresses = await asyncio.to_thread(self.links.lan_addresses, self.options.interface)
+        interfaces = await asyncio.to_thread(self.links.lan_interfaces, self.options.interface)
         mesh_network = ipaddress.ip_network(live.membership.network)
-        addresses = [a for a in addresses if ipaddress.ip_address(a) not in mesh_network]
+        interfaces = [i for i in interfaces if i.ip not in mesh_network]
+        live.mesh.set_own_lan(interfaces)
+        addresses = [str(interface.ip) for interface in interfaces]
 
-        def on_sightings(sightings: dict[bytes, list[tuple[str, int]]]) -> None:
-            live.mesh.set_lan(sightings)
+        def on_sightings(sightings: Sightings) -> None:
+            live.mesh.record_hints("lan", sightings)
             self._wake.set()
 
         lan = LanDiscovery(
@@ -250,21 +269,18 @@ class Agent:
             self._wake.set()
 
     async def _poll_dns_sd(self, live: _Live) -> None:
-        """DNS-SD from the rendezvous's zone: a second, independent source of the peer list."""
+        """DNS-SD from the rendezvous's zone: a second endpoint for each peer the API lists,
+        tried after the API's own when a path is down (plain DNS proves nothing more)."""
         host, _, port = live.membership.dns.rpartition(":")
         server = (host.strip("[]"), int(port))
         while True:
             try:
-                peers = await dnssd.discover(server, live.membership.zone)
+                found = await dnssd.discover(server, live.membership.zone, live.mesh.peers)
             except (dns.exception.DNSException, OSError) as error:
                 logger.debug("DNS-SD from %s failed: %s", live.membership.dns, error)
             else:
-                known = set(live.mesh.peers)
-                live.mesh.update([p for p in peers if p.public_key not in known], [])
-                if set(live.mesh.peers) != known:
-                    logger.info("DNS-SD found %d new peers", len(set(live.mesh.peers) - known))
-                    self._wake.set()
-            await asyncio.sleep(DNS_SD_POLL_S)
+                live.mesh.record_hints("dns-sd", found)
+            await asyncio.sleep(self.options.dns_sd_poll_s)
 
     # -- reconciling --------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from meshpeer.rendezvous.console import (
 from meshpeer.rendezvous.model import InvalidInput, parse_name
 
 from . import client
-from .agent import Agent, AgentError, Options
+from .agent import DNS_SD_POLL_S, Agent, AgentError, AgentFailed, Options
 from .state import DEFAULT_STATE_DIR, StateDir, StateError
 from .wireguard import BackendError, Links, MissingTool
 
@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--advertise-routes", default="", help="CIDRs behind this peer, comma-separated"
     )
+    run.add_argument(
+        "--dns-sd-interval",
+        type=float,
+        default=DNS_SD_POLL_S,
+        metavar="SECONDS",
+        help=f"seconds between DNS-SD polls (default {DNS_SD_POLL_S:g}; the lab shortens it)",
+    )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     status = commands.add_parser("status", parents=[common], help="the peers and their paths")
     status.add_argument("--json", action="store_true")
@@ -85,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _down(args)
     except (AgentError, InvalidInput, StateError, client.JoinRefused, MissingTool) as error:
         return report(PROG, error, USAGE_ERROR)
-    except BackendError as error:
+    except (BackendError, AgentFailed) as error:
         return report(PROG, error, FAILURE)
     except PermissionError as error:
         return report(PROG, f"{error.strerror}: meshpeer needs root (CAP_NET_ADMIN)", USAGE_ERROR)
@@ -96,6 +103,8 @@ def _run(args: argparse.Namespace) -> int:
         raise AgentError("meshpeer run needs root (CAP_NET_ADMIN) to make the interface")
     if not 0 < args.listen_port < 65536:
         raise AgentError("--listen-port must be between 1 and 65535")
+    if not 0 < args.dns_sd_interval <= 86400:
+        raise AgentError("--dns-sd-interval must be between 0 and 86400 seconds")
     options = Options(
         state_dir=args.state_dir,
         token=_token(args),
@@ -104,6 +113,7 @@ def _run(args: argparse.Namespace) -> int:
         backend=args.backend,
         name=parse_name(args.name) if args.name else None,
         routes=_routes(args.advertise_routes),
+        dns_sd_poll_s=args.dns_sd_interval,
     )
     configure_logging(args.log_level)
     return asyncio.run(_serve(Agent(options)))

@@ -1,15 +1,17 @@
-"""The other peers from the rendezvous's DNS-SD zone, with dnspython's async resolver.
+"""Endpoint hints from the rendezvous's DNS-SD zone, with dnspython's async resolver.
 
 The watch API tells us of changes within 100 ms; this is the slower, independent path (and what
 wgsd users already know): PTR for the instances, then SRV per instance, whose additional section
-carries the address and TXT (`pub=`, `allowed=`, `name=`, `address=`).
+carries the address (and TXT). Plain DNS is unauthenticated, so all it yields is each peer's
+endpoint (SRV port, A/AAAA address), and only for keys the API lists (DESIGN.md, "Trust model"):
+`name=`, `address=` and `allowed=` are never read for the device.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
+from collections.abc import Container, Sequence
 
 import dns.asyncresolver
 import dns.exception
@@ -17,18 +19,25 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
+from meshpeer.dns.naming import BadLabel, key_from_label
 from meshpeer.dns.records import BadRecord, decode_instance
 
-from .mesh import RemotePeer
+from .hints import Endpoint
 
 logger = logging.getLogger("meshpeer.peer.dnssd")
 
 QUERY_TIMEOUT_S = 3.0
 PARALLEL_QUERIES = 16
+# One 64 KiB answer holds about 900 instance PTRs (tests/test_dns_lab.py); a hostile server can
+# pack more short names in, and each would cost an SRV query.
+MAX_INSTANCES = 1024
 
 
-async def discover(server: tuple[str, int], zone: str) -> list[RemotePeer]:
-    """Every peer the zone publishes; peers whose records do not decode are skipped."""
+async def discover(
+    server: tuple[str, int], zone: str, listed: Container[bytes]
+) -> dict[bytes, list[Endpoint]]:
+    """The endpoint the zone publishes for each listed key (as a list, the way the mesh takes
+    every source's hints); undecodable records are skipped."""
     resolver = dns.asyncresolver.Resolver(configure=False)
     resolver.nameservers = [server[0]]
     resolver.port = server[1]
@@ -36,20 +45,28 @@ async def discover(server: tuple[str, int], zone: str) -> list[RemotePeer]:
     service = dns.name.from_text(f"_wireguard._udp.{zone}")
     # Over TCP: a mesh of more than a few peers does not fit a UDP answer.
     ptr = await resolver.resolve(service, dns.rdatatype.PTR, tcp=True, raise_on_no_answer=False)
-    instances = [rdata.target for rdata in ptr.rrset or []]
+    targets = [rdata.target for rdata in ptr.rrset or []][:MAX_INSTANCES]
+    instances = [name for name in targets if _instance_key(name) in listed]
     limit = asyncio.Semaphore(PARALLEL_QUERIES)
 
-    async def one(instance: dns.name.Name) -> RemotePeer | None:
+    async def one(instance: dns.name.Name) -> tuple[bytes, Endpoint] | None:
         async with limit:
             return await _instance(resolver, instance)
 
     found = await asyncio.gather(*(one(instance) for instance in instances))
-    return [peer for peer in found if peer is not None]
+    return {key: [endpoint] for key, endpoint in filter(None, found)}
+
+
+def _instance_key(instance: dns.name.Name) -> bytes | None:
+    try:
+        return key_from_label(instance.labels[0]) if instance.labels else None
+    except BadLabel:
+        return None
 
 
 async def _instance(
     resolver: dns.asyncresolver.Resolver, instance: dns.name.Name
-) -> RemotePeer | None:
+) -> tuple[bytes, Endpoint] | None:
     try:
         answer = await resolver.resolve(instance, dns.rdatatype.SRV)
     except (dns.exception.DNSException, OSError) as error:
@@ -59,14 +76,18 @@ async def _instance(
     extra = {rrset.rdtype: rrset for rrset in answer.response.additional}
     addresses = extra.get(dns.rdatatype.A) or extra.get(dns.rdatatype.AAAA)
     txt = extra.get(dns.rdatatype.TXT)
-    if srv is None or not addresses or not txt:
+    if srv is None or not addresses:
         return None
-    strings = [text for rdata in txt for text in rdata.strings]
+    strings = [text for rdata in txt or [] for text in rdata.strings]
+    return endpoint_hint(instance, srv.port, next(iter(addresses)).address, strings)
+
+
+def endpoint_hint(
+    instance: dns.name.Name, port: int, address: str, txt: Sequence[bytes]
+) -> tuple[bytes, Endpoint] | None:
+    """An instance's key (its label, which `pub=` must match) and endpoint; None when off."""
     try:
-        found = decode_instance(instance, srv.port, next(iter(addresses)).address, strings)
-        mesh_address = str(ipaddress.ip_address(found.address or ""))
-    except (BadRecord, ValueError):
+        found = decode_instance(instance, port, address, txt)
+    except BadRecord:
         return None
-    host_route = f"{mesh_address}/{ipaddress.ip_address(mesh_address).max_prefixlen}"
-    routes = tuple(cidr for cidr in found.allowed if cidr != host_route)
-    return RemotePeer(found.public_key, found.name or "", mesh_address, routes, found.endpoint)
+    return found.public_key, found.endpoint

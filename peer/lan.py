@@ -1,8 +1,9 @@
 """Peers on the same LAN, found with mDNS (zeroconf): `_wireguard._udp.local.`
 
 Each agent publishes its LAN addresses and WireGuard port, with its public key in TXT (`pub=`),
-and browses for the others. A sighting only adds a candidate endpoint for a peer the rendezvous
-already lists: a LAN announcement can never add a peer to the mesh.
+and browses for the others. Anyone on the LAN can announce anything, so a sighting only adds a
+candidate endpoint for a peer the rendezvous already lists, on one of our own subnets (hints.py),
+and the tables kept here are bounded: a LAN announcement can never add a peer to the mesh.
 """
 
 from __future__ import annotations
@@ -16,14 +17,20 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import zeroconf
 from zeroconf import IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+from .hints import Endpoint
 
 logger = logging.getLogger("meshpeer.peer.lan")
 
 SERVICE_TYPE = "_wireguard._udp.local."
 RESOLVE_TIMEOUT_MS = 3000
-Endpoint = tuple[str, int]
+# A LAN's worth of agents; beyond it new names are ignored (the mesh core keeps as many keys).
+MAX_SERVICE_NAMES = 256
+# Resolving takes up to RESOLVE_TIMEOUT_MS each: a flood of names must not pile up tasks.
+MAX_PENDING_RESOLVES = 16
 Sightings = dict[bytes, list[Endpoint]]
 
 
@@ -44,7 +51,8 @@ class LanDiscovery:
         self._sightings: dict[str, tuple[bytes, list[Endpoint]]] = {}  # by service name
         self._zeroconf: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._resolving: dict[str, asyncio.Task[None]] = {}
+        self._warned_full = False
 
     async def start(self) -> None:
         if not self.addresses:
@@ -66,6 +74,8 @@ class LanDiscovery:
         logger.info("mDNS: announcing %s on %s", SERVICE_TYPE, ", ".join(self.addresses))
 
     async def stop(self) -> None:
+        for task in list(self._resolving.values()):
+            task.cancel()
         if self._browser is not None:
             await self._browser.async_cancel()
         if self._zeroconf is not None:
@@ -79,22 +89,36 @@ class LanDiscovery:
             if self._sightings.pop(name, None) is not None:
                 self._publish()
             return
+        if name in self._resolving or len(self._resolving) >= MAX_PENDING_RESOLVES:
+            return  # an update of a name being resolved, or a flood: the next update retries
         task = asyncio.get_running_loop().create_task(self._resolve(name))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._resolving[name] = task
+        task.add_done_callback(lambda _: self._resolving.pop(name, None))
 
     async def _resolve(self, name: str) -> None:
-        if self._zeroconf is None:
+        if self._zeroconf is None or not self._room_for(name):
             return
-        info = AsyncServiceInfo(SERVICE_TYPE, name)
-        if not await info.async_request(self._zeroconf.zeroconf, RESOLVE_TIMEOUT_MS):
+        try:
+            info = AsyncServiceInfo(SERVICE_TYPE, name)
+            if not await info.async_request(self._zeroconf.zeroconf, RESOLVE_TIMEOUT_MS):
+                return
+        except zeroconf.Error as error:  # a name zeroconf itself will not ask about
+            logger.debug("mDNS: cannot resolve %r: %s", name[:80], error)
             return
         sighting = parse_sighting(info.properties, info.parsed_addresses(), info.port)
         if sighting is None or sighting[0] == self.public_key:
             return
-        if self._sightings.get(name) != sighting:
+        if self._sightings.get(name) != sighting and self._room_for(name):
             self._sightings[name] = sighting
             self._publish()
+
+    def _room_for(self, name: str) -> bool:
+        if name in self._sightings or len(self._sightings) < MAX_SERVICE_NAMES:
+            return True
+        if not self._warned_full:  # warn once: a flood must not flood the log too
+            logger.warning("mDNS: %d services seen, ignoring new ones", MAX_SERVICE_NAMES)
+            self._warned_full = True
+        return False
 
     def _publish(self) -> None:
         merged: Sightings = {}

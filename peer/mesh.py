@@ -1,8 +1,9 @@
 """The agent's sans-I/O core: what the mesh should look like, what each path is, what to change.
 
-Discovery feeds `Mesh` the other peers (from the watch API, later also DNS-SD and mDNS). The
-device feeds it its status. `plan()` answers with the WireGuard peers to set or remove, and the
-events worth a log line. Nothing here does I/O or reads a clock: `now` comes in.
+The watch API (authenticated) feeds `Mesh` the other peers; DNS-SD and mDNS feed it endpoint
+hints (hints.py), which only ever add a candidate endpoint for a peer the API lists. The device
+feeds it its status. `plan()` answers with the WireGuard peers to set or remove, and the events
+worth a log line. Nothing here does I/O or reads a clock: `now` comes in.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from .uapi import DeviceStatus, PeerConfig, UapiError, parse_endpoint
+from .hints import Candidate, Endpoint, Hints, HintSource
+from .uapi import DeviceStatus, PeerConfig, UapiError, checked_cidr, ip_literal, parse_endpoint
 
 # The rendezvous sees a NAT rebinding at the next keepalive. Ten seconds keeps "a moved peer is
 # found again" near 10 s, and at one 32-byte packet per 10 s per peer it costs nothing. (The 25 s
@@ -26,8 +29,13 @@ PEER_KEEPALIVE_S = 25
 # live path rehandshakes every 120 s, so a handshake younger than 180 s means the path is up.
 PATH_FRESH_S = 180.0
 # While a path is down, its endpoint is set again this often: both sides keep sending to each
-# other's current mapping, which is what opens the NATs.
+# other's current mapping, which is what opens the NATs. It is also the length of a candidate's
+# turn: at least WireGuard's REKEY_TIMEOUT (5 s), the interval at which it sends initiations,
+# so every turn gets at least one packet to its endpoint.
 REPUNCH_S = 10.0
+
+# The API names peers with DNS labels (63 characters); this only bounds what reaches a log line.
+MAX_NAME_LENGTH = 253
 
 Path = Literal["direct", "lan", "relay", "none"]
 
@@ -38,7 +46,7 @@ class RemotePeer:
     name: str
     address: str
     routes: tuple[str, ...]
-    endpoint: tuple[str, int] | None  # as the rendezvous observed it
+    endpoint: Endpoint | None  # as the rendezvous observed it
 
     @property
     def allowed_ips(self) -> tuple[str, ...]:
@@ -49,10 +57,10 @@ class RemotePeer:
 @dataclass(slots=True)
 class _PathState:
     path: Path = "none"
-    punched_at: float | None = None
-    punched_endpoint: tuple[str, int] | None = None
-    candidates: tuple[tuple[str, int], ...] = ()
-    attempt: int = 0  # which candidate: tried in turn, one per REPUNCH_S
+    turn_started: float | None = None  # when the endpoint below was punched
+    endpoint: Endpoint | None = None
+    public: Endpoint | None = None  # the API's endpoint when that turn started
+    next_hint: int = 0  # the hints take their turns in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +73,8 @@ class Plan:
 @dataclass(slots=True)
 class Mesh:
     own_key: bytes
-    peers: dict[bytes, RemotePeer] = field(default_factory=dict)
-    lan: dict[bytes, list[tuple[str, int]]] = field(default_factory=dict)  # from mDNS
+    peers: dict[bytes, RemotePeer] = field(default_factory=dict)  # from the API only
+    hints: Hints = field(default_factory=Hints)
     _applied: dict[bytes, PeerConfig] = field(default_factory=dict)
     _paths: dict[bytes, _PathState] = field(default_factory=dict)
 
@@ -82,20 +90,31 @@ class Mesh:
         for key in removed:
             self.peers.pop(key, None)
 
-    def set_lan(self, sightings: dict[bytes, list[tuple[str, int]]]) -> None:
-        self.lan = dict(sightings)
+    def record_hints(self, source: HintSource, found: Mapping[bytes, Iterable[Endpoint]]) -> None:
+        """All that one discovery source says now: endpoints by peer key. Checked and bounded
+        (hints.py); they count only for peers the API lists, and only as endpoints to try."""
+        self.hints.replace(source, found, self.peers)
+
+    def set_own_lan(self, interfaces: Iterable[ipaddress.IPv4Interface]) -> None:
+        """Our LAN addresses: mDNS hints must lie on one of these subnets."""
+        self.hints.own_lan = tuple(interfaces)
 
     def forget_device(self) -> None:
         """The device was made anew: every peer must be written again."""
         self._applied.clear()
         self._paths.clear()
 
-    def candidates(self, peer: RemotePeer) -> tuple[tuple[str, int], ...]:
-        """Where to reach a peer, best first: its LAN addresses, then its public mapping."""
-        found = list(self.lan.get(peer.public_key, []))
-        if peer.endpoint is not None and peer.endpoint not in found:
-            found.append(peer.endpoint)
-        return tuple(found)
+    def candidates(self, peer: RemotePeer) -> tuple[Candidate, ...]:
+        """Where to reach a peer, best first, each endpoint once: its LAN addresses (mDNS), its
+        mapping as the API observed it, then as DNS-SD published it."""
+        key, found = peer.public_key, []
+        found += [Candidate(endpoint, "lan") for endpoint in self.hints.endpoints("lan", key)]
+        found += [Candidate(peer.endpoint, "api")] if peer.endpoint is not None else []
+        found += [Candidate(endpoint, "dns-sd") for endpoint in self.hints.endpoints("dns-sd", key)]
+        unique: dict[Endpoint, Candidate] = {}
+        for candidate in found:
+            unique.setdefault(candidate.endpoint, candidate)
+        return tuple(unique.values())
 
     # -- planning -----------------------------------------------------------------------------
 
@@ -134,38 +153,61 @@ class Mesh:
             or applied.allowed_ips != config.allowed_ips
         )
         up = self._is_up(peer.public_key, device, now)
-        if not candidates or (up and not self._moved(peer.public_key, device, state, candidates)):
+        moved = self._moved(peer, device, state)
+        if not candidates or (up and not moved):
             return config if reshaped else None  # an up path keeps the endpoint WireGuard has
-        if candidates != state.candidates:
-            state.candidates, state.attempt = candidates, 0  # news: try the best one now
-        elif state.punched_at is not None and now - state.punched_at >= REPUNCH_S:
-            state.attempt += 1  # that one did not answer: the next, in turn
-        elif not reshaped:
+        endpoint = self._turn(peer, candidates, state, now, public_first=moved)
+        if endpoint is not None:
+            return self._punched(replace(config, endpoint=endpoint), state, now)
+        return replace(config, endpoint=state.endpoint) if reshaped else None
+
+    def _turn(
+        self,
+        peer: RemotePeer,
+        candidates: tuple[Candidate, ...],
+        state: _PathState,
+        now: float,
+        *,
+        public_first: bool,
+    ) -> Endpoint | None:
+        """The endpoint whose turn starts now, or None while the current turn runs.
+
+        Each candidate is tried for a turn of REPUNCH_S. The API's endpoint takes every other
+        turn, so it is tried at most one turn after any hint however many hints arrive (30
+        spoofed mDNS sightings once held it back 300 s), and only news from the API, which is
+        authenticated, cuts a turn short; the first turn goes to the LAN, as DESIGN.md asks."""
+        public = peer.endpoint
+        hints = [candidate.endpoint for candidate in candidates if candidate.source != "api"]
+        if state.turn_started is None or public != state.public:  # the first turn, or news
+            state.public, state.next_hint = public, 0
+            lan_first = candidates[0].source == "lan" and not public_first
+            return public if public is not None and not lan_first else self._hint(state, hints)
+        if now - state.turn_started < REPUNCH_S:
             return None
-        endpoint = candidates[state.attempt % len(candidates)]
-        return self._punched(replace(config, endpoint=endpoint), state, now)
+        if public is not None and (state.endpoint != public or not hints):
+            return public
+        return self._hint(state, hints)
+
+    def _hint(self, state: _PathState, hints: list[Endpoint]) -> Endpoint:
+        endpoint = hints[state.next_hint % len(hints)]
+        state.next_hint += 1
+        return endpoint
 
     def _punched(self, config: PeerConfig, state: _PathState, now: float) -> PeerConfig:
         """Point the peer at its endpoint and send at once (both sides do: the hole punch)."""
-        if config.endpoint is None:
-            return config
-        state.punched_at, state.punched_endpoint = now, config.endpoint
+        state.turn_started, state.endpoint = now, config.endpoint
         return replace(config, kick=True)
 
-    def _moved(
-        self,
-        key: bytes,
-        device: DeviceStatus,
-        state: _PathState,
-        candidates: tuple[tuple[str, int], ...],
-    ) -> bool:
-        """The endpoint in use was a candidate and is one no longer: the peer's mapping moved
-        (its NAT rebooted, say). The session still looks fresh, but WireGuard would keep
+    def _moved(self, peer: RemotePeer, device: DeviceStatus, state: _PathState) -> bool:
+        """The endpoint in use is the mapping the API gave, and the API has a new one: the
+        peer's NAT rebooted, say. The session still looks fresh, but WireGuard would keep
         sending to a dead mapping until it times out, minutes later: punch the new one now.
-        An endpoint WireGuard roamed to by itself (never a candidate) is kept."""
-        status = device.peers.get(key)
+        An endpoint WireGuard roamed to by itself, or a LAN one, is kept: only the API, never
+        a hint, can move a live path."""
+        status = device.peers.get(peer.public_key)
         current = status.endpoint if status else None
-        return current is not None and current in state.candidates and current not in candidates
+        news = peer.endpoint is not None and peer.endpoint != state.public
+        return news and current is not None and current == state.public
 
     def _is_up(self, key: bytes, device: DeviceStatus, now: float) -> bool:
         status = device.peers.get(key)
@@ -184,7 +226,7 @@ class Mesh:
         path: Path = "none"
         if self._is_up(peer.public_key, device, now):
             seen = device.peers[peer.public_key].endpoint
-            path = "lan" if seen in self.lan.get(peer.public_key, []) else "direct"
+            path = "lan" if seen in self.hints.endpoints("lan", peer.public_key) else "direct"
         if path != state.path:
             reason = "handshake completed" if path != "none" else "no live handshake"
             events.append(f"path to {peer.name} {state.path} -> {path} ({reason})")
@@ -196,18 +238,22 @@ class Mesh:
 
 
 def remote_from_json(item: dict[str, Any]) -> RemotePeer | None:
-    """A peer as the API lists it; None for anything malformed (it is skipped, not fatal)."""
+    """A peer as the API lists it; None for anything malformed (it is skipped, not fatal).
+    Addresses go through the UAPI encoder's own checks: no scope id, no control character."""
     try:
         key = base64.b64decode(str(item["public_key"]), validate=True)
-        address = str(ipaddress.ip_address(str(item["address"])))
-        routes = tuple(str(ipaddress.ip_network(str(r))) for r in item.get("routes") or [])
+        address = ip_literal(str(item["address"]))
+        routes = tuple(
+            str(ipaddress.ip_network(checked_cidr(str(r)))) for r in item.get("routes") or []
+        )
         text = item.get("endpoint")
         endpoint = None if text is None else parse_endpoint(str(text))
     except (KeyError, ValueError, TypeError, binascii.Error, UapiError):
         return None
-    if len(key) != 32:
+    name = str(item.get("name", ""))
+    if len(key) != 32 or not name.isprintable() or len(name) > MAX_NAME_LENGTH:
         return None
-    return RemotePeer(key, str(item.get("name", "")), address, routes, endpoint)
+    return RemotePeer(key, name, address, routes, endpoint)
 
 
 def _short(key: bytes) -> str:

@@ -8,11 +8,13 @@ as lower-case hex. `parse_get` reads hostile bytes: only `UapiError` escapes.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from meshpeer.rendezvous.model import format_endpoint
 
 MAX_REPLY_BYTES = 16 * 1024 * 1024  # 100,000 peers fit with room to spare
+MAX_PORT = 65535  # also the largest keepalive interval UAPI takes (a u16)
+_ADDRESS_CHARACTERS = frozenset("0123456789abcdefABCDEF.:")
 
 
 class UapiError(Exception):
@@ -55,10 +57,11 @@ def set_device(private_key: bytes, listen_port: int) -> bytes:
 
 
 def set_peers(peers: list[PeerConfig], remove: list[bytes]) -> bytes:
+    """The set request; UapiError for any value that is not what its line says (see checked)."""
     lines: list[str] = []
     for key in remove:
-        lines += [f"public_key={key.hex()}", "remove=true"]
-    for peer in peers:
+        lines += [f"public_key={_checked_key(key).hex()}", "remove=true"]
+    for peer in map(checked, peers):
         lines += [f"public_key={peer.public_key.hex()}", "replace_allowed_ips=true"]
         lines += [f"allowed_ip={cidr}" for cidr in peer.allowed_ips]
         if peer.endpoint is not None:
@@ -67,6 +70,58 @@ def set_peers(peers: list[PeerConfig], remove: list[bytes]) -> bytes:
             lines.append("persistent_keepalive_interval=0")
         lines.append(f"persistent_keepalive_interval={peer.keepalive_s}")
     return _request(lines)
+
+
+def checked(peer: PeerConfig) -> PeerConfig:
+    """The peer with every value in canonical form, or UapiError.
+
+    The last line of defence for both backends: whatever a discovery source or a bug lets
+    through, no value can start a line of its own (a newline in `allowed_ip=` once wrote
+    `remove=true` for the rendezvous) or mean something other than its key says."""
+    if not 0 <= peer.keepalive_s <= MAX_PORT:
+        raise UapiError(f"keepalive {peer.keepalive_s!r} is out of range")
+    endpoint = None if peer.endpoint is None else checked_endpoint(peer.endpoint)
+    allowed_ips = tuple(map(checked_cidr, peer.allowed_ips))
+    return replace(
+        peer, public_key=_checked_key(peer.public_key), allowed_ips=allowed_ips, endpoint=endpoint
+    )
+
+
+def checked_endpoint(endpoint: tuple[str, int]) -> tuple[str, int]:
+    host, port = endpoint
+    if type(port) is not int or not 0 < port <= MAX_PORT:
+        raise UapiError(f"port {port!r} is out of range")
+    return ip_literal(host), port
+
+
+def checked_cidr(text: str) -> str:
+    """ADDRESS/PREFIX, canonical; a bare address is refused (UAPI wants a prefix)."""
+    address, sep, prefix = text.partition("/")
+    if not sep or not prefix.isdigit() or not prefix.isascii() or len(prefix) > 3:
+        raise UapiError(f"allowed ip {text[:60]!r} is not a CIDR")
+    try:
+        return str(ipaddress.ip_interface(f"{ip_literal(address)}/{int(prefix)}"))
+    except ValueError:
+        raise UapiError(f"allowed ip {text[:60]!r} is not a CIDR") from None
+
+
+def ip_literal(text: str) -> str:
+    """The IP address `text` is, in canonical form, or UapiError. Hex digits, dots and colons
+    only, checked first: ipaddress alone takes an IPv6 scope id of any characters, newlines
+    included ('fe80::1%<newline>remove=true'), and never a host name (which pyroute2 would
+    resolve)."""
+    if not text or not _ADDRESS_CHARACTERS.issuperset(text):
+        raise UapiError(f"{text[:60]!r} is not an IP address")
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise UapiError(f"{text[:60]!r} is not an IP address") from None
+
+
+def _checked_key(key: bytes) -> bytes:
+    if type(key) is not bytes or len(key) != 32:
+        raise UapiError("a public key has 32 bytes")
+    return key
 
 
 def get_request() -> bytes:
@@ -174,11 +229,7 @@ def _number(value: str) -> int:
 
 def parse_endpoint(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isascii() or not port.isdigit() or not 0 < int(port) <= MAX_PORT:
         raise UapiError(f"endpoint {text[:60]!r} is not HOST:PORT")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise UapiError(f"endpoint {text[:60]!r} has no IP address") from None
-    return host, int(port)
+    return ip_literal(host), int(port)

@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from .uapi import (
     PeerStatus,
     UapiError,
     check_errno,
+    checked,
     get_request,
     parse_get,
     set_device,
@@ -91,15 +92,17 @@ class Links:
             [link] = ip.get_links(found[0])
         return bool(link.get_attr("IFLA_IFALIAS") == OWNER_ALIAS)
 
-    def lan_addresses(self, skip_ifname: str) -> list[str]:
-        """This host's IPv4 addresses on its other links (for mDNS): not loopback, not ours."""
+    def lan_interfaces(self, skip_ifname: str) -> list[ipaddress.IPv4Interface]:
+        """This host's IPv4 addresses on its other links, with their prefixes (for mDNS, and
+        to tell which sightings lie on a subnet we are on): not loopback, not ours."""
         with self._factory() as ip:
             skip = set(ip.link_lookup(ifname=skip_ifname))
             found = []
             for item in ip.get_addr(family=2):  # AF_INET
-                address = ipaddress.ip_address(item.get_attr("IFA_ADDRESS"))
-                if item["index"] not in skip and not address.is_loopback:
-                    found.append(str(address))
+                address = item.get_attr("IFA_ADDRESS")
+                interface = ipaddress.IPv4Interface(f"{address}/{item['prefixlen']}")
+                if item["index"] not in skip and not interface.ip.is_loopback:
+                    found.append(interface)
         return found
 
     def create_wireguard(self, ifname: str) -> None:
@@ -183,7 +186,8 @@ class UserspaceBackend:
         )
         self.process = process
         await self._wait_for_socket(process)
-        check_errno(await self._exchange(set_device(private_key, listen_port)))
+        with refused_as_backend_error():
+            check_errno(await self._exchange(set_device(private_key, listen_port)))
 
     async def _wait_for_socket(self, process: asyncio.subprocess.Process) -> None:
         loop = asyncio.get_running_loop()
@@ -198,10 +202,12 @@ class UserspaceBackend:
 
     async def apply(self, peers: list[PeerConfig], remove: list[bytes]) -> None:
         if peers or remove:
-            check_errno(await self._exchange(set_peers(peers, remove)))
+            with refused_as_backend_error():
+                check_errno(await self._exchange(set_peers(peers, remove)))
 
     async def status(self) -> DeviceStatus:
-        return parse_get(await self._exchange(get_request()))
+        with refused_as_backend_error():
+            return parse_get(await self._exchange(get_request()))
 
     async def _exchange(self, request: bytes) -> bytes:
         try:
@@ -280,14 +286,16 @@ class KernelBackend:
         await asyncio.to_thread(self._apply, peers, remove)
 
     def _apply(self, peers: list[PeerConfig], remove: list[bytes]) -> None:
+        with refused_as_backend_error():
+            settings = [netlink_peer(peer) for peer in peers]
         with self._factory() as wg:
             for key in remove:
                 wg.set(self.ifname, peer={"public_key": encode_key(key), "remove": True})
-            for peer in peers:
+            for peer, setting in zip(peers, settings, strict=True):
                 if peer.kick and peer.keepalive_s:
-                    kicked = {"public_key": encode_key(peer.public_key), "persistent_keepalive": 0}
+                    kicked = {"public_key": setting["public_key"], "persistent_keepalive": 0}
                     wg.set(self.ifname, peer=kicked)
-                wg.set(self.ifname, peer=netlink_peer(peer))
+                wg.set(self.ifname, peer=setting)
 
     async def status(self) -> DeviceStatus:
         return await asyncio.to_thread(self._status)
@@ -303,8 +311,20 @@ class KernelBackend:
         await asyncio.to_thread(self.links.delete, self.ifname)
 
 
+@contextlib.contextmanager
+def refused_as_backend_error() -> Iterator[None]:
+    """UAPI's error (a value refused, a reply not understood, a device's errno) as the backends'
+    own: the reconcile loop outlives a BackendError and retries; anything else would end it."""
+    try:
+        yield
+    except UapiError as error:
+        raise BackendError(str(error)) from None
+
+
 def netlink_peer(peer: PeerConfig) -> dict[str, Any]:
-    """A peer as pyroute2's WireGuard.set takes it (base64 keys, split endpoint)."""
+    """A peer as pyroute2's WireGuard.set takes it (base64 keys, split endpoint); UapiError
+    for a value the UAPI encoder would refuse too (pyroute2 would resolve a host name)."""
+    peer = checked(peer)
     settings: dict[str, Any] = {
         "public_key": encode_key(peer.public_key),
         "replace_allowed_ips": True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 import sys
@@ -235,6 +236,7 @@ MESHPEER = [sys.executable, "-m", "meshpeer.peer.cli"]
         (["run", "--listen-port", "70000"], "--listen-port"),
         (["run", "--token-file", "/nonexistent/token"], "cannot read --token-file"),
         (["run", "--token", "mp1_eyJhcGkiOiAiaHR0cDovL3gifQ"], "before the API used TLS"),
+        (["run", "--dns-sd-interval", "0"], "--dns-sd-interval"),
         (["run", "--advertise-routes", "10.0.0.0/99"], "not a CIDR"),
         (["run", "--name", "Bad Name"], "DNS label"),
         (["run"], "holds no membership yet"),
@@ -275,7 +277,8 @@ def test_lan_candidates_come_first_and_name_the_path() -> None:
         assert parse_sighting(*bad) is None
     mesh = Mesh(OWN)
     mesh.replace_all([remote(KEY_A)])
-    mesh.set_lan({KEY_A: [("192.168.1.5", 51820)]})
+    mesh.set_own_lan([ipaddress.IPv4Interface("192.168.1.2/24")])
+    mesh.record_hints("lan", {KEY_A: [("192.168.1.5", 51820)]})
     [first] = mesh.plan(DeviceStatus(), 100.0).set_peers
     assert first.endpoint == ("192.168.1.5", 51820)
     [second] = mesh.plan(device_with(KEY_A, None), 100.0 + REPUNCH_S).set_peers

@@ -1,6 +1,6 @@
 """Runs the agent's DNS-SD discovery against a server and prints what it found (a script).
 
-dnssd_probe.py SERVER PORT ZONE
+dnssd_probe.py SERVER PORT ZONE KEY...   (the keys the API would list, base64)
 """
 
 from __future__ import annotations
@@ -15,16 +15,11 @@ from meshpeer.peer.dnssd import discover
 
 async def main() -> None:
     server, port, zone = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    peers = await discover((server, port), zone)
+    listed = {base64.b64decode(key) for key in sys.argv[4:]}
+    hints = await discover((server, port), zone, listed)
     found = [
-        {
-            "public_key": base64.b64encode(peer.public_key).decode(),
-            "name": peer.name,
-            "address": peer.address,
-            "routes": list(peer.routes),
-            "endpoint": list(peer.endpoint) if peer.endpoint else None,
-        }
-        for peer in peers
+        {"public_key": base64.b64encode(key).decode(), "endpoints": [list(e) for e in endpoints]}
+        for key, endpoints in hints.items()
     ]
     print(json.dumps(found))
 

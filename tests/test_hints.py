@@ -1,0 +1,339 @@
+"""Discovery values are hints: nothing from DNS-SD or mDNS reaches the device but a checked
+endpoint of a peer the API lists, and no value of any source can write a line of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import itertools
+import re
+from pathlib import Path
+
+import dns.name
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshpeer.dns.naming import instance_name
+from meshpeer.peer import uapi
+from meshpeer.peer.agent import Agent, AgentFailed, Options
+from meshpeer.peer.dnssd import endpoint_hint
+from meshpeer.peer.hints import ENDPOINTS_PER_KEY, MAX_UNLISTED_KEYS
+from meshpeer.peer.lan import MAX_SERVICE_NAMES, LanDiscovery, parse_sighting
+from meshpeer.peer.mesh import REPUNCH_S, Mesh, RemotePeer, remote_from_json
+from meshpeer.peer.uapi import DeviceStatus, PeerConfig, PeerStatus, UapiError, parse_endpoint
+from meshpeer.peer.wireguard import BackendError, KernelBackend, UserspaceBackend, netlink_peer
+
+KEY_A, KEY_B, OWN, STRANGER = (bytes([n]) * 32 for n in (1, 2, 9, 66))
+INJECTED = f"\npublic_key={bytes([7] * 32).hex()}\nremove=true"
+PUBLIC = ("203.0.113.7", 40000)  # where the rendezvous saw KEY_A
+OUR_LAN = ipaddress.IPv4Interface("192.168.1.2/24")
+ZONE = dns.name.from_text("mesh.internal")
+
+
+@pytest.mark.parametrize(
+    "peer",
+    [
+        PeerConfig(KEY_A, (f"10.77.0.2/32{INJECTED}",)),
+        PeerConfig(KEY_A, ("10.77.0.2",)),  # a host, not a CIDR
+        PeerConfig(KEY_A, ("fe80::%1\nremove=true/64",)),  # ipaddress takes this scope id
+        PeerConfig(KEY_A, ("10.77.0.2/32",), (f"203.0.113.7{INJECTED}", 1)),
+        PeerConfig(KEY_A, ("10.77.0.2/32",), ("fe80::1%\nremove=true", 1)),
+        PeerConfig(KEY_A, ("10.77.0.2/32",), ("rendezvous.example", 51820)),  # not an IP
+        PeerConfig(KEY_A, ("10.77.0.2/32",), ("203.0.113.7", 0)),
+        PeerConfig(KEY_A, ("10.77.0.2/32",), ("203.0.113.7", 65536)),
+        PeerConfig(KEY_A, ("10.77.0.2/32",), None, -1),
+        PeerConfig(b"short", ("10.77.0.2/32",)),
+    ],
+)
+def test_the_encoders_refuse_any_value_that_is_not_what_its_line_says(peer: PeerConfig) -> None:
+    with pytest.raises(UapiError):
+        uapi.set_peers([peer], [])
+    with pytest.raises(UapiError):
+        netlink_peer(peer)
+
+
+def test_an_endpoint_with_a_scope_id_is_refused_wherever_it_is_read() -> None:
+    for text in ["[fe80::1%\nremove=true]:51820", "[fe80::1%eth0]:51820", "1.2.3.4\n:5"]:
+        with pytest.raises(UapiError):
+            parse_endpoint(text)
+    assert parse_endpoint("[2001:db8::1]:51820") == ("2001:db8::1", 51820)
+
+
+def test_a_refused_peer_is_a_backend_error_so_the_reconcile_loop_lives_on() -> None:
+    calls: list[object] = []
+
+    class NoNetlink:
+        def __enter__(self) -> NoNetlink:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            return None
+
+        def set(self, *args: object, **settings: object) -> None:
+            calls.append(settings)
+
+    bad = PeerConfig(KEY_A, (f"10.77.0.2/32{INJECTED}",))
+    kernel = KernelBackend(wireguard_factory=NoNetlink)
+    with pytest.raises(BackendError):
+        asyncio.run(kernel.apply([PeerConfig(bytes([2]) * 32, ("10.77.0.3/32",)), bad], []))
+    assert calls == []  # refused before anything was sent
+    with pytest.raises(BackendError):
+        asyncio.run(UserspaceBackend().apply([bad], []))
+
+
+def listed_mesh() -> Mesh:
+    """Our mesh as the API lists it: KEY_A at 10.77.0.2 with one route, seen at PUBLIC."""
+    mesh = Mesh(OWN)
+    mesh.replace_all([RemotePeer(KEY_A, "a", "10.77.0.2", ("192.168.9.0/24",), PUBLIC)])
+    mesh.set_own_lan([OUR_LAN])
+    return mesh
+
+
+def punches(mesh: Mesh, start: float, seconds: int) -> list[tuple[float, tuple[str, int]]]:
+    """Each endpoint KEY_A is punched at, second by second, while its path stays down."""
+    down = DeviceStatus(peers={KEY_A: PeerStatus(KEY_A)})
+    found: list[tuple[float, tuple[str, int]]] = []
+    for now in range(int(start), int(start) + seconds):
+        found += [(now, c.endpoint) for c in mesh.plan(down, now).set_peers if c.endpoint]
+    return found
+
+
+def test_dns_sd_records_only_add_an_endpoint_after_the_apis_for_a_listed_peer() -> None:
+    mesh = listed_mesh()
+    hostile_txt = [b"allowed=0.0.0.0/0", b"address=10.77.0.3", b"name=evil"]
+    hints = dict(
+        filter(
+            None,
+            [
+                endpoint_hint(instance_name(KEY_A, ZONE), 5, "198.51.100.1", hostile_txt),
+                endpoint_hint(instance_name(STRANGER, ZONE), 5, "198.51.100.2", hostile_txt),
+            ],
+        )
+    )
+    mesh.record_hints("dns-sd", {key: [endpoint] for key, endpoint in hints.items()})
+    assert set(mesh.peers) == {KEY_A}
+    [peer] = mesh.peers.values()
+    assert [(c.endpoint, c.source) for c in mesh.candidates(peer)] == [
+        (PUBLIC, "api"),
+        (("198.51.100.1", 5), "dns-sd"),
+    ]
+    [config] = mesh.plan(DeviceStatus(), 100.0).set_peers
+    assert config.public_key == KEY_A and config.endpoint == PUBLIC
+    assert config.allowed_ips == ("10.77.0.2/32", "192.168.9.0/24")
+    assert [endpoint for _, endpoint in punches(mesh, 101, 30)] == [
+        ("198.51.100.1", 5),
+        PUBLIC,
+        ("198.51.100.1", 5),
+    ]
+
+
+def test_a_peer_the_api_lists_later_gets_the_lan_hint_it_was_seen_with_before() -> None:
+    mesh = Mesh(OWN)
+    mesh.set_own_lan([OUR_LAN])
+    mesh.record_hints("lan", {KEY_A: [("192.168.1.5", 51820)]})
+    assert mesh.plan(DeviceStatus(), 100.0).set_peers == []  # a sighting adds no peer
+    mesh.update([RemotePeer(KEY_A, "a", "10.77.0.2", (), PUBLIC)], [])
+    [config] = mesh.plan(DeviceStatus(), 101.0).set_peers
+    assert config.endpoint == ("192.168.1.5", 51820)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        ("192.168.2.5", 51820),  # another subnet
+        ("8.8.8.8", 51820),  # the internet
+        ("192.168.1.2", 51820),  # ourselves
+        ("192.168.1.255", 51820),  # the broadcast address
+        ("192.168.1.0", 51820),
+        ("127.0.0.1", 51820),
+        ("224.0.0.251", 5353),
+        ("192.168.1.5", 0),
+        ("192.168.1.5\nremove=true", 51820),
+        ("fe80::1%eth0", 51820),
+    ],
+)
+def test_a_lan_hint_off_our_subnets_or_not_a_peers_address_is_dropped(
+    endpoint: tuple[str, int],
+) -> None:
+    mesh = listed_mesh()
+    mesh.record_hints("lan", {KEY_A: [endpoint]})
+    assert mesh.hints.endpoints("lan", KEY_A) == ()
+
+
+def test_hint_tables_are_bounded() -> None:
+    mesh = listed_mesh()
+    sightings = {KEY_A: [(f"192.168.1.{100 + n}", 51820) for n in range(30)]}
+    sightings |= {
+        (n + 1000).to_bytes(32, "big"): [("192.168.1.9", 1)] for n in range(2 * MAX_UNLISTED_KEYS)
+    }
+    mesh.record_hints("lan", sightings)
+    assert len(mesh.hints.endpoints("lan", KEY_A)) == ENDPOINTS_PER_KEY["lan"]
+    assert len(mesh.hints._found["lan"]) == 1 + MAX_UNLISTED_KEYS
+
+
+def test_30_spoofed_lan_sightings_hold_the_public_endpoint_back_one_turn_at_most() -> None:
+    mesh = listed_mesh()
+    spoofed = [(f"192.168.1.{100 + n}", 51820) for n in range(30)]
+    mesh.record_hints("lan", {KEY_A: spoofed})
+    tried = punches(mesh, 100, 100)
+    first_lan = tried[0][0]
+    assert tried[0][1] in spoofed
+    public = [now for now, endpoint in tried if endpoint == PUBLIC]
+    assert public and public[0] - first_lan <= REPUNCH_S
+    assert all(b - a <= 2 * REPUNCH_S for a, b in itertools.pairwise(public))
+
+
+def test_a_spoofer_that_keeps_changing_its_sightings_cannot_starve_the_public_endpoint() -> None:
+    mesh = listed_mesh()
+    down = DeviceStatus(peers={KEY_A: PeerStatus(KEY_A)})
+    public_at, first_lan = [], None
+    for now in range(100, 200):  # new spoofed addresses every second
+        mesh.record_hints("lan", {KEY_A: [(f"192.168.1.{10 + now % 200}", 51820)]})
+        for config in mesh.plan(down, float(now)).set_peers:
+            if config.endpoint == PUBLIC:
+                public_at.append(now)
+            elif first_lan is None:
+                first_lan = now
+    assert first_lan is not None and public_at and public_at[0] - first_lan <= REPUNCH_S
+    assert all(b - a <= 2 * REPUNCH_S for a, b in itertools.pairwise(public_at))
+
+
+def test_a_moved_mapping_is_punched_at_once_even_with_lan_hints() -> None:
+    mesh = listed_mesh()
+    mesh.plan(DeviceStatus(), 100.0)
+    using_public = DeviceStatus(peers={KEY_A: PeerStatus(KEY_A, PUBLIC, latest_handshake=100.5)})
+    assert mesh.plan(using_public, 101.0).set_peers == []
+    mesh.record_hints("lan", {KEY_A: [("192.168.1.5", 51820)]})
+    assert mesh.plan(using_public, 102.0).set_peers == []  # a hint never moves a live path
+    moved = ("203.0.113.7", 41000)
+    mesh.update([RemotePeer(KEY_A, "a", "10.77.0.2", ("192.168.9.0/24",), moved)], [])
+    [punch] = mesh.plan(using_public, 103.0).set_peers
+    assert punch.endpoint == moved and punch.kick
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"name": "evil\nremove=true"},
+        {"address": "fe80::1%\nremove=true"},
+        {"routes": ["10.1.0.0/16\nremove=true"]},
+        {"endpoint": "[fe80::1%\nx]:5"},
+    ],
+)
+def test_an_api_peer_with_a_control_character_anywhere_is_skipped(
+    change: dict[str, object],
+) -> None:
+    good = {
+        "public_key": base64.b64encode(KEY_A).decode(),
+        "name": "a",
+        "address": "10.77.0.2",
+        "endpoint": "203.0.113.7:5",
+        "routes": ["10.1.0.0/16"],
+    }
+    assert remote_from_json(good) is not None
+    assert remote_from_json({**good, **change}) is None
+
+
+# Every line set_peers may write, each value in the form the encoder itself writes.
+UAPI_LINE = re.compile(
+    r"set=1|remove=true|replace_allowed_ips=true|public_key=[0-9a-f]{64}"
+    r"|allowed_ip=[0-9a-f.:]+/\d{1,3}|endpoint=(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:.]+\]):\d{1,5}"
+    r"|persistent_keepalive_interval=\d{1,5}"
+)
+text = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(
+        ["192.168.1.5", "10.77.0.3", "fe80::1%\nremove=true", "::1", "0.0.0.0"]  # noqa: S104
+    ),
+    st.builds(lambda a, b: f"{a}\n{b}", st.text(max_size=10), st.text(max_size=10)),
+)
+ports = st.one_of(st.integers(-1, 70000), st.sampled_from([51820, 0, 65535, 65536]))
+keys = st.sampled_from([KEY_A, KEY_B, OWN, STRANGER])
+txt = st.lists(st.one_of(st.binary(max_size=40), text.map(str.encode)), max_size=6).map(
+    lambda strings: [b"allowed=" + s if i % 2 else s for i, s in enumerate(strings)]
+)
+mdns_answer = st.tuples(
+    st.dictionaries(
+        st.sampled_from([b"pub", b"allowed", b"x"]), st.none() | st.binary(max_size=50)
+    ),
+    st.lists(text, max_size=200),
+    st.none() | ports,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    dns_answers=st.lists(st.tuples(keys, ports, text, txt), max_size=8),
+    mdns_answers=st.lists(st.tuples(keys, mdns_answer), max_size=8),
+    times=st.lists(st.floats(0, 1000), min_size=1, max_size=5),
+)
+def test_no_discovery_value_reaches_the_device_but_a_checked_endpoint(
+    dns_answers: list[tuple[bytes, int, str, list[bytes]]],
+    mdns_answers: list[tuple[bytes, tuple[dict[bytes, bytes | None], list[str], int | None]]],
+    times: list[float],
+) -> None:
+    mesh = listed_mesh()
+    mesh.update([RemotePeer(KEY_B, "b", "10.77.0.3", (), None)], [])
+    found_dns: dict[bytes, list[tuple[str, int]]] = {}
+    for key, port, address, strings in dns_answers:
+        hint = endpoint_hint(instance_name(key, ZONE), port, address, strings)
+        if hint is not None:
+            found_dns.setdefault(hint[0], []).append(hint[1])
+    found_lan: dict[bytes, list[tuple[str, int]]] = {}
+    for key, (properties, addresses, mdns_port) in mdns_answers:
+        properties = {**properties, b"pub": base64.b64encode(key)}
+        sighting = parse_sighting(properties, addresses, mdns_port)
+        if sighting is not None:
+            found_lan.setdefault(sighting[0], []).extend(sighting[1])
+    mesh.record_hints("dns-sd", found_dns)
+    mesh.record_hints("lan", found_lan)
+    for now in sorted(times):
+        plan = mesh.plan(DeviceStatus(), now)
+        request = uapi.set_peers(plan.set_peers, plan.remove).decode()
+        assert request.endswith("\n\n")
+        for line in request[:-2].split("\n"):
+            assert UAPI_LINE.fullmatch(line), line
+        assert {c.public_key for c in plan.set_peers} <= {KEY_A, KEY_B}
+        for config in plan.set_peers:
+            assert config.allowed_ips == mesh.peers[config.public_key].allowed_ips
+            assert (
+                config.endpoint is None
+                or config.endpoint == PUBLIC
+                or (ipaddress.ip_address(config.endpoint[0]) in OUR_LAN.network)
+                or config.endpoint in found_dns.get(config.public_key, [])
+            )
+
+
+def test_a_loop_that_fails_stops_the_agent_instead_of_leaving_it_half_alive(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> Agent:
+        agent = Agent(Options(state_dir=tmp_path))
+
+        async def broken_reconcile() -> None:
+            raise KeyError("a bug")
+
+        task = asyncio.create_task(broken_reconcile(), name="reconcile")
+        task.add_done_callback(agent._task_ended)
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0)
+        return agent
+
+    agent = asyncio.run(scenario())
+    assert agent._stopping.is_set() and isinstance(agent._failure, AgentFailed)
+    assert "the reconcile loop failed" in caplog.text
+
+
+def test_mdns_tracks_a_bounded_number_of_service_names_and_warns_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lan = LanDiscovery(OWN, "me", 51820, ["192.168.1.2"], lambda sightings: None)
+    for n in range(MAX_SERVICE_NAMES):
+        assert lan._room_for(f"peer{n}._wireguard._udp.local.")
+        lan._sightings[f"peer{n}._wireguard._udp.local."] = (KEY_A, [("192.168.1.5", 1)])
+    assert lan._room_for("peer0._wireguard._udp.local.")  # a known name may still change
+    assert not lan._room_for("one-more._wireguard._udp.local.")
+    assert not lan._room_for("and-another._wireguard._udp.local.")
+    assert caplog.text.count("ignoring new ones") == 1
