@@ -138,7 +138,7 @@ def test_a_peer_carries_its_lan_for_the_mesh(lab: Lab) -> None:
     office_lan = str(office.lan.network)
     gateway = MeshAgent(gateway_host, "gateway").start(token, "--advertise-routes", office_lan)
     laptop = MeshAgent(lab.add_nat("home", NatType.PORT_RESTRICTED).add_host("laptop"), "laptop")
-    laptop.start(token)
+    laptop.start(token, "--accept-routes")  # peers' routes are off by default
     assert wait_until(lambda: all_direct([gateway, laptop]), 20), gateway.output()
     # The printer answers the mesh through the gateway, as the office router would be told to.
     printer.run(["ip", "route", "add", "10.77.0.0/16", "via", str(gateway_host.address)])
