@@ -19,10 +19,11 @@ from typing import Any
 import dns.exception
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from meshpeer.rendezvous.model import encode_key, format_endpoint
+from meshpeer.rendezvous.model import IPAddress, encode_key, format_endpoint
 from meshpeer.rendezvous.tokens import decode as decode_token
 
 from . import client, dnssd
+from .host_routes import HostRoutes, rendezvous_addresses
 from .lan import LanDiscovery, Sightings
 from .mesh import RENDEZVOUS_KEEPALIVE_S, Mesh, remote_from_json
 from .state import Membership, StateDir
@@ -63,6 +64,7 @@ class Options:
     name: str | None = None
     routes: tuple[str, ...] = ()
     dns_sd_poll_s: float = DNS_SD_POLL_S
+    accept_routes: bool = False  # install the routes other peers advertise (host_routes.py)
 
 
 @dataclass(slots=True)
@@ -72,7 +74,8 @@ class _Live:
     membership: Membership
     mesh: Mesh
     backend: Backend
-    routes: set[str]
+    routes: HostRoutes
+    rendezvous_addresses: frozenset[IPAddress]
     last_status: dict[str, Any] | None = None
 
 
@@ -97,9 +100,11 @@ class Agent:
         backend = choose_backend(self.options.backend, self.links)
         backend.check()
         membership = await self._membership(private_key)
+        routes = HostRoutes(self.links, self.options.interface, self.options.accept_routes)
         try:
             await self._make_interface(backend, membership, private_key)
-            live = _Live(membership, Mesh(own_key), backend, set())
+            rendezvous = await asyncio.to_thread(rendezvous_addresses, membership)
+            live = _Live(membership, Mesh(own_key), backend, routes, rendezvous)
             await asyncio.to_thread(self._enable_forwarding)
             tasks = [
                 asyncio.create_task(self._follow_rendezvous(live), name="watch"),
@@ -118,6 +123,7 @@ class Agent:
             lan = await lan_start
             await lan.stop()
         finally:
+            await routes.remove()
             await self._tear_down(backend)
         if self._failure is not None:
             raise self._failure
@@ -225,13 +231,17 @@ class Agent:
         return lan
 
     def _enable_forwarding(self) -> None:
-        """A peer that carries a LAN for the mesh must forward between them."""
+        """A peer that carries a LAN for the mesh must forward between them. The switch is the
+        host's, not the link's: from then on the host forwards anything any peer sends it to
+        any network it can reach, not only to the advertised LAN (the README says how to
+        narrow that with nftables)."""
         versions = {ipaddress.ip_network(route).version for route in self.options.routes}
         for version in versions:
             knob = "ipv4/ip_forward" if version == 4 else "ipv6/conf/all/forwarding"
             Path("/proc/sys/net", knob).write_text("1\n")
-            logger.info(
-                "forwarding on (net.%s=1) for %s",
+            logger.warning(
+                "forwarding on for the whole host (net.%s=1) to carry %s: mesh peers can reach "
+                "whatever this host routes to unless a firewall limits them to it",
                 knob.replace("/", "."),
                 ",".join(self.options.routes),
             )
@@ -300,8 +310,7 @@ class Agent:
         """wireguard-go died (or someone deleted the link): make it again, peers and all."""
         logger.warning("interface %s is gone; making it again", self.options.interface)
         await live.backend.destroy()
-        live.mesh.forget_device()
-        live.routes = set()
+        live.mesh.forget_device()  # our routes went with the link: the next round adds them
         try:
             await self._make_interface(live.backend, live.membership, self.state.private_key())
         except BaseException:
@@ -310,16 +319,17 @@ class Agent:
 
     async def reconcile(self, live: _Live) -> None:
         device = await live.backend.status()
+        accepted = await live.routes.decide(
+            live.mesh, device, live.membership, live.rendezvous_addresses
+        )
+        live.mesh.accept_routes(accepted)  # AllowedIPs: no route unless accepted
         plan = live.mesh.plan(device, time.time())
         if plan.set_peers or plan.remove:
             await live.backend.apply(plan.set_peers, plan.remove)
         for event in plan.events:
             logger.info("%s", event)
-        wanted = {route for peer in live.mesh.peers.values() for route in peer.routes}
-        if wanted != live.routes:
-            live.routes = await asyncio.to_thread(
-                self.links.set_routes, self.options.interface, wanted, live.routes
-            )
+        # After the peers' AllowedIPs: a route into the link ahead of them would drop packets.
+        await live.routes.install()
         status = self.status(live, device)
         if status != live.last_status:  # most seconds nothing changed: no write at all
             await asyncio.to_thread(self.state.write_status, status)

@@ -62,7 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", choices=["auto", "kernel", "userspace"], default="auto")
     run.add_argument("--name", help="this peer's name, a DNS label (default: the host name)")
     run.add_argument(
-        "--advertise-routes", default="", help="CIDRs behind this peer, comma-separated"
+        "--advertise-routes",
+        default="",
+        help="CIDRs behind this peer, comma-separated (turns on IP forwarding for the host)",
+    )
+    run.add_argument(
+        "--accept-routes",
+        action="store_true",
+        help="install the routes other peers advertise (off: only their mesh addresses)",
     )
     run.add_argument(
         "--dns-sd-interval",
@@ -114,6 +121,7 @@ def _run(args: argparse.Namespace) -> int:
         name=parse_name(args.name) if args.name else None,
         routes=_routes(args.advertise_routes),
         dns_sd_poll_s=args.dns_sd_interval,
+        accept_routes=args.accept_routes,
     )
     configure_logging(args.log_level)
     return asyncio.run(_serve(Agent(options)))

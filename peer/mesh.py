@@ -48,11 +48,6 @@ class RemotePeer:
     routes: tuple[str, ...]
     endpoint: Endpoint | None  # as the rendezvous observed it
 
-    @property
-    def allowed_ips(self) -> tuple[str, ...]:
-        host = ipaddress.ip_address(self.address)
-        return (f"{host}/{host.max_prefixlen}", *self.routes)
-
 
 @dataclass(slots=True)
 class _PathState:
@@ -75,6 +70,8 @@ class Mesh:
     own_key: bytes
     peers: dict[bytes, RemotePeer] = field(default_factory=dict)  # from the API only
     hints: Hints = field(default_factory=Hints)
+    # The advertised routes the agent accepted (peer/routes.py), per peer; none by default.
+    _accepted_routes: dict[bytes, tuple[str, ...]] = field(default_factory=dict)
     _applied: dict[bytes, PeerConfig] = field(default_factory=dict)
     _paths: dict[bytes, _PathState] = field(default_factory=dict)
 
@@ -98,6 +95,18 @@ class Mesh:
     def set_own_lan(self, interfaces: Iterable[ipaddress.IPv4Interface]) -> None:
         """Our LAN addresses: mDNS hints must lie on one of these subnets."""
         self.hints.own_lan = tuple(interfaces)
+
+    def accept_routes(self, accepted: dict[bytes, tuple[str, ...]]) -> None:
+        self._accepted_routes = dict(accepted)
+
+    def allowed_ips(self, peer: RemotePeer) -> tuple[str, ...]:
+        """The peer's mesh address and only the routes the agent accepted from it, never all it
+        advertises: AllowedIPs is also WireGuard's source filter, so a route allowed there but
+        not installed would still let the peer send packets from any address in it (a spoofed
+        LAN or internet source, which this host would take in and, forwarding, pass on)."""
+        host = ipaddress.ip_address(peer.address)
+        accepted = self._accepted_routes.get(peer.public_key, ())
+        return (f"{host}/{host.max_prefixlen}", *accepted)
 
     def forget_device(self) -> None:
         """The device was made anew: every peer must be written again."""
@@ -145,7 +154,7 @@ class Mesh:
         # No endpoint yet: nothing to keep alive. The interval goes from 0 when one arrives,
         # and that makes WireGuard send at once: the punch starts without waiting for a timer.
         keepalive = PEER_KEEPALIVE_S if candidates else 0
-        config = PeerConfig(peer.public_key, peer.allowed_ips, None, keepalive)
+        config = PeerConfig(peer.public_key, self.allowed_ips(peer), None, keepalive)
         applied = self._applied.get(peer.public_key)
         reshaped = (
             peer.public_key not in device.peers

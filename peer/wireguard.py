@@ -8,15 +8,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
 import shutil
+import socket
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from meshpeer.rendezvous.model import encode_key
+from pyroute2.netlink.exceptions import NetlinkError
+
+from meshpeer.rendezvous.model import IPAddress, IPNetwork, encode_key
 
 from .uapi import (
     DeviceStatus,
@@ -38,6 +43,14 @@ SOCKET_WAIT_S = 5.0
 USERSPACE_ENV = {"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"}
 # An interface made by us says so in its alias: `down` and restarts touch nothing else.
 OWNER_ALIAS = "meshpeer"
+# The protocol (rtm_protocol) of every route the agent installs: how it tells its own routes from
+# everyone else's, and the only routes it ever deletes. 109 is free: it is in neither the kernel's
+# RTPROT_* list (linux/rtnetlink.h), iproute2's rt_protos nor FRR's (186-196), and the kernel
+# never reads it. `echo "109 meshpeer" > /etc/iproute2/rt_protos.d/meshpeer.conf` names it for `ip`.
+RTPROT_MESHPEER = 109
+RT_TABLE_MAIN = 254
+# A default route has no RTA_DST; the other families (multicast, MPLS) have no prefixes for us.
+_ZERO = {socket.AF_INET: ipaddress.IPv4Address(0), socket.AF_INET6: ipaddress.IPv6Address(0)}
 
 
 class BackendError(Exception):
@@ -67,6 +80,16 @@ class Backend(Protocol):
 
 
 # -- rtnetlink: links, addresses, routes ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    """The main routing table and this host's addresses, as the route decision needs them."""
+
+    foreign: tuple[IPNetwork, ...]  # every route the agent did not install
+    owned: frozenset[str]  # ours: our protocol, on our interface
+    default_gateways: tuple[IPAddress, ...]
+    addresses: tuple[IPAddress, ...]  # this host's, on every link
 
 
 class Links:
@@ -128,22 +151,76 @@ class Links:
                 )
             ip.link("set", index=index, state="up")
 
-    def set_routes(self, ifname: str, wanted: set[str], owned: set[str]) -> set[str]:
-        """Add routes in `wanted` via the link, delete those in `owned` no longer wanted."""
+    def route_table(self, ifname: str) -> RouteTable:
+        foreign: list[IPNetwork] = []
+        owned: set[str] = set()
+        gateways: list[IPAddress] = []
         with self._factory() as ip:
-            [index] = ip.link_lookup(ifname=ifname)
+            index = _index_of(ip, ifname)
+            for message in ip.get_routes(table=RT_TABLE_MAIN):
+                if message["family"] not in _ZERO:
+                    continue
+                prefix = _route_prefix(message)
+                if message["proto"] == RTPROT_MESHPEER and message.get_attr("RTA_OIF") == index:
+                    owned.add(str(prefix))
+                    continue
+                foreign.append(prefix)
+                if prefix.prefixlen == 0:
+                    gateways += _gateways(message)
+            addresses = [ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) for a in ip.get_addr()]
+        return RouteTable(tuple(foreign), frozenset(owned), tuple(gateways), tuple(addresses))
+
+    def set_routes(self, ifname: str, wanted: set[str], owned: frozenset[str]) -> dict[str, str]:
+        """Add the routes in `wanted` via the link, marked as ours, and delete those of ours
+        (`owned`, from `route_table`) no longer wanted. Only ever `add`, never `replace`: a
+        route someone else holds for the prefix stays, and the prefix is answered as not
+        installed, with why. Deleting names our protocol and link: the kernel then touches
+        only the route we made, even if another with the same prefix has appeared."""
+        failed: dict[str, str] = {}
+        with self._factory() as ip:
+            index = _index_of(ip, ifname)
+            ours = {"oif": index, "proto": RTPROT_MESHPEER, "table": RT_TABLE_MAIN}
             for cidr in sorted(owned - wanted):
-                with contextlib.suppress(Exception):  # already gone with the link
-                    ip.route("del", dst=cidr, oif=index)
+                with contextlib.suppress(NetlinkError):  # already gone (ESRCH)
+                    ip.route("del", dst=cidr, **ours)
             for cidr in sorted(wanted - owned):
-                ip.route("replace", dst=cidr, oif=index)
-        return set(wanted)
+                try:
+                    ip.route("add", dst=cidr, **ours)
+                except NetlinkError as error:
+                    failed[cidr] = _route_error(error)
+        return failed
 
     def delete(self, ifname: str) -> None:
         with self._factory() as ip:
             found = ip.link_lookup(ifname=ifname)
             if found:
                 ip.link("del", index=found[0])
+
+
+def _index_of(ip: Any, ifname: str) -> int:
+    found = ip.link_lookup(ifname=ifname)
+    if not found:
+        raise BackendError(f"interface {ifname} is gone")
+    return int(found[0])
+
+
+def _route_prefix(message: Any) -> IPNetwork:
+    destination = message.get_attr("RTA_DST") or _ZERO[message["family"]]
+    return ipaddress.ip_network(f"{destination}/{message['dst_len']}", strict=False)
+
+
+def _gateways(message: Any) -> list[IPAddress]:
+    """The next hops of a route: RTA_GATEWAY, or one per hop of a multipath route."""
+    found = [message.get_attr("RTA_GATEWAY")]
+    for hop in message.get_attr("RTA_MULTIPATH") or []:
+        found.append(hop.get_attr("RTA_GATEWAY"))
+    return [ipaddress.ip_address(gateway) for gateway in found if gateway]
+
+
+def _route_error(error: NetlinkError) -> str:
+    if error.code == errno.EEXIST:
+        return "this host got a route to it meanwhile (EEXIST): left as it is"
+    return f"the kernel refused it ({os.strerror(error.code)})"
 
 
 # -- userspace: wireguard-go and UAPI ---------------------------------------------------------

@@ -91,9 +91,12 @@ def test_the_planner_adds_punches_keeps_up_paths_and_removes() -> None:
     mesh.replace_all([remote(KEY_A, endpoint=None), remote(OWN)])
     plan = mesh.plan(DeviceStatus(), now=100.0)
     [added] = plan.set_peers
-    assert added.allowed_ips == ("10.77.0.2/32", "192.168.1.0/24")
+    assert added.allowed_ips == ("10.77.0.2/32",)  # its routes only once accepted (routes.py)
     assert added.keepalive_s == 0 and added.endpoint is None and not added.kick
     assert mesh.plan(device_with(KEY_A, None), 101.0).set_peers == []
+    mesh.accept_routes({KEY_A: ("192.168.1.0/24",)})
+    [accepted] = mesh.plan(device_with(KEY_A, None), 101.0).set_peers
+    assert accepted.allowed_ips == ("10.77.0.2/32", "192.168.1.0/24")
 
     mesh.update([remote(KEY_A)], [])  # the rendezvous saw its endpoint
     [punch] = mesh.plan(device_with(KEY_A, None), 102.0).set_peers

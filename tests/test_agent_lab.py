@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.lab import Lab, NatType
-from tests.lab.agents import MESHPEER, MeshAgent, all_direct
+from tests.lab.agents import MESHPEER, MeshAgent, all_direct, join_with_routes
 from tests.lab.rendezvous import RendezvousServer
 from tests.lab.wait import wait_until
 
@@ -137,13 +137,12 @@ def test_two_peers_behind_one_nat_without_hairpinning_meet_on_the_lan(lab: Lab) 
 def test_a_peer_carries_its_lan_for_the_mesh(lab: Lab) -> None:
     """Site to site: a gateway advertises its office LAN; a remote peer reaches a host on it."""
     server = RendezvousServer(lab.add_public_host("rendezvous")).start()
-    token = server.token(2)
     office = lab.add_nat("office", NatType.PORT_RESTRICTED)
     gateway_host, printer = office.add_host("gateway"), office.add_host("printer")
     office_lan = str(office.lan.network)
-    gateway = MeshAgent(gateway_host, "gateway").start(token, "--advertise-routes", office_lan)
+    gateway = join_with_routes(server, gateway_host, "gateway", [office_lan])
     laptop = MeshAgent(lab.add_nat("home", NatType.PORT_RESTRICTED).add_host("laptop"), "laptop")
-    laptop.start(token)
+    laptop.start(server.token(), "--accept-routes")  # peers' routes are off by default
     assert wait_until(lambda: all_direct([gateway, laptop]), 20), gateway.output()
     # The printer answers the mesh through the gateway, as the office router would be told to.
     printer.run(["ip", "route", "add", "10.77.0.0/16", "via", str(gateway_host.address)])

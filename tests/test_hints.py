@@ -121,7 +121,7 @@ def test_dns_sd_records_only_add_an_endpoint_after_the_apis_for_a_listed_peer() 
     ]
     [config] = mesh.plan(DeviceStatus(), 100.0).set_peers
     assert config.public_key == KEY_A and config.endpoint == PUBLIC
-    assert config.allowed_ips == ("10.77.0.2/32", "192.168.9.0/24")
+    assert config.allowed_ips == ("10.77.0.2/32",)  # the API's, and its routes unaccepted
     assert [endpoint for _, endpoint in punches(mesh, 101, 30)] == [
         ("198.51.100.1", 5),
         PUBLIC,
@@ -297,7 +297,7 @@ def test_no_discovery_value_reaches_the_device_but_a_checked_endpoint(
             assert UAPI_LINE.fullmatch(line), line
         assert {c.public_key for c in plan.set_peers} <= {KEY_A, KEY_B}
         for config in plan.set_peers:
-            assert config.allowed_ips == mesh.peers[config.public_key].allowed_ips
+            assert config.allowed_ips == mesh.allowed_ips(mesh.peers[config.public_key])
             assert (
                 config.endpoint is None
                 or config.endpoint == PUBLIC

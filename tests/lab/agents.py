@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .process import LabProcess
+from .rendezvous import RendezvousServer
 from .topology import Host
 
 MESHPEER = str(Path(sys.executable).with_name("meshpeer"))
@@ -47,6 +48,16 @@ class MeshAgent:
 
     def output(self) -> str:
         return self.process.output() if self.process else ""
+
+
+def join_with_routes(
+    server: RendezvousServer, host: Host, name: str, routes: list[str], *flags: str
+) -> MeshAgent:
+    """A peer that joins advertising `routes`. The one place that makes such a peer's token:
+    where the operator's grant (`token create --allow-routes`) goes once the rendezvous needs it.
+    """
+    token = server.token()
+    return MeshAgent(host, name).start(token, "--advertise-routes", ",".join(routes), *flags)
 
 
 def all_direct(agents: list[MeshAgent]) -> bool:
