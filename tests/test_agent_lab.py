@@ -140,7 +140,7 @@ def test_a_peer_carries_its_lan_for_the_mesh(lab: Lab) -> None:
     office = lab.add_nat("office", NatType.PORT_RESTRICTED)
     gateway_host, printer = office.add_host("gateway"), office.add_host("printer")
     office_lan = str(office.lan.network)
-    gateway = join_with_routes(server, gateway_host, "gateway", [office_lan])
+    gateway = join_with_routes(server, gateway_host, "gateway", [office_lan], grant=False)
     laptop = MeshAgent(lab.add_nat("home", NatType.PORT_RESTRICTED).add_host("laptop"), "laptop")
     laptop.start(server.token(), "--accept-routes")  # peers' routes are off by default
     assert wait_until(lambda: all_direct([gateway, laptop]), 20), gateway.output()

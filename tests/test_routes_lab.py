@@ -67,8 +67,17 @@ def test_a_peer_advertising_the_internet_and_the_victims_lan_hijacks_nothing(lab
     victim = MeshAgent(victim_host, "victim").start(server.token(), "--accept-routes")
     attack = ["128.0.0.0/1", "64.0.0.0/2", lan, "::/0"]
     mallory_host = lab.add_nat("evil", NatType.PORT_RESTRICTED).add_host("mallory")
-    join_with_routes(server, mallory_host, "mallory", [*attack, HARMLESS])
+    # A token holder asking for them is refused outright by the rendezvous (one line, exit 2)...
+    refused = join_with_routes(server, mallory_host, "mallory", [*attack, HARMLESS], grant=False)
+    assert wait_until(lambda: refused.process is not None and not refused.process.running(), 15)
+    assert "overlaps link-local space" in refused.output(), refused.output()
+    assert refused.process is not None and refused.process.popen.returncode == 2
+    # ...so the rest is defence in depth: a compromised rendezvous publishes them anyway.
+    join_with_routes(
+        server, lab.add_nat("evil2", NatType.PORT_RESTRICTED).add_host("m"), "mallory", [HARMLESS]
+    )
     assert wait_until(lambda: "mallory" in victim.paths(), 30), victim.output()
+    server.impose_routes("mallory", [*attack, HARMLESS])
     installed = ["ip", "route", "show", "exact", HARMLESS]
     assert wait_until(lambda: "dev wg0" in victim_host.run(installed).stdout, 10), victim.output()
     time.sleep(3)  # a few reconcile rounds: a refusal must not be logged again each one

@@ -51,12 +51,16 @@ class MeshAgent:
 
 
 def join_with_routes(
-    server: RendezvousServer, host: Host, name: str, routes: list[str], *flags: str
+    server: RendezvousServer,
+    host: Host,
+    name: str,
+    routes: list[str],
+    *flags: str,
+    grant: bool = True,
 ) -> MeshAgent:
-    """A peer that joins advertising `routes`. The one place that makes such a peer's token:
-    where the operator's grant (`token create --allow-routes`) goes once the rendezvous needs it.
-    """
-    token = server.token()
+    """A peer that joins advertising `routes`, granted by its token (`token create
+    --allow-routes`) unless `grant` is False: then they wait for `peer routes approve`."""
+    token = server.token(1, "--allow-routes", ",".join(routes)) if grant else server.token()
     return MeshAgent(host, name).start(token, "--advertise-routes", ",".join(routes), *flags)
 
 

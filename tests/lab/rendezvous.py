@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,14 @@ class RendezvousServer:
         token = self.cli("token", "create", "--uses", str(uses), *flags).strip()
         self.host.lab.join_tokens.append(token)
         return token
+
+    def impose_routes(self, name: str, routes: list[str]) -> None:
+        """What a compromised rendezvous could publish: routes no operator could grant, written
+        straight into its database (the serving process follows such writes within 50 ms)."""
+        with contextlib.closing(sqlite3.connect(self.data_dir / "rendezvous.sqlite3")) as db, db:
+            [(key,)] = db.execute("SELECT public_key FROM peers WHERE name = ?", (name,))
+            db.execute("UPDATE peers SET routes = ? WHERE name = ?", (json.dumps(routes), name))
+            db.execute("INSERT INTO changes (public_key) VALUES (?)", (key,))
 
     def public_key(self) -> str:
         info: dict[str, str] = json.loads(self.cli("info", "--json"))
