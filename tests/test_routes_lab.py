@@ -68,10 +68,10 @@ def test_a_peer_advertising_the_internet_and_the_victims_lan_hijacks_nothing(lab
     attack = ["128.0.0.0/1", "64.0.0.0/2", lan, "::/0"]
     mallory_host = lab.add_nat("evil", NatType.PORT_RESTRICTED).add_host("mallory")
     # A token holder asking for them is refused outright by the rendezvous (one line, exit 2)...
-    refused = join_with_routes(server, mallory_host, "mallory", [*attack, HARMLESS], grant=False)
-    assert wait_until(lambda: refused.process is not None and not refused.process.running(), 15)
-    assert "overlaps link-local space" in refused.output(), refused.output()
-    assert refused.process is not None and refused.process.popen.returncode == 2
+    greedy = join_with_routes(server, mallory_host, "mallory", [*attack, HARMLESS], grant=False)
+    assert wait_until(lambda: greedy.process is not None and not greedy.process.running(), 15)
+    assert "overlaps link-local space" in greedy.output(), greedy.output()
+    assert greedy.process is not None and greedy.process.popen.returncode == 2
     # ...so the rest is defence in depth: a compromised rendezvous publishes them anyway.
     join_with_routes(
         server, lab.add_nat("evil2", NatType.PORT_RESTRICTED).add_host("m"), "mallory", [HARMLESS]
