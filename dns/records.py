@@ -165,7 +165,8 @@ class Zone:
         yield soa
         for node in self._fixed.values():
             yield from (rrset for rrset in node.values() if rrset is not soa)
-        for key, entry in self._entries.items():
+        # A copy: the caller may pause between records while the zone changes.
+        for key, entry in list(self._entries.items()):
             yield from _mesh_node(self._mesh_name(entry.name), entry, self.config.ttl).values()
             if entry.endpoint is not None:
                 instance = self._instance(instance_label(key).encode())

@@ -1,4 +1,4 @@
-"""The authoritative DNS server for the mesh zone: a sans-I/O core and its asyncio adapters.
+"""The authoritative DNS server for the mesh zone, sans-I/O: query bytes in, answer bytes out.
 
 `Authority` turns query bytes into answer bytes, with dnspython for the wire format:
 - authoritative answers (AA);
@@ -7,16 +7,15 @@
 - FORMERR for malformed queries, NOTIMP for other opcodes;
 - EDNS0 buffer sizes honoured up to `max_udp_payload`;
 - TC when an answer does not fit over UDP, and the full answer over TCP;
-- AXFR over TCP.
+- AXFR over TCP, for the client networks allowed (none by default).
 Names match in any case. The answer keeps the query's case, because each owner name is written
 as a compression pointer to the question. UDP answers pass the response rate limiter first.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
+import ipaddress
 import logging
 import struct
 from collections.abc import Iterator
@@ -33,8 +32,6 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from meshpeer.rendezvous.udp import Address, DatagramEndpoint, open_socket
-
 from .ratelimit import ResponseRateLimiter, Verdict
 from .records import Zone
 
@@ -46,12 +43,11 @@ CLASSIC_UDP_PAYLOAD = 512  # without EDNS0 (RFC 1035)
 DEFAULT_MAX_UDP_PAYLOAD = 4096
 OUR_EDNS_PAYLOAD = 1232  # what we advertise (DNS flag day 2020): no IP fragmentation
 TCP_MESSAGE_MAX = 65535
-TCP_IDLE_S = 10.0  # RFC 7766 6.2.3: a few seconds between queries, then close
-MAX_TCP_CONNECTIONS = 256
 ANSWER_CACHE_SIZE = 16_384  # UDP answers kept, about 5 MiB at most
 AXFR_CHUNK = 16_384  # bytes of records per AXFR message; the limit is 64 KiB
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _ADDRESSES = (dns.rdatatype.A, dns.rdatatype.AAAA)
 _ADDITIONAL = {
     dns.rdatatype.SRV: (*_ADDRESSES, dns.rdatatype.TXT),
@@ -66,8 +62,10 @@ class Authority:
         limiter: ResponseRateLimiter | None = None,
         max_udp_payload: int = DEFAULT_MAX_UDP_PAYLOAD,
         answer_cache: int = ANSWER_CACHE_SIZE,
+        axfr_allow: tuple[IPNetwork, ...] = (),
     ) -> None:
         self.zone = zone
+        self.axfr_allow = axfr_allow  # who may transfer the zone; nobody by default
         self.answer_cache = answer_cache
         self.limiter = limiter
         self.max_udp_payload = max(CLASSIC_UDP_PAYLOAD, min(max_udp_payload, TCP_MESSAGE_MAX))
@@ -77,6 +75,7 @@ class Authority:
         self._by_name: dict[dns.name.Name, set[bytes]] = {}  # owner name -> cache keys
         self._volatile: set[bytes] = set()  # answers that carry the SOA: every change ends them
         self._cache_serial = zone.serial
+        self._transfer_cache: tuple[tuple[int, str], list[bytes]] | None = None
 
     # -- the two transports -------------------------------------------------------------------
 
@@ -171,18 +170,29 @@ class Authority:
         if authority or name == self.zone.origin:
             self._volatile.add(key)
 
-    def answer_tcp(self, wire: bytes) -> list[bytes]:
-        """The answers to one TCP query (several for AXFR); none to stay silent."""
+    def answer_tcp(self, wire: bytes, client: str = "") -> Iterator[bytes]:
+        """The answers to one TCP query (several for AXFR, made one at a time as the caller
+        asks, so it can send each and let other work run between); none to stay silent."""
         if not _is_query(wire):
             self.counts["dropped"] += 1
-            return []
+            return iter(())
         query = self._parse(wire)
         if isinstance(query, bytes):
-            return [query]
+            return iter((query,))
         question = query.question[0] if len(query.question) == 1 else None
         if question is not None and question.rdtype == dns.rdatatype.AXFR and self._ours(query):
-            return list(self._transfer(query))
-        return [self._answer(query, TCP_MESSAGE_MAX, tcp=True)]
+            if self._may_transfer(client):
+                return self._transfer(query)
+            self.counts["AXFR refused"] += 1
+        return iter((self._answer(query, TCP_MESSAGE_MAX, tcp=True),))
+
+    def _may_transfer(self, client: str) -> bool:
+        try:
+            address = ipaddress.ip_address(client)
+        except ValueError:
+            return False
+        address = getattr(address, "ipv4_mapped", None) or address
+        return any(address in network for network in self.axfr_allow)
 
     # -- parsing ------------------------------------------------------------------------------
 
@@ -296,8 +306,21 @@ class Authority:
         return response.to_wire(max_size=CLASSIC_UDP_PAYLOAD, prefer_truncation=True)
 
     def _transfer(self, query: dns.message.Message) -> Iterator[bytes]:
-        """AXFR (RFC 5936): the SOA, every RRset, the SOA again, in messages of a few KiB."""
+        """AXFR (RFC 5936): the SOA, every RRset, the SOA again, in messages of a few KiB.
+        Kept for the zone's serial and the question's exact bytes: a second transfer of an
+        unchanged zone costs no rendering (at 50,000 peers the first takes seconds of CPU)."""
         self.counts["AXFR"] += 1
+        key = (self.zone.serial, query.question[0].to_text())
+        if self._transfer_cache is not None and self._transfer_cache[0] == key:
+            yield from (query.id.to_bytes(2, "big") + m for m in self._transfer_cache[1])
+            return
+        made: list[bytes] = []
+        for message in self._render_transfer(query):
+            made.append(message[2:])
+            yield message
+        self._transfer_cache = (key, made)  # only once complete: a client may hang up early
+
+    def _render_transfer(self, query: dns.message.Message) -> Iterator[bytes]:
         message, size = self._transfer_message(query, first=True), 0
         for rrset in [*self.zone.transfer(), self.zone.soa]:
             # Text is longer than wire format for these records: a safe measure of the size.
@@ -344,66 +367,3 @@ def _header_only_error(wire: bytes, rcode: dns.rcode.Rcode) -> bytes:
     query_id, flags = struct.unpack_from("!HH", wire)
     kept = flags & (0x7800 | dns.flags.RD)  # the opcode bits and RD
     return HEADER.pack(query_id, dns.flags.QR | kept | int(rcode), 0, 0, 0, 0)
-
-
-# -- asyncio adapters -------------------------------------------------------------------------
-
-
-class DnsServer:
-    """The authority on one UDP socket (answers from the address asked) and one TCP listener."""
-
-    def __init__(self, authority: Authority) -> None:
-        self.authority = authority
-        self._udp: DatagramEndpoint | None = None
-        self._tcp: asyncio.Server | None = None
-        self._connections = 0
-
-    async def start(self, host: str, port: int) -> None:
-        loop = asyncio.get_running_loop()
-
-        def on_datagram(data: bytes, source: Address) -> list[tuple[bytes, Address]]:
-            answer = self.authority.answer_udp(data, source[0], loop.time())
-            return [(answer, source)] if answer is not None else []
-
-        self._udp = DatagramEndpoint(open_socket(host, port), on_datagram)
-        try:
-            self._tcp = await asyncio.start_server(
-                self._serve_connection, host, port, reuse_address=True
-            )
-        except OSError:
-            self._udp.close()
-            raise
-
-    async def stop(self) -> None:
-        udp, self._udp = self._udp, None
-        tcp, self._tcp = self._tcp, None
-        if udp is not None:
-            udp.close()
-        if tcp is not None:
-            tcp.close()
-            await tcp.wait_closed()
-
-    async def _serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        self._connections += 1
-        try:
-            if self._connections <= MAX_TCP_CONNECTIONS:
-                await self._exchange(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
-            pass  # the client went away or idled out: nothing to answer
-        finally:
-            self._connections -= 1
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-
-    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_S), "big")
-            if size < HEADER_SIZE:
-                return
-            query = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE_S)
-            for answer in self.authority.answer_tcp(query):
-                writer.write(len(answer).to_bytes(2, "big") + answer)
-            await writer.drain()

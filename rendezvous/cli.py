@@ -62,6 +62,7 @@ _SERVE_FLAGS = {
     "dns_ttl": "TTL of the DNS records in seconds (default 0, as wgsd: endpoints move)",
     "tls_cert": "the API's certificate, PEM (default: one the rendezvous makes itself)",
     "tls_key": "the private key of --tls-cert, PEM",
+    "dns_axfr_allow": "CIDRs allowed to transfer the zone (AXFR), comma-separated (default none)",
 }
 
 

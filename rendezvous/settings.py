@@ -49,6 +49,7 @@ class Settings:
     tls_cert: str | None = None  # the operator's certificate; None: the data folder's own
     tls_key: str | None = None
     behind_tls_proxy: bool = False  # plain HTTP, for a TLS proxy in front that terminates it
+    dns_axfr_allow: tuple[IPNetwork, ...] = ()  # who may transfer the zone: nobody by default
 
     @property
     def rendezvous_address(self) -> IPAddress:
@@ -84,6 +85,7 @@ class Settings:
             "tls_cert": self.tls_cert,
             "tls_key": self.tls_key,
             "behind_tls_proxy": self.behind_tls_proxy,
+            "dns_axfr_allow": [str(network) for network in self.dns_axfr_allow],
         }
 
 
@@ -102,6 +104,7 @@ class Overrides:
     tls_cert: str | None = None
     tls_key: str | None = None
     behind_tls_proxy: str | None = None
+    dns_axfr_allow: str | None = None
 
 
 _FIELDS = tuple(field.name for field in fields(Overrides))
@@ -134,6 +137,7 @@ def resolve(given: Overrides) -> Settings:
         tls_cert=given.tls_cert,
         tls_key=given.tls_key,
         behind_tls_proxy=behind_proxy,
+        dns_axfr_allow=parse_networks(given.dns_axfr_allow or "", "--dns-axfr-allow"),
     )
 
 
@@ -147,6 +151,17 @@ def _check_tls(given: Overrides, behind_proxy: bool) -> None:
             "--behind-tls-proxy needs --public-api-url https://... (the proxy's address): "
             "agents never send secrets over plain HTTP"
         )
+
+
+def parse_networks(text: str, flag: str) -> tuple[IPNetwork, ...]:
+    """Comma-separated CIDRs, such as `192.0.2.0/24,2001:db8::/32` (a host is a /32)."""
+    networks = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise InvalidInput(f"{flag}: {item!r} is not a CIDR such as 192.0.2.0/24") from None
+    return tuple(networks)
 
 
 def parse_switch(text: str | None, flag: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 
 import dns.flags
@@ -201,11 +202,19 @@ def test_3000_peers_do_not_fit_one_message_so_tcp_says_so_and_axfr_has_them_all(
     tcp = dns.message.from_wire(wire)
     assert tcp.flags & dns.flags.TC and 900 < len(tcp.answer[0]) < 3000
     transfer = dns.message.make_query("mesh.example.", "AXFR")
-    messages = [dns.message.from_wire(w) for w in authority.answer_tcp(transfer.to_wire())]
-    ptrs = sum(len(r) for m in messages for r in m.answer if r.rdtype == dns.rdatatype.PTR)
-    assert ptrs == 3000 + 1  # every instance, and the service enumeration
-    first, last = messages[0].answer[0], messages[-1].answer[-1]
-    assert first.rdtype == last.rdtype == dns.rdatatype.SOA
+    [refused] = authority.answer_tcp(transfer.to_wire(), CLIENT)  # AXFR is off by default
+    assert dns.message.from_wire(refused).rcode() == dns.rcode.REFUSED
+    authority.axfr_allow = (ipaddress.ip_network("198.51.100.0/24"),)
+    for _ in range(2):  # made once, then from the cache of this serial
+        wires = list(authority.answer_tcp(transfer.to_wire(), CLIENT))
+        messages = [dns.message.from_wire(w) for w in wires]
+        ptrs = sum(len(r) for m in messages for r in m.answer if r.rdtype == dns.rdatatype.PTR)
+        assert ptrs == 3000 + 1  # every instance, and the service enumeration
+        first, last = messages[0].answer[0], messages[-1].answer[-1]
+        assert first.rdtype == last.rdtype == dns.rdatatype.SOA
+        assert {m.id for m in messages} == {transfer.id}
+    [elsewhere] = authority.answer_tcp(transfer.to_wire(), "192.0.2.1")
+    assert dns.message.from_wire(elsewhere).rcode() == dns.rcode.REFUSED
 
 
 def test_changes_show_in_the_next_answer() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json
 import os
 import re
@@ -18,7 +19,8 @@ import dns.name
 import pytest
 
 from meshpeer.dns.records import PeerEntry, Zone, ZoneConfig
-from meshpeer.dns.server import Authority, DnsServer
+from meshpeer.dns.server import Authority
+from meshpeer.rendezvous.dnsserve import DnsServer
 from tests.lab import Lab, NatType
 from tests.lab.rendezvous import RendezvousServer
 from tests.lab.topology import Host
@@ -90,7 +92,7 @@ class ThreadedDnsServer:
     """The DNS server on its own event loop thread, on loopback, for dig to ask."""
 
     def __init__(self, zone: Zone) -> None:
-        self.server = DnsServer(Authority(zone))
+        self.server = DnsServer(Authority(zone, axfr_allow=(ipaddress.ip_network("127.0.0.0/8"),)))
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
