@@ -18,11 +18,13 @@ from typing import Any
 from aiohttp import web
 
 from . import model, proof
+from .httpguard import GuardedConnection
 from .metrics import CONTENT_TYPE, ApiCounters, Snapshot, render
 from .model import Conflict, InvalidInput, NotFound, Peer, TokenRejected
 from .proof import ProofRejected
 from .registry import Registry
 from .snapshots import SnapshotCache, SnapshotRation, SnapshotRationed
+from .timers import HTTP_BODY_TIMEOUT_S
 
 logger = logging.getLogger("meshpeer.rendezvous.api")
 
@@ -34,6 +36,7 @@ COUNTERS = web.AppKey("counters", ApiCounters)
 SNAPSHOT: web.AppKey[Callable[[], Snapshot]] = web.AppKey("snapshot")
 RATION = web.AppKey("ration", SnapshotRation)
 SNAPSHOTS = web.AppKey("snapshots", SnapshotCache)
+GUARDS: web.AppKey[dict[object, GuardedConnection]] = web.AppKey("guards")
 
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,18}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -54,7 +57,10 @@ def create_app(
     registry: Registry, snapshot: Callable[[], Snapshot], counters: ApiCounters
 ) -> web.Application:
     """`snapshot` gathers the figures of /metrics, including those in `counters`."""
-    app = web.Application(middlewares=[_json_errors], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[_request_deadline, _json_errors], client_max_size=MAX_BODY_BYTES
+    )
+    app[GUARDS] = {}  # by transport: apiserve.py's connections, for their header deadline
     app[REGISTRY] = registry
     app[COUNTERS] = counters
     app[SNAPSHOT] = snapshot
@@ -73,6 +79,19 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     return app
+
+
+@web.middleware
+async def _request_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """While a request is handled its connection has no header deadline (httpguard.py)."""
+    guard = request.app[GUARDS].get(request.transport)
+    if guard is not None:
+        guard.request_started()
+    try:
+        return await handler(request)
+    finally:
+        if guard is not None:
+            guard.request_finished()
 
 
 @web.middleware
@@ -256,7 +275,10 @@ def _configuration(registry: Registry, peer: Peer) -> dict[str, Any]:
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
     try:
-        body = await request.json(loads=_strict_loads)
+        async with asyncio.timeout(HTTP_BODY_TIMEOUT_S):
+            body = await request.json(loads=_strict_loads)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(reason="the request body came too slowly") from None
     except (ValueError, UnicodeDecodeError):
         raise InvalidInput("the request body must be a JSON object") from None
     if not isinstance(body, dict):

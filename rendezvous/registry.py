@@ -190,6 +190,8 @@ class Registry:
         self._endpoint_moved = asyncio.Event()
         self._log = _WatchLog()
         self.damper = EndpointDamper()
+        self.zone_serial: Callable[[], int] | None = None  # the DNS zone's, kept at each flush
+        self.stored_zone_serial = 0
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -249,6 +251,7 @@ class Registry:
             self.given = config.merge(given, stored) if given else stored
             self.settings = config.resolve(self.given)
             await self._store_settings(db, meta)
+            self.stored_zone_serial = int(meta.get("zone_serial", "0"))
             self.private_key = await self._load_or_make_key(db, meta)
             await self._ensure_admin_token(db, meta)
         self.public_key = public_bytes(self.private_key)
@@ -729,8 +732,10 @@ class Registry:
                 self._move(peer, endpoint, now)
 
     async def flush(self) -> None:
-        """Write observed endpoints and handshakes; the replay floor survives a restart."""
-        if not self._dirty:
+        """Write observed endpoints and handshakes (the replay floor survives a restart), and
+        the zone's serial (it never goes backwards, even across a restart)."""
+        serial = self.zone_serial() if self.zone_serial else self.stored_zone_serial
+        if not self._dirty and serial == self.stored_zone_serial:
             return
         dirty, self._dirty = self._dirty, set()
         rows = [_observation_row(self._peers[key]) for key in dirty if key in self._peers]
@@ -740,6 +745,9 @@ class Registry:
                 " last_handshake = ?, handshake_timestamp = ? WHERE public_key = ?",
                 rows,
             )
+            if serial != self.stored_zone_serial:
+                await _set_meta(db, "zone_serial", str(serial))
+        self.stored_zone_serial = serial
 
     async def _flush_loop(self) -> None:
         while True:

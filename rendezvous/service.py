@@ -4,27 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
 import dns.name
-from aiohttp import web
 
 from meshpeer.dns.ratelimit import ResponseRateLimiter
 from meshpeer.dns.records import PeerEntry, Zone, ZoneConfig
-from meshpeer.dns.server import Authority, DnsServer
+from meshpeer.dns.server import Authority
 
 from .api import create_app
+from .apiserve import ApiServer
+from .dnsserve import DnsServer
 from .handshake import EndpointConfirmed, Event, InitiationAccepted, Responder
 from .metrics import ApiCounters, Snapshot
 from .model import Endpoint, Peer, format_endpoint, unmap_address
 from .registry import ChangeKind, Registry
+from .timers import DNS_TCP_CONNECTIONS
 from .tls import server_context
 from .udp import DatagramEndpoint, serve_handshakes
 
 logger = logging.getLogger("meshpeer.rendezvous")
 T = TypeVar("T")
+SERIAL_MARGIN = 4096  # changes that may follow the last kept serial (joins and moves: few a second)
+FILES_RESERVED = 64  # the database, the UDP sockets, logs, a thread's needs
 
 
 class ListenError(Exception):
@@ -37,10 +42,13 @@ class Rendezvous:
         self.responder = responder or Responder(registry.private_key)
         self.counters = ApiCounters()
         self.zone = _zone_for(registry)
-        self.authority = Authority(self.zone, ResponseRateLimiter())
+        self.authority = Authority(
+            self.zone, ResponseRateLimiter(), axfr_allow=registry.settings.dns_axfr_allow
+        )
+        registry.zone_serial = lambda: self.zone.serial  # kept, so it never goes backwards
         self._dns = DnsServer(self.authority)
         self._udp: DatagramEndpoint | None = None
-        self._runner: web.AppRunner | None = None
+        self._api: ApiServer | None = None
         for peer in registry.peers():
             # The stored TAI64N floor: an initiation recorded before a restart stays refused.
             self.responder.authorize(peer.public_key, peer.handshake_timestamp)
@@ -55,18 +63,13 @@ class Rendezvous:
             settings.wg_listen,
             serve_handshakes(self.responder, *settings.wg_listen, self._on_handshake_event),
         )
-        self._runner = web.AppRunner(
-            create_app(self.registry, self.snapshot, self.counters), access_log=None
-        )
-        await self._runner.setup()
         files = self.registry.tls_files
-        site = web.TCPSite(
-            self._runner,
-            *settings.api_listen,
-            reuse_address=True,
-            ssl_context=server_context(files) if files else None,
+        self._api = ApiServer(
+            create_app(self.registry, self.snapshot, self.counters),
+            server_context(files) if files else None,
+            api_connections(open_files_limit()),
         )
-        await _listen("--api-listen", settings.api_listen, site.start())
+        await _listen("--api-listen", settings.api_listen, self._api.start(*settings.api_listen))
         await _listen("--dns-listen", settings.dns_listen, self._dns.start(*settings.dns_listen))
         logger.info(
             "serving %d peers: WireGuard on udp %s (peers dial %s), DNS for %s on %s, "
@@ -84,13 +87,15 @@ class Rendezvous:
         )
 
     async def stop(self) -> None:
-        """Close the sockets, then write what the registry still holds; safe to call twice."""
+        """Answer the long polls, close the sockets, then write what the registry still holds
+        (observations and the zone serial): well within 2 s. Safe to call twice."""
+        self.registry.stop_watchers()
         udp, self._udp = self._udp, None
-        runner, self._runner = self._runner, None
+        api, self._api = self._api, None
         if udp is not None:
             udp.close()
-        if runner is not None:
-            await runner.cleanup()
+        if api is not None:
+            await api.stop()
         await self._dns.stop()
         await self.registry.close()
 
@@ -144,8 +149,30 @@ def _zone_for(registry: Registry) -> Zone:
         nameserver=settings.public_endpoint[0],
         rendezvous_address=str(settings.rendezvous_address),
     )
-    # The serial only moves forward, across restarts too: it starts from the clock.
-    return Zone(config, serial=int(time.time()))
+    # The serial only moves forward, across restarts too: from the clock, or past the last one
+    # kept, with room for the changes made after it was kept (at most a second's worth).
+    kept = registry.stored_zone_serial
+    serial = max(int(time.time()), kept + SERIAL_MARGIN if kept else 0) % 2**32 or 1
+    return Zone(config, serial=serial)
+
+
+def open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard one, and say so: every connection and
+    socket is one, and the default 1,024 is what a slowloris exhausted first."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft
+        logger.info("open files: raised the limit from %d to %d", soft, hard)
+        return hard
+    return soft
+
+
+def api_connections(open_files: int) -> int:
+    """What the API may hold open: most of the descriptors, after DNS's and a reserve."""
+    return max(64, open_files - DNS_TCP_CONNECTIONS - FILES_RESERVED)
 
 
 async def _listen(flag: str, address: Endpoint, opening: Awaitable[T]) -> T:

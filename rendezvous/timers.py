@@ -30,3 +30,19 @@ WATCH_COALESCE_S = 0.02
 # Full snapshots of the peer list, per credential: one may come at once, then one per this long.
 # An agent needs one at start and after a long disconnection; at 50,000 peers one is 10 MB.
 FULL_SNAPSHOT_INTERVAL_S = 10.0
+
+# -- what one client may cost ---------------------------------------------------------------------
+
+# A request's headers must have arrived this long after its connection opened (or after the
+# previous answer on it): a slowloris holds a descriptor 10 s, not for ever. Agents send a
+# request in one write.
+HTTP_HEADER_TIMEOUT_S = 10.0
+HTTP_BODY_TIMEOUT_S = 10.0  # and its body (64 KiB at most) this long after the headers
+TLS_HANDSHAKE_TIMEOUT_S = 10.0  # asyncio's default is 60 s
+HTTP_CONNECTIONS_PER_CLIENT = 256  # an office behind one NAT: one watch per agent, plus joins
+HTTP_SHUTDOWN_S = 1.0  # a stopping server waits this long for answers in flight
+DNS_TCP_CONNECTIONS_PER_CLIENT = 8  # RFC 7766 6.2.2: a client needs one, pipelined
+DNS_TCP_CONNECTIONS = 256
+DNS_TCP_IDLE_S = 10.0  # RFC 7766 6.2.3: a few seconds between queries, then close
+DNS_TCP_LIFETIME_S = 60.0  # and no connection for longer, whatever it asks (AXFR included)
+HTTP_KEEPALIVE_S = 15.0  # an idle kept-alive connection closes after this (aiohttp: 1 hour)
