@@ -28,6 +28,9 @@ class Snapshot:
     peers_with_endpoint: int
     api_requests: Mapping[tuple[str, int], int]
     dns: Mapping[str, int]  # DNS answers by rcode, and rate_limited, slipped, truncated, ...
+    # What the rendezvous held back from a client: damped endpoint moves, rationed full lists,
+    # connections over a client's share.
+    held_back: Mapping[str, int] = field(default_factory=dict)
 
 
 def render(snapshot: Snapshot) -> str:
@@ -79,6 +82,11 @@ def render(snapshot: Snapshot) -> str:
     lines.extend(_labelled("api_requests_total", api))
     _metric(lines, "dns_total", "counter", "DNS queries by outcome (rcode, rate_limited, ...).")
     lines.extend(_labelled("dns_total", {(("outcome", k),): v for k, v in snapshot.dns.items()}))
+    _metric(lines, "held_back_total", "counter", "What a client asked for and did not get.")
+    held: dict[tuple[tuple[str, str], ...], int] = {
+        (("what", k),): v for k, v in snapshot.held_back.items()
+    }
+    lines.extend(_labelled("held_back_total", held))
     return "\n".join(lines) + "\n"
 
 

@@ -15,7 +15,7 @@ from meshpeer.dns.ratelimit import ResponseRateLimiter
 from meshpeer.dns.records import PeerEntry, Zone, ZoneConfig
 from meshpeer.dns.server import Authority
 
-from .api import create_app
+from .api import RATION, create_app
 from .apiserve import ApiServer
 from .dnsserve import DnsServer
 from .handshake import EndpointConfirmed, Event, InitiationAccepted, Responder
@@ -108,7 +108,18 @@ class Rendezvous:
             peers_with_endpoint=self.registry.with_endpoint(),
             api_requests=dict(self.counters.requests),
             dns=dict(self.authority.counts),
+            held_back=self._held_back(),
         )
+
+    def _held_back(self) -> dict[str, int]:
+        held = {
+            "endpoint_moves_damped": self.registry.damper.damped,
+            "dns_tcp_connections_refused": self._dns.budget.refused,
+        }
+        if self._api is not None:
+            held["api_connections_refused"] = self._api.budget.refused
+            held["full_lists_rationed"] = self._api.app[RATION].refused
+        return held
 
     def _on_handshake_event(self, event: Event) -> None:
         now = time.time()

@@ -9,7 +9,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshpeer.rendezvous.tokens import JoinToken
-from tests.lab.secrets import leaks
+from tests.lab.leaks import leaks
 
 
 def test_each_kind_of_secret_is_found_in_a_log(tmp_path: Path) -> None:

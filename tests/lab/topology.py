@@ -28,7 +28,7 @@ from types import TracebackType
 from .nat import TABLE, NatSpec, NatType, ruleset
 from .netns import LAB_ROOT, PREFIX, delete_namespace, run, sweep_stale
 from .process import LabProcess, LineAgent
-from .secrets import leaks
+from .leaks import leaks
 from .udp import Reflector, UdpSocket
 
 INTERNET = ipaddress.IPv4Network("203.0.113.0/24")  # TEST-NET-3 (RFC 5737): the lab's public space
