@@ -25,10 +25,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from .leaks import leaks
 from .nat import TABLE, NatSpec, NatType, ruleset
 from .netns import LAB_ROOT, PREFIX, delete_namespace, run, sweep_stale
 from .process import LabProcess, LineAgent
-from .leaks import leaks
 from .udp import Reflector, UdpSocket
 
 INTERNET = ipaddress.IPv4Network("203.0.113.0/24")  # TEST-NET-3 (RFC 5737): the lab's public space
