@@ -47,6 +47,12 @@ class EndpointDamper:
             self._moved_at[key] = now
         return [(key, self._pending.pop(key)) for key in ready]
 
+    def drain(self) -> list[tuple[bytes, Endpoint]]:
+        """Every waiting endpoint, hold or not: a stopping server keeps the newest it saw."""
+        waiting = list(self._pending.items())
+        self._pending.clear()
+        return waiting
+
     def forget(self, key: bytes) -> None:
         self._moved_at.pop(key, None)
         self._pending.pop(key, None)

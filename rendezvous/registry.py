@@ -224,6 +224,11 @@ class Registry:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        now = time.time()
+        for key, endpoint in self.damper.drain():  # the newest seen, though still held
+            peer = self._peers.get(key)
+            if peer is not None:
+                self._move(peer, endpoint, now)
         with contextlib.suppress(sqlite3.Error):
             await self.flush()
         await self._db.close()

@@ -5,7 +5,9 @@ join still answer. How fast they answer is bench/abuse.py's business, not these 
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,3 +150,46 @@ def test_a_member_flapping_between_16_ports_moves_its_endpoint_once_per_hold(
     damped = 'meshpeer_held_back_total{what="endpoint_moves_damped"}'
     assert later[damped] - first.get(damped, 0) > 1000  # thousands of moves never published
     assert later["meshpeer_keepalives_total"] - first["meshpeer_keepalives_total"] > 1000
+
+
+def test_sigterm_with_20_watchers_stops_within_2_s_and_keeps_what_it_observed(
+    arena: Arena,
+) -> None:
+    server = arena.server.start()
+    process = server.process
+    assert process is not None
+    soa = ["dig", f"@{arena.address}", "+short", ZONE, "SOA"]
+    member = arena.stranger.spawn(
+        "member",
+        [
+            sys.executable,
+            str(LAB / "abuser.py"),
+            "member",
+            arena.address,
+            str(WG_PORT),
+            server.token(1),
+        ],
+    )
+    assert wait_until(lambda: "keepalive_from" in member.output(), 15), member.output()
+    watchers = arena.abuse("watchers", server.token(20), "20")
+    assert json.loads(watchers.output().splitlines()[0])["holding"] == 20
+    serial_before = int(arena.friend.run(soa).stdout.split()[2])
+    member.popen.send_signal(signal.SIGUSR1)  # its NAT rebinds: a keepalive from a new port
+    assert wait_until(lambda: member.output().count("keepalive_from") == 2, 5), member.output()
+    port = json.loads(member.output().splitlines()[1])["keepalive_from"]
+    time.sleep(0.1)  # the member's new endpoint was observed 100 ms before the stop
+
+    started = time.monotonic()
+    process.popen.send_signal(signal.SIGTERM)
+    process.popen.wait(10)
+    took = time.monotonic() - started
+    assert took < 2.0, f"stopped {took:.2f} s after SIGTERM"
+    assert process.popen.returncode == 0
+    assert wait_until(lambda: '"ended"' in watchers.output(), 10), watchers.output()
+    ended = json.loads(watchers.output().splitlines()[-1])["ended"]
+    # Every long poll pending at the stop was answered (200); the next one found no server.
+    assert ended == [["200", "ClientConnectorError"]] * 20, ended
+    assert server.peers()["member"]["endpoint"] == f"{arena.stranger.address}:{port}"
+
+    server.start()  # and the zone's serial goes on from where it was
+    assert int(arena.friend.run(soa).stdout.split()[2]) > serial_before

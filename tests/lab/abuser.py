@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import ssl
 import struct
@@ -148,40 +149,59 @@ async def flap(host: str, port: int, token_text: str) -> None:
 
 
 async def watchers(token_text: str, count: int) -> None:
+    """Members that long-poll as agents do: again at once after each answer, until the server
+    is gone. Prints how each ended: its answers, then the error that ended it."""
     token = tokens.decode(token_text)
+    ssl_setting = client_ssl(token.tls_pin)
     async with aiohttp.ClientSession() as session:
         credentials = [(await join(session, token_text, f"watcher{n}"))[1] for n in range(count)]
 
-        async def hold(credential: str) -> int:
-            headers = {"Authorization": f"Bearer {credential}"}
-            url = f"{token.api_url}/v1/watch?timeout=0"
-            async with session.get(url, headers=headers, ssl=client_ssl(token.tls_pin)) as first:
-                state = await first.json()
-            url = f"{token.api_url}/v1/watch?timeout=60&epoch={state['epoch']}"
-            url += f"&since={state['revision']}"
-            async with session.get(url, headers=headers, ssl=client_ssl(token.tls_pin)) as held:
-                return held.status
+        async def poll(credential: str) -> list[str]:
+            headers, seen, epoch, since = {"Authorization": f"Bearer {credential}"}, [], "", ""
+            while True:
+                url = f"{token.api_url}/v1/watch?timeout=60"
+                url += f"&epoch={epoch}&since={since}" if epoch else "&timeout=0"
+                try:
+                    async with session.get(url, headers=headers, ssl=ssl_setting) as answer:
+                        state = await answer.json()
+                        seen.append(str(answer.status))
+                except aiohttp.ClientError as error:
+                    return [*seen, type(error).__name__]
+                epoch, since = state["epoch"], state["revision"]
 
-        holds = [asyncio.create_task(hold(credential)) for credential in credentials]
+        polls = [asyncio.create_task(poll(credential)) for credential in credentials]
         await asyncio.sleep(1)
-        say(holding=sum(1 for task in holds if not task.done()))
-        statuses = await asyncio.gather(*holds, return_exceptions=True)
-        say(answered=[status if isinstance(status, int) else repr(status) for status in statuses])
+        say(holding=sum(1 for task in polls if not task.done()))
+        ends = await asyncio.gather(*polls)
+        say(ended=[[*sorted(set(seen[:-1])), seen[-1]] for seen in ends])
 
 
 async def member(host: str, port: int, token_text: str) -> None:
+    """A member: a handshake and a keepalive; on SIGUSR1 a keepalive from another port, as a
+    NAT that rebinds would send it. Prints each port it sent from."""
     token = tokens.decode(token_text)
     async with aiohttp.ClientSession() as session:
         private_key, _ = await join(session, token_text, "member")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("0.0.0.0", 0))  # noqa: S104 - a lab host's own socket
-    sock.settimeout(2)
     initiator = Initiator(private_key, token.rendezvous_key)
+    sock = _udp_socket()
     sock.sendto(initiator.initiation(), (host, port))
     initiator.receive(sock.recv(2048))
     sock.sendto(initiator.keepalive(), (host, port))  # this confirms the endpoint
     say(keepalive_from=sock.getsockname()[1])
+    moved = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, moved.set)
+    await moved.wait()
+    rebound = _udp_socket()
+    rebound.sendto(initiator.keepalive(), (host, port))
+    say(keepalive_from=rebound.getsockname()[1])
     await asyncio.Event().wait()  # until the lab stops it
+
+
+def _udp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", 0))  # noqa: S104 - a lab host's own socket
+    sock.settimeout(2)
+    return sock
 
 
 def main() -> None:
