@@ -27,7 +27,8 @@ from .host_routes import HostRoutes, rendezvous_addresses
 from .lan import LanDiscovery, Sightings
 from .mesh import RENDEZVOUS_KEEPALIVE_S, Mesh, remote_from_json
 from .state import Membership, StateDir
-from .uapi import DeviceStatus, PeerConfig
+from .supervise import supervised
+from .uapi import DeviceStatus, PeerConfig, UapiError
 from .wireguard import (
     Backend,
     BackendError,
@@ -106,10 +107,14 @@ class Agent:
             rendezvous = await asyncio.to_thread(rendezvous_addresses, membership)
             live = _Live(membership, Mesh(own_key), backend, routes, rendezvous)
             await asyncio.to_thread(self._enable_forwarding)
+            loops = {
+                "watch": lambda: self._follow_rendezvous(live),
+                "reconcile": lambda: self._reconcile_forever(live),
+                "dns-sd": lambda: self._poll_dns_sd(live),
+            }
             tasks = [
-                asyncio.create_task(self._follow_rendezvous(live), name="watch"),
-                asyncio.create_task(self._reconcile_forever(live), name="reconcile"),
-                asyncio.create_task(self._poll_dns_sd(live), name="dns-sd"),
+                asyncio.create_task(supervised(name, loop), name=name)
+                for name, loop in loops.items()
             ]
             for task in tasks:
                 task.add_done_callback(self._task_ended)
@@ -132,12 +137,11 @@ class Agent:
         self._stopping.set()
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:
-        """A loop ended by an exception must not leave a half-alive agent (the reconcile loop
-        once died silently and no joiner was added again): log it, stop, exit 1."""
+        """A loop that failed more often than supervise.py restarts it: stop, exit 1."""
         error = None if task.cancelled() else task.exception()
         if error is not None and self._failure is None:
-            logger.error("the %s loop failed; stopping", task.get_name(), exc_info=error)
-            self._failure = AgentFailed(f"the {task.get_name()} loop failed: {error!r}")
+            logger.error("%s; stopping", error)
+            self._failure = AgentFailed(str(error))
             self.stop()
 
     async def _membership(self, private_key: X25519PrivateKey) -> Membership:
@@ -300,7 +304,7 @@ class Agent:
                 if not live.backend.alive():
                     await self._remake_interface(live)
                 await self.reconcile(live)
-            except (BackendError, OSError) as error:
+            except (BackendError, UapiError, OSError) as error:
                 logger.warning("could not configure the interface yet: %s", error)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), RECONCILE_S)

@@ -89,23 +89,37 @@ async def watch(
     query = f"timeout={timeout_s:g}"
     if epoch is not None and revision is not None:
         query += f"&epoch={epoch}&since={revision}"
-    status, answer = await _request(
-        "GET",
-        f"{membership.api_url}/v1/watch?{query}",
-        membership.tls_pin,
-        credential=membership.credential,
-        timeout_s=timeout_s + REQUEST_TIMEOUT_S,
-    )
+    url = f"{membership.api_url}/v1/watch?{query}"
+    try:
+        status, answer = await _request(
+            "GET",
+            url,
+            membership.tls_pin,
+            credential=membership.credential,
+            timeout_s=timeout_s + REQUEST_TIMEOUT_S,
+        )
+    except WrongCertificate as error:  # a captive portal, or someone in the path: wait it out
+        raise Unreachable(str(error)) from None
     if status == 401:
         raise Removed("the operator removed this machine from the mesh")
     if status >= 400:
         raise Unreachable(f"the rendezvous answered {status}: {answer.get('error')}")
+    try:
+        return _watch_answer(answer)
+    except (KeyError, TypeError, ValueError):
+        raise Unreachable(f"{url} answered, but not as the API does (a captive portal?)") from None
+
+
+def _watch_answer(answer: dict[str, Any]) -> WatchAnswer:
+    peers, removed = answer["peers"], answer["removed"]
+    if not isinstance(peers, list) or not isinstance(removed, list):
+        raise TypeError("peers and removed must be lists")
     return WatchAnswer(
-        str(answer["epoch"]),
+        str(answer["epoch"])[:64],
         int(answer["revision"]),
         bool(answer["full"]),
-        list(answer["peers"]),
-        [str(key) for key in answer["removed"]],
+        [peer for peer in peers if isinstance(peer, dict)],
+        [str(key) for key in removed],
     )
 
 

@@ -103,3 +103,31 @@ def test_the_pin_is_the_certificates_key_so_a_renewal_keeps_it(tmp_path: Path) -
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     renewed = tls._self_signed(key, "rendezvous.example")  # another name, the same key
     assert tls.pin_of_certificate(renewed.public_bytes(serialization.Encoding.DER)) == pin
+
+
+def test_a_captive_portals_answer_is_unreachable_not_fatal(tmp_path: Path) -> None:
+    """A 200 that is not the API's (HTML, or JSON of another shape): retry later."""
+
+    async def portal(request: web.Request) -> web.Response:
+        return web.Response(text="<html>Log in to the hotel Wi-Fi</html>", content_type="text/html")
+
+    async def scenario() -> None:
+        async with served(tmp_path) as service:
+            token = tokens.decode(await service.registry.create_token(1, 60))
+            membership, _ = await client.join(
+                token, X25519PrivateKey.generate(), "pc", (), now_ms()
+            )
+        files = tls.ensure_self_signed(tmp_path, "127.0.0.1")  # the same key: the same pin
+        app = web.Application()
+        app.router.add_get("/v1/watch", portal)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = int(membership.api_url.rsplit(":", 1)[1])
+        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls.server_context(files)).start()
+        try:
+            with pytest.raises(client.Unreachable, match="not as the API does"):
+                await client.watch(membership, None, None, 0)
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(scenario())
