@@ -3,9 +3,10 @@
 The responder confirms an endpoint at every authenticated keepalive, from wherever it comes.
 A NAT reboot moves it once; a member sending from many ports moves it at will, and each move
 is a registry revision that wakes every watcher, empties DNS answers and makes every agent
-punch again. So a move is published at once only when the endpoint has been still for
-`hold_s`; otherwise the newest one waits until `hold_s` after the last move, and the ones in
-between are never published. The table holds registered peers only (the caller checks).
+punch again. So each peer has a bucket of `burst` moves that refills one per `hold_s`: a NAT
+reboot, or two, is published at the next keepalive; a flapping member gets one move per
+`hold_s`, always to the newest endpoint it was seen at. A peer's first endpoint is not a move.
+The table holds registered peers only (the caller checks).
 """
 
 from __future__ import annotations
@@ -13,14 +14,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .model import Endpoint
-from .timers import ENDPOINT_HOLD_S
+from .timers import ENDPOINT_HOLD_S, ENDPOINT_MOVES_BURST
+
+
+@dataclass(slots=True)
+class _Bucket:
+    moves: float
+    at: float
 
 
 @dataclass(slots=True)
 class EndpointDamper:
     hold_s: float = ENDPOINT_HOLD_S
+    burst: float = ENDPOINT_MOVES_BURST
     damped: int = 0  # endpoints that were never published (for /metrics)
-    _moved_at: dict[bytes, float] = field(default_factory=dict)
+    _buckets: dict[bytes, _Bucket] = field(default_factory=dict)
     _pending: dict[bytes, Endpoint] = field(default_factory=dict)
 
     def observe(
@@ -30,9 +38,7 @@ class EndpointDamper:
         if observed == published:
             self._pending.pop(key, None)  # back where it was: nothing left to move
             return False
-        moved_at = self._moved_at.get(key)
-        if published is None or moved_at is None or now - moved_at >= self.hold_s:
-            self._moved_at[key] = now
+        if published is None or self._take(key, now):
             self._pending.pop(key, None)
             return True
         if key in self._pending:
@@ -41,18 +47,25 @@ class EndpointDamper:
         return False
 
     def due(self, now: float) -> list[tuple[bytes, Endpoint]]:
-        """Waiting endpoints whose hold is over: publish these now."""
-        ready = [k for k in self._pending if now - self._moved_at.get(k, now) >= self.hold_s]
-        for key in ready:
-            self._moved_at[key] = now
+        """Waiting endpoints whose peer has a move again: publish these now."""
+        ready = [key for key in self._pending if self._take(key, now)]
         return [(key, self._pending.pop(key)) for key in ready]
 
     def drain(self) -> list[tuple[bytes, Endpoint]]:
-        """Every waiting endpoint, hold or not: a stopping server keeps the newest it saw."""
+        """Every waiting endpoint, move or not: a stopping server keeps the newest it saw."""
         waiting = list(self._pending.items())
         self._pending.clear()
         return waiting
 
     def forget(self, key: bytes) -> None:
-        self._moved_at.pop(key, None)
+        self._buckets.pop(key, None)
         self._pending.pop(key, None)
+
+    def _take(self, key: bytes, now: float) -> bool:
+        bucket = self._buckets.setdefault(key, _Bucket(self.burst, now))
+        bucket.moves = min(self.burst, bucket.moves + max(0.0, now - bucket.at) / self.hold_s)
+        bucket.at = now
+        if bucket.moves < 1:
+            return False
+        bucket.moves -= 1
+        return True

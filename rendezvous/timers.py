@@ -20,11 +20,12 @@ SESSIONS_PER_PEER = 2  # the current session and the previous one, as WireGuard 
 
 # -- what the rendezvous does for its peers -------------------------------------------------------
 
-# A peer's published endpoint moves at once when it has been still for this long, and at most
-# once per this long otherwise: a NAT reboot is published at the next keepalive, while a member
-# sending keepalives from 16 ports (1,229 revisions a second, each waking every watcher, emptying
-# DNS caches and making every agent punch again) gets one move per 5 s.
+# A peer's published endpoint may move twice at once, then once per 5 s: a NAT reboot (or two)
+# is published at the next keepalive, while a member sending keepalives from 16 ports (1,229
+# registry revisions a second, each waking every watcher, emptying DNS caches and making every
+# agent punch again) gets one move per 5 s.
 ENDPOINT_HOLD_S = 5.0
+ENDPOINT_MOVES_BURST = 2.0
 # A watcher that is woken waits this long for more changes, so a burst reaches it as one answer.
 WATCH_COALESCE_S = 0.02
 # Full snapshots of the peer list, per credential: one may come at once, then one per this long.
