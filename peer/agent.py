@@ -26,7 +26,7 @@ from . import client, dnssd
 from .host_routes import HostRoutes, rendezvous_addresses
 from .lan import LanDiscovery, Sightings
 from .mesh import RENDEZVOUS_KEEPALIVE_S, Mesh, remote_from_json
-from .state import Membership, StateDir
+from .state import Membership, StateDir, process_start
 from .supervise import supervised
 from .uapi import DeviceStatus, PeerConfig, UapiError
 from .wireguard import (
@@ -365,6 +365,7 @@ class Agent:
             "interface": self.options.interface,
             "backend": live.backend.name,
             "pid": os.getpid(),
+            "pid_start": process_start(os.getpid()),
             "peers": peers,
         }
 

@@ -25,10 +25,15 @@ from meshpeer.rendezvous.model import InvalidInput, parse_name
 
 from . import client
 from .agent import DNS_SD_POLL_S, Agent, AgentError, AgentFailed, Options
-from .state import DEFAULT_STATE_DIR, StateDir, StateError
+from .state import DEFAULT_STATE_DIR, StateDir, StateError, is_running_agent
 from .wireguard import BackendError, Links, MissingTool
 
 PROG = "meshpeer"
+DOWN_WAIT_S = 5.0  # the agent stops within 2 s of SIGTERM; more means it is stuck
+
+
+class DownFailed(Exception):
+    """`down` could not verify that the agent stopped and its interface went (exit 1)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _down(args)
     except (AgentError, InvalidInput, StateError, client.JoinRefused, MissingTool) as error:
         return report(PROG, error, USAGE_ERROR)
-    except (BackendError, AgentFailed) as error:
+    except (BackendError, AgentFailed, DownFailed) as error:
         return report(PROG, error, FAILURE)
     except PermissionError as error:
         return report(PROG, f"{error.strerror}: meshpeer needs root (CAP_NET_ADMIN)", USAGE_ERROR)
@@ -158,7 +163,7 @@ def _routes(text: str) -> tuple[str, ...]:
 
 def _status(args: argparse.Namespace) -> int:
     status = StateDir(args.state_dir).read_status()
-    if status is None or not _alive(status.get("pid")):
+    if status is None or not is_running_agent(status):
         raise AgentError(f"meshpeer is not running with state in {args.state_dir}")
     if args.json:
         print(json.dumps(_contract(status), indent=2))
@@ -184,14 +189,22 @@ def _contract(status: dict[str, Any]) -> dict[str, Any]:
 
 
 def _down(args: argparse.Namespace) -> int:
+    """Stop `run` and remove its interface; say only what was checked to be true."""
     state = StateDir(args.state_dir)
     status = state.read_status()
-    if status and _alive(status.get("pid")):
-        os.kill(int(status["pid"]), signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while _alive(status.get("pid")) and time.monotonic() < deadline:
+    if status and is_running_agent(status):
+        pid, interface = int(status["pid"]), str(status["interface"])
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + DOWN_WAIT_S
+        while is_running_agent(status) and time.monotonic() < deadline:
             time.sleep(0.05)
-        print(f"stopped meshpeer (pid {status['pid']}); {status['interface']} removed")
+        if is_running_agent(status):
+            raise DownFailed(
+                f"meshpeer (pid {pid}) is still running {DOWN_WAIT_S:.0f} s after SIGTERM"
+            )
+        if Links().index(interface) is not None:
+            raise DownFailed(f"meshpeer (pid {pid}) stopped, but {interface} is still there")
+        print(f"stopped meshpeer (pid {pid}); {interface} removed")
         return 0
     interface = status["interface"] if status else "wg0"
     links = Links()
@@ -201,18 +214,6 @@ def _down(args: argparse.Namespace) -> int:
         return 0
     print("nothing to do: meshpeer is not running")
     return 0
-
-
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import os
+import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ class StateDir:
     def prepare(self) -> None:
         try:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.path.chmod(0o700)  # it holds the key: tightened even if made looser before
         except OSError as error:
             raise StateError(
                 f"cannot use state folder {self.path}: {error.strerror}; pass --state-dir"
@@ -121,12 +123,36 @@ class StateDir:
 
 
 def _write_private(path: Path, text: str, *, durable: bool = True) -> None:
-    """Write whole or not at all (a crash leaves the old file), readable by root only."""
-    temporary = path.with_name(path.name + ".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(text)
-        file.flush()
-        if durable:
-            os.fsync(file.fileno())
-    os.replace(temporary, path)
+    """Write whole or not at all (a crash leaves the old file), readable by root only. The
+    temporary file has a name of its own and is never opened through a link: a fixed `.tmp`
+    name let anyone who could write the folder plant a link to any file root can write."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    descriptor = os.open(temporary, flags, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(text)
+            file.flush()
+            if durable:
+                os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def process_start(pid: int) -> int | None:
+    """When a process started (clock ticks since boot, /proc/PID/stat field 22): with its pid,
+    what tells our agent from whatever process got its pid after it died."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()  # the command name may hold spaces
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
+
+
+def is_running_agent(status: dict[str, Any]) -> bool:
+    """The status file's agent is alive: its pid exists and started when the agent did."""
+    pid, started = status.get("pid"), status.get("pid_start")
+    return isinstance(pid, int) and started is not None and process_start(pid) == started

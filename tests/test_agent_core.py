@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,7 @@ from meshpeer.peer.mesh import (
     RemotePeer,
     remote_from_json,
 )
+from meshpeer.peer.state import StateDir
 from meshpeer.peer.uapi import DeviceStatus, PeerConfig, PeerStatus, UapiError
 from meshpeer.peer.wireguard import KernelBackend, device_from_netlink, netlink_peer
 
@@ -310,3 +313,41 @@ def test_a_peer_whose_mapping_moved_is_punched_at_once_even_while_its_path_looks
     roaming = DeviceStatus(peers={KEY_A: PeerStatus(KEY_A, roamed, latest_handshake=104.0)})
     mesh.update([remote(KEY_A, new)], [])
     assert mesh.plan(roaming, 105.0).set_peers == []  # WireGuard roamed there: authenticated
+
+
+def test_down_never_signals_a_process_that_only_inherited_the_agents_pid(tmp_path: Path) -> None:
+    """After a SIGKILLed run, its pid may belong to anything: `down` must leave that alone."""
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        state = tmp_path / "state"
+        state.mkdir()
+        status = {"pid": bystander.pid, "pid_start": 1, "interface": "mpt-none", "peers": []}
+        (state / "status.json").write_text(json.dumps(status))
+        result = subprocess.run(
+            [*MESHPEER, "down", "--state-dir", str(state)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "nothing to do" in result.stdout
+        assert bystander.poll() is None  # still running: never signalled
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_state_files_are_written_through_a_name_of_their_own_and_never_a_link(
+    tmp_path: Path,
+) -> None:
+    state = StateDir(tmp_path / "state")
+    (tmp_path / "state").mkdir(mode=0o755)
+    state.prepare()
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700  # tightened
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    (tmp_path / "state" / "status.json.tmp").symlink_to(victim)  # the old fixed name, planted
+    state.write_status({"pid": 1})
+    assert victim.read_text() == "untouched"
+    assert json.loads((tmp_path / "state" / "status.json").read_text()) == {"pid": 1}
+    assert not [p for p in (tmp_path / "state").iterdir() if p.name.startswith(".")]
