@@ -54,3 +54,8 @@ def test_scale_benchmark_runs() -> None:
 def test_footprint_benchmark_runs() -> None:
     output = smoke("footprint.py")
     assert "median: meshpeer run" in output
+
+
+def test_abuse_benchmark_runs() -> None:
+    output = smoke("abuse.py")
+    assert output.count("healthz p50") == 6 and "failed 0" in output, output
