@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import ipaddress
+import itertools
 import logging
 import struct
 from collections.abc import Iterator
@@ -44,7 +45,7 @@ DEFAULT_MAX_UDP_PAYLOAD = 4096
 OUR_EDNS_PAYLOAD = 1232  # what we advertise (DNS flag day 2020): no IP fragmentation
 TCP_MESSAGE_MAX = 65535
 ANSWER_CACHE_SIZE = 16_384  # UDP answers kept, about 5 MiB at most
-AXFR_CHUNK = 16_384  # bytes of records per AXFR message; the limit is 64 KiB
+AXFR_CHUNK = 4096  # bytes of records per AXFR message (about 1 ms to render; the limit is 64 KiB)
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -322,7 +323,8 @@ class Authority:
 
     def _render_transfer(self, query: dns.message.Message) -> Iterator[bytes]:
         message, size = self._transfer_message(query, first=True), 0
-        for rrset in [*self.zone.transfer(), self.zone.soa]:
+        # Lazily: the whole list at 50,000 peers took 7 s to make before the first message.
+        for rrset in itertools.chain(self.zone.transfer(), [self.zone.soa]):
             # Text is longer than wire format for these records: a safe measure of the size.
             cost = len(rrset.to_text())
             if message.answer and size + cost > AXFR_CHUNK:

@@ -302,3 +302,40 @@ def test_a_rejoin_with_a_public_key_and_any_token_gets_no_credential(tmp_path: P
             assert [peer.name for peer in service.registry.peers()] == ["laptop"]
 
     run(scenario)
+
+
+def test_random_queries_and_raw_bodies_never_cause_a_server_error(tmp_path: Path) -> None:
+    """Watch parameters in any script's digits, huge numbers, deep nesting: always a 4xx."""
+    numbers = st.one_of(
+        st.text(alphabet=st.characters(categories=["Nd", "No"]), min_size=1, max_size=30),
+        st.integers(min_value=-(10**40), max_value=10**400).map(str),
+        st.text(max_size=20),
+    )
+    bodies = st.one_of(
+        st.integers(1, 20_000).map(lambda depth: "[" * depth + "]" * depth),
+        st.integers(1, 20_000).map(lambda depth: '{"a":' * depth + "1" + "}" * depth),
+        st.integers(1, 5000).map(lambda digits: '{"uses": ' + "9" * digits + "}"),
+        st.binary(max_size=200).map(lambda raw: raw.decode("latin-1")),
+    )
+    loop = asyncio.new_event_loop()
+    context = api(tmp_path)
+    client, _, admin = loop.run_until_complete(context.__aenter__())
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(since=numbers, timeout=numbers, body=bodies)
+    def check(since: str, timeout: str, body: str) -> None:
+        query = {"since": since, "epoch": "x", "timeout": timeout}
+        for answer in (
+            loop.run_until_complete(client.get("/v1/watch", params=query, headers=bearer(admin))),
+            loop.run_until_complete(client.post("/v1/join", data=body.encode())),
+            loop.run_until_complete(
+                client.post("/v1/admin/tokens", data=body.encode(), headers=bearer(admin))
+            ),
+        ):
+            assert answer.status < 500, loop.run_until_complete(answer.text())
+
+    try:
+        check()
+    finally:
+        loop.run_until_complete(context.__aexit__(None, None, None))
+        loop.close()
