@@ -161,17 +161,21 @@ class Zone:
 
     def transfer(self) -> Iterator[dns.rrset.RRset]:
         """Every RRset for AXFR, SOA first (the caller repeats it last); PTRs one by one."""
+        return self.snapshot().rrsets()
+
+    def snapshot(self) -> ZoneSnapshot:
+        """The zone as it is now, cheaply: what a transfer is rendered from, in any thread."""
         soa = self.soa
-        yield soa
-        for node in self._fixed.values():
-            yield from (rrset for rrset in node.values() if rrset is not soa)
-        # A copy: the caller may pause between records while the zone changes.
-        for key, entry in list(self._entries.items()):
-            yield from _mesh_node(self._mesh_name(entry.name), entry, self.config.ttl).values()
-            if entry.endpoint is not None:
-                instance = self._instance(instance_label(key).encode())
-                yield from _instance_node(instance, entry, entry.endpoint, self.config.ttl).values()
-                yield _rrset(self.service, self.config.ttl, [_ptr(instance)])
+        fixed = [rrset for node in self._fixed.values() for rrset in node.values()]
+        return ZoneSnapshot(
+            self.serial,
+            soa,
+            tuple(rrset for rrset in fixed if rrset is not soa),
+            tuple(self._entries.items()),
+            self.origin,
+            self.service,
+            self.config.ttl,
+        )
 
     # -- changing -----------------------------------------------------------------------------
 
@@ -302,6 +306,32 @@ class Zone:
             f"{SOA_REFRESH_S} {SOA_RETRY_S} {SOA_EXPIRE_S} {ttl}",
         )
         return _rrset(origin, ttl, [soa])
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneSnapshot:
+    """A zone's records at one serial, from which its RRsets are built without touching the
+    zone again (so a thread may build them while the zone changes)."""
+
+    serial: int
+    soa: dns.rrset.RRset
+    fixed: tuple[dns.rrset.RRset, ...]
+    entries: tuple[tuple[bytes, PeerEntry], ...]
+    origin: dns.name.Name
+    service: dns.name.Name
+    ttl: int
+
+    def rrsets(self) -> Iterator[dns.rrset.RRset]:
+        """SOA first, then every RRset (the caller repeats the SOA last); PTRs one by one."""
+        yield self.soa
+        yield from self.fixed
+        for key, entry in self.entries:
+            mesh_name = dns.name.Name((entry.name,)).concatenate(self.origin)
+            yield from _mesh_node(mesh_name, entry, self.ttl).values()
+            if entry.endpoint is not None:
+                instance = dns.name.Name((_label(key),)).concatenate(self.service)
+                yield from _instance_node(instance, entry, entry.endpoint, self.ttl).values()
+                yield _rrset(self.service, self.ttl, [_ptr(instance)])
 
 
 def _next(serial: int) -> int:

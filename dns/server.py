@@ -34,7 +34,7 @@ import dns.rdatatype
 import dns.rrset
 
 from .ratelimit import ResponseRateLimiter, Verdict
-from .records import Zone
+from .records import Zone, ZoneSnapshot
 
 logger = logging.getLogger("meshpeer.dns")
 
@@ -45,7 +45,7 @@ DEFAULT_MAX_UDP_PAYLOAD = 4096
 OUR_EDNS_PAYLOAD = 1232  # what we advertise (DNS flag day 2020): no IP fragmentation
 TCP_MESSAGE_MAX = 65535
 ANSWER_CACHE_SIZE = 16_384  # UDP answers kept, about 5 MiB at most
-AXFR_CHUNK = 4096  # bytes of records per AXFR message (about 1 ms to render; the limit is 64 KiB)
+AXFR_CHUNK = 16_384  # bytes of records per AXFR message; the limit is 64 KiB
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -171,21 +171,34 @@ class Authority:
         if authority or name == self.zone.origin:
             self._volatile.add(key)
 
-    def answer_tcp(self, wire: bytes, client: str = "") -> Iterator[bytes]:
-        """The answers to one TCP query (several for AXFR, made one at a time as the caller
-        asks, so it can send each and let other work run between); none to stay silent."""
+    def answer_tcp(self, wire: bytes, client: str = "") -> list[bytes] | Transfer:
+        """The answers to one TCP query; none to stay silent. A zone transfer comes back as a
+        `Transfer` to render (render_transfer, in a thread: seconds at 50,000 peers) unless
+        this serial's is kept already."""
         if not _is_query(wire):
             self.counts["dropped"] += 1
-            return iter(())
+            return []
         query = self._parse(wire)
         if isinstance(query, bytes):
-            return iter((query,))
+            return [query]
         question = query.question[0] if len(query.question) == 1 else None
         if question is not None and question.rdtype == dns.rdatatype.AXFR and self._ours(query):
             if self._may_transfer(client):
+                self.counts["AXFR"] += 1
                 return self._transfer(query)
             self.counts["AXFR refused"] += 1
-        return iter((self._answer(query, TCP_MESSAGE_MAX, tcp=True),))
+        return [self._answer(query, TCP_MESSAGE_MAX, tcp=True)]
+
+    def _transfer(self, query: dns.message.Message) -> Transfer:
+        key = (self.zone.serial, query.question[0].to_text())
+        cached = self._transfer_cache
+        if cached is not None and cached[0] == key:
+            return Transfer(key, query, None, cached[1])
+        return Transfer(key, query, self.zone.snapshot(), None)
+
+    def remember_transfer(self, transfer: Transfer, messages: list[bytes]) -> None:
+        """Keep a rendered transfer for its serial and question: a second costs nothing."""
+        self._transfer_cache = (transfer.key, [message[2:] for message in messages])
 
     def _may_transfer(self, client: str) -> bool:
         try:
@@ -306,40 +319,45 @@ class Authority:
         response.flags |= dns.flags.TC
         return response.to_wire(max_size=CLASSIC_UDP_PAYLOAD, prefer_truncation=True)
 
-    def _transfer(self, query: dns.message.Message) -> Iterator[bytes]:
-        """AXFR (RFC 5936): the SOA, every RRset, the SOA again, in messages of a few KiB.
-        Kept for the zone's serial and the question's exact bytes: a second transfer of an
-        unchanged zone costs no rendering (at 50,000 peers the first takes seconds of CPU)."""
-        self.counts["AXFR"] += 1
-        key = (self.zone.serial, query.question[0].to_text())
-        if self._transfer_cache is not None and self._transfer_cache[0] == key:
-            yield from (query.id.to_bytes(2, "big") + m for m in self._transfer_cache[1])
-            return
-        made: list[bytes] = []
-        for message in self._render_transfer(query):
-            made.append(message[2:])
-            yield message
-        self._transfer_cache = (key, made)  # only once complete: a client may hang up early
 
-    def _render_transfer(self, query: dns.message.Message) -> Iterator[bytes]:
-        message, size = self._transfer_message(query, first=True), 0
-        # Lazily: the whole list at 50,000 peers took 7 s to make before the first message.
-        for rrset in itertools.chain(self.zone.transfer(), [self.zone.soa]):
-            # Text is longer than wire format for these records: a safe measure of the size.
-            cost = len(rrset.to_text())
-            if message.answer and size + cost > AXFR_CHUNK:
-                yield message.to_wire(max_size=TCP_MESSAGE_MAX)
-                message, size = self._transfer_message(query, first=False), 0
-            message.answer.append(rrset)
-            size += cost
-        yield message.to_wire(max_size=TCP_MESSAGE_MAX)
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """A zone transfer (AXFR, RFC 5936) to send: rendered already, or to render from `zone`."""
 
-    def _transfer_message(self, query: dns.message.Message, *, first: bool) -> dns.message.Message:
-        message = dns.message.Message(id=query.id)
-        message.flags = dns.flags.QR | dns.flags.AA
-        if first:
-            message.question = list(query.question)
-        return message
+    key: tuple[int, str]  # the serial and the question as asked
+    query: dns.message.Message
+    zone: ZoneSnapshot | None
+    rendered: list[bytes] | None  # without their message ID
+
+    def messages(self) -> list[bytes]:
+        """The messages with the query's ID; renders them first if need be (any thread)."""
+        if self.rendered is not None:
+            return [self.query.id.to_bytes(2, "big") + message for message in self.rendered]
+        if self.zone is None:
+            return []
+        return list(render_transfer(self.query, self.zone))
+
+
+def render_transfer(query: dns.message.Message, zone: ZoneSnapshot) -> Iterator[bytes]:
+    """The SOA, every RRset, the SOA again, in messages of a few KiB."""
+    message, size = _transfer_message(query, first=True), 0
+    for rrset in itertools.chain(zone.rrsets(), [zone.soa]):
+        # Text is longer than wire format for these records: a safe measure of the size.
+        cost = len(rrset.to_text())
+        if message.answer and size + cost > AXFR_CHUNK:
+            yield message.to_wire(max_size=TCP_MESSAGE_MAX)
+            message, size = _transfer_message(query, first=False), 0
+        message.answer.append(rrset)
+        size += cost
+    yield message.to_wire(max_size=TCP_MESSAGE_MAX)
+
+
+def _transfer_message(query: dns.message.Message, *, first: bool) -> dns.message.Message:
+    message = dns.message.Message(id=query.id)
+    message.flags = dns.flags.QR | dns.flags.AA
+    if first:
+        message.question = list(query.question)
+    return message
 
 
 @dataclass(frozen=True, slots=True)

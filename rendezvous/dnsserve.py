@@ -3,7 +3,7 @@
 UDP answers leave from the address each query hit (udp.py) and pass the response rate limiter.
 TCP connections are counted per client network and in all (listener.py), idle ones close after
 DNS_TCP_IDLE_S and every one after DNS_TCP_LIFETIME_S, and an answer in several messages (AXFR)
-is sent one message at a time, letting other work run between: one client holding 256
+is rendered in a thread, one at a time, and kept per serial: one client holding 256
 connections or asking for a 50,000-peer zone no longer locks everyone else out.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from meshpeer.dns.server import HEADER_SIZE, Authority
+from meshpeer.dns.server import HEADER_SIZE, Authority, Transfer
 
 from .listener import ConnectionBudget, TcpListener, listening_socket
 from .timers import (
@@ -30,6 +30,7 @@ class DnsServer:
         self.budget = ConnectionBudget(DNS_TCP_CONNECTIONS_PER_CLIENT, tcp_connections)
         self._udp: DatagramEndpoint | None = None
         self._tcp: TcpListener | None = None
+        self._rendering = asyncio.Lock()  # one zone transfer rendered at a time
 
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -73,7 +74,18 @@ class DnsServer:
             if size < HEADER_SIZE:
                 return
             query = await asyncio.wait_for(reader.readexactly(size), DNS_TCP_IDLE_S)
-            for answer in self.authority.answer_tcp(query, client):
+            answers = self.authority.answer_tcp(query, client)
+            if isinstance(answers, Transfer):
+                answers = await self._render(answers)
+            for answer in answers:
                 writer.write(len(answer).to_bytes(2, "big") + answer)
                 await writer.drain()  # a client that stops reading holds only itself up
-                await asyncio.sleep(0)  # and between messages of a transfer, others go first
+
+    async def _render(self, transfer: Transfer) -> list[bytes]:
+        """A transfer's messages, rendered in a thread (off the event loop), one at a time."""
+        if transfer.rendered is not None:
+            return transfer.messages()
+        async with self._rendering:
+            messages: list[bytes] = await asyncio.to_thread(transfer.messages)
+        self.authority.remember_transfer(transfer, messages)
+        return messages

@@ -2,8 +2,9 @@
 
 At 50,000 peers a full list is about 10 MB of JSON and 340 ms of CPU. Building it on the event
 loop for every request let four members looping on it hold DNS answers back by 600 ms. Here
-one thread builds it once per (epoch, revision), every request for that revision shares the
-bytes, and each caller gets a full list at once and then one per FULL_SNAPSHOT_INTERVAL_S.
+each peer's JSON is kept until the peer changes, a list is built once per (epoch, revision)
+and shared by every request for it, and each caller gets a full list at once and then one per
+FULL_SNAPSHOT_INTERVAL_S.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .model import Peer
 from .timers import FULL_SNAPSHOT_INTERVAL_S
 
 MAX_CALLERS = 200_000  # callers remembered for rationing; the oldest are forgotten first
+INLINE_FRAGMENTS = 500  # changed peers rendered on the loop (about 5 ms); more go to a thread
 
 
 class SnapshotRationed(Exception):
@@ -53,28 +55,46 @@ class SnapshotRation:
 
 @dataclass(slots=True)
 class SnapshotCache:
-    """The JSON body of the last full list, by (epoch, revision); one build at a time."""
+    """The JSON body of the last full list, by (epoch, revision), from per-peer fragments kept
+    until their peer changes: after the first list, one costs a join of byte strings and the
+    JSON of the few peers that changed. Many changed peers are rendered in a thread."""
 
     _key: tuple[str, int] | None = None
-    _body: asyncio.Future[bytes] | None = None
+    _body: bytes = b""
+    _fragments: dict[bytes, tuple[Peer, bytes]] = field(default_factory=dict)
+    _building: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def body(self, epoch: str, revision: int, peers: Sequence[Peer]) -> bytes:
-        if self._key != (epoch, revision) or self._body is None:
-            self._key = (epoch, revision)
-            self._body = asyncio.ensure_future(
-                asyncio.to_thread(render, epoch, revision, list(peers))
-            )
-        # shield: a client that hangs up must not cancel the build others wait for.
-        return await asyncio.shield(self._body)
+        async with self._building:  # one build at a time; the others then find it made
+            if self._key != (epoch, revision):
+                await self._refresh(peers)
+                self._body = _document(
+                    epoch, revision, [self._fragments[p.public_key][1] for p in peers]
+                )
+                self._key = (epoch, revision)
+            return self._body
+
+    async def _refresh(self, peers: Sequence[Peer]) -> None:
+        fragments = self._fragments
+        stale = [peer for peer in peers if fragments.get(peer.public_key, (None,))[0] is not peer]
+        if len(stale) > INLINE_FRAGMENTS:
+            rendered = await asyncio.to_thread(_fragments_of, stale)
+        else:
+            rendered = _fragments_of(stale)
+        fragments.update(rendered)
+        if len(fragments) > len(peers):  # peers were removed: forget their fragments
+            current = {peer.public_key for peer in peers}
+            for key in [key for key in fragments if key not in current]:
+                del fragments[key]
 
 
-def render(epoch: str, revision: int, peers: list[Peer]) -> bytes:
-    peers.sort(key=lambda peer: peer.name)
-    document = {
-        "epoch": epoch,
-        "revision": revision,
-        "full": True,
-        "peers": [peer.to_json() for peer in peers],
-        "removed": [],
+def _fragments_of(peers: list[Peer]) -> dict[bytes, tuple[Peer, bytes]]:
+    return {
+        peer.public_key: (peer, json.dumps(peer.to_json(), separators=(",", ":")).encode())
+        for peer in peers
     }
-    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def _document(epoch: str, revision: int, fragments: list[bytes]) -> bytes:
+    head = json.dumps({"epoch": epoch, "revision": revision, "full": True}, separators=(",", ":"))
+    return head[:-1].encode() + b',"removed":[],"peers":[' + b",".join(fragments) + b"]}"

@@ -19,11 +19,21 @@ from hypothesis import strategies as st
 from meshpeer.dns.naming import BadLabel, instance_label, instance_name, key_from_label
 from meshpeer.dns.ratelimit import ResponseRateLimiter, Verdict
 from meshpeer.dns.records import BadRecord, PeerEntry, Zone, ZoneConfig, decode_instance
-from meshpeer.dns.server import Authority
+from meshpeer.dns.server import Authority, Transfer
 
 ORIGIN = dns.name.from_text("mesh.example.")
 SERVICE = "_wireguard._udp.mesh.example."
 CLIENT = "198.51.100.20"
+
+
+def over_tcp(authority: Authority, wire: bytes, client: str = CLIENT) -> list[bytes]:
+    """What the TCP adapter sends: a transfer rendered (here, not in a thread) and kept."""
+    answers = authority.answer_tcp(wire, client)
+    if isinstance(answers, Transfer):
+        messages = answers.messages()
+        authority.remember_transfer(answers, messages)
+        return messages
+    return answers
 
 
 def make_zone(ttl: int = 0) -> Zone:
@@ -53,7 +63,7 @@ def ask(
         name, rdtype, use_edns=payload is not None, payload=payload or 512
     )
     if tcp:
-        [wire] = authority.answer_tcp(query.to_wire())
+        [wire] = over_tcp(authority, query.to_wire())
     else:
         answer = authority.answer_udp(query.to_wire(), CLIENT, 0.0)
         assert answer is not None
@@ -197,23 +207,23 @@ def test_3000_peers_do_not_fit_one_message_so_tcp_says_so_and_axfr_has_them_all(
         zone.put(entry(index))
     authority = Authority(zone)
     query = dns.message.make_query(SERVICE, "PTR")
-    [wire] = authority.answer_tcp(query.to_wire())
+    [wire] = over_tcp(authority, query.to_wire())
     assert len(wire) <= 65535
     tcp = dns.message.from_wire(wire)
     assert tcp.flags & dns.flags.TC and 900 < len(tcp.answer[0]) < 3000
     transfer = dns.message.make_query("mesh.example.", "AXFR")
-    [refused] = authority.answer_tcp(transfer.to_wire(), CLIENT)  # AXFR is off by default
+    [refused] = over_tcp(authority, transfer.to_wire(), CLIENT)  # AXFR is off by default
     assert dns.message.from_wire(refused).rcode() == dns.rcode.REFUSED
     authority.axfr_allow = (ipaddress.ip_network("198.51.100.0/24"),)
     for _ in range(2):  # made once, then from the cache of this serial
-        wires = list(authority.answer_tcp(transfer.to_wire(), CLIENT))
+        wires = list(over_tcp(authority, transfer.to_wire(), CLIENT))
         messages = [dns.message.from_wire(w) for w in wires]
         ptrs = sum(len(r) for m in messages for r in m.answer if r.rdtype == dns.rdatatype.PTR)
         assert ptrs == 3000 + 1  # every instance, and the service enumeration
         first, last = messages[0].answer[0], messages[-1].answer[-1]
         assert first.rdtype == last.rdtype == dns.rdatatype.SOA
         assert {m.id for m in messages} == {transfer.id}
-    [elsewhere] = authority.answer_tcp(transfer.to_wire(), "192.0.2.1")
+    [elsewhere] = over_tcp(authority, transfer.to_wire(), "192.0.2.1")
     assert dns.message.from_wire(elsewhere).rcode() == dns.rcode.REFUSED
 
 
@@ -314,7 +324,7 @@ VALID_QUERIES = [
 )
 def test_random_and_mutated_queries_never_crash_the_server(data: bytes, tcp: bool) -> None:
     authority = Authority(FUZZ_ZONE, ResponseRateLimiter(1e9))
-    answers = authority.answer_tcp(data) if tcp else [authority.answer_udp(data, CLIENT, 0.0)]
+    answers = over_tcp(authority, data) if tcp else [authority.answer_udp(data, CLIENT, 0.0)]
     for answer in answers:
         if answer is None:
             continue
