@@ -37,8 +37,16 @@ _FORBIDDEN_SPACES = tuple(
         ("ff00::/8", "multicast space"),
         ("0.0.0.0/8", "'this network' (RFC 1122)"),
         ("255.255.255.255/32", "the broadcast address"),
+        # IPv4 space written as IPv6: a route there takes IPv4 traffic by another name.
+        ("::ffff:0:0/96", "IPv4-mapped IPv6 space"),
+        ("::/96", "IPv4-compatible IPv6 space"),
+        ("64:ff9b::/96", "NAT64 space (all of IPv4)"),
+        ("2002::/16", "6to4 space (all of IPv4)"),
     )
 )
+# How much address space one peer may carry: a /8's worth of IPv4, a /32's worth of IPv6. More
+# is no site's LAN but a share of the internet, however it is cut into pieces.
+MAX_CARRIED = {4: 2**24, 6: 2**96}
 
 
 class InvalidInput(ValueError):
@@ -163,7 +171,20 @@ def parse_routes(
         check_route(route, mesh, protected)
         if route not in routes:
             routes.append(route)
+    check_carried(tuple(routes))
     return tuple(routes)
+
+
+def check_carried(routes: tuple[IPNetwork, ...]) -> None:
+    """The routes of one peer together cover no more than MAX_CARRIED in each family."""
+    for version, limit in MAX_CARRIED.items():
+        covered = sum(route.num_addresses for route in routes if route.version == version)
+        if covered > limit:
+            size = "a /8" if version == 4 else "a /32"
+            raise InvalidInput(
+                f"these routes cover {covered:,} IPv{version} addresses; a peer carries at most "
+                f"{size}'s worth (its LANs, not a share of the internet)"
+            )
 
 
 def check_route(route: IPNetwork, mesh: IPNetwork, protected: tuple[IPAddress, ...]) -> None:

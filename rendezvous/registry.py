@@ -46,6 +46,7 @@ from .model import (
     Peer,
     Token,
     TokenRejected,
+    check_carried,
     check_route,
     encode_key,
     parse_cidr,
@@ -107,6 +108,10 @@ CREATE TABLE IF NOT EXISTS tokens (
     revoked INTEGER NOT NULL DEFAULT 0,
     allowed_routes TEXT NOT NULL DEFAULT '[]'
 );
+CREATE TABLE IF NOT EXISTS removed_keys (
+    public_key BLOB PRIMARY KEY,
+    last_join_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     public_key BLOB NOT NULL
@@ -124,6 +129,9 @@ _MIGRATIONS = (
     "ALTER TABLE peers ADD COLUMN last_join_ms INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE tokens ADD COLUMN allowed_routes TEXT NOT NULL DEFAULT '[]'",
     "UPDATE peers SET pending_routes = routes, routes = '[]'",
+    # Tokens and credentials of schema 1 crossed plain HTTP (and credentials any proxy): void.
+    "UPDATE tokens SET revoked = 1",
+    "UPDATE peers SET credential_hash = NULL",
 )
 
 ChangeKind = Literal["added", "updated", "removed"]
@@ -460,6 +468,8 @@ class Registry:
         requested: tuple[IPNetwork, ...],
         now: float,
     ) -> Peer:
+        if request.time_ms <= await self._removed_join_ms(db, request.public_key):
+            raise ProofRejected("this join is not newer than the last one of this key (a replay)")
         granted, pending = split_grant(requested, token.allowed_routes)
         self._check_routes_free(request.public_key, granted)
         if token.uses_left <= 0:
@@ -490,13 +500,12 @@ class Registry:
             )
         if token.uses_left <= 0 and token.token_id != joined_with:
             raise TokenRejected("this join token is used up; make a new one")
-        # Grants already given stay given; what is new needs this token's grant or the operator.
+        # Grants already given stay given. A token grants routes only to the new machine it
+        # admits: to a member joining again, what is new waits for the operator (else a spent
+        # token would undo a revocation, and a member could take a token's grant unspent).
         kept = tuple(route for route in requested if route in existing.routes)
-        granted, pending = split_grant(
-            tuple(r for r in requested if r not in kept), token.allowed_routes
-        )
-        self._check_routes_free(request.public_key, granted)
-        peer = replace(existing, routes=kept + granted, pending_routes=pending)
+        pending = tuple(route for route in requested if route not in kept)
+        peer = replace(existing, routes=kept, pending_routes=pending)
         await db.execute(
             "UPDATE peers SET routes = ?, pending_routes = ?, last_join_ms = ? "
             "WHERE public_key = ?",
@@ -504,6 +513,15 @@ class Registry:
         )
         await _log_change(db, peer.public_key)
         return peer
+
+    async def _removed_join_ms(self, db: aiosqlite.Connection, public_key: bytes) -> int:
+        """The last join time of a removed key: a captured join must not bring it back."""
+        rows = list(
+            await db.execute_fetchall(
+                "SELECT last_join_ms FROM removed_keys WHERE public_key = ?", (public_key,)
+            )
+        )
+        return int(rows[0][0]) if rows else 0
 
     async def _join_record(self, db: aiosqlite.Connection, public_key: bytes) -> tuple[str, int]:
         rows = list(
@@ -540,6 +558,7 @@ class Registry:
             for route in wanted:
                 check_route(route, self.settings.network, self.settings.own_addresses)
             added = tuple(route for route in wanted if route not in peer.routes)
+            check_carried(peer.routes + added)
             self._check_routes_free(peer.public_key, added)
             pending = tuple(route for route in peer.pending_routes if route not in wanted)
             peer = await self._set_routes(db, peer, peer.routes + added, pending)
@@ -588,6 +607,11 @@ class Registry:
         async with self._write() as db:
             await self._catch_up(db)
             peer = self.find(name_or_key)
+            await db.execute(
+                "INSERT OR REPLACE INTO removed_keys (public_key, last_join_ms) "
+                "SELECT public_key, last_join_ms FROM peers WHERE public_key = ?",
+                (peer.public_key,),
+            )
             await db.execute("DELETE FROM peers WHERE public_key = ?", (peer.public_key,))
             await _log_change(db, peer.public_key)
         self._forget(peer.public_key)
@@ -943,8 +967,9 @@ async def _migrate(db: aiosqlite.Connection, meta: dict[str, str]) -> None:
         for statement in _MIGRATIONS:
             await db.execute(statement)
         logger.warning(
-            "routes that peers claimed are now requests: grant each with "
-            "`rendezvous peer routes approve NAME`"
+            "upgraded to TLS: join tokens and peers' credentials from before are void (make "
+            "new tokens; agents join again), and routes peers claimed are requests now (grant "
+            "each with `rendezvous peer routes approve NAME`)"
         )
     if version != SCHEMA_VERSION or "schema" not in meta:
         await _set_meta(db, "schema", str(SCHEMA_VERSION))

@@ -77,7 +77,7 @@ def decode(text: object) -> JoinToken:
         payload = json.loads(_unb64url(text[len(PREFIX) :]))
         api_url, secret, key = payload["api"], _unb64url(payload["secret"]), payload["key"]
         pin = payload.get("tls")
-    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, RecursionError):
         raise InvalidInput("the join token is damaged; copy it whole from `token create`") from None
     if not isinstance(api_url, str) or len(secret) != SECRET_BYTES:
         raise InvalidInput("the join token is damaged; copy it whole from `token create`")

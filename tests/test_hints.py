@@ -22,6 +22,7 @@ from meshpeer.peer.dnssd import endpoint_hint
 from meshpeer.peer.hints import ENDPOINTS_PER_KEY, MAX_UNLISTED_KEYS
 from meshpeer.peer.lan import MAX_SERVICE_NAMES, LanDiscovery, parse_sighting
 from meshpeer.peer.mesh import REPUNCH_S, Mesh, RemotePeer, remote_from_json
+from meshpeer.peer.supervise import supervised
 from meshpeer.peer.uapi import DeviceStatus, PeerConfig, PeerStatus, UapiError, parse_endpoint
 from meshpeer.peer.wireguard import BackendError, KernelBackend, UserspaceBackend, netlink_peer
 
@@ -315,7 +316,9 @@ def test_a_loop_that_fails_stops_the_agent_instead_of_leaving_it_half_alive(
         async def broken_reconcile() -> None:
             raise KeyError("a bug")
 
-        task = asyncio.create_task(broken_reconcile(), name="reconcile")
+        # Supervised as the agent runs it: restarted, until it has failed too often.
+        loop = supervised("reconcile", broken_reconcile, first_delay_s=0.001)
+        task = asyncio.create_task(loop, name="reconcile")
         task.add_done_callback(agent._task_ended)
         await asyncio.gather(task, return_exceptions=True)
         await asyncio.sleep(0)
@@ -323,7 +326,7 @@ def test_a_loop_that_fails_stops_the_agent_instead_of_leaving_it_half_alive(
 
     agent = asyncio.run(scenario())
     assert agent._stopping.is_set() and isinstance(agent._failure, AgentFailed)
-    assert "the reconcile loop failed" in caplog.text
+    assert "the reconcile loop failed 6 times: KeyError('a bug'); stopping" in caplog.text
 
 
 def test_mdns_tracks_a_bounded_number_of_service_names_and_warns_once(
