@@ -321,6 +321,14 @@ class ZoneSnapshot:
     service: dns.name.Name
     ttl: int
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Sent to another process as plain tuples: pickling 50,000 dataclasses took 230 ms.
+        entries = tuple(
+            (key, e.public_key, e.name, e.address, e.allowed, e.endpoint) for key, e in self.entries
+        )
+        fields = (self.serial, self.soa, self.fixed, entries, self.origin, self.service, self.ttl)
+        return (_unpickle_snapshot, fields)
+
     def rrsets(self) -> Iterator[dns.rrset.RRset]:
         """SOA first, then every RRset (the caller repeats the SOA last); PTRs one by one."""
         yield self.soa
@@ -332,6 +340,22 @@ class ZoneSnapshot:
                 instance = dns.name.Name((_label(key),)).concatenate(self.service)
                 yield from _instance_node(instance, entry, entry.endpoint, self.ttl).values()
                 yield _rrset(self.service, self.ttl, [_ptr(instance)])
+
+
+def _unpickle_snapshot(
+    serial: int,
+    soa: dns.rrset.RRset,
+    fixed: tuple[dns.rrset.RRset, ...],
+    entries: tuple[tuple[bytes, bytes, str, str, tuple[str, ...], Endpoint | None], ...],
+    origin: dns.name.Name,
+    service: dns.name.Name,
+    ttl: int,
+) -> ZoneSnapshot:
+    rebuilt = tuple(
+        (key, PeerEntry(public_key, name, address, allowed, endpoint))
+        for key, public_key, name, address, allowed, endpoint in entries
+    )
+    return ZoneSnapshot(serial, soa, fixed, rebuilt, origin, service, ttl)
 
 
 def _next(serial: int) -> int:

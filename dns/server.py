@@ -196,6 +196,13 @@ class Authority:
             return Transfer(key, query, None, cached[1])
         return Transfer(key, query, self.zone.snapshot(), None)
 
+    def kept_transfer(self, transfer: Transfer) -> Transfer:
+        """The transfer again, rendered if one for its serial and question was kept since."""
+        cached = self._transfer_cache
+        if transfer.rendered is None and cached is not None and cached[0] == transfer.key:
+            return Transfer(transfer.key, transfer.query, None, cached[1])
+        return transfer
+
     def remember_transfer(self, transfer: Transfer, messages: list[bytes]) -> None:
         """Keep a rendered transfer for its serial and question: a second costs nothing."""
         self._transfer_cache = (transfer.key, [message[2:] for message in messages])
