@@ -149,6 +149,8 @@ def process_start(pid: int) -> int | None:
     except OSError:
         return None
     fields = stat[stat.rfind(")") + 2 :].split()  # the command name may hold spaces
+    if not fields or fields[0] in ("Z", "X"):  # it has exited, only not yet been reaped
+        return None
     return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
 
 
