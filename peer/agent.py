@@ -12,9 +12,10 @@ import random
 import re
 import socket
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import dns.exception
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -23,9 +24,11 @@ from meshpeer.rendezvous.model import IPAddress, encode_key, format_endpoint
 from meshpeer.rendezvous.tokens import decode as decode_token
 
 from . import client, dnssd
+from .errors import AgentError, AgentFailed, Stopped
 from .host_routes import HostRoutes, rendezvous_addresses
 from .lan import LanDiscovery, Sightings
 from .mesh import RENDEZVOUS_KEEPALIVE_S, Mesh, remote_from_json
+from .prechecks import check_port_free, check_same_mesh
 from .state import Membership, StateDir, process_start
 from .supervise import supervised
 from .uapi import DeviceStatus, PeerConfig, UapiError
@@ -39,20 +42,14 @@ from .wireguard import (
 )
 
 logger = logging.getLogger("meshpeer.peer")
+T = TypeVar("T")
 
 MTU = 1420  # 1500 minus WireGuard's 80 bytes over IPv6: safe on any ordinary path
 RECONCILE_S = 1.0
 BACKOFF_MAX_S = 30.0
+STOP_WAIT_S = 0.5  # what one step of stopping may wait for: the whole stop stays under 2 s
 # The watch API brings news within 100 ms; DNS-SD is the slow safety net (and wgsd's way).
 DNS_SD_POLL_S = 30.0
-
-
-class AgentError(Exception):
-    """A user-fixable problem (exit 2): the message says what to do."""
-
-
-class AgentFailed(Exception):
-    """One of the agent's loops failed (exit 1: a service manager restarts it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +62,7 @@ class Options:
     name: str | None = None
     routes: tuple[str, ...] = ()
     dns_sd_poll_s: float = DNS_SD_POLL_S
+    force: bool = False  # join another rendezvous's mesh even though this machine is in one
     accept_routes: bool = False  # install the routes other peers advertise (host_routes.py)
 
 
@@ -94,16 +92,24 @@ class Agent:
 
     async def run(self) -> None:
         self.state.prepare()
+        with self.state.lock():  # one `run` per state folder: two fought over wg0
+            try:
+                await self._run()
+            except Stopped:
+                logger.info("stopped while starting")
+
+    async def _run(self) -> None:
         private_key = self.state.private_key()
         own_key = private_key.public_key().public_bytes_raw()
         # Checked before joining: a run that cannot make its interface must not spend a token.
+        check_port_free(self.options.listen_port)
         await self._free_interface()
         backend = choose_backend(self.options.backend, self.links)
         backend.check()
-        membership = await self._membership(private_key)
+        membership = await self._until_stopped(self._membership(private_key))
         routes = HostRoutes(self.links, self.options.interface, self.options.accept_routes)
         try:
-            await self._make_interface(backend, membership, private_key)
+            await self._until_stopped(self._make_interface(backend, membership, private_key))
             rendezvous = await asyncio.to_thread(rendezvous_addresses, membership)
             live = _Live(membership, Mesh(own_key), backend, routes, rendezvous)
             await asyncio.to_thread(self._enable_forwarding)
@@ -122,11 +128,10 @@ class Agent:
             # the punch to the other peers must not wait for it (it did: new pairs took 1.3 s).
             lan_start = asyncio.create_task(self._start_lan(live), name="mdns")
             await self._stopping.wait()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            lan = await lan_start
-            await lan.stop()
+            await _end(tasks)
+            await _end([lan_start])
+            if lan_start.done() and not lan_start.cancelled() and not lan_start.exception():
+                await _bounded(lan_start.result().stop())
         finally:
             await routes.remove()
             await self._tear_down(backend)
@@ -135,6 +140,17 @@ class Agent:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def _until_stopped(self, work: Coroutine[Any, Any, T]) -> T:
+        """`work`'s result, or Stopped as soon as a stop is asked for (work is cancelled)."""
+        task = asyncio.ensure_future(work)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if task.done():
+            return task.result()
+        await _end([task])
+        raise Stopped
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:
         """A loop that failed more often than supervise.py restarts it: stop, exit 1."""
@@ -156,6 +172,7 @@ class Agent:
                 )
             return stored
         token = decode_token(token_text)
+        check_same_mesh(stored, token, self.options.force)
         name = self.options.name or (stored.name if stored else default_name())
         backoff = 1.0
         while True:
@@ -173,7 +190,7 @@ class Agent:
                 return stored
             except client.Unreachable as error:
                 logger.warning("%s; retrying in %.0f s", error, backoff)
-                await asyncio.sleep(backoff)
+                await asyncio.sleep(backoff)  # a stop cancels it (_until_stopped)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
         self.state.save_membership(membership)
         logger.info(
@@ -378,6 +395,20 @@ class Agent:
         logger.info("interface %s removed", self.options.interface)
         with contextlib.suppress(OSError):
             (self.options.state_dir / "status.json").unlink()
+
+
+async def _end(tasks: list[asyncio.Task[Any]] | list[asyncio.Future[Any]]) -> None:
+    """Cancel and wait for tasks, but never for long: a task that swallows its cancellation
+    (dnspython's queries on Python 3.11 did) must not keep the agent from stopping."""
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=STOP_WAIT_S)
+
+
+async def _bounded(work: Coroutine[Any, Any, None]) -> None:
+    with contextlib.suppress(TimeoutError, OSError):
+        await asyncio.wait_for(work, STOP_WAIT_S)
 
 
 def rendezvous_peer(membership: Membership) -> PeerConfig:

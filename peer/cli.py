@@ -24,16 +24,23 @@ from meshpeer.rendezvous.console import (
 from meshpeer.rendezvous.model import InvalidInput, parse_name
 
 from . import client
-from .agent import DNS_SD_POLL_S, Agent, AgentError, AgentFailed, Options
+from .agent import DNS_SD_POLL_S, Agent, Options
+from .errors import AgentError, AgentFailed
+from .prechecks import check_interface_name
 from .state import DEFAULT_STATE_DIR, StateDir, StateError, is_running_agent
 from .wireguard import BackendError, Links, MissingTool
 
 PROG = "meshpeer"
+INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 DOWN_WAIT_S = 5.0  # the agent stops within 2 s of SIGTERM; more means it is stuck
 
 
 class DownFailed(Exception):
     """`down` could not verify that the agent stopped and its interface went (exit 1)."""
+
+
+class LeaveFailed(Exception):
+    """The rendezvous could not be told (exit 1): the machine is still a member."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,10 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"seconds between DNS-SD polls (default {DNS_SD_POLL_S:g}; the lab shortens it)",
     )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="join with a token of another rendezvous although this machine is in a mesh",
+    )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     status = commands.add_parser("status", parents=[common], help="the peers and their paths")
     status.add_argument("--json", action="store_true")
-    commands.add_parser("down", parents=[common], help="stop `run` and remove its interface")
+    down = commands.add_parser("down", parents=[common], help="stop `run` and remove its interface")
+    down.add_argument(
+        "--interface", help="the interface to remove when no agent runs (default: the last one)"
+    )
+    commands.add_parser(
+        "leave", parents=[common], help="stop `run` and take this machine out of its mesh"
+    )
     return parser
 
 
@@ -98,16 +116,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         if args.command == "run":
+            check_interface_name(args.interface)
             return _run(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "leave":
+            return _leave(args)
         return _down(args)
     except (AgentError, InvalidInput, StateError, client.JoinRefused, MissingTool) as error:
         return report(PROG, error, USAGE_ERROR)
-    except (BackendError, AgentFailed, DownFailed) as error:
+    except (BackendError, AgentFailed, DownFailed, LeaveFailed) as error:
         return report(PROG, error, FAILURE)
     except PermissionError as error:
         return report(PROG, f"{error.strerror}: meshpeer needs root (CAP_NET_ADMIN)", USAGE_ERROR)
+    except KeyboardInterrupt:  # Ctrl-C before the agent's own handlers were in place
+        return INTERRUPTED
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -127,6 +150,7 @@ def _run(args: argparse.Namespace) -> int:
         routes=_routes(args.advertise_routes),
         dns_sd_poll_s=args.dns_sd_interval,
         accept_routes=args.accept_routes,
+        force=args.force,
     )
     configure_logging(args.log_level)
     return asyncio.run(_serve(Agent(options)))
@@ -206,13 +230,31 @@ def _down(args: argparse.Namespace) -> int:
             raise DownFailed(f"meshpeer (pid {pid}) stopped, but {interface} is still there")
         print(f"stopped meshpeer (pid {pid}); {interface} removed")
         return 0
-    interface = status["interface"] if status else "wg0"
+    interface = args.interface or (status["interface"] if status else "wg0")
     links = Links()
     if links.is_ours(interface):
         links.delete(interface)
         print(f"removed {interface}")
         return 0
     print("nothing to do: meshpeer is not running")
+    return 0
+
+
+def _leave(args: argparse.Namespace) -> int:
+    """Stop the agent if it runs, then DELETE /v1/self; the key stays, the membership goes."""
+    state = StateDir(args.state_dir)
+    membership = state.membership()
+    if membership is None:
+        raise AgentError(f"{args.state_dir} holds no membership: this machine is in no mesh")
+    status = state.read_status()
+    if status and is_running_agent(status):
+        _down(argparse.Namespace(state_dir=args.state_dir, interface=None))
+    try:
+        asyncio.run(client.leave(membership))
+    except client.Unreachable as error:
+        raise LeaveFailed(f"{error}; still in the mesh: try again") from None
+    state.forget_membership()
+    print(f"left the mesh of {membership.api_url} ({membership.name}, {membership.address})")
     return 0
 
 

@@ -123,6 +123,21 @@ def _watch_answer(answer: dict[str, Any]) -> WatchAnswer:
     )
 
 
+async def leave(membership: Membership) -> None:
+    """Take this machine out of its mesh (DELETE /v1/self); already out counts as done."""
+    try:
+        status, answer = await _request(
+            "DELETE",
+            f"{membership.api_url}/v1/self",
+            membership.tls_pin,
+            credential=membership.credential,
+        )
+    except WrongCertificate as error:
+        raise Unreachable(str(error)) from None
+    if status not in (200, 401):
+        raise Unreachable(f"the rendezvous answered {status}: {answer.get('error')}")
+
+
 async def _request(
     method: str,
     url: str,

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import fcntl
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +77,26 @@ class StateDir:
                 f"cannot use state folder {self.path}: {error.strerror}; pass --state-dir"
             ) from None
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Held for as long as `run` runs: a second `run` on the same folder stops at once."""
+        path = self.path / "lock"
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "?"
+                raise StateError(
+                    f"another `meshpeer run` (pid {holder}) uses {self.path}: stop it first "
+                    "(`meshpeer down`), or give this one its own --state-dir"
+                ) from None
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(descriptor)  # and with it the lock
+
     def private_key(self) -> X25519PrivateKey:
         """Ours, made on first use and kept; the same key is the same peer across restarts."""
         path = self.path / "key"
@@ -106,6 +129,9 @@ class StateDir:
 
     def save_membership(self, membership: Membership) -> None:
         _write_private(self.path / "membership.json", json.dumps(asdict(membership), indent=2))
+
+    def forget_membership(self) -> None:
+        (self.path / "membership.json").unlink(missing_ok=True)
 
     def write_status(self, status: dict[str, Any]) -> None:
         # Rebuilt from the live device whenever it changes: no fsync, only an atomic replace.

@@ -311,7 +311,7 @@ class UserspaceBackend:
             return
         process.terminate()
         try:
-            await asyncio.wait_for(process.wait(), 5)
+            await asyncio.wait_for(process.wait(), 1)  # a stop must end within 2 s
         except TimeoutError:
             process.kill()
             await process.wait()

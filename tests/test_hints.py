@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from meshpeer.dns.naming import instance_name
 from meshpeer.peer import uapi
-from meshpeer.peer.agent import Agent, AgentFailed, Options
+from meshpeer.peer.agent import Agent, Options
 from meshpeer.peer.dnssd import endpoint_hint
+from meshpeer.peer.errors import AgentFailed
 from meshpeer.peer.hints import ENDPOINTS_PER_KEY, MAX_UNLISTED_KEYS
 from meshpeer.peer.lan import MAX_SERVICE_NAMES, LanDiscovery, parse_sighting
 from meshpeer.peer.mesh import REPUNCH_S, Mesh, RemotePeer, remote_from_json

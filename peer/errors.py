@@ -1,0 +1,16 @@
+"""The agent's errors that reach its command line: a user's mistake (exit 2) or a failure
+(exit 1), each with a one-line message that says what to do."""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """A user-fixable problem (exit 2): the message says what to do."""
+
+
+class AgentFailed(Exception):
+    """One of the agent's loops failed (exit 1: a service manager restarts it)."""
+
+
+class Stopped(Exception):
+    """SIGINT or SIGTERM came while starting: nothing was made yet, or it was taken down."""
