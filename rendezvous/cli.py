@@ -168,7 +168,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return await _serve(args, data_dir)
     action = _ACTIONS[_action_name(args)]
-    registry = await Registry.open(data_dir)
+    registry = await Registry.open(data_dir, served=True)
     try:
         await action(registry, args)
     finally:
@@ -189,7 +189,7 @@ async def _serve(args: argparse.Namespace, data_dir: Path) -> int:
         {name: getattr(args, name) for name in (*_SERVE_FLAGS, "behind_tls_proxy")}
     )
     given = config.merge(flags, config.from_environment())
-    service = Rendezvous(await Registry.open(data_dir, given))
+    service = Rendezvous(await Registry.open(data_dir, given, store=False))
     try:
         await service.start()
         print(

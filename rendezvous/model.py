@@ -44,6 +44,10 @@ _FORBIDDEN_SPACES = tuple(
         ("2002::/16", "6to4 space (all of IPv4)"),
     )
 )
+_MESH_SPACES = tuple(
+    ipaddress.ip_network(cidr)
+    for cidr in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
 # How much address space one peer may carry: a /8's worth of IPv4, a /32's worth of IPv6. More
 # is no site's LAN but a share of the internet, however it is cut into pieces.
 MAX_CARRIED = {4: 2**24, 6: 2**96}
@@ -225,9 +229,16 @@ def parse_cidr(text: object, what: str) -> IPNetwork:
 
 
 def parse_mesh_network(text: str) -> IPNetwork:
+    """The mesh's addresses: private space only (RFC 1918, the shared 100.64/10 of RFC 6598,
+    IPv6 ULA), or every machine would route a piece of the internet into the mesh."""
     network = parse_cidr(text, "network")
     if network.num_addresses < 4:
         raise InvalidInput(f"network {network} is too small: it needs room for peers")
+    if not any(_inside(network, space) for space in _MESH_SPACES):
+        raise InvalidInput(
+            f"network {network} is not private: use a part of 10.0.0.0/8, 172.16.0.0/12, "
+            "192.168.0.0/16, 100.64.0.0/10 or fd00::/8, such as 10.77.0.0/16"
+        )
     return network
 
 

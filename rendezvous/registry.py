@@ -207,8 +207,20 @@ class Registry:
     # -- opening and closing ------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, data_dir: Path, given: config.Overrides | None = None) -> Registry:
-        """Open (or create) the data folder; `given` are serve's flags, stored for later."""
+    async def open(
+        cls,
+        data_dir: Path,
+        given: config.Overrides | None = None,
+        *,
+        store: bool = True,
+        served: bool = False,
+    ) -> Registry:
+        """Open (or create) the data folder. `given` are serve's flags: stored for the other
+        commands now, or with `store=False` only once `keep_settings()` says serving began
+        (a serve that fails must change nothing `token create` reads). `served=True`: the
+        folder must hold the settings of a serve (the admin commands), else InvalidInput."""
+        if served and not (data_dir / DATABASE_NAME).exists():
+            raise InvalidInput(_never_served(data_dir))
         _make_private_dir(data_dir)
         db = await aiosqlite.connect(
             data_dir / DATABASE_NAME, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
@@ -216,7 +228,7 @@ class Registry:
         try:
             os.chmod(data_dir / DATABASE_NAME, 0o600)  # it holds the rendezvous private key
             registry = cls(db, data_dir)
-            await registry._prepare(given)
+            await registry._prepare(given, store=store, served=served)
         except BaseException:
             await db.close()
             raise
@@ -246,7 +258,7 @@ class Registry:
         self._tasks.append(asyncio.create_task(self._flush_loop(), name="registry-flush"))
         self._tasks.append(asyncio.create_task(self._follow_loop(), name="registry-follow"))
 
-    async def _prepare(self, given: config.Overrides | None) -> None:
+    async def _prepare(self, given: config.Overrides | None, *, store: bool, served: bool) -> None:
         for pragma in (
             "PRAGMA journal_mode=WAL",
             "PRAGMA synchronous=FULL",
@@ -259,11 +271,13 @@ class Registry:
         await self._db.executescript(_SCHEMA)
         async with self._write() as db:
             meta = await _read_meta(db)
+            if served and "settings" not in meta:
+                raise InvalidInput(_never_served(self.data_dir))
             await _migrate(db, meta)
             stored = config.from_mapping(json.loads(meta.get("settings", "{}")))
             self.given = config.merge(given, stored) if given else stored
             self.settings = config.resolve(self.given)
-            await self._store_settings(db, meta)
+            await self._store_settings(db, write=store)
             self.stored_zone_serial = int(meta.get("zone_serial", "0"))
             self.private_key = await self._load_or_make_key(db, meta)
             await self._ensure_admin_token(db, meta)
@@ -281,9 +295,19 @@ class Registry:
             self.tls_files = ensure_self_signed(self.data_dir, settings.public_endpoint[0])
         self.tls_pin = read_pin(self.tls_files)
 
-    async def _store_settings(self, db: aiosqlite.Connection, meta: dict[str, str]) -> None:
-        await _set_meta(db, "settings", json.dumps(config.to_mapping(self.given), sort_keys=True))
+    async def keep_settings(self) -> None:
+        """Serving began: from now on the other commands read these settings."""
+        async with self._write() as db:
+            await self._store_settings(db, write=True)
+
+    async def _store_settings(self, db: aiosqlite.Connection, *, write: bool) -> None:
         rows = await db.execute_fetchall("SELECT id, cidr FROM networks WHERE name = 'default'")
+        if not write and rows:
+            self._network_id = int(next(iter(rows))[0])
+            return
+        if write:
+            settings = json.dumps(config.to_mapping(self.given), sort_keys=True)
+            await _set_meta(db, "settings", settings)
         network = str(self.settings.network)
         if not rows:
             cursor = await db.execute(
@@ -943,6 +967,13 @@ class Registry:
                 await self._db.execute("ROLLBACK")
                 raise
             await self._db.execute("COMMIT")
+
+
+def _never_served(data_dir: Path) -> str:
+    return (
+        f"{data_dir} has never served: start `rendezvous serve` first (it makes the "
+        "rendezvous's identity and keeps its settings), or pass the --data-dir it uses"
+    )
 
 
 def _make_private_dir(path: Path) -> None:

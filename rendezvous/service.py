@@ -71,6 +71,7 @@ class Rendezvous:
         )
         await _listen("--api-listen", settings.api_listen, self._api.start(*settings.api_listen))
         await _listen("--dns-listen", settings.dns_listen, self._dns.start(*settings.dns_listen))
+        await self.registry.keep_settings()  # every socket is open: these settings serve
         logger.info(
             "serving %d peers: WireGuard on udp %s (peers dial %s), DNS for %s on %s, "
             "API on %s (%s, %s)",

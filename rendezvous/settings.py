@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -33,6 +34,7 @@ DEFAULT_DNS_LISTEN = "0.0.0.0:53"
 DEFAULT_API_LISTEN = "0.0.0.0:51821"
 DEFAULT_DNS_TTL = "0"  # as wgsd: an endpoint can move at any keepalive, so never cache it
 MAX_DNS_TTL = 86_400
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?|_[a-z0-9-]+")
 _WILDCARDS = {"0.0.0.0", "::", ""}  # noqa: S104 (the names of wildcard binds, not a bind)
 
 
@@ -203,8 +205,12 @@ def parse_zone(text: str) -> str:
         name = dns.name.from_text(text.strip())
     except dns.exception.DNSException as error:
         raise InvalidInput(f"zone {text!r} is not a DNS name ({error})") from None
-    if name == dns.name.root:
-        raise InvalidInput("zone must not be the DNS root; use a name such as mesh.internal")
+    labels = [label.decode(errors="replace") for label in name.labels if label]
+    if len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise InvalidInput(
+            f"zone {text!r} must be two or more labels of letters, digits and '-' "
+            "(such as mesh.internal): peers' names go under it"
+        )
     return name.to_text().lower()
 
 
@@ -232,7 +238,10 @@ def guess_public_host(listen_host: str) -> str:
         probe.connect(("192.0.2.1", 9))
         host = str(probe.getsockname()[0])
     except OSError:
-        host = "127.0.0.1"
+        raise InvalidInput(
+            "this host has no default route to guess its public address from: "
+            "give --public-endpoint HOST:PORT (RENDEZVOUS_PUBLIC_ENDPOINT)"
+        ) from None
     finally:
         probe.close()
     return host

@@ -38,10 +38,9 @@ def uses_left(server: RendezvousServer) -> list[int]:
 
 
 def test_a_stop_while_the_rendezvous_is_unreachable_ends_the_retries_at_once(lab: Lab) -> None:
-    server = RendezvousServer(lab.add_public_host("rendezvous"))  # never started
-    server.data_dir.mkdir(parents=True)
-    server.cli("info")  # a data folder with its key and certificate, for a token
+    server = RendezvousServer(lab.add_public_host("rendezvous")).start()
     token = server.token(1)
+    server.kill()  # and it stays down
     host = lab.add_nat("home", NatType.PORT_RESTRICTED).add_host("pc")
     for signum in (signal.SIGTERM, signal.SIGINT):
         agent = MeshAgent(host, "pc").start(token)

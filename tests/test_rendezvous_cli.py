@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -11,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from meshpeer.rendezvous import settings as config
+from meshpeer.rendezvous.registry import Registry
 from tests.lab.wireguard import KeyPair
 
 ENTRY = [sys.executable, "-m", "meshpeer.rendezvous.cli"]
@@ -39,8 +43,38 @@ def test_without_a_command_it_prints_help() -> None:
     assert result.returncode == 0 and "token" in result.stdout and "serve" in result.stdout
 
 
+def served(data_dir: Path, public_endpoint: str = "192.0.2.10:51820") -> Path:
+    """A data folder as a `rendezvous serve` that started leaves it: identity and settings."""
+
+    async def serve_once() -> None:
+        given = config.Overrides(public_endpoint=public_endpoint)
+        registry = await Registry.open(data_dir, given, store=False)
+        await registry.keep_settings()
+        await registry.close()
+
+    asyncio.run(serve_once())
+    return data_dir
+
+
+def free_port(*kinds: socket.SocketKind) -> int:
+    """A port free for every kind at once (DNS takes it over UDP and TCP), held while found."""
+    while True:
+        with contextlib.ExitStack() as held:
+            first = held.enter_context(socket.socket(socket.AF_INET, kinds[0]))
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            try:
+                for kind in kinds[1:]:
+                    held.enter_context(socket.socket(socket.AF_INET, kind)).bind(
+                        ("127.0.0.1", port)
+                    )
+            except OSError:
+                continue
+            return port
+
+
 def test_the_admin_commands_share_one_data_folder(tmp_path: Path) -> None:
-    env = {"RENDEZVOUS_DATA_DIR": str(tmp_path / "data")}
+    env = {"RENDEZVOUS_DATA_DIR": str(served(tmp_path / "data"))}
     token = rendezvous("token", "create", "--uses", "3", env=env)
     assert token.returncode == 0, token.stderr
     assert token.stdout.count("\n") == 1 and token.stdout.startswith("mp2_")
@@ -95,7 +129,7 @@ def test_the_admin_commands_share_one_data_folder(tmp_path: Path) -> None:
 def test_mistakes_cost_one_line_and_exit_2(tmp_path: Path, argv: list[str], words: str) -> None:
     key = KeyPair.generate().public_key
     argv = [key if arg == "KEY" else arg for arg in argv]
-    result = rendezvous(*argv, env={"RENDEZVOUS_DATA_DIR": str(tmp_path)})
+    result = rendezvous(*argv, env={"RENDEZVOUS_DATA_DIR": str(served(tmp_path))})
     assert_one_line_error(result, 2, words)
 
 
@@ -106,9 +140,43 @@ def test_serve_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
     assert_one_line_error(
         rendezvous("serve", *data, env={"RENDEZVOUS_ZONE": "a..b"}), 2, "not a DNS name"
     )
+    for zone in ("bad zone!", "com"):
+        assert_one_line_error(rendezvous("serve", *data, "--zone", zone), 2, "two or more labels")
+    for network in ("0.0.0.0/0", "8.8.8.0/24", "::/0"):
+        assert_one_line_error(rendezvous("serve", *data, "--network", network), 2, "not private")
     blocked = tmp_path / "file"
     blocked.write_text("")
-    assert_one_line_error(rendezvous("info", "--data-dir", str(blocked / "sub")), 2, "data folder")
+    assert_one_line_error(rendezvous("info", "--data-dir", str(blocked / "sub")), 2, "never served")
+
+
+def test_admin_commands_on_a_folder_that_never_served_change_nothing(tmp_path: Path) -> None:
+    never = tmp_path / "never"
+    assert_one_line_error(
+        rendezvous("token", "create", "--data-dir", str(never)), 2, "never served"
+    )
+    assert not never.exists()  # no identity invented for a host that never served
+
+
+def test_a_serve_that_fails_changes_nothing_token_create_reads(tmp_path: Path) -> None:
+    data = served(tmp_path / "data", public_endpoint="192.0.2.10:51820")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        failed = rendezvous(
+            "serve",
+            "--data-dir",
+            str(data),
+            "--public-endpoint",
+            "198.51.100.99:1",
+            "--wg-listen",
+            f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
+            "--api-listen",
+            f"127.0.0.1:{busy}",
+        )
+    assert failed.returncode == 1, failed.stderr
+    info = json.loads(rendezvous("info", "--json", "--data-dir", str(data)).stdout)
+    assert info["endpoint"] == "192.0.2.10:51820"  # the typo'd endpoint was not kept
 
 
 def test_a_port_in_use_is_one_line_naming_the_flag(tmp_path: Path) -> None:
@@ -132,12 +200,9 @@ def test_a_port_in_use_is_one_line_naming_the_flag(tmp_path: Path) -> None:
 
 
 def test_health_answers_for_the_serving_rendezvous_only(tmp_path: Path) -> None:
-    ports = []
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        with socket.socket(socket.AF_INET, kind) as probe:
-            probe.bind(("127.0.0.1", 0))
-            ports.append(probe.getsockname()[1])
-    wg, api, dns_port = ports
+    wg = free_port(socket.SOCK_DGRAM)
+    api = free_port(socket.SOCK_STREAM)
+    dns_port = free_port(socket.SOCK_DGRAM, socket.SOCK_STREAM)  # DNS takes both: not UDP only
     data = ["--data-dir", str(tmp_path)]
     listen = ["--wg-listen", f"127.0.0.1:{wg}", "--public-endpoint", f"127.0.0.1:{wg}"]
     listen += ["--api-listen", f"0.0.0.0:{api}", "--dns-listen", f"127.0.0.1:{dns_port}"]
@@ -157,7 +222,7 @@ def test_health_answers_for_the_serving_rendezvous_only(tmp_path: Path) -> None:
 
 
 def test_the_operator_grants_and_revokes_routes(tmp_path: Path) -> None:
-    env = {"RENDEZVOUS_DATA_DIR": str(tmp_path / "data")}
+    env = {"RENDEZVOUS_DATA_DIR": str(served(tmp_path / "data"))}
     key = KeyPair.generate().public_key
     assert rendezvous("peer", "add", "--public-key", key, "--name", "gw", env=env).returncode == 0
     granted = rendezvous("peer", "routes", "approve", "gw", "192.168.5.0/24", env=env)
