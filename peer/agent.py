@@ -13,23 +13,25 @@ import re
 import socket
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import dns.exception
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from meshpeer.rendezvous.model import IPAddress, encode_key, format_endpoint
+from meshpeer.rendezvous.model import IPAddress, encode_key
 from meshpeer.rendezvous.tokens import decode as decode_token
 
 from . import client, dnssd
 from .errors import AgentError, AgentFailed, Stopped
 from .host_routes import HostRoutes, rendezvous_addresses
 from .lan import LanDiscovery, Sightings
+from .liveness import Liveness
 from .mesh import RENDEZVOUS_KEEPALIVE_S, Mesh, remote_from_json
 from .prechecks import check_port_free, check_same_mesh
 from .state import Membership, StateDir, process_start
+from .status import Identity, RendezvousState, document
 from .supervise import supervised
 from .uapi import DeviceStatus, PeerConfig, UapiError
 from .wireguard import (
@@ -75,6 +77,8 @@ class _Live:
     backend: Backend
     routes: HostRoutes
     rendezvous_addresses: frozenset[IPAddress]
+    rendezvous: RendezvousState
+    liveness: Liveness = field(default_factory=Liveness)
     last_status: dict[str, Any] | None = None
 
 
@@ -111,7 +115,8 @@ class Agent:
         try:
             await self._until_stopped(self._make_interface(backend, membership, private_key))
             rendezvous = await asyncio.to_thread(rendezvous_addresses, membership)
-            live = _Live(membership, Mesh(own_key), backend, routes, rendezvous)
+            state = RendezvousState(membership.api_url)
+            live = _Live(membership, Mesh(own_key), backend, routes, rendezvous, state)
             await asyncio.to_thread(self._enable_forwarding)
             loops = {
                 "watch": lambda: self._follow_rendezvous(live),
@@ -285,11 +290,18 @@ class Agent:
                 self.stop()
                 return
             except client.Unreachable as error:
-                logger.warning("rendezvous unreachable (%s); retrying in %.0f s", error, backoff)
+                live.rendezvous.failed(time.time())
+                logger.warning("%s; retrying in %.0f s", error, backoff)
                 await asyncio.sleep(backoff * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
             backoff = 1.0
+            silent_for = live.rendezvous.answered(time.time())
+            if silent_for is not None:
+                logger.info("the rendezvous answers again (after %.0f s)", silent_for)
+            mapping = own_endpoint(answer.peers, live.mesh.own_key)
+            if mapping is not None:  # a delta lists us only when our mapping moved
+                live.rendezvous.own_endpoint = mapping
             peers = [p for p in map(remote_from_json, answer.peers) if p is not None]
             if answer.full:
                 live.mesh.replace_all(peers)
@@ -344,6 +356,7 @@ class Agent:
             live.mesh, device, live.membership, live.rendezvous_addresses
         )
         live.mesh.accept_routes(accepted)  # AllowedIPs: no route unless accepted
+        live.liveness.observe(device, time.time())
         plan = live.mesh.plan(device, time.time())
         if plan.set_peers or plan.remove:
             await live.backend.apply(plan.set_peers, plan.remove)
@@ -357,34 +370,15 @@ class Agent:
             live.last_status = status
 
     def status(self, live: _Live, device: DeviceStatus) -> dict[str, Any]:
-        peers = []
-        mesh = live.mesh
-        for key, peer in sorted(mesh.peers.items(), key=lambda item: item[1].name):
-            seen = device.peers.get(key)
-            endpoint = seen.endpoint if seen and seen.endpoint else peer.endpoint
-            peers.append(
-                {
-                    "name": peer.name,
-                    "public_key": encode_key(key),
-                    "address": peer.address,
-                    "endpoint": format_endpoint(endpoint) if endpoint else None,
-                    "path": mesh.path(key),
-                    "latest_handshake": int(seen.latest_handshake)
-                    if seen and seen.latest_handshake
-                    else None,
-                    "routes": list(peer.routes),
-                }
-            )
-        return {
-            "public_key": encode_key(mesh.own_key),
-            "name": live.membership.name,
-            "address": live.membership.address,
-            "interface": self.options.interface,
-            "backend": live.backend.name,
-            "pid": os.getpid(),
-            "pid_start": process_start(os.getpid()),
-            "peers": peers,
-        }
+        identity = Identity(
+            live.membership.name,
+            live.membership.address,
+            self.options.interface,
+            live.backend.name,
+            process_start(os.getpid()),
+        )
+        now = time.time()
+        return document(identity, live.mesh, device, live.liveness, live.rendezvous, now)
 
     async def _tear_down(self, backend: Backend) -> None:
         with contextlib.suppress(BackendError, OSError):
@@ -409,6 +403,15 @@ async def _end(tasks: list[asyncio.Task[Any]] | list[asyncio.Future[Any]]) -> No
 async def _bounded(work: Coroutine[Any, Any, None]) -> None:
     with contextlib.suppress(TimeoutError, OSError):
         await asyncio.wait_for(work, STOP_WAIT_S)
+
+
+def own_endpoint(peers: list[dict[str, Any]], own_key: bytes) -> str | None:
+    """This machine's NAT mapping from a watch answer that lists it (a full one does)."""
+    mine = encode_key(own_key)
+    for item in peers:
+        if item.get("public_key") == mine and isinstance(item.get("endpoint"), str):
+            return str(item["endpoint"])[:64]
+    return None
 
 
 def rendezvous_peer(membership: Membership) -> PeerConfig:

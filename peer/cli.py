@@ -20,6 +20,7 @@ from meshpeer.rendezvous.console import (
     OneLineParser,
     configure_logging,
     report,
+    version,
 )
 from meshpeer.rendezvous.model import InvalidInput, parse_name
 
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
             "interface and punches through NATs to every other peer."
         ),
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     common = OneLineParser(add_help=False)
     common.add_argument(
         "--state-dir",
@@ -192,19 +194,57 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_contract(status), indent=2))
         return 0
-    print(f"{status['name']}  {status['address']}  {status['interface']} ({status['backend']})")
-    rows = [["PEER", "ADDRESS", "PATH", "ENDPOINT", "HANDSHAKE"]]
     now = time.time()
+    print(
+        f"{status['name']}  {status['address']}  {status['interface']} ({status['backend']})"
+        f"  seen by the rendezvous at {status.get('endpoint') or '-'}"
+    )
+    print(_rendezvous_line(status.get("rendezvous") or {}, now))
+    rows = [["PEER", "ADDRESS", "STATE", "PATH", "ENDPOINT", "LAST SEEN", "RX", "TX"]]
     for peer in status["peers"]:
-        handshake = peer["latest_handshake"]
-        ago = f"{int(now - handshake)}s ago" if handshake else "never"
-        rows.append([peer["name"], peer["address"], peer["path"], peer["endpoint"] or "-", ago])
+        rows.append(
+            [
+                peer["name"],
+                peer["address"],
+                "online" if peer.get("online") else "offline",
+                peer["path"],
+                peer["endpoint"] or "-",
+                _ago(peer.get("last_seen"), now),
+                _size(peer.get("rx_bytes", 0)),
+                _size(peer.get("tx_bytes", 0)),
+            ]
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
     return 0
+
+
+def _rendezvous_line(rendezvous: dict[str, Any], now: float) -> str:
+    since = rendezvous.get("since")
+    how_long = f" for {_ago(since, now).removesuffix(' ago')}" if since else ""
+    state = "answers" if rendezvous.get("answering") else "does not answer"
+    return f"rendezvous {rendezvous.get('url', '?')} {state}{how_long}"
+
+
+def _ago(moment: object, now: float) -> str:
+    if not isinstance(moment, int | float) or not moment:
+        return "never"
+    seconds = max(0, int(now - moment))
+    if seconds < 120:
+        return f"{seconds}s ago"
+    return f"{seconds // 60}m ago" if seconds < 7200 else f"{seconds // 3600}h ago"
+
+
+def _size(count: object) -> str:
+    value = float(count) if isinstance(count, int | float) else 0.0
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
 
 
 def _contract(status: dict[str, Any]) -> dict[str, Any]:

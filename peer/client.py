@@ -167,4 +167,23 @@ async def _request(
             "path, or the token is from another rendezvous; nothing was sent"
         ) from None
     except (aiohttp.ClientError, TimeoutError, OSError) as error:
-        raise Unreachable(f"cannot reach the rendezvous at {url}: {error!r}") from None
+        raise Unreachable(f"cannot reach {_origin(url)}: {_reason(error)}") from None
+
+
+def _origin(url: str) -> str:
+    """The URL without its path and query: what a log line needs to say where."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def _reason(error: BaseException) -> str:
+    """Why a request failed, in a few words (the exception's repr is a paragraph)."""
+    if isinstance(error, TimeoutError):
+        return "no answer in time"
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return (error.os_error.strerror or str(error.os_error)).lower()
+    if isinstance(error, aiohttp.ServerDisconnectedError):
+        return "the connection was closed"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    return type(error).__name__

@@ -29,6 +29,7 @@ from .console import (
     UsageError,
     configure_logging,
     report,
+    version,
 )
 from .model import (
     Conflict,
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
             "records each NAT-mapped endpoint and publishes it as DNS-SD."
         ),
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     common = OneLineParser(add_help=False)
     common.add_argument(
         "--data-dir",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import sys
 from typing import NoReturn
@@ -24,6 +25,14 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def version() -> str:
+    """meshpeer's version as installed (both commands print it with --version)."""
+    try:
+        return importlib.metadata.version("meshpeer")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 def report(prog: str, error: BaseException | str, code: int) -> int:

@@ -32,7 +32,8 @@ def test_the_demo_shows_three_direct_peers_and_a_full_ping_matrix() -> None:
     output = demo.stdout
     assert "all three pairs direct" in output
     status_rows = [line.split() for line in output.splitlines() if " 10.77." in line]
-    paths = [row[2] for row in status_rows if len(row) > 2 and row[2] in {"direct", "none", "lan"}]
+    paths = [row[3] for row in status_rows if len(row) > 3 and row[3] in {"direct", "none", "lan"}]
+    assert [row[2] for row in status_rows if len(row) > 3 and row[3] == "direct"] == ["online"] * 6
     assert paths == ["direct"] * 6, output
     matrix = output.split("== Ping matrix")[1].split("==")[0]
     assert matrix.count(" ms") == 6 and "FAILED" not in matrix, matrix
