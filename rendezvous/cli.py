@@ -21,6 +21,7 @@ from pathlib import Path
 import aiohttp
 
 from . import settings as config
+from . import tokens
 from .console import (
     FAILURE,
     USAGE_ERROR,
@@ -43,6 +44,7 @@ from .model import (
     parse_cidr,
     parse_duration,
     parse_key,
+    parse_label,
     parse_name,
     parse_routes,
 )
@@ -103,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     create = token.add_parser("create", parents=[common], help="print a new join token")
     create.add_argument("--uses", type=int, default=1, help="how many peers may join with it")
     create.add_argument("--expires", default="24h", help="lifetime such as 30m, 24h, 7d")
+    create.add_argument("--label", default="", help="what the token is for (token list shows it)")
     create.add_argument(
         "--allow-routes",
         default="",
@@ -219,7 +222,18 @@ async def _until_signalled() -> None:
 async def _token_create(registry: Registry, args: argparse.Namespace) -> None:
     settings = registry.settings
     allowed = parse_routes(args.allow_routes, settings.network, settings.own_addresses)
-    print(await registry.create_token(args.uses, parse_duration(args.expires), allowed))
+    label = parse_label(args.label)
+    lifetime = parse_duration(args.expires)
+    token = await registry.create_token(args.uses, lifetime, allowed, label=label)
+    print(token)
+    token_id = tokens.token_id(tokens.decode(token).secret_hash)
+    expires = time.strftime("%Y-%m-%d %H:%M", time.localtime(time.time() + lifetime))
+    note = f" ({label})" if label else ""
+    print(
+        f"token {token_id}{note}: {args.uses} use(s), expires {expires}; "
+        f"`{PROG} token revoke {token_id}` cancels it",
+        file=sys.stderr,
+    )
 
 
 async def _token_list(registry: Registry, args: argparse.Namespace) -> None:
@@ -228,11 +242,11 @@ async def _token_list(registry: Registry, args: argparse.Namespace) -> None:
         print(json.dumps([token.to_json() for token in listed], indent=2))
         return
     now = time.time()
-    rows = [["ID", "USES LEFT", "EXPIRES", "STATE"]]
+    rows = [["ID", "LABEL", "USES LEFT", "EXPIRES", "STATE"]]
     for token in listed:
         state = "revoked" if token.revoked else "expired" if token.expires_at <= now else "valid"
         expires = time.strftime("%Y-%m-%d %H:%M", time.localtime(token.expires_at))
-        rows.append([token.token_id, str(token.uses_left), expires, state])
+        rows.append([token.token_id, token.label or "-", str(token.uses_left), expires, state])
     _print_table(rows)
 
 

@@ -109,6 +109,7 @@ class Token:
     created_at: float
     revoked: bool
     allowed_routes: tuple[IPNetwork, ...] = ()
+    label: str = ""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -118,6 +119,7 @@ class Token:
             "created_at": int(self.created_at),
             "revoked": self.revoked,
             "allowed_routes": [str(route) for route in self.allowed_routes],
+            "label": self.label,
         }
 
 
@@ -240,6 +242,14 @@ def parse_mesh_network(text: str) -> IPNetwork:
             "192.168.0.0/16, 100.64.0.0/10 or fd00::/8, such as 10.77.0.0/16"
         )
     return network
+
+
+def parse_label(text: str) -> str:
+    """An operator's note on a token: one line of printable text."""
+    label = text.strip()
+    if len(label) > 64 or not label.isprintable():
+        raise InvalidInput("--label must be one line of at most 64 printable characters")
+    return label
 
 
 def parse_duration(text: str) -> float:

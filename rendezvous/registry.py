@@ -106,7 +106,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     expires_at REAL NOT NULL,
     created_at REAL NOT NULL,
     revoked INTEGER NOT NULL DEFAULT 0,
-    allowed_routes TEXT NOT NULL DEFAULT '[]'
+    allowed_routes TEXT NOT NULL DEFAULT '[]',
+    label TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS removed_keys (
     public_key BLOB PRIMARY KEY,
@@ -128,6 +129,7 @@ _MIGRATIONS = (
     "ALTER TABLE peers ADD COLUMN token_id TEXT",
     "ALTER TABLE peers ADD COLUMN last_join_ms INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE tokens ADD COLUMN allowed_routes TEXT NOT NULL DEFAULT '[]'",
+    "ALTER TABLE tokens ADD COLUMN label TEXT NOT NULL DEFAULT ''",
     "UPDATE peers SET pending_routes = routes, routes = '[]'",
     # Tokens and credentials of schema 1 crossed plain HTTP (and credentials any proxy): void.
     "UPDATE tokens SET revoked = 1",
@@ -411,8 +413,10 @@ class Registry:
         lifetime_s: float,
         allowed_routes: tuple[IPNetwork, ...] = (),
         now: float | None = None,
+        label: str = "",
     ) -> str:
-        """A join token; peers that join with it are granted routes inside `allowed_routes`."""
+        """A join token; peers that join with it are granted routes inside `allowed_routes`.
+        `label` is the operator's note of what it is for (`token list` shows it)."""
         if not 1 <= uses <= 1_000_000:
             raise InvalidInput("--uses must be between 1 and 1000000")
         if not 0 < lifetime_s <= MAX_TOKEN_LIFETIME_S:
@@ -425,7 +429,7 @@ class Registry:
         async with self._write() as db:
             await db.execute(
                 "INSERT INTO tokens (id, network_id, secret_hash, uses_left, expires_at, "
-                "created_at, allowed_routes) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "created_at, allowed_routes, label) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     tokens.token_id(secret_hash),
                     self._network_id,
@@ -434,18 +438,20 @@ class Registry:
                     now + lifetime_s,
                     now,
                     _routes_text(allowed_routes),
+                    label,
                 ),
             )
         return join_token.encode()
 
     async def list_tokens(self) -> list[Token]:
         rows = await self._db.execute_fetchall(
-            "SELECT id, uses_left, expires_at, created_at, revoked, allowed_routes FROM tokens "
+            "SELECT id, uses_left, expires_at, created_at, revoked, allowed_routes, label "
+            "FROM tokens "
             "WHERE network_id = ? ORDER BY created_at",
             (self._network_id,),
         )
         return [
-            Token(row[0], row[1], row[2], row[3], bool(row[4]), _routes_from_text(row[5]))
+            Token(row[0], row[1], row[2], row[3], bool(row[4]), _routes_from_text(row[5]), row[6])
             for row in rows
         ]
 

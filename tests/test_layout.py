@@ -57,3 +57,11 @@ def test_a_bad_flag_is_one_line_and_exit_2() -> None:
     assert result.stderr.strip().splitlines() == [
         "meshpeer: error: unrecognized arguments: --no-such-flag (see `meshpeer --help`)"
     ]
+
+
+def test_setup_waits_for_another_apt_instead_of_failing() -> None:
+    """A fresh cloud VM runs apt at boot; every apt-get of the set-up waits for its lock."""
+    setup = (Path(__file__).parent / "setup").read_text()
+    calls = [line for line in setup.splitlines() if line.strip().startswith("apt-get")]
+    assert calls and all('"${wait_for_lock[@]}"' in line for line in calls), calls
+    assert "DPkg::Lock::Timeout=" in setup

@@ -504,6 +504,7 @@ def _downgrade_to_schema_1(path: Path) -> None:
             ("peers", "token_id"),
             ("peers", "last_join_ms"),
             ("tokens", "allowed_routes"),
+            ("tokens", "label"),
         ]:
             db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")

@@ -121,6 +121,7 @@ def test_the_admin_commands_share_one_data_folder(tmp_path: Path) -> None:
         (["peer", "remove", "ghost"], "no peer named"),
         (["token", "create", "--allow-routes", "0.0.0.0/0"], "default route"),
         (["token", "create", "--allow-routes", "224.0.0.0/8"], "multicast"),
+        (["token", "create", "--label", "two\nlines"], "--label"),
         (["peer", "routes", "approve", "ghost"], "no peer named"),
         (["peer", "routes", "approve", "ghost", "::/0"], "default route"),
         (["peers", "--yaml"], "unrecognized arguments"),
@@ -232,7 +233,12 @@ def test_the_operator_grants_and_revokes_routes(tmp_path: Path) -> None:
     assert listed["routes"] == ["192.168.5.0/24"]
     revoked = rendezvous("peer", "routes", "revoke", "gw", "192.168.5.0/24", env=env)
     assert "gw carries none" in revoked.stdout
-    allowed = rendezvous("token", "create", "--allow-routes", "192.168.0.0/16", env=env)
+    allowed = rendezvous(
+        "token", "create", "--allow-routes", "192.168.0.0/16", "--label", "office gw", env=env
+    )
     assert allowed.returncode == 0, allowed.stderr
     [token] = json.loads(rendezvous("token", "list", "--json", env=env).stdout)
-    assert token["allowed_routes"] == ["192.168.0.0/16"]
+    assert token["allowed_routes"] == ["192.168.0.0/16"] and token["label"] == "office gw"
+    # stdout is the token alone (for scripts); stderr names it, for revoking it later
+    assert f"token {token['id']} (office gw): 1 use(s)" in allowed.stderr
+    assert "office gw" in rendezvous("token", "list", env=env).stdout

@@ -80,3 +80,31 @@ def test_the_units_command_joins_then_resumes_after_its_token_is_revoked(lab: La
     assert wait_until(lambda: server.peers()["box"]["endpoint"] is not None, 15)
     assert wait_until(lambda: agent.status() is not None, 15), agent.output()
     assert agent.address() == address and agent.process.running()
+
+
+@pytest.mark.parametrize("unit", ["meshpeer.service", "rendezvous.service"])
+def test_each_unit_is_hardened_below_an_exposure_of_5(unit: str) -> None:
+    path = UNIT.with_name(unit)
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--threshold=49", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    [overall] = [line for line in result.stdout.splitlines() if "Overall exposure level" in line]
+    exposure = float(overall.split(":")[1].split()[0])
+    assert exposure < 5.0, result.stdout
+
+
+def test_the_rendezvous_unit_verifies_without_a_warning(tmp_path: Path) -> None:
+    unit = tmp_path / "meshpeer-rendezvous.service"
+    rendezvous = str(Path(MESHPEER).with_name("rendezvous"))
+    unit.write_text(
+        UNIT.with_name("rendezvous.service")
+        .read_text()
+        .replace("/opt/meshpeer/bin/rendezvous", rendezvous)
+    )
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
