@@ -47,7 +47,7 @@ for _ in range(count):
         health.append(time.perf_counter() - started)
     except OSError:
         failures += 1
-    query = dns.message.make_query("rendezvous.mesh.internal", "A")
+    query = dns.message.make_query("ns.mesh.internal", "A")
     started = time.perf_counter()
     try:
         dns.query.udp(query, host, port=dns_port, timeout=5)

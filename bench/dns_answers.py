@@ -49,7 +49,7 @@ NSD_MAX_RRSET = 65_000  # NSD keeps at most 65,535 records in one RRset
 def build_zone(peers: int, seed: int = 7) -> tuple[Zone, list[tuple[str, str]]]:
     """A zone of `peers` peers with endpoints, and a query mix over them."""
     chance = random.Random(seed)
-    zone = Zone(ZoneConfig(ZONE, 0, "127.0.0.1", "10.64.0.1"))
+    zone = Zone(ZoneConfig(ZONE, 0, "127.0.0.1"))
     names: list[tuple[str, str]] = []
     for index in range(peers):
         key = chance.randbytes(32)

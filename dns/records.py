@@ -8,8 +8,8 @@ Per peer with an observed endpoint (wgsd's layout, shared/reference/wireguard-pr
                                              "name=<name>" "address=<mesh address>"
 and per registered peer, endpoint or not, `<name>.<zone>` A or AAAA <mesh address>.
 The zone apex has SOA and NS (`ns.<zone>`, with the rendezvous's public address as glue),
-`_services._dns-sd._udp.<zone>` enumerates the service type (RFC 6763 section 9), and
-`rendezvous.<zone>` is the rendezvous's own mesh address.
+and `_services._dns-sd._udp.<zone>` enumerates the service type (RFC 6763 section 9). The
+rendezvous's mesh address is not published: it has no interface on the mesh to answer there.
 
 `Zone` keeps every record in a dictionary by owner name, changed per peer as the registry
 changes: a query is a lookup, never a scan, whatever the number of peers.
@@ -38,7 +38,6 @@ from dns.rdtypes.IN.SRV import SRV
 
 from .naming import (
     NAMESERVER_LABEL,
-    RENDEZVOUS_LABEL,
     BadLabel,
     enumeration_name,
     instance_label,
@@ -77,7 +76,6 @@ class ZoneConfig:
     origin: dns.name.Name
     ttl: int
     nameserver: str  # the rendezvous's public address (glue), or a host name outside the zone
-    rendezvous_address: str  # its mesh address
 
 
 def txt_strings(entry: PeerEntry) -> list[str]:
@@ -286,8 +284,6 @@ class Zone:
         self._set(_rrset(config.origin, ttl, [ns]))
         if nameserver.is_subdomain(config.origin):
             self._set(_address_rrset(nameserver, config.nameserver, ttl))
-        rendezvous = dns.name.Name((RENDEZVOUS_LABEL,)).concatenate(config.origin)
-        self._set(_address_rrset(rendezvous, config.rendezvous_address, ttl))
         enumeration = _ptr(self.service)
         self._set(_rrset(enumeration_name(config.origin), ttl, [enumeration]))
 

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from meshpeer.rendezvous.model import IPAddress, encode_key
 from meshpeer.rendezvous.tokens import decode as decode_token
 
-from . import client, dnssd
+from . import client, dnssd, resolved
 from .errors import AgentError, AgentFailed, Stopped
 from .host_routes import HostRoutes, rendezvous_addresses
 from .lan import LanDiscovery, Sightings
@@ -114,6 +114,8 @@ class Agent:
         routes = HostRoutes(self.links, self.options.interface, self.options.accept_routes)
         try:
             await self._until_stopped(self._make_interface(backend, membership, private_key))
+            if resolved.available():
+                await resolved.point_zone(self.options.interface, membership.dns, membership.zone)
             rendezvous = await asyncio.to_thread(rendezvous_addresses, membership)
             state = RendezvousState(membership.api_url)
             live = _Live(membership, Mesh(own_key), backend, routes, rendezvous, state)

@@ -159,7 +159,6 @@ def _zone_for(registry: Registry) -> Zone:
         origin=dns.name.from_text(settings.zone),
         ttl=settings.dns_ttl,
         nameserver=settings.public_endpoint[0],
-        rendezvous_address=str(settings.rendezvous_address),
     )
     # The serial only moves forward, across restarts too: from the clock, or past the last one
     # kept, with room for the changes made after it was kept (at most a second's worth).

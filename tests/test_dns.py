@@ -37,7 +37,7 @@ def over_tcp(authority: Authority, wire: bytes, client: str = CLIENT) -> list[by
 
 
 def make_zone(ttl: int = 0) -> Zone:
-    return Zone(ZoneConfig(ORIGIN, ttl, "203.0.113.1", "10.77.0.1"), serial=100)
+    return Zone(ZoneConfig(ORIGIN, ttl, "203.0.113.1"), serial=100)
 
 
 def entry(index: int, endpoint: tuple[str, int] | None = ("203.0.113.9", 40000)) -> PeerEntry:
@@ -157,7 +157,8 @@ def test_negative_answers_errors_and_the_apex() -> None:
     assert records(ns, "additional")["A"] == ["203.0.113.1"]
     enumeration = ask(authority, "_services._dns-sd._udp.mesh.example.", "PTR")
     assert records(enumeration) == {"PTR": [SERVICE]}
-    assert records(ask(authority, "rendezvous.mesh.example.")) == {"A": ["10.77.0.1"]}
+    # The rendezvous has no interface on the mesh, so its mesh address is not published.
+    assert ask(authority, "rendezvous.mesh.example.").rcode() == dns.rcode.NXDOMAIN
 
 
 def test_opcodes_versions_and_garbage() -> None:

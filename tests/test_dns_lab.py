@@ -117,7 +117,7 @@ class ThreadedDnsServer:
 
 
 def zone_with(peers: int) -> Zone:
-    zone = Zone(ZoneConfig(dns.name.from_text(ZONE), 0, "127.0.0.1", "10.77.0.1"))
+    zone = Zone(ZoneConfig(dns.name.from_text(ZONE), 0, "127.0.0.1"))
     for index in range(peers):
         address = f"10.77.{index // 250}.{index % 250 + 2}"
         endpoint = (f"198.51.100.{index % 250 + 1}", 20000 + index)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -65,3 +66,15 @@ def test_setup_waits_for_another_apt_instead_of_failing() -> None:
     calls = [line for line in setup.splitlines() if line.strip().startswith("apt-get")]
     assert calls and all('"${wait_for_lock[@]}"' in line for line in calls), calls
     assert "DPkg::Lock::Timeout=" in setup
+
+
+def test_compose_passes_every_setting_serve_knows() -> None:
+    """README tells users to set RENDEZVOUS_* variables when they run compose: each must reach
+    the container (three of eight once did not, so a TLS proxy's URL had no effect)."""
+    from meshpeer.rendezvous import settings
+
+    compose = (Path(__file__).parent.parent / "docker" / "compose.yaml").read_text()
+    passed = set(re.findall(r"^\s+(RENDEZVOUS_[A-Z_]+):", compose, re.MULTILINE))
+    known = {"RENDEZVOUS_" + name.upper() for name in settings.Overrides.__dataclass_fields__}
+    assert known <= passed, known - passed
+    assert "stop_grace_period:" in compose

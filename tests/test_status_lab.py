@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -43,3 +44,25 @@ def test_an_offline_peer_and_an_unreachable_rendezvous_show_as_such(lab: Lab) ->
     server.start()
     assert wait_until(lambda: (stay.status() or {})["rendezvous"]["answering"], 40)
     assert "the rendezvous answers again" in stay.output()
+
+
+def test_with_systemd_resolved_the_zone_resolves_through_the_mesh_dns(lab: Lab) -> None:
+    """resolvectl here is a stand-in that writes down what it was asked: the lab has no D-Bus."""
+    server = RendezvousServer(lab.add_public_host("rendezvous")).start()
+    host = lab.add_nat("home", NatType.PORT_RESTRICTED).add_host("pc")
+    (host.rundir / "systemd" / "resolve").mkdir(parents=True)  # resolved runs (this /run)
+    tools = host.dir / "bin"
+    tools.mkdir()
+    asked = host.dir / "resolvectl.log"
+    (tools / "resolvectl").write_text(f'#!/bin/sh\necho "$@" >> {asked}\n')
+    (tools / "resolvectl").chmod(0o755)
+    agent = MeshAgent(host, "pc")
+    command = [MESHPEER, "run", "--state-dir", str(agent.state_dir), "--backend", "userspace"]
+    environment = {"MESHPEER_TOKEN": server.token(1), "PATH": f"{tools}:{os.environ['PATH']}"}
+    agent.process = host.spawn("meshpeer-pc", command, environment)
+    assert wait_until(lambda: asked.exists() and len(asked.read_text().splitlines()) == 2, 15)
+    assert asked.read_text().splitlines() == [
+        f"dns wg0 {server.host.address}:53",
+        "domain wg0 ~mesh.internal",
+    ]
+    assert "names under mesh.internal. now resolve through" in agent.output()
