@@ -272,11 +272,16 @@ def _down(args: argparse.Namespace) -> int:
         return 0
     interface = args.interface or (status["interface"] if status else "wg0")
     links = Links()
-    if links.is_ours(interface):
+    removed = links.is_ours(interface)
+    if removed:
         links.delete(interface)
-        print(f"removed {interface}")
-        return 0
-    print("nothing to do: meshpeer is not running")
+    if status is not None:  # it was running and is gone: it died (SIGKILL, a crash)
+        state.forget_status()
+        left = f"; removed the {interface} it left" if removed else ""
+        raise DownFailed(
+            f"meshpeer (pid {status.get('pid')}) had stopped without cleaning up{left}"
+        )
+    print(f"removed {interface}" if removed else "nothing to do: meshpeer is not running")
     return 0
 
 

@@ -130,6 +130,9 @@ class StateDir:
     def save_membership(self, membership: Membership) -> None:
         _write_private(self.path / "membership.json", json.dumps(asdict(membership), indent=2))
 
+    def forget_status(self) -> None:
+        (self.path / "status.json").unlink(missing_ok=True)
+
     def forget_membership(self) -> None:
         (self.path / "membership.json").unlink(missing_ok=True)
 

@@ -146,3 +146,31 @@ def test_leave_takes_the_machine_out_and_lets_it_join_another_mesh(lab: Lab) -> 
     moved = MeshAgent(host, "pc").start(other.token(1))
     assert wait_until(lambda: moved.status() is not None, 15), moved.output()
     assert "pc" in other.peers()
+
+
+def test_down_on_a_hung_or_vanished_agent_says_so_and_fails(lab: Lab) -> None:
+    server = RendezvousServer(lab.add_public_host("rendezvous")).start()
+    token = server.token(2)
+    home = lab.add_nat("home", NatType.PORT_RESTRICTED)
+    down = [MESHPEER, "down", "--state-dir"]
+
+    hung = MeshAgent(home.add_host("hung"), "hung").start(token)
+    assert wait_until(lambda: hung.status() is not None, 15), hung.output()
+    assert hung.process is not None
+    hung.process.popen.send_signal(signal.SIGSTOP)
+    result = hung.host.run([*down, str(hung.state_dir)], check=False, timeout=30)
+    assert result.returncode == 1 and "still running 5 s after SIGTERM" in result.stderr, result
+    assert "stopped meshpeer" not in result.stdout  # the old `down` printed this, and lied
+    assert not no_interface(hung.host)  # it is still there, as the error says
+    hung.process.popen.send_signal(signal.SIGCONT)  # it takes the SIGTERM now, and stops
+    assert wait_until(lambda: no_interface(hung.host), 10)
+
+    vanished = MeshAgent(home.add_host("gone"), "gone").start(token)
+    assert wait_until(lambda: vanished.status() is not None, 15), vanished.output()
+    assert vanished.process is not None
+    vanished.process.popen.send_signal(signal.SIGKILL)  # wireguard-go and wg0 stay behind
+    vanished.process.popen.wait(5)
+    result = vanished.host.run([*down, str(vanished.state_dir)], check=False)
+    assert result.returncode == 1 and "stopped without cleaning up" in result.stderr, result
+    assert "removed the wg0 it left" in result.stderr
+    assert no_interface(vanished.host)
