@@ -131,7 +131,14 @@ def main() -> None:
         public = lab.add_public_host("rendezvous")
         friend = lab.add_public_host("friend")
         server = RendezvousServer(public, "--dns-axfr-allow", f"{stranger.address}/32")
-        populate = [sys.executable, str(LAB / "populate.py"), str(server.data_dir), str(peers)]
+        endpoint = f"{public.address}:{WG_PORT}"
+        populate = [
+            sys.executable,
+            str(LAB / "populate.py"),
+            str(server.data_dir),
+            str(peers),
+            endpoint,
+        ]
         public.run(populate, timeout=600)
         server.start(timeout_s=300)
         phase("idle", friend, server, probes)

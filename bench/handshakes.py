@@ -139,7 +139,9 @@ class Server:
 
 def start_ours(data_dir: Path, peer_keys: list[bytes]) -> Server:
     async def register() -> bytes:
-        registry = await Registry.open(data_dir, settings.Overrides(network="10.80.0.0/12"))
+        registry = await Registry.open(
+            data_dir, settings.Overrides(network="10.80.0.0/12", public_endpoint="127.0.0.1:51820")
+        )
         try:
             await registry.add_peers([(key, f"p{n}") for n, key in enumerate(peer_keys)])
             return registry.public_key

@@ -144,7 +144,9 @@ def _source(number: int) -> bytes:
 
 def register(data_dir: Path, keys: list[X25519PrivateKey]) -> tuple[bytes, float]:
     async def run() -> tuple[bytes, float]:
-        registry = await Registry.open(data_dir, settings.Overrides(network="10.64.0.0/10"))
+        registry = await Registry.open(
+            data_dir, settings.Overrides(network="10.64.0.0/10", public_endpoint="127.0.0.1:51820")
+        )
         started = time.monotonic()
         try:
             entries = [(key.public_key().public_bytes_raw(), f"p{n}") for n, key in enumerate(keys)]

@@ -120,7 +120,14 @@ def test_idle_dns_connections_from_one_client_do_not_lock_out_others(arena: Aren
 def test_a_stalled_zone_transfer_of_20000_peers_stalls_only_its_own_client(arena: Arena) -> None:
     server = arena.server
     server.host.run(
-        [sys.executable, str(LAB / "populate.py"), str(server.data_dir), "20000"], timeout=120
+        [
+            sys.executable,
+            str(LAB / "populate.py"),
+            str(server.data_dir),
+            "20000",
+            f"{arena.address}:{WG_PORT}",
+        ],
+        timeout=120,
     )
     server.start(timeout_s=60)
     arena.abuse("axfr-stall", arena.address, str(DNS_PORT), ZONE, "4")
