@@ -7,6 +7,7 @@ rendezvous the operator meant.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,7 +182,8 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, TimeoutError):
         return "no answer in time"
     if isinstance(error, aiohttp.ClientConnectorError):
-        return (error.os_error.strerror or str(error.os_error)).lower()
+        number = error.os_error.errno
+        return (os.strerror(number) if number else str(error.os_error)).lower()
     if isinstance(error, aiohttp.ServerDisconnectedError):
         return "the connection was closed"
     if isinstance(error, OSError) and error.strerror:

@@ -267,12 +267,24 @@ class UserspaceBackend:
             check_errno(await self._exchange(set_device(private_key, listen_port)))
 
     async def _wait_for_socket(self, process: asyncio.subprocess.Process) -> None:
+        """Until wireguard-go accepts on its socket: the file can be there a moment before it
+        listens (a start once failed with ECONNREFUSED), so connect, not only look."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SOCKET_WAIT_S
-        while not self.socket_path.exists():
+        while not await self._accepts():
             if process.returncode is not None or loop.time() > deadline:
                 await _fail_start(process)
             await asyncio.sleep(0.02)
+
+    async def _accepts(self) -> bool:
+        try:
+            _, writer = await asyncio.open_unix_connection(str(self.socket_path))
+        except OSError:
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
 
     def alive(self) -> bool:
         return self.process is not None and self.process.returncode is None
