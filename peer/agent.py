@@ -358,8 +358,9 @@ class Agent:
             live.mesh, device, live.membership, live.rendezvous_addresses
         )
         live.mesh.accept_routes(accepted)  # AllowedIPs: no route unless accepted
-        live.liveness.observe(device, time.time())
-        plan = live.mesh.plan(device, time.time())
+        now = time.time()
+        live.liveness.observe(device, now)
+        plan = live.mesh.plan(device, now)
         if plan.set_peers or plan.remove:
             await live.backend.apply(plan.set_peers, plan.remove)
         for event in plan.events:

@@ -13,7 +13,6 @@ import contextlib
 import fcntl
 import json
 import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from meshpeer.rendezvous.files import write_atomically
 from meshpeer.rendezvous.tokens import JoinToken
 
 DEFAULT_STATE_DIR = Path("/var/lib/meshpeer")
@@ -152,22 +152,8 @@ class StateDir:
 
 
 def _write_private(path: Path, text: str, *, durable: bool = True) -> None:
-    """Write whole or not at all (a crash leaves the old file), readable by root only. The
-    temporary file has a name of its own and is never opened through a link: a fixed `.tmp`
-    name let anyone who could write the folder plant a link to any file root can write."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-    descriptor = os.open(temporary, flags, 0o600)
-    try:
-        with os.fdopen(descriptor, "w") as file:
-            file.write(text)
-            file.flush()
-            if durable:
-                os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    """Whole or not at all, readable by root only, never through a planted link."""
+    write_atomically(path, text.encode(), 0o600, durable=durable)
 
 
 def process_start(pid: int) -> int | None:

@@ -14,7 +14,6 @@ import datetime
 import hashlib
 import hmac
 import ipaddress
-import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from .files import write_atomically
 from .model import InvalidInput
 
 CERT_NAME = "tls.crt"
@@ -96,8 +96,9 @@ def ensure_self_signed(data_dir: Path, host: str) -> TlsFiles:
     if files.cert.exists() and files.key.exists():
         return files
     key = ec.generate_private_key(ec.SECP256R1())
-    _write(files.key, key_pem(key), 0o600)
-    _write(files.cert, _self_signed(key, host).public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomically(files.key, key_pem(key), 0o600)
+    certificate = _self_signed(key, host).public_bytes(serialization.Encoding.PEM)
+    write_atomically(files.cert, certificate, 0o644)
     return files
 
 
@@ -153,19 +154,3 @@ def _general_name(host: str) -> x509.GeneralName:
         return x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
         return x509.DNSName(host)
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Whole or not at all, never through a link someone planted."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-    descriptor = os.open(temporary, flags, mode)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
