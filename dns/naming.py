@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 
 import dns.name
 
+from meshpeer.common.errors import InvalidInput
+from meshpeer.common.keys import KEY_SIZE
+
 SERVICE_LABELS: tuple[str, str] = ("_wireguard", "_udp")
 ENUMERATION_LABELS: tuple[str, str, str] = ("_services", "_dns-sd", "_udp")  # RFC 6763 section 9
-KEY_SIZE = 32
 LABEL_LENGTH = 56
 NAMESERVER_LABEL = "ns"
 RENDEZVOUS_LABEL = "rendezvous"
 RESERVED_NAMES = frozenset({NAMESERVER_LABEL, RENDEZVOUS_LABEL})
+# A DNS label (RFC 1035 2.3.1, lower case): a peer's name is also `<name>.<zone>` in DNS-SD.
+_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
 class BadLabel(ValueError):
@@ -56,3 +61,14 @@ def key_from_label(label: str | bytes) -> bytes:
     if len(key) != KEY_SIZE:
         raise BadLabel("an instance label must decode to a 32-byte key")
     return key
+
+
+def parse_name(text: object) -> str:
+    if not isinstance(text, str) or not _NAME.fullmatch(text):
+        raise InvalidInput(
+            f"name {text!r} must be 1-63 lower-case letters, digits or '-', "
+            "not starting or ending with '-' (it becomes a DNS label)"
+        )
+    if text in RESERVED_NAMES:
+        raise InvalidInput(f"name {text!r} is reserved for the rendezvous's own DNS names")
+    return text

@@ -1,4 +1,4 @@
-"""The DNS-SD zone as a pure function of the registry, and its decoding on the agent's side.
+"""The DNS-SD zone as a pure function of the registry (instances.py reads it back).
 
 Per peer with an observed endpoint (wgsd's layout, shared/reference/wireguard-protocol.md):
     _wireguard._udp.<zone>              PTR  <label>._wireguard._udp.<zone>
@@ -17,8 +17,6 @@ changes: a query is a lookup, never a scan, whatever the number of peers.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import collections
 import ipaddress
 import itertools
@@ -36,12 +34,13 @@ from dns.rdtypes.IN.A import A
 from dns.rdtypes.IN.AAAA import AAAA
 from dns.rdtypes.IN.SRV import SRV
 
+from meshpeer.common.endpoints import Endpoint
+from meshpeer.common.keys import encode_key
+
 from .naming import (
     NAMESERVER_LABEL,
-    BadLabel,
     enumeration_name,
     instance_label,
-    key_from_label,
     service_name,
 )
 
@@ -52,12 +51,7 @@ SOA_REFRESH_S, SOA_RETRY_S, SOA_EXPIRE_S = 3600, 600, 86400
 BUILT_NODES = 8192  # peers' record sets kept built; others are rebuilt when asked for
 CHANGES_KEPT = 4096  # serials whose changed names are remembered (answer caches catch up)
 
-Endpoint = tuple[str, int]
 Node = dict[dns.rdatatype.RdataType, dns.rrset.RRset]
-
-
-class BadRecord(ValueError):
-    """Records that do not describe a peer the way this module writes them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +74,7 @@ class ZoneConfig:
 
 def txt_strings(entry: PeerEntry) -> list[str]:
     """wgsd's three keys first, then ours; `allowed=` repeats when 255 bytes cannot hold it."""
-    strings = [TXT_VERSION, "pub=" + base64.b64encode(entry.public_key).decode()]
+    strings = [TXT_VERSION, "pub=" + encode_key(entry.public_key)]
     strings.extend("allowed=" + ",".join(chunk) for chunk in _allowed_chunks(entry.allowed))
     strings += [f"name={entry.name}", f"address={entry.address}"]
     return strings
@@ -421,62 +415,3 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-# -- reading it back (the agent) --------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class DiscoveredPeer:
-    public_key: bytes
-    endpoint: Endpoint
-    allowed: tuple[str, ...]
-    name: str | None
-    address: str | None
-
-
-def decode_instance(
-    instance: dns.name.Name,
-    port: int,
-    endpoint_address: str,
-    txt: Sequence[bytes],
-) -> DiscoveredPeer:
-    """A peer from its SRV port, A/AAAA and TXT strings; only `BadRecord` escapes.
-
-    The key comes from the instance label and must agree with `pub=`: a TXT record cannot
-    redirect one peer's endpoint to another's key."""
-    if len(instance.labels) < 1:
-        raise BadRecord("the instance name has no label")
-    try:
-        key = key_from_label(instance.labels[0])
-        address = str(ipaddress.ip_address(endpoint_address))
-    except (BadLabel, ValueError) as error:
-        raise BadRecord(str(error)) from None
-    if not 0 < port < 65536:
-        raise BadRecord(f"port {port} is out of range")
-    values = parse_txt(txt)
-    if values.get("pub") and _b64(values["pub"]) != key:
-        raise BadRecord("pub= does not match the instance label")
-    allowed = tuple(cidr for cidr in values.get("allowed", "").split(",") if cidr)
-    return DiscoveredPeer(key, (address, port), allowed, values.get("name"), values.get("address"))
-
-
-def parse_txt(strings: Sequence[bytes]) -> dict[str, str]:
-    """key=value strings (RFC 6763 section 6); repeated `allowed=` strings are joined."""
-    values: dict[str, str] = {}
-    for raw in strings:
-        text = raw.decode("utf-8", "replace")
-        key, _, value = text.partition("=")
-        key = key.lower()
-        if key == "allowed" and key in values:
-            values[key] = ",".join(part for part in (values[key], value) if part)
-        else:
-            values.setdefault(key, value)  # RFC 6763 6.4: the first occurrence counts
-    return values
-
-
-def _b64(text: str) -> bytes | None:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import ipaddress
 import logging
@@ -20,8 +19,9 @@ from typing import Any, TypeVar
 import dns.exception
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from meshpeer.rendezvous.model import IPAddress, encode_key
-from meshpeer.rendezvous.tokens import decode as decode_token
+from meshpeer.common.endpoints import IPAddress
+from meshpeer.common.keys import encode_key, parse_key
+from meshpeer.common.tokens import decode as decode_token
 
 from . import client, dnssd, resolved
 from .errors import AgentError, AgentFailed, Stopped
@@ -308,7 +308,7 @@ class Agent:
             if answer.full:
                 live.mesh.replace_all(peers)
             else:
-                removed = [base64.b64decode(key) for key in answer.removed]
+                removed = [parse_key(key) for key in answer.removed]
                 live.mesh.update(peers, removed)
             epoch, revision = answer.epoch, answer.revision
             self._wake.set()
@@ -423,7 +423,7 @@ def rendezvous_peer(membership: Membership) -> PeerConfig:
     address = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_DGRAM)[0][4][0]
     mesh_address = ipaddress.ip_address(membership.rendezvous_address)
     return PeerConfig(
-        base64.b64decode(membership.rendezvous_key),
+        parse_key(membership.rendezvous_key),
         (f"{mesh_address}/{mesh_address.max_prefixlen}",),
         (str(address), int(port)),
         RENDEZVOUS_KEEPALIVE_S,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from meshpeer.rendezvous.console import (
+from meshpeer.common.console import (
     FAILURE,
     USAGE_ERROR,
     OneLineParser,
@@ -22,25 +22,26 @@ from meshpeer.rendezvous.console import (
     report,
     version,
 )
-from meshpeer.rendezvous.model import InvalidInput, parse_name
+from meshpeer.common.errors import Failure, UsageError
+from meshpeer.dns.naming import parse_name
 
 from . import client
 from .agent import DNS_SD_POLL_S, Agent, Options
-from .errors import AgentError, AgentFailed
+from .errors import AgentError
 from .prechecks import check_interface_name
-from .state import DEFAULT_STATE_DIR, StateDir, StateError, is_running_agent
-from .wireguard import BackendError, Links, MissingTool
+from .state import DEFAULT_STATE_DIR, StateDir, is_running_agent
+from .wireguard import Links
 
 PROG = "meshpeer"
 INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 DOWN_WAIT_S = 5.0  # the agent stops within 2 s of SIGTERM; more means it is stuck
 
 
-class DownFailed(Exception):
+class DownFailed(Failure):
     """`down` could not verify that the agent stopped and its interface went (exit 1)."""
 
 
-class LeaveFailed(Exception):
+class LeaveFailed(Failure):
     """The rendezvous could not be told (exit 1): the machine is still a member."""
 
 
@@ -117,6 +118,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stdout)
         return 0
     try:
+        return _command(args)
+    except UsageError as error:
+        return report(PROG, error, USAGE_ERROR)
+    except Failure as error:
+        return report(PROG, error, FAILURE)
+    except KeyboardInterrupt:  # Ctrl-C before the agent's own handlers were in place
+        return INTERRUPTED
+
+
+def _command(args: argparse.Namespace) -> int:
+    try:
         if args.command == "run":
             check_interface_name(args.interface)
             return _run(args)
@@ -125,14 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "leave":
             return _leave(args)
         return _down(args)
-    except (AgentError, InvalidInput, StateError, client.JoinRefused, MissingTool) as error:
-        return report(PROG, error, USAGE_ERROR)
-    except (BackendError, AgentFailed, DownFailed, LeaveFailed) as error:
-        return report(PROG, error, FAILURE)
     except PermissionError as error:
-        return report(PROG, f"{error.strerror}: meshpeer needs root (CAP_NET_ADMIN)", USAGE_ERROR)
-    except KeyboardInterrupt:  # Ctrl-C before the agent's own handlers were in place
-        return INTERRUPTED
+        raise UsageError(f"{error.strerror}: meshpeer needs root (CAP_NET_ADMIN)") from None
 
 
 def _run(args: argparse.Namespace) -> int:

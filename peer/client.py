@@ -14,10 +14,11 @@ from typing import Any
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from meshpeer.rendezvous import proof
-from meshpeer.rendezvous.model import encode_key
-from meshpeer.rendezvous.tls import client_ssl
-from meshpeer.rendezvous.tokens import JoinToken
+from meshpeer.common import proof
+from meshpeer.common.errors import Failure, UsageError
+from meshpeer.common.keys import encode_key
+from meshpeer.common.pinning import client_ssl
+from meshpeer.common.tokens import JoinToken
 
 from .state import Membership
 
@@ -25,7 +26,7 @@ REQUEST_TIMEOUT_S = 15.0
 WATCH_TIMEOUT_S = 25.0  # the server answers by then even when nothing changed
 
 
-class JoinRefused(Exception):
+class JoinRefused(UsageError):
     """The rendezvous said no (bad token, name taken, ...): the user must act."""
 
 
@@ -33,11 +34,11 @@ class Removed(JoinRefused):
     """The rendezvous no longer knows our credential: the operator removed this peer."""
 
 
-class Unreachable(Exception):
+class Unreachable(Failure):
     """No answer from the rendezvous: retry later; existing tunnels keep working meanwhile."""
 
 
-class WrongCertificate(Exception):
+class WrongCertificate(Failure):
     """The API answered with a key the pin does not name: someone else is in the path."""
 
 

@@ -19,10 +19,9 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
+from meshpeer.common.endpoints import Endpoint
+from meshpeer.dns.instances import BadRecord, decode_instance
 from meshpeer.dns.naming import BadLabel, key_from_label
-from meshpeer.dns.records import BadRecord, decode_instance
-
-from .hints import Endpoint
 
 logger = logging.getLogger("meshpeer.peer.dnssd")
 
@@ -34,7 +33,7 @@ MAX_INSTANCES = 1024
 
 
 async def discover(
-    server: tuple[str, int], zone: str, listed: Container[bytes]
+    server: Endpoint, zone: str, listed: Container[bytes]
 ) -> dict[bytes, list[Endpoint]]:
     """The endpoint the zone publishes for each listed key (as a list, the way the mesh takes
     every source's hints); undecodable records are skipped."""

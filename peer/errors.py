@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+from meshpeer.common.errors import Failure, UsageError
 
-class AgentError(Exception):
+
+class AgentError(UsageError):
     """A user-fixable problem (exit 2): the message says what to do."""
 
 
-class AgentFailed(Exception):
+class AgentFailed(Failure):
     """One of the agent's loops failed (exit 1: a service manager restarts it)."""
 
 

@@ -14,9 +14,8 @@ from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .uapi import UapiError, checked_endpoint
+from meshpeer.common.endpoints import Endpoint, checked_endpoint
 
-Endpoint = tuple[str, int]
 Source = Literal["api", "dns-sd", "lan"]
 HintSource = Literal["dns-sd", "lan"]
 
@@ -84,7 +83,7 @@ class Hints:
     def _usable_one(self, source: HintSource, endpoint: Endpoint) -> Endpoint | None:
         try:
             host, port = checked_endpoint(endpoint)
-        except (UapiError, TypeError, ValueError):  # not even a (str, int) pair
+        except (TypeError, ValueError):  # InvalidInput, or not even a (str, int) pair
             return None
         address = ipaddress.ip_address(host)
         if not _unicast(address):

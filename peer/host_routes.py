@@ -14,7 +14,7 @@ import logging
 import socket
 import urllib.parse
 
-from meshpeer.rendezvous.model import IPAddress
+from meshpeer.common.endpoints import IPAddress
 
 from .mesh import Mesh
 from .routes import Claim, Decision, Refusal, decide

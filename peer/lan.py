@@ -9,8 +9,6 @@ and the tables kept here are bounded: a LAN announcement can never add a peer to
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import ipaddress
 import logging
 import socket
@@ -21,7 +19,9 @@ import zeroconf
 from zeroconf import IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from .hints import Endpoint
+from meshpeer.common.endpoints import Endpoint
+from meshpeer.common.errors import InvalidInput
+from meshpeer.common.keys import encode_key, parse_key
 
 logger = logging.getLogger("meshpeer.peer.lan")
 
@@ -64,7 +64,7 @@ class LanDiscovery:
             f"{self.name}.{SERVICE_TYPE}",
             addresses=[socket.inet_aton(address) for address in self.addresses],
             port=self.port,
-            properties={"txtvers": "1", "pub": base64.b64encode(self.public_key).decode()},
+            properties={"txtvers": "1", "pub": encode_key(self.public_key)},
             server=f"{self.name}.local.",
         )
         await self._zeroconf.async_register_service(info, allow_name_change=True)
@@ -135,10 +135,8 @@ def parse_sighting(
     if not pub or port is None or not 0 < port < 65536:
         return None
     try:
-        key = base64.b64decode(pub, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    if len(key) != 32:
+        key = parse_key(pub.decode("ascii"))
+    except (UnicodeDecodeError, InvalidInput):
         return None
     endpoints = []
     for address in addresses:

@@ -8,15 +8,16 @@ worth a log line. Nothing here does I/O or reads a clock: `now` comes in.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from .hints import Candidate, Endpoint, Hints, HintSource
-from .uapi import DeviceStatus, PeerConfig, UapiError, checked_cidr, ip_literal, parse_endpoint
+from meshpeer.common.endpoints import Endpoint, ip_literal, parse_endpoint
+from meshpeer.common.keys import parse_key, short_key
+
+from .hints import Candidate, Hints, HintSource
+from .uapi import DeviceStatus, PeerConfig, UapiError, checked_cidr
 
 # The rendezvous sees a NAT rebinding at the next keepalive. Ten seconds keeps "a moved peer is
 # found again" near 10 s, and at one 32-byte packet per 10 s per peer it costs nothing. (The 25 s
@@ -143,7 +144,7 @@ class Mesh:
         for key in remove:
             del self._applied[key]
             self._paths.pop(key, None)
-            events.append(f"peer {_short(key)} removed")
+            events.append(f"peer {short_key(key)} removed")
         return Plan(wanted, remove, events)
 
     def _config(
@@ -250,20 +251,16 @@ def remote_from_json(item: dict[str, Any]) -> RemotePeer | None:
     """A peer as the API lists it; None for anything malformed (it is skipped, not fatal).
     Addresses go through the UAPI encoder's own checks: no scope id, no control character."""
     try:
-        key = base64.b64decode(str(item["public_key"]), validate=True)
+        key = parse_key(item["public_key"])
         address = ip_literal(str(item["address"]))
         routes = tuple(
             str(ipaddress.ip_network(checked_cidr(str(r)))) for r in item.get("routes") or []
         )
         text = item.get("endpoint")
         endpoint = None if text is None else parse_endpoint(str(text))
-    except (KeyError, ValueError, TypeError, binascii.Error, UapiError):
+    except (KeyError, ValueError, TypeError, UapiError):  # InvalidInput is a ValueError
         return None
     name = str(item.get("name", ""))
-    if len(key) != 32 or not name.isprintable() or len(name) > MAX_NAME_LENGTH:
+    if not name.isprintable() or len(name) > MAX_NAME_LENGTH:
         return None
     return RemotePeer(key, name, address, routes, endpoint)
-
-
-def _short(key: bytes) -> str:
-    return base64.b64encode(key).decode()[:8] + "..."

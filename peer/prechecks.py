@@ -10,8 +10,8 @@ import errno
 import re
 import socket
 
-from meshpeer.rendezvous.model import encode_key
-from meshpeer.rendezvous.tokens import JoinToken
+from meshpeer.common.keys import encode_key
+from meshpeer.common.tokens import JoinToken
 
 from .errors import AgentError
 from .state import Membership

@@ -29,7 +29,7 @@ import ipaddress
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-from meshpeer.rendezvous.model import IPAddress, IPNetwork
+from meshpeer.common.endpoints import IPAddress, IPNetwork
 
 # Addresses no peer may route for (RFC 6890 and RFC 4291 2.4): a route through the tunnel for
 # any of them would shadow the host's own or its link's.

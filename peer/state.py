@@ -7,7 +7,6 @@ status.json    written by `meshpeer run` for `meshpeer status` and `meshpeer dow
 
 from __future__ import annotations
 
-import base64
 import binascii
 import contextlib
 import fcntl
@@ -20,13 +19,15 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from meshpeer.rendezvous.files import write_atomically
-from meshpeer.rendezvous.tokens import JoinToken
+from meshpeer.common.errors import UsageError
+from meshpeer.common.files import write_atomically
+from meshpeer.common.keys import encode_key, parse_key
+from meshpeer.common.tokens import JoinToken
 
 DEFAULT_STATE_DIR = Path("/var/lib/meshpeer")
 
 
-class StateError(Exception):
+class StateError(UsageError):
     """The state folder is unusable; the message says what to fix."""
 
 
@@ -102,12 +103,12 @@ class StateDir:
         path = self.path / "key"
         if path.exists():
             try:
-                raw = base64.b64decode(path.read_text().strip(), validate=True)
+                raw = parse_key(path.read_text().strip(), "private key")
                 return X25519PrivateKey.from_private_bytes(raw)
             except (ValueError, binascii.Error):
                 raise StateError(f"{path} is not a WireGuard private key; remove it") from None
         key = X25519PrivateKey.generate()
-        _write_private(path, base64.b64encode(key.private_bytes_raw()).decode() + "\n")
+        _write_private(path, encode_key(key.private_bytes_raw()) + "\n")
         return key
 
     def membership(self) -> Membership | None:

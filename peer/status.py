@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from meshpeer.rendezvous.model import encode_key, format_endpoint
+from meshpeer.common.endpoints import format_endpoint
+from meshpeer.common.keys import encode_key
 
 from .liveness import Liveness
 from .mesh import Mesh

@@ -14,6 +14,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from meshpeer.common.errors import Failure
+
 logger = logging.getLogger("meshpeer.peer.supervise")
 
 RESTART_FIRST_S = 0.5
@@ -22,7 +24,7 @@ FAILURES_ALLOWED = 5  # in FAILURE_WINDOW_S; one more and the agent gives up
 FAILURE_WINDOW_S = 60.0
 
 
-class LoopFailed(Exception):
+class LoopFailed(Failure):
     """A loop failed more often than it can be restarted; the message says which and why."""
 
 

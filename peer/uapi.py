@@ -10,14 +10,20 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field, replace
 
-from meshpeer.rendezvous.model import format_endpoint
+from meshpeer.common.endpoints import (
+    Endpoint,
+    checked_endpoint,
+    format_endpoint,
+    ip_literal,
+    parse_endpoint,
+)
+from meshpeer.common.errors import Failure, InvalidInput
 
 MAX_REPLY_BYTES = 16 * 1024 * 1024  # 100,000 peers fit with room to spare
-MAX_PORT = 65535  # also the largest keepalive interval UAPI takes (a u16)
-_ADDRESS_CHARACTERS = frozenset("0123456789abcdefABCDEF.:")
+MAX_KEEPALIVE_S = 65535  # UAPI takes a u16
 
 
-class UapiError(Exception):
+class UapiError(Failure):
     """A reply that is not UAPI, or an errno the device returned."""
 
 
@@ -27,7 +33,7 @@ class PeerConfig:
 
     public_key: bytes
     allowed_ips: tuple[str, ...]
-    endpoint: tuple[str, int] | None = None
+    endpoint: Endpoint | None = None
     keepalive_s: int = 0
     # Send a keepalive now. WireGuard (kernel and wireguard-go) sends one at once only when the
     # keepalive interval goes from 0 to non-zero, so a kick sets 0 and then the interval.
@@ -37,7 +43,7 @@ class PeerConfig:
 @dataclass(slots=True)
 class PeerStatus:
     public_key: bytes
-    endpoint: tuple[str, int] | None = None
+    endpoint: Endpoint | None = None
     allowed_ips: list[str] = field(default_factory=list)
     latest_handshake: float | None = None  # unix seconds; None: never
     keepalive_s: int = 0
@@ -78,20 +84,16 @@ def checked(peer: PeerConfig) -> PeerConfig:
     The last line of defence for both backends: whatever a discovery source or a bug lets
     through, no value can start a line of its own (a newline in `allowed_ip=` once wrote
     `remove=true` for the rendezvous) or mean something other than its key says."""
-    if not 0 <= peer.keepalive_s <= MAX_PORT:
+    if not 0 <= peer.keepalive_s <= MAX_KEEPALIVE_S:
         raise UapiError(f"keepalive {peer.keepalive_s!r} is out of range")
-    endpoint = None if peer.endpoint is None else checked_endpoint(peer.endpoint)
+    try:
+        endpoint = None if peer.endpoint is None else checked_endpoint(peer.endpoint)
+    except InvalidInput as error:
+        raise UapiError(str(error)) from None
     allowed_ips = tuple(map(checked_cidr, peer.allowed_ips))
     return replace(
         peer, public_key=_checked_key(peer.public_key), allowed_ips=allowed_ips, endpoint=endpoint
     )
-
-
-def checked_endpoint(endpoint: tuple[str, int]) -> tuple[str, int]:
-    host, port = endpoint
-    if type(port) is not int or not 0 < port <= MAX_PORT:
-        raise UapiError(f"port {port!r} is out of range")
-    return ip_literal(host), port
 
 
 def checked_cidr(text: str) -> str:
@@ -101,21 +103,8 @@ def checked_cidr(text: str) -> str:
         raise UapiError(f"allowed ip {text[:60]!r} is not a CIDR")
     try:
         return str(ipaddress.ip_interface(f"{ip_literal(address)}/{int(prefix)}"))
-    except ValueError:
+    except ValueError:  # InvalidInput too
         raise UapiError(f"allowed ip {text[:60]!r} is not a CIDR") from None
-
-
-def ip_literal(text: str) -> str:
-    """The IP address `text` is, in canonical form, or UapiError. Hex digits, dots and colons
-    only, checked first: ipaddress alone takes an IPv6 scope id of any characters, newlines
-    included ('fe80::1%<newline>remove=true'), and never a host name (which pyroute2 would
-    resolve)."""
-    if not text or not _ADDRESS_CHARACTERS.issuperset(text):
-        raise UapiError(f"{text[:60]!r} is not an IP address")
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise UapiError(f"{text[:60]!r} is not an IP address") from None
 
 
 def _checked_key(key: bytes) -> bytes:
@@ -174,7 +163,10 @@ def _device_field(device: DeviceStatus, key: str, value: str) -> None:
 
 def _peer_field(peer: PeerStatus, key: str, value: str) -> None:
     if key == "endpoint":
-        peer.endpoint = parse_endpoint(value)
+        try:
+            peer.endpoint = parse_endpoint(value)
+        except InvalidInput as error:
+            raise UapiError(str(error)) from None
     elif key == "allowed_ip":
         try:
             peer.allowed_ips.append(str(ipaddress.ip_network(value, strict=False)))
@@ -225,11 +217,3 @@ def _number(value: str) -> int:
     if not value.isdigit() or len(value) > 20:
         raise UapiError(f"{value[:30]!r} is not a number")
     return int(value)
-
-
-def parse_endpoint(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isascii() or not port.isdigit() or not 0 < int(port) <= MAX_PORT:
-        raise UapiError(f"endpoint {text[:60]!r} is not HOST:PORT")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    return ip_literal(host), int(port)

@@ -6,7 +6,6 @@ through rtnetlink for both (`Links`).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import errno
 import ipaddress
@@ -21,7 +20,9 @@ from typing import Any, Protocol
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from meshpeer.rendezvous.model import IPAddress, IPNetwork, encode_key
+from meshpeer.common.endpoints import IPAddress, IPNetwork
+from meshpeer.common.errors import Failure, UsageError
+from meshpeer.common.keys import encode_key, parse_key
 
 from .uapi import (
     DeviceStatus,
@@ -53,11 +54,11 @@ RT_TABLE_MAIN = 254
 _ZERO = {socket.AF_INET: ipaddress.IPv4Address(0), socket.AF_INET6: ipaddress.IPv6Address(0)}
 
 
-class BackendError(Exception):
+class BackendError(Failure):
     """The interface could not be made or driven; the message says what to fix."""
 
 
-class MissingTool(BackendError):
+class MissingTool(UsageError, BackendError):
     """Something to install (wireguard-go): a user-fixable problem."""
 
 
@@ -440,7 +441,8 @@ def device_from_netlink(messages: Any) -> DeviceStatus:
 
 def _peer_from_netlink(peer: Any) -> PeerStatus:
     # pyroute2 hands the key over already base64-encoded (its parse_peer_key does that).
-    key = base64.b64decode(peer.get_attr("WGPEER_A_PUBLIC_KEY"))
+    text = peer.get_attr("WGPEER_A_PUBLIC_KEY")
+    key = parse_key(text.decode("ascii") if isinstance(text, bytes) else text)
     status = PeerStatus(key)
     endpoint = peer.get_attr("WGPEER_A_ENDPOINT")
     if endpoint and endpoint.get("port"):

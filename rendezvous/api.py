@@ -17,11 +17,17 @@ from typing import Any
 
 from aiohttp import web
 
-from . import model, proof
+from meshpeer.common import proof
+from meshpeer.common.endpoints import format_endpoint
+from meshpeer.common.errors import InvalidInput, UsageError
+from meshpeer.common.keys import encode_key, parse_key
+from meshpeer.common.proof import ProofRejected
+from meshpeer.dns.naming import parse_name
+
+from . import model
 from .httpguard import GuardedConnection
 from .metrics import CONTENT_TYPE, ApiCounters, Snapshot, render
-from .model import Conflict, InvalidInput, NotFound, Peer, TokenRejected
-from .proof import ProofRejected
+from .model import Conflict, NotFound, Peer, TokenRejected
 from .registry import Registry
 from .snapshots import SnapshotCache, SnapshotRation, SnapshotRationed
 from .timers import HTTP_BODY_TIMEOUT_S
@@ -49,7 +55,7 @@ _STATUS_OF: dict[type[Exception], int] = {
 }
 
 
-class Unauthorized(Exception):
+class Unauthorized(UsageError):
     pass
 
 
@@ -126,7 +132,7 @@ async def join(request: web.Request) -> web.Response:
     """A join signed with the peer's key (proof.py); the credential comes back sealed to it."""
     registry = request.app[REGISTRY]
     join_request = proof.parse_join(await _json_object(request))
-    model.parse_name(join_request.name)
+    parse_name(join_request.name)
     registration = await registry.join(join_request)
     peer = registration.peer
     answer = _configuration(registry, peer)
@@ -183,7 +189,7 @@ async def watch(request: web.Request) -> web.Response:
             "revision": result.revision,
             "full": result.full,
             "peers": [peer.to_json() for peer in result.peers],
-            "removed": [model.encode_key(key) for key in result.removed],
+            "removed": [encode_key(key) for key in result.removed],
         }
     )
 
@@ -224,8 +230,8 @@ async def add_peer(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     await _admin(request)
     body = await _json_object(request)
-    public_key = model.parse_key(body.get("public_key"))
-    name = model.parse_name(body.get("name"))
+    public_key = parse_key(body.get("public_key"))
+    name = parse_name(body.get("name"))
     settings = registry.settings
     routes = model.parse_routes(body.get("routes", []), settings.network, settings.own_addresses)
     peer = await registry.add_peer(public_key, name, routes)
@@ -264,11 +270,11 @@ def _configuration(registry: Registry, peer: Peer) -> dict[str, Any]:
         "network": str(settings.network),
         "zone": settings.zone,
         "rendezvous": {
-            "public_key": model.encode_key(registry.public_key),
-            "endpoint": model.format_endpoint(settings.public_endpoint),
+            "public_key": encode_key(registry.public_key),
+            "endpoint": format_endpoint(settings.public_endpoint),
             "address": str(settings.rendezvous_address),
         },
-        "dns": model.format_endpoint(settings.dns_address),
+        "dns": format_endpoint(settings.dns_address),
         "api_url": settings.public_api_url,
     }
 

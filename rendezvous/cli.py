@@ -20,37 +20,31 @@ from pathlib import Path
 
 import aiohttp
 
-from . import settings as config
-from . import tokens
-from .console import (
+from meshpeer.common import tokens
+from meshpeer.common.console import (
     FAILURE,
     USAGE_ERROR,
-    Failure,
     OneLineParser,
-    UsageError,
     configure_logging,
     report,
     version,
 )
+from meshpeer.common.endpoints import IPNetwork, format_endpoint
+from meshpeer.common.errors import Failure, UsageError
+from meshpeer.common.keys import encode_key, parse_key
+from meshpeer.common.pinning import PinnedKey
+from meshpeer.dns.naming import parse_name
+
+from . import settings as config
 from .model import (
-    Conflict,
-    InvalidInput,
-    IPNetwork,
-    NotFound,
     Peer,
-    TokenRejected,
-    encode_key,
-    format_endpoint,
     parse_cidr,
     parse_duration,
-    parse_key,
     parse_label,
-    parse_name,
     parse_routes,
 )
 from .registry import ADMIN_TOKEN_NAME, Registry
-from .service import ListenError, Rendezvous
-from .tls import PinnedKey
+from .service import Rendezvous
 
 PROG = "rendezvous"
 HEALTH_TIMEOUT_S = 3.0
@@ -158,17 +152,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return asyncio.run(_dispatch(args))
-    except (UsageError, InvalidInput, Conflict, NotFound, TokenRejected) as error:
+    except UsageError as error:
         return report(PROG, error, USAGE_ERROR)
-    except (Failure, ListenError) as error:
+    except Failure as error:
         return report(PROG, error, FAILURE)
-    except sqlite3.Error as error:
-        return report(PROG, f"the data folder's database failed: {error}", FAILURE)
     except KeyboardInterrupt:
         return 130
 
 
 async def _dispatch(args: argparse.Namespace) -> int:
+    try:
+        return await _command(args)
+    except sqlite3.Error as error:
+        raise Failure(f"the data folder's database failed: {error}") from None
+
+
+async def _command(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir or config.default_data_dir()
     if args.command == "serve":
         return await _serve(args, data_dir)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .model import Endpoint
+from meshpeer.common.endpoints import Endpoint
+
 from .timers import ENDPOINT_HOLD_S, ENDPOINT_MOVES_BURST
 
 

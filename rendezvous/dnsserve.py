@@ -17,6 +17,7 @@ from multiprocessing.process import BaseProcess
 
 import dns.message
 
+from meshpeer.common.endpoints import Endpoint
 from meshpeer.dns.records import ZoneSnapshot
 from meshpeer.dns.server import HEADER_SIZE, Authority, Transfer, render_transfer
 
@@ -27,7 +28,7 @@ from .timers import (
     DNS_TCP_IDLE_S,
     DNS_TCP_LIFETIME_S,
 )
-from .udp import Address, DatagramEndpoint, open_socket
+from .udp import DatagramEndpoint, open_socket
 
 
 class DnsServer:
@@ -42,7 +43,7 @@ class DnsServer:
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
 
-        def on_datagram(data: bytes, source: Address) -> list[tuple[bytes, Address]]:
+        def on_datagram(data: bytes, source: Endpoint) -> list[tuple[bytes, Endpoint]]:
             answer = self.authority.answer_udp(data, source[0], loop.time())
             return [(answer, source)] if answer is not None else []
 

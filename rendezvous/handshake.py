@@ -18,10 +18,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from meshpeer.common.endpoints import Endpoint
+from meshpeer.common.keys import KEY_SIZE
+
 from . import noise, timers, wire
 from .replay import ReplayWindow
-
-Address = tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +31,7 @@ class InitiationAccepted:
     a recorded initiation can be replayed from anywhere until its timestamp is superseded)."""
 
     public_key: bytes
-    source: Address
+    source: Endpoint
     timestamp: bytes
 
 
@@ -39,7 +40,7 @@ class EndpointConfirmed:
     """An authenticated transport packet (a keepalive) came from `source`: the NAT's mapping."""
 
     public_key: bytes
-    source: Address
+    source: Endpoint
 
 
 Event = InitiationAccepted | EndpointConfirmed
@@ -82,7 +83,7 @@ class Responder:
         self._hash_after_static = noise.blake2s(noise.HASH_INIT, self.public_key)
         self._peers: dict[bytes, _Peer] = {}
         self._sessions: dict[int, _Session] = {}
-        self._outgoing: list[tuple[bytes, Address]] = []
+        self._outgoing: list[tuple[bytes, Endpoint]] = []
         self._events: collections.deque[Event] = collections.deque()
         self.drops: collections.Counter[str] = collections.Counter()
         self.counts: collections.Counter[str] = collections.Counter()
@@ -107,7 +108,7 @@ class Responder:
 
     # -- the sans-I/O interface ---------------------------------------------------------------
 
-    def receive_datagram(self, data: bytes, source: Address, now: float) -> None:
+    def receive_datagram(self, data: bytes, source: Endpoint, now: float) -> None:
         try:
             message = wire.parse(data)
         except wire.MalformedMessage:
@@ -120,7 +121,7 @@ class Responder:
         else:
             self.drops["unexpected_type"] += 1
 
-    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+    def datagrams_to_send(self) -> list[tuple[bytes, Endpoint]]:
         outgoing, self._outgoing = self._outgoing, []
         return outgoing
 
@@ -132,7 +133,7 @@ class Responder:
 
     # -- initiations --------------------------------------------------------------------------
 
-    def _receive_initiation(self, message: wire.Initiation, source: Address, now: float) -> None:
+    def _receive_initiation(self, message: wire.Initiation, source: Endpoint, now: float) -> None:
         body = message.raw[: wire.INITIATION_MAC1_END]
         if not hmac.compare_digest(noise.mac(self._mac1_key, body), message.mac1):
             self.drops["bad_mac1"] += 1
@@ -189,7 +190,7 @@ class Responder:
         their_ephemeral: X25519PublicKey,
         chaining_key: bytes,
         hash_: bytes,
-        source: Address,
+        source: Endpoint,
         now: float,
     ) -> None:
         ephemeral = X25519PrivateKey.generate()
@@ -200,7 +201,7 @@ class Responder:
             peer.parsed_key = X25519PublicKey.from_public_bytes(peer.public_key)
         chaining_key = noise.kdf(chaining_key, noise.dh(ephemeral, their_ephemeral), 1)[0]
         chaining_key = noise.kdf(chaining_key, noise.dh(ephemeral, peer.parsed_key), 1)[0]
-        chaining_key, tau, key = noise.kdf(chaining_key, bytes(noise.KEY_SIZE), 3)  # no PSK
+        chaining_key, tau, key = noise.kdf(chaining_key, bytes(KEY_SIZE), 3)  # no PSK
         hash_ = noise.blake2s(hash_, tau)
         nothing = noise.aead_encrypt(key, 0, b"", hash_)
         index = self._new_session(peer, chaining_key, now)
@@ -229,7 +230,7 @@ class Responder:
 
     # -- transport packets --------------------------------------------------------------------
 
-    def _receive_transport(self, message: wire.Transport, source: Address, now: float) -> None:
+    def _receive_transport(self, message: wire.Transport, source: Endpoint, now: float) -> None:
         session = self._sessions.get(message.receiver)
         if session is None:
             self.drops["unknown_session"] += 1
@@ -259,17 +260,17 @@ class Responder:
             self._under_load_until = now + timers.UNDER_LOAD_HOLD_S
         return self.under_load(now)
 
-    def _cookie(self, source: Address, now: float) -> bytes:
+    def _cookie(self, source: Endpoint, now: float) -> bytes:
         if now - self._cookie_secret_born >= timers.COOKIE_SECRET_LIFETIME_S:
             self._cookie_secret = self._random_bytes(32)
             self._cookie_secret_born = now
         return noise.mac(self._cookie_secret, _address_bytes(source))
 
-    def _valid_mac2(self, message: wire.Initiation, source: Address, now: float) -> bool:
+    def _valid_mac2(self, message: wire.Initiation, source: Endpoint, now: float) -> bool:
         expected = noise.mac(self._cookie(source, now), message.raw[: wire.INITIATION_MAC2_END])
         return hmac.compare_digest(expected, message.mac2)
 
-    def _send_cookie_reply(self, message: wire.Initiation, source: Address, now: float) -> None:
+    def _send_cookie_reply(self, message: wire.Initiation, source: Endpoint, now: float) -> None:
         nonce = self._random_bytes(24)
         sealed = noise.xaead_encrypt(
             self._cookie_key, nonce, self._cookie(source, now), message.mac1
@@ -278,6 +279,6 @@ class Responder:
         self.counts["cookie_replies"] += 1
 
 
-def _address_bytes(source: Address) -> bytes:
+def _address_bytes(source: Endpoint) -> bytes:
     host, port = source
     return host.encode() + port.to_bytes(2, "big")

@@ -14,12 +14,15 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from meshpeer.common.errors import Failure
+from meshpeer.common.keys import KEY_SIZE
+
 from . import noise, wire
 
 COOKIE_LIFETIME_S = 120.0  # a received cookie is used for this long (whitepaper 5.4.7)
 
 
-class HandshakeFailed(Exception):
+class HandshakeFailed(Failure):
     """The responder's answer did not authenticate or does not answer our initiation."""
 
 
@@ -117,7 +120,7 @@ class Initiator:
             chaining_key = noise.kdf(chaining_key, shared, 1)[0]
             shared = noise.dh(self._private_key, message.ephemeral)
             chaining_key = noise.kdf(chaining_key, shared, 1)[0]
-            chaining_key, tau, key = noise.kdf(chaining_key, bytes(noise.KEY_SIZE), 3)
+            chaining_key, tau, key = noise.kdf(chaining_key, bytes(KEY_SIZE), 3)
             hash_ = noise.blake2s(hash_, tau)
             noise.aead_decrypt(key, 0, message.encrypted_nothing, hash_)
         except noise.CryptoError as error:

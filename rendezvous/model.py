@@ -6,22 +6,15 @@ mistake gets the same one-line explanation wherever it is made.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import re
 from dataclasses import dataclass
 
-from meshpeer.dns.naming import RESERVED_NAMES
+from meshpeer.common.endpoints import Endpoint, IPAddress, IPNetwork, format_endpoint
+from meshpeer.common.errors import InvalidInput, UsageError
+from meshpeer.common.keys import encode_key
+from meshpeer.common.proof import MAX_ROUTES
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-Endpoint = tuple[str, int]
-
-KEY_SIZE = 32
-MAX_ROUTES = 64
-# A DNS label (RFC 1035 2.3.1, lower case): a peer's name is also `<name>.<zone>` in DNS-SD.
-_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 # ASCII digits only (`\d` also takes '²' and other Unicode digits), and few of them.
 _DURATION_PART = re.compile(r"([0-9]{1,9})([smhdw])")
 MAX_DURATION_S = 100 * 365 * 86_400
@@ -53,19 +46,15 @@ _MESH_SPACES = tuple(
 MAX_CARRIED = {4: 2**24, 6: 2**96}
 
 
-class InvalidInput(ValueError):
-    """A user or peer mistake; the message says what to fix, in one line."""
-
-
-class Conflict(Exception):
+class Conflict(UsageError):
     """The request is valid but clashes with the registry (a name or key already taken)."""
 
 
-class NotFound(LookupError):
+class NotFound(UsageError, LookupError):
     """No such peer or token."""
 
 
-class TokenRejected(Exception):
+class TokenRejected(UsageError):
     """A join token that is unknown, revoked, expired or used up; the message says which."""
 
 
@@ -129,33 +118,6 @@ def _whole_seconds(moment: float | None) -> int | None:
 
 def _milliseconds(moment: float | None) -> float | None:
     return None if moment is None else round(moment, 3)
-
-
-def encode_key(key: bytes) -> str:
-    return base64.b64encode(key).decode()
-
-
-def parse_key(text: object, what: str = "public key") -> bytes:
-    if not isinstance(text, str) or len(text) != 44:
-        raise InvalidInput(f"{what} must be 44 characters of base64 (as `wg pubkey` prints)")
-    try:
-        key = base64.b64decode(text, validate=True)
-    except binascii.Error:
-        raise InvalidInput(f"{what} is not valid base64: {text!r}") from None
-    if len(key) != KEY_SIZE:
-        raise InvalidInput(f"{what} must decode to {KEY_SIZE} bytes")
-    return key
-
-
-def parse_name(text: object) -> str:
-    if not isinstance(text, str) or not _NAME.fullmatch(text):
-        raise InvalidInput(
-            f"name {text!r} must be 1-63 lower-case letters, digits or '-', "
-            "not starting or ending with '-' (it becomes a DNS label)"
-        )
-    if text in RESERVED_NAMES:
-        raise InvalidInput(f"name {text!r} is reserved for the rendezvous's own DNS names")
-    return text
 
 
 def parse_routes(
@@ -262,26 +224,3 @@ def parse_duration(text: str) -> float:
     if not 0 < seconds <= MAX_DURATION_S:
         raise InvalidInput(f"duration {text!r} must be longer than zero and at most 100 years")
     return float(seconds)
-
-
-def format_endpoint(endpoint: Endpoint) -> str:
-    host, port = endpoint
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def parse_host_port(text: str, what: str) -> Endpoint:
-    """HOST:PORT or [V6]:PORT, as the serve flags take them."""
-    host, sep, port_text = text.strip().rpartition(":")
-    if not sep or not host:
-        raise InvalidInput(f"{what} {text!r} must be HOST:PORT, e.g. 0.0.0.0:51820")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise InvalidInput(f"{what} {text!r} needs a port between 1 and 65535")
-    return host, int(port_text)
-
-
-def unmap_address(host: str) -> str:
-    """`::ffff:192.0.2.1` (a dual-stack socket's view of IPv4) is just 192.0.2.1."""
-    if host.startswith("::ffff:") and "." in host:
-        return host[len("::ffff:") :]
-    return host

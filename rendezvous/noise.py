@@ -19,7 +19,6 @@ CONSTRUCTION = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"
 IDENTIFIER = b"WireGuard v1 zx2c4 Jason@zx2c4.com"
 LABEL_MAC1 = b"mac1----"
 LABEL_COOKIE = b"cookie--"
-KEY_SIZE = 32
 TAG_SIZE = 16
 TAI64_EPOCH = 0x400000000000000A  # TAI64 label of 1970-01-01 00:00:10 TAI, i.e. unix time 0
 

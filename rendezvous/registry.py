@@ -33,29 +33,27 @@ from typing import Any, Literal
 import aiosqlite
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from meshpeer.common import tokens
+from meshpeer.common.endpoints import Endpoint, IPAddress, IPNetwork
+from meshpeer.common.errors import InvalidInput
+from meshpeer.common.keys import encode_key, parse_key
+from meshpeer.common.proof import JoinKeys, JoinRequest, ProofRejected, verify_join
+
 from . import settings as config
-from . import tokens
 from .damping import EndpointDamper
 from .model import (
     Conflict,
-    Endpoint,
-    InvalidInput,
-    IPAddress,
-    IPNetwork,
     NotFound,
     Peer,
     Token,
     TokenRejected,
     check_carried,
     check_route,
-    encode_key,
     parse_cidr,
-    parse_key,
     parse_routes,
     split_grant,
 )
 from .noise import public_bytes
-from .proof import JoinKeys, JoinRequest, ProofRejected, verify_join
 from .timers import WATCH_COALESCE_S
 from .tls import TlsFiles, ensure_self_signed, read_pin
 

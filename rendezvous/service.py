@@ -11,6 +11,8 @@ from typing import TypeVar
 
 import dns.name
 
+from meshpeer.common.endpoints import Endpoint, format_endpoint, unmap_address
+from meshpeer.common.errors import Failure
 from meshpeer.dns.ratelimit import ResponseRateLimiter
 from meshpeer.dns.records import PeerEntry, Zone, ZoneConfig
 from meshpeer.dns.server import Authority
@@ -20,7 +22,7 @@ from .apiserve import ApiServer
 from .dnsserve import DnsServer
 from .handshake import EndpointConfirmed, Event, InitiationAccepted, Responder
 from .metrics import ApiCounters, Snapshot
-from .model import Endpoint, Peer, format_endpoint, unmap_address
+from .model import Peer
 from .registry import ChangeKind, Registry
 from .timers import DNS_TCP_CONNECTIONS
 from .tls import server_context
@@ -32,7 +34,7 @@ SERIAL_MARGIN = 4096  # changes that may follow the last kept serial (joins and 
 FILES_RESERVED = 64  # the database, the UDP sockets, logs, a thread's needs
 
 
-class ListenError(Exception):
+class ListenError(Failure):
     """A socket could not be opened; the message names the flag to change."""
 
 

@@ -17,15 +17,16 @@ from pathlib import Path
 import dns.exception
 import dns.name
 
-from .model import (
+from meshpeer.common.endpoints import (
     Endpoint,
-    InvalidInput,
     IPAddress,
     IPNetwork,
     format_endpoint,
     parse_host_port,
-    parse_mesh_network,
 )
+from meshpeer.common.errors import InvalidInput
+
+from .model import parse_mesh_network
 
 DEFAULT_ZONE = "mesh.internal."  # .internal is reserved for private use (ICANN, 2024)
 DEFAULT_NETWORK = "10.77.0.0/16"

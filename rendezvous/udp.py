@@ -16,22 +16,23 @@ import socket
 import struct
 from collections.abc import Callable
 
+from meshpeer.common.endpoints import Endpoint
+
 from .handshake import Event, Responder
+from .wire import MAX_DATAGRAM
 
 logger = logging.getLogger("meshpeer.rendezvous.udp")
 logger.addHandler(logging.NullHandler())
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python 3.11 does not export it
-MAX_DATAGRAM = 2048  # every WireGuard message we accept is far smaller; more is garbage anyway
 BATCH = 64  # datagrams handled per wake-up before other tasks get a turn
 _IN_PKTINFO = struct.Struct("=I4s4s")  # ifindex, spec_dst, addr
 _IN6_PKTINFO = struct.Struct("=16sI")  # addr, ifindex
 _ANCILLARY_SPACE = socket.CMSG_SPACE(max(_IN_PKTINFO.size, _IN6_PKTINFO.size))
 
 ControlMessage = tuple[int, int, bytes]
-Address = tuple[str, int]
 # Given a datagram and its source, the datagrams to send back (to any address).
-DatagramHandler = Callable[[bytes, Address], list[tuple[bytes, Address]]]
+DatagramHandler = Callable[[bytes, Endpoint], list[tuple[bytes, Endpoint]]]
 
 
 class DatagramEndpoint:
@@ -45,7 +46,7 @@ class DatagramEndpoint:
         self._loop.add_reader(sock.fileno(), self._readable)
 
     @property
-    def address(self) -> Address:
+    def address(self) -> Endpoint:
         host, port = self._sock.getsockname()[:2]
         return str(host), int(port)
 
@@ -75,7 +76,7 @@ class DatagramEndpoint:
             for datagram, destination in answers:
                 self._send(datagram, destination, control)
 
-    def _send(self, datagram: bytes, destination: Address, control: list[ControlMessage]) -> None:
+    def _send(self, datagram: bytes, destination: Endpoint, control: list[ControlMessage]) -> None:
         try:
             self._sock.sendmsg([datagram], control, 0, destination)
         except OSError as error:
@@ -121,7 +122,7 @@ def handshake_handler(
 ) -> DatagramHandler:
     """Feeds the responder; hands its events on; returns what it wants sent."""
 
-    def handle(data: bytes, source: Address) -> list[tuple[bytes, Address]]:
+    def handle(data: bytes, source: Endpoint) -> list[tuple[bytes, Endpoint]]:
         responder.receive_datagram(data, source, clock())
         while (event := responder.next_event()) is not None:
             on_event(event)

@@ -80,7 +80,10 @@ _EXACT_SIZES = {
     MessageType.RESPONSE: RESPONSE_SIZE,
     MessageType.COOKIE_REPLY: COOKIE_REPLY_SIZE,
 }
-MAX_DATAGRAM = 65535
+# The largest datagram either UDP port takes. Handshake messages are at most 148 bytes, a
+# keepalive 32, a transport message of a 1420-byte tunnel MTU 1452, and a DNS query from an agent
+# or dig a few hundred: anything larger is not for us, and the socket drops it (MSG_TRUNC).
+MAX_DATAGRAM = 2048
 
 
 def parse(datagram: bytes) -> Message:

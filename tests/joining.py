@@ -9,8 +9,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from meshpeer.rendezvous import proof
-from meshpeer.rendezvous.model import encode_key
+from meshpeer.common import proof
+from meshpeer.common.keys import encode_key
 
 
 @dataclass

@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from meshpeer.common.keys import encode_key
 from meshpeer.rendezvous import settings as config
 from meshpeer.rendezvous.api import create_app
-from meshpeer.rendezvous.model import encode_key
 from meshpeer.rendezvous.noise import public_bytes
 from meshpeer.rendezvous.registry import ADMIN_TOKEN_NAME, Registry
 from meshpeer.rendezvous.service import Rendezvous

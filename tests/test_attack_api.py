@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from meshpeer.rendezvous.model import encode_key
+from meshpeer.common.keys import encode_key
 from tests.joining import Joiner
 from tests.test_api import api, run
 

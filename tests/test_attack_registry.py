@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from meshpeer.common import tokens
+from meshpeer.common.errors import InvalidInput
+from meshpeer.common.keys import encode_key
 from meshpeer.rendezvous import settings as config
-from meshpeer.rendezvous import tokens
-from meshpeer.rendezvous.model import InvalidInput, TokenRejected, encode_key, parse_routes
+from meshpeer.rendezvous.model import TokenRejected, parse_routes
 from meshpeer.rendezvous.registry import DATABASE_NAME, Registry
 from tests.joining import Joiner
 from tests.test_registry import SMALL, SMALL_NET, _downgrade_to_schema_1, join, run

@@ -16,11 +16,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from meshpeer.common import pinning, tokens
+from meshpeer.common.errors import InvalidInput
 from meshpeer.peer import client
 from meshpeer.rendezvous import settings as config
-from meshpeer.rendezvous import tls, tokens
+from meshpeer.rendezvous import tls
 from meshpeer.rendezvous.api import create_app
-from meshpeer.rendezvous.model import InvalidInput
 from meshpeer.rendezvous.registry import Registry
 from meshpeer.rendezvous.service import Rendezvous
 
@@ -102,7 +103,7 @@ def test_the_pin_is_the_certificates_key_so_a_renewal_keeps_it(tmp_path: Path) -
     key = serialization.load_pem_private_key(files.key.read_bytes(), password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     renewed = tls._self_signed(key, "rendezvous.example")  # another name, the same key
-    assert tls.pin_of_certificate(renewed.public_bytes(serialization.Encoding.DER)) == pin
+    assert pinning.pin_of_certificate(renewed.public_bytes(serialization.Encoding.DER)) == pin
 
 
 def test_a_captive_portals_answer_is_unreachable_not_fatal(tmp_path: Path) -> None:

@@ -16,9 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meshpeer.dns.instances import BadRecord, decode_instance
 from meshpeer.dns.naming import BadLabel, instance_label, instance_name, key_from_label
 from meshpeer.dns.ratelimit import ResponseRateLimiter, Verdict
-from meshpeer.dns.records import BadRecord, PeerEntry, Zone, ZoneConfig, decode_instance
+from meshpeer.dns.records import PeerEntry, Zone, ZoneConfig
 from meshpeer.dns.server import Authority, Transfer
 
 ORIGIN = dns.name.from_text("mesh.example.")

@@ -15,6 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meshpeer.common.endpoints import parse_endpoint
+from meshpeer.common.errors import InvalidInput
 from meshpeer.dns.naming import instance_name
 from meshpeer.peer import uapi
 from meshpeer.peer.agent import Agent, Options
@@ -24,7 +26,7 @@ from meshpeer.peer.hints import ENDPOINTS_PER_KEY, MAX_UNLISTED_KEYS
 from meshpeer.peer.lan import MAX_SERVICE_NAMES, LanDiscovery, parse_sighting
 from meshpeer.peer.mesh import REPUNCH_S, Mesh, RemotePeer, remote_from_json
 from meshpeer.peer.supervise import supervised
-from meshpeer.peer.uapi import DeviceStatus, PeerConfig, PeerStatus, UapiError, parse_endpoint
+from meshpeer.peer.uapi import DeviceStatus, PeerConfig, PeerStatus, UapiError
 from meshpeer.peer.wireguard import BackendError, KernelBackend, UserspaceBackend, netlink_peer
 
 KEY_A, KEY_B, OWN, STRANGER = (bytes([n]) * 32 for n in (1, 2, 9, 66))
@@ -58,8 +60,10 @@ def test_the_encoders_refuse_any_value_that_is_not_what_its_line_says(peer: Peer
 
 def test_an_endpoint_with_a_scope_id_is_refused_wherever_it_is_read() -> None:
     for text in ["[fe80::1%\nremove=true]:51820", "[fe80::1%eth0]:51820", "1.2.3.4\n:5"]:
-        with pytest.raises(UapiError):
+        with pytest.raises(InvalidInput):
             parse_endpoint(text)
+        with pytest.raises(UapiError):
+            uapi.parse_get(f"public_key={'11' * 32}\nendpoint={text}\nerrno=0\n".encode())
     assert parse_endpoint("[2001:db8::1]:51820") == ("2001:db8::1", 51820)
 
 

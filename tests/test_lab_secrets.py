@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from meshpeer.rendezvous.tokens import JoinToken
+from meshpeer.common.tokens import JoinToken
 from tests.lab.leaks import leaks
 
 

@@ -78,3 +78,41 @@ def test_compose_passes_every_setting_serve_knows() -> None:
     known = {"RENDEZVOUS_" + name.upper() for name in settings.Overrides.__dataclass_fields__}
     assert known <= passed, known - passed
     assert "stop_grace_period:" in compose
+
+
+# Who may import whom: common/ is the shared vocabulary and imports none of the others; dns/ is
+# the pure record model and answer core; the agent never imports the rendezvous, nor the other
+# way round, so neither side can grow a dependency on the other's internals.
+ALLOWED_IMPORTS = {
+    "common": set(),
+    "dns": {"common"},
+    "peer": {"common", "dns"},
+    "rendezvous": {"common", "dns"},
+}
+
+
+def _meshpeer_imports(path: Path) -> set[str]:
+    import ast
+
+    folders: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "meshpeer" and len(parts) > 1:
+                folders.add(parts[1])
+    return folders
+
+
+def test_imports_go_one_way() -> None:
+    wrong = []
+    for folder, allowed in ALLOWED_IMPORTS.items():
+        for path in sorted((REPO / folder).glob("*.py")):
+            for imported in _meshpeer_imports(path) - allowed - {folder}:
+                wrong.append(f"{path.relative_to(REPO)} imports meshpeer.{imported}")
+    assert not wrong, wrong

@@ -16,17 +16,11 @@ from typing import TypeVar
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from meshpeer.common.errors import InvalidInput
+from meshpeer.common.proof import JoinRequest, ProofRejected
 from meshpeer.rendezvous import settings as config
-from meshpeer.rendezvous.model import (
-    Conflict,
-    InvalidInput,
-    NotFound,
-    Peer,
-    TokenRejected,
-    parse_routes,
-)
+from meshpeer.rendezvous.model import Conflict, NotFound, Peer, TokenRejected, parse_routes
 from meshpeer.rendezvous.noise import public_bytes
-from meshpeer.rendezvous.proof import JoinRequest, ProofRejected
 from meshpeer.rendezvous.registry import ADMIN_TOKEN_NAME, DATABASE_NAME, Registration, Registry
 from tests.joining import Joiner
 

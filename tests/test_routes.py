@@ -15,13 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyroute2.netlink.exceptions import NetlinkError
 
+from meshpeer.common.endpoints import IPAddress, IPNetwork
 from meshpeer.peer.host_routes import NOT_ACCEPTED, HostRoutes
 from meshpeer.peer.mesh import Mesh, RemotePeer
 from meshpeer.peer.routes import Claim, decide, overlap
 from meshpeer.peer.state import Membership
 from meshpeer.peer.uapi import DeviceStatus
 from meshpeer.peer.wireguard import RTPROT_MESHPEER, Links, RouteTable
-from meshpeer.rendezvous.model import IPAddress, IPNetwork
 
 net = ipaddress.ip_network
 addr = ipaddress.ip_address

@@ -29,9 +29,9 @@ import aiohttp
 import dns.message
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from meshpeer.rendezvous import proof, tokens
+from meshpeer.common import proof, tokens
+from meshpeer.common.pinning import client_ssl
 from meshpeer.rendezvous.initiator import Initiator
-from meshpeer.rendezvous.tls import client_ssl
 
 
 def say(**fields: object) -> None:

@@ -16,9 +16,9 @@ import time
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from meshpeer.rendezvous import proof, tokens
-from meshpeer.rendezvous.model import encode_key
-from meshpeer.rendezvous.tls import client_ssl
+from meshpeer.common import proof, tokens
+from meshpeer.common.keys import encode_key
+from meshpeer.common.pinning import client_ssl
 
 
 async def join(session: aiohttp.ClientSession, url: str, token: str, name: str) -> None:

@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from meshpeer.rendezvous import tokens
+from meshpeer.common import tokens
 
 
 def leaks(lab_dir: Path, join_tokens: Iterable[str]) -> list[str]:

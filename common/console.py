@@ -12,14 +12,6 @@ USAGE_ERROR = 2
 FAILURE = 1
 
 
-class UsageError(Exception):
-    """A user mistake; the message says what to fix (exit 2)."""
-
-
-class Failure(Exception):
-    """Not the user's mistake, but still one line to explain it (exit 1)."""
-
-
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag costs one line (with the way to help), not a usage dump."""
 

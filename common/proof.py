@@ -25,16 +25,18 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .model import MAX_ROUTES, InvalidInput, encode_key, parse_key
+from meshpeer.common.errors import InvalidInput, UsageError
+from meshpeer.common.keys import encode_key, parse_key
 
 LABEL = b"meshpeer join v1"
 NONCE_BYTES = 12
 MAC_BYTES = 32
+MAX_ROUTES = 64  # routes one join may ask for (the registry enforces the same)
 MAX_SEALED_BYTES = 512
 MAX_TIME_MS = 2**53  # a JSON number every parser reads exactly
 
 
-class ProofRejected(Exception):
+class ProofRejected(UsageError):
     """The join is not signed by the key it names, or replays an older one."""
 
 

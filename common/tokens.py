@@ -18,8 +18,9 @@ import json
 import secrets
 from dataclasses import dataclass
 
-from .model import InvalidInput, encode_key, parse_key
-from .tls import parse_pin
+from meshpeer.common.errors import InvalidInput
+from meshpeer.common.keys import encode_key, parse_key
+from meshpeer.common.pinning import parse_pin
 
 PREFIX = "mp2_"
 PLAIN_HTTP_PREFIX = "mp1_"  # tokens from before the API spoke TLS
