@@ -116,3 +116,21 @@ def test_imports_go_one_way() -> None:
             for imported in _meshpeer_imports(path) - allowed - {folder}:
                 wrong.append(f"{path.relative_to(REPO)} imports meshpeer.{imported}")
     assert not wrong, wrong
+
+
+def _is_lab_file(path: Path) -> bool:
+    marked = re.compile(r"^(@pytest\.mark\.lab|pytestmark = pytest\.mark\.lab)", re.MULTILINE)
+    return bool(marked.search(path.read_text()))
+
+
+def test_lab_tests_live_in_files_named_for_it() -> None:
+    """`*_lab.py` holds the tests that build namespaces (root); no other file has one, so a
+    newcomer can run every test that needs no root with `-m 'not lab'` or by name alike."""
+    files = sorted((REPO / "tests").rglob("test_*.py"))
+    assert files
+    misnamed = [
+        str(path.relative_to(REPO))
+        for path in files
+        if _is_lab_file(path) != path.stem.endswith("_lab")
+    ]
+    assert not misnamed, misnamed

@@ -20,7 +20,7 @@ from tests.lab.netns import namespace_names, process_running, run
 from tests.lab.wireguard import WireGuardGo
 
 pytestmark = pytest.mark.lab
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 
 # A lab scenario with a wireguard-go and a sleeper on a NATed host; it records what it made,
 # then fails, or waits to be interrupted, as LAB_ENDING says.
