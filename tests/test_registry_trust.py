@@ -1,4 +1,4 @@
-"""Outside review of the trust changes: grants, replays and the schema upgrade, on the registry.
+"""What an attacker tries on the registry is refused: grants, replays, old tokens and credentials.
 
 Each test states what README's security model promises and fails while the promise is broken.
 """
