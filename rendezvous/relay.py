@@ -1,0 +1,187 @@
+"""The relay core, sans-I/O: WireGuard datagrams between two peers that cannot punch, forwarded
+on the rendezvous's own WireGuard port without decrypting anything.
+
+An agent that relays to a peer sets that peer's endpoint to the rendezvous. Its datagrams then
+arrive here from the mapping its keepalives to us keep open, which the responder confirmed, so
+the sender is known by its source. Where each goes (whitepaper section 5.4):
+- an initiation names its target only through mac1, keyed by the target's public key; it is
+  checked against the sender's relay partners only (the peers it asked to relay with), never
+  against every peer;
+- a response, a cookie reply and transport data carry the receiver's index, which we learned
+  when we forwarded the message that index came in.
+The receiving WireGuard roams to our address by itself, so stock WireGuard works at both ends.
+
+Not a reflector: a datagram is forwarded only from a member's confirmed endpoint to its partner's
+confirmed endpoint, byte for byte (never more out than in), within the sender's byte allowance.
+Every table is bounded: partners per member, and index routes per member (the oldest go).
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from meshpeer.common.endpoints import Endpoint
+
+from . import noise, wire
+
+# The relay's limits (they move to timers.py with the rest once wired).
+# A relayed pair's bulk traffic: 100 Mbit/s per sending peer, a second of it at once. A site's
+# relayed link is capped here, not the rendezvous's uplink shared by every pair.
+RELAY_BYTES_PER_S = 12_500_000.0
+RELAY_BURST_BYTES = 12_500_000.0
+RELAY_PARTNERS_PER_PEER = 64  # mac1 is tried against at most this many keys per initiation
+# Index routes a member's handshakes may leave here: WireGuard keeps three sessions per peer
+# (previous, current, next), so eight per partner is room to spare.
+RELAY_ROUTES_PER_PEER = 8 * RELAY_PARTNERS_PER_PEER
+Forward = tuple[bytes, Endpoint]
+_RouteKey = tuple[bytes, int]  # (the key the datagram comes from, the receiver index it names)
+
+
+@dataclass(slots=True)
+class _Member:
+    public_key: bytes
+    mac1_key: bytes  # HASH(LABEL_MAC1 || key): what an initiation for this member is keyed by
+    endpoint: Endpoint | None = None
+    partners: set[bytes] = field(default_factory=set)
+    allowance: float = 0.0  # bytes this member may still send through us (a token bucket)
+    refilled_at: float = float("-inf")
+    routes: collections.deque[_RouteKey] = field(default_factory=collections.deque)
+
+
+class Relay:
+    def __init__(
+        self,
+        *,
+        bytes_per_s: float = RELAY_BYTES_PER_S,
+        burst_bytes: float = RELAY_BURST_BYTES,
+    ) -> None:
+        self._bytes_per_s = bytes_per_s
+        self._burst = burst_bytes
+        self._members: dict[bytes, _Member] = {}
+        self._by_endpoint: dict[Endpoint, _Member] = {}
+        self._routes: dict[_RouteKey, bytes] = {}  # -> the key it goes to
+        self.packets = 0
+        self.bytes = 0
+        self.drops: collections.Counter[str] = collections.Counter()
+
+    # -- who may relay, from the registry (authenticated) --------------------------------------
+
+    def set_endpoint(self, public_key: bytes, endpoint: Endpoint | None) -> None:
+        """A member's confirmed endpoint (None: not confirmed yet)."""
+        member = self._member(public_key)
+        if member.endpoint is not None and self._by_endpoint.get(member.endpoint) is member:
+            del self._by_endpoint[member.endpoint]
+        member.endpoint = endpoint
+        if endpoint is not None:
+            previous = self._by_endpoint.get(endpoint)
+            if previous is not None and previous is not member:
+                previous.endpoint = None  # a NAT gave the mapping to someone else
+            self._by_endpoint[endpoint] = member
+
+    def set_partners(self, public_key: bytes, partners: Iterable[bytes]) -> None:
+        """The peers `public_key` relays with; a pair relays both ways."""
+        member = self._member(public_key)
+        wanted = set(list(dict.fromkeys(partners))[:RELAY_PARTNERS_PER_PEER])
+        wanted.discard(public_key)
+        for gone in member.partners - wanted:
+            self._unpair(member, gone)
+        for key in wanted - member.partners:
+            other = self._member(key)
+            if len(other.partners) < RELAY_PARTNERS_PER_PEER:
+                member.partners.add(key)
+                other.partners.add(public_key)
+            else:
+                self.drops["partners_full"] += 1
+
+    def remove(self, public_key: bytes) -> None:
+        member = self._members.pop(public_key, None)
+        if member is None:
+            return
+        for key in list(member.partners):
+            self._unpair(member, key)
+        if member.endpoint is not None and self._by_endpoint.get(member.endpoint) is member:
+            del self._by_endpoint[member.endpoint]
+        for route in member.routes:
+            self._routes.pop(route, None)
+
+    def is_relayed(self, public_key: bytes) -> bool:
+        member = self._members.get(public_key)
+        return bool(member and member.partners)
+
+    def pairs(self) -> int:
+        return sum(len(member.partners) for member in self._members.values()) // 2
+
+    # -- the datagram path --------------------------------------------------------------------
+
+    def forward(
+        self, message: wire.Message, data: bytes, source: Endpoint, now: float
+    ) -> Forward | None:
+        """Where `data` (already parsed as `message`) goes, or None (a counted drop)."""
+        sender = self._by_endpoint.get(source)
+        if sender is None or not sender.partners:
+            self.drops["not_a_relay_member"] += 1
+            return None
+        target = self._target(sender, message)
+        if target is None:
+            return None
+        if target.endpoint is None:
+            self.drops["partner_not_confirmed"] += 1
+            return None
+        if not self._spend(sender, len(data), now):
+            self.drops["rate_limited"] += 1
+            return None
+        self._learn(sender, target, message)
+        self.packets += 1
+        self.bytes += len(data)
+        return data, target.endpoint
+
+    def _target(self, sender: _Member, message: wire.Message) -> _Member | None:
+        if isinstance(message, wire.Initiation):
+            body = message.raw[: wire.INITIATION_MAC1_END]
+            for key in sender.partners:
+                partner = self._members[key]
+                if hmac.compare_digest(noise.mac(partner.mac1_key, body), message.mac1):
+                    return partner
+            self.drops["no_partner_for_mac1"] += 1
+            return None
+        destination = self._routes.get((sender.public_key, message.receiver))
+        if destination is None or destination not in sender.partners:
+            self.drops["unknown_index"] += 1
+            return None
+        return self._members[destination]
+
+    def _learn(self, sender: _Member, target: _Member, message: wire.Message) -> None:
+        """An initiation or response brings the sender's index: answers to it go back to it."""
+        if isinstance(message, wire.Initiation | wire.Response):
+            route = (target.public_key, message.sender)
+            if self._routes.get(route) != sender.public_key:
+                self._routes[route] = sender.public_key
+                sender.routes.append(route)
+                if len(sender.routes) > RELAY_ROUTES_PER_PEER:
+                    self._routes.pop(sender.routes.popleft(), None)
+
+    def _spend(self, sender: _Member, size: int, now: float) -> bool:
+        elapsed = max(0.0, now - sender.refilled_at)
+        sender.allowance = min(self._burst, sender.allowance + elapsed * self._bytes_per_s)
+        sender.refilled_at = now
+        if sender.allowance < size:
+            return False
+        sender.allowance -= size
+        return True
+
+    def _member(self, public_key: bytes) -> _Member:
+        member = self._members.get(public_key)
+        if member is None:
+            mac1_key = noise.blake2s(noise.LABEL_MAC1, public_key)
+            member = self._members[public_key] = _Member(public_key, mac1_key)
+            member.allowance = self._burst
+        return member
+
+    def _unpair(self, member: _Member, key: bytes) -> None:
+        member.partners.discard(key)
+        other = self._members.get(key)
+        if other is not None:
+            other.partners.discard(member.public_key)
