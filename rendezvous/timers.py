@@ -47,3 +47,22 @@ DNS_TCP_CONNECTIONS = 256
 DNS_TCP_IDLE_S = 10.0  # RFC 7766 6.2.3: a few seconds between queries, then close
 DNS_TCP_LIFETIME_S = 60.0  # and no connection for longer, whatever it asks (AXFR included)
 HTTP_KEEPALIVE_S = 15.0  # an idle kept-alive connection closes after this (aiohttp: 1 hour)
+
+# -- the registry ---------------------------------------------------------------------------------
+
+# What the responder observes is written behind: an endpoint move within this (a burst of moves
+# shares one commit; agents learn of moves from memory, not disk, so this only bounds what a
+# crash loses) ...
+ENDPOINT_FLUSH_S = 0.02
+# ... and handshake times and replay floors within this (a lost second of them re-admits at most
+# the initiations of that second, which the responder's 20 ms flood limit bounds).
+LAZY_FLUSH_S = 1.0
+# How soon a CLI write (peer remove, route grant) in another process reaches DNS and watchers:
+# one `PRAGMA data_version` read per poll is cheap, and agents poll every second or so anyway.
+FOREIGN_POLL_S = 0.05
+# How long a writer waits for another process's SQLite lock before failing: a CLI write while
+# the server flushes waits, a wedged process is reported (SQLite's default is 0: fail at once).
+SQLITE_BUSY_TIMEOUT_S = 10.0
+# The longest a join token may live: long enough for a fleet's provisioning images, short enough
+# that a forgotten token does not outlive the deployment.
+MAX_TOKEN_LIFETIME_S = 10 * 365 * 86_400.0
