@@ -13,9 +13,11 @@ REPLAY_WINDOW = 8128  # packets behind the newest still accepted once (kernel, w
 INITIATION_MIN_INTERVAL_S = 0.02  # at most 50 initiations a second are processed per peer
 COOKIE_SECRET_LIFETIME_S = 120.0  # the cookie secret Rm is replaced this often
 UNDER_LOAD_HOLD_S = 1.0  # once under load, stay so this long (the kernel does too)
+UNDER_LOAD_WINDOW_S = 1.0  # initiations are counted per window this long, to compare with:
 # Initiations a second above which the responder asks for cookies. A full handshake costs about
 # 0.4 ms of CPU here, so this keeps handshake work to about a fifth of one core under a flood.
 UNDER_LOAD_INITIATIONS_PER_S = 500
+COOKIE_LIFETIME_S = 120.0  # an initiator uses a received cookie this long (whitepaper 5.4.7)
 SESSIONS_PER_PEER = 2  # the current session and the previous one, as WireGuard keeps them
 
 # -- what the rendezvous does for its peers -------------------------------------------------------
