@@ -44,9 +44,9 @@ from .model import (
 )
 from .registry import ADMIN_TOKEN_NAME, Registry
 from .service import Rendezvous
+from .timers import HEALTH_TIMEOUT_S
 
 PROG = "rendezvous"
-HEALTH_TIMEOUT_S = 3.0
 _SERVE_FLAGS = {
     "zone": "DNS zone the peers are published in (default mesh.internal.)",
     "network": "mesh network, as a CIDR (default 10.77.0.0/16)",

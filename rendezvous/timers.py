@@ -33,6 +33,12 @@ WATCH_COALESCE_S = 0.02
 # Full snapshots of the peer list, per credential: one may come at once, then one per this long.
 # An agent needs one at start and after a long disconnection; at 50,000 peers one is 10 MB.
 FULL_SNAPSHOT_INTERVAL_S = 10.0
+FULL_SNAPSHOT_BURST = 2.0
+# A watch (long poll) waits this long for a change when the agent names no timeout, and never
+# longer than the maximum: under the 60 s that proxies commonly allow an idle response, and
+# above the agent's own 25 s (peer/client.py WATCH_TIMEOUT_S), which it sends explicitly.
+DEFAULT_WATCH_S = 30.0
+MAX_WATCH_S = 60.0
 
 # -- what one client may cost ---------------------------------------------------------------------
 
@@ -49,6 +55,17 @@ DNS_TCP_CONNECTIONS = 256
 DNS_TCP_IDLE_S = 10.0  # RFC 7766 6.2.3: a few seconds between queries, then close
 DNS_TCP_LIFETIME_S = 60.0  # and no connection for longer, whatever it asks (AXFR included)
 HTTP_KEEPALIVE_S = 15.0  # an idle kept-alive connection closes after this (aiohttp: 1 hour)
+# Out of descriptors (EMFILE and the like): stop accepting this long, so the loop serves the
+# connections it has instead of spinning on accept (asyncio itself waits 1 s) ...
+ACCEPT_PAUSE_S = 0.1
+# ... and warn about it at most this often: a flood must not flood the log too.
+RESOURCE_WARNING_EVERY_S = 60.0
+
+# -- the admin CLI --------------------------------------------------------------------------------
+
+# `rendezvous health` gives up on a server that has not answered by then: a live one answers
+# in milliseconds, and a probe (systemd, compose) must not hang.
+HEALTH_TIMEOUT_S = 3.0
 
 # -- the registry ---------------------------------------------------------------------------------
 
@@ -68,3 +85,6 @@ SQLITE_BUSY_TIMEOUT_S = 10.0
 # The longest a join token may live: long enough for a fleet's provisioning images, short enough
 # that a forgotten token does not outlive the deployment.
 MAX_TOKEN_LIFETIME_S = 10 * 365 * 86_400.0
+# The longest duration a flag such as --expires parses at all (a typo's guard; the token's own
+# limit is the one above).
+MAX_DURATION_S = 100 * 365 * 86_400
