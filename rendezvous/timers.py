@@ -77,7 +77,7 @@ ENDPOINT_FLUSH_S = 0.02
 # the initiations of that second, which the responder's 20 ms flood limit bounds).
 LAZY_FLUSH_S = 1.0
 # How soon a CLI write (peer remove, route grant) in another process reaches DNS and watchers:
-# one `PRAGMA data_version` read per poll is cheap, and agents poll every second or so anyway.
+# reading the store's commit marker once per poll is cheap, and agents poll every second or so.
 FOREIGN_POLL_S = 0.05
 # How long a writer waits for another process's SQLite lock before failing: a CLI write while
 # the server flushes waits, a wedged process is reported (SQLite's default is 0: fail at once).
