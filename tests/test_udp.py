@@ -1,12 +1,17 @@
-"""The one UDP adapter over loopback: a datagram cut short by the socket never reaches a core."""
+"""The one UDP adapter over loopback (a datagram cut short by the socket never reaches a core),
+and the WireGuard port's dispatcher."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from meshpeer.common.endpoints import Endpoint
+from meshpeer.rendezvous.handshake import Event, Responder
 from meshpeer.rendezvous.udp import DatagramEndpoint, open_socket
+from meshpeer.rendezvous.wgport import WireGuardPort
 from meshpeer.rendezvous.wire import MAX_DATAGRAM
 
 
@@ -57,3 +62,30 @@ def test_a_datagram_of_exactly_the_largest_size_is_handed_on() -> None:
         return sizes
 
     assert asyncio.run(scenario()) == [MAX_DATAGRAM]
+
+
+def test_the_wireguard_port_routes_claimed_datagrams_to_their_core() -> None:
+    """A later core (the relay) claims its own datagrams; the responder still gets the rest."""
+
+    class Relay:
+        def __init__(self) -> None:
+            self.received: list[bytes] = []
+
+        def receive_datagram(self, data: bytes, source: Endpoint, now: float) -> None:
+            self.received.append(data)
+
+        def datagrams_to_send(self) -> list[tuple[bytes, Endpoint]]:
+            return [(b"relayed", ("192.0.2.1", 9))] if self.received else []
+
+        def next_event(self) -> Event | None:
+            return None
+
+    responder = Responder(X25519PrivateKey.generate())
+    relay = Relay()
+    port = WireGuardPort(responder, lambda event: None)
+    port.add_core(lambda data: data[:1] == b"\x04", relay)
+    source = ("198.51.100.7", 40000)
+    assert port.handle(b"\x04" + bytes(31), source, 1.0) == [(b"relayed", ("192.0.2.1", 9))]
+    assert port.handle(b"\x01" + bytes(3), source, 1.0) == []
+    assert relay.received == [b"\x04" + bytes(31)]
+    assert responder.drops == {"malformed": 1}  # the responder saw only the unclaimed one
