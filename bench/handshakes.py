@@ -100,7 +100,7 @@ def keepalive_round(peers: int, per_peer: int) -> float:
         initiator = Initiator(X25519PrivateKey.generate(), responder.public_key)
         responder.authorize(initiator.public_key)
         source = ("198.51.100.1", 1024 + number)
-        responder.receive_datagram(initiator.initiation(), source, 0.0)
+        responder.receive_datagram(initiator.initiation(time.time()), source, 0.0)
         for datagram, _ in responder.datagrams_to_send():
             initiator.receive(datagram)
         sessions.append((initiator, source))

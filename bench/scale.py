@@ -62,7 +62,7 @@ class Simulation:
             pass  # a full buffer is a lost packet; the peer retries as WireGuard would
 
     def initiate(self, number: int) -> None:
-        datagram = self.peers[number].initiation()
+        datagram = self.peers[number].initiation(time.time())
         self.pending[struct.unpack_from("<I", datagram, 4)[0]] = number
         self.send(number, datagram)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import ipaddress
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import dns.name
@@ -28,41 +28,31 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
-from dns.rdtypes.ANY.PTR import PTR
-from dns.rdtypes.ANY.TXT import TXT
-from dns.rdtypes.IN.A import A
-from dns.rdtypes.IN.AAAA import AAAA
-from dns.rdtypes.IN.SRV import SRV
 
 from meshpeer.common.endpoints import Endpoint
-from meshpeer.common.keys import encode_key
 
 from .naming import (
     NAMESERVER_LABEL,
     enumeration_name,
-    instance_label,
     service_name,
 )
+from .peerrecords import (
+    IN,
+    Node,
+    PeerEntry,
+    address_rrset,
+    instance_node,
+    label_bytes,
+    mesh_node,
+    ptr_rdata,
+    rrset_of,
+)
 
-IN = dns.rdataclass.IN
-TXT_VERSION = "txtvers=1"
-MAX_TXT_STRING = 255
 SOA_REFRESH_S, SOA_RETRY_S, SOA_EXPIRE_S = 3600, 600, 86400
 BUILT_NODES = 8192  # peers' record sets kept built; others are rebuilt when asked for
 CHANGES_KEPT = 4096  # serials whose changed names are remembered (answer caches catch up)
 
-Node = dict[dns.rdatatype.RdataType, dns.rrset.RRset]
-
-
-@dataclass(frozen=True, slots=True)
-class PeerEntry:
-    """What the zone publishes of one registered peer."""
-
-    public_key: bytes
-    name: str
-    address: str  # its mesh address
-    allowed: tuple[str, ...]  # CIDRs: the mesh address as a host route, then advertised routes
-    endpoint: Endpoint | None  # as the rendezvous observed it; None: not published yet
+__all__ = ["PeerEntry", "Zone", "ZoneConfig", "ZoneSnapshot"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,24 +60,6 @@ class ZoneConfig:
     origin: dns.name.Name
     ttl: int
     nameserver: str  # the rendezvous's public address (glue), or a host name outside the zone
-
-
-def txt_strings(entry: PeerEntry) -> list[str]:
-    """wgsd's three keys first, then ours; `allowed=` repeats when 255 bytes cannot hold it."""
-    strings = [TXT_VERSION, "pub=" + encode_key(entry.public_key)]
-    strings.extend("allowed=" + ",".join(chunk) for chunk in _allowed_chunks(entry.allowed))
-    strings += [f"name={entry.name}", f"address={entry.address}"]
-    return strings
-
-
-def _allowed_chunks(allowed: Sequence[str]) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for cidr in allowed:
-        if chunk and len("allowed=" + ",".join([*chunk, cidr])) > MAX_TXT_STRING:
-            yield chunk
-            chunk = []
-        chunk.append(cidr)
-    yield chunk
 
 
 class Zone:
@@ -145,7 +117,7 @@ class Zone:
         """The service PTR set (the first `limit` instances), owned by `owner` as asked."""
         rrset = dns.rrset.RRset(owner, IN, dns.rdatatype.PTR)
         for label in itertools.islice(self._by_instance, limit):
-            rrset.add(_ptr(self._instance(label)), self.config.ttl)
+            rrset.add(ptr_rdata(self._instance(label)), self.config.ttl)
         return rrset
 
     def entry(self, public_key: bytes) -> PeerEntry | None:
@@ -182,10 +154,8 @@ class Zone:
         self._entries[entry.public_key] = entry
         self._by_name[entry.name.encode()] = entry.public_key
         if entry.endpoint is not None:
-            self._by_instance.setdefault(
-                instance_label(entry.public_key).encode(), entry.public_key
-            )
-        changed = [self._mesh_name(entry.name), self._instance(_label(entry.public_key))]
+            self._by_instance.setdefault(label_bytes(entry.public_key), entry.public_key)
+        changed = [self._mesh_name(entry.name), self._instance(label_bytes(entry.public_key))]
         if old is not None and old.name != entry.name:
             changed.append(self._mesh_name(old.name))
         if len(self._by_instance) != instances:
@@ -197,7 +167,11 @@ class Zone:
         if old is not None:
             self._unpublish(old, keep_ptr=False)
             self._bump(
-                [self._mesh_name(old.name), self._instance(_label(public_key)), self.service]
+                [
+                    self._mesh_name(old.name),
+                    self._instance(label_bytes(public_key)),
+                    self.service,
+                ]
             )
 
     def changed_since(self, serial: int) -> set[dns.name.Name] | None:
@@ -217,7 +191,7 @@ class Zone:
         if self._by_name.get(entry.name.encode()) == entry.public_key:
             del self._by_name[entry.name.encode()]
         if not keep_ptr:
-            self._by_instance.pop(instance_label(entry.public_key).encode(), None)
+            self._by_instance.pop(label_bytes(entry.public_key), None)
         self._built.pop((True, entry.public_key), None)
         self._built.pop((False, entry.public_key), None)
 
@@ -246,9 +220,9 @@ class Zone:
         entry, ttl = self._entries[key], self.config.ttl
         canonical = name.canonicalize()
         if is_instance and entry.endpoint is not None:
-            node = _instance_node(canonical, entry, entry.endpoint, ttl)
+            node = instance_node(canonical, entry, entry.endpoint, ttl)
         else:
-            node = _mesh_node(canonical, entry, ttl)
+            node = mesh_node(canonical, entry, ttl)
         self._built[(is_instance, key)] = node
         if len(self._built) > BUILT_NODES:
             self._built.popitem(last=False)
@@ -275,11 +249,11 @@ class Zone:
         self._set(self._soa_rrset())
         nameserver = self._nameserver_name()
         ns = _rdata(dns.rdatatype.NS, nameserver.to_text())
-        self._set(_rrset(config.origin, ttl, [ns]))
+        self._set(rrset_of(config.origin, ttl, [ns]))
         if nameserver.is_subdomain(config.origin):
-            self._set(_address_rrset(nameserver, config.nameserver, ttl))
-        enumeration = _ptr(self.service)
-        self._set(_rrset(enumeration_name(config.origin), ttl, [enumeration]))
+            self._set(address_rrset(nameserver, config.nameserver, ttl))
+        enumeration = ptr_rdata(self.service)
+        self._set(rrset_of(enumeration_name(config.origin), ttl, [enumeration]))
 
     def _nameserver_name(self) -> dns.name.Name:
         if _is_ip(self.config.nameserver):
@@ -295,7 +269,7 @@ class Zone:
             f"{self._nameserver_name()} {mailbox} {self.serial} "
             f"{SOA_REFRESH_S} {SOA_RETRY_S} {SOA_EXPIRE_S} {ttl}",
         )
-        return _rrset(origin, ttl, [soa])
+        return rrset_of(origin, ttl, [soa])
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,11 +299,11 @@ class ZoneSnapshot:
         yield from self.fixed
         for key, entry in self.entries:
             mesh_name = dns.name.Name((entry.name,)).concatenate(self.origin)
-            yield from _mesh_node(mesh_name, entry, self.ttl).values()
+            yield from mesh_node(mesh_name, entry, self.ttl).values()
             if entry.endpoint is not None:
-                instance = dns.name.Name((_label(key),)).concatenate(self.service)
-                yield from _instance_node(instance, entry, entry.endpoint, self.ttl).values()
-                yield _rrset(self.service, self.ttl, [_ptr(instance)])
+                instance = dns.name.Name((label_bytes(key),)).concatenate(self.service)
+                yield from instance_node(instance, entry, entry.endpoint, self.ttl).values()
+                yield rrset_of(self.service, self.ttl, [ptr_rdata(instance)])
 
 
 def _unpickle_snapshot(
@@ -352,61 +326,8 @@ def _next(serial: int) -> int:
     return (serial + 1) % 2**32 or 1
 
 
-def _label(public_key: bytes) -> bytes:
-    return instance_label(public_key).encode()
-
-
-def _mesh_node(name: dns.name.Name, entry: PeerEntry, ttl: int) -> Node:
-    return {_address_type(entry.address): _address_rrset(name, entry.address, ttl)}
-
-
-def _instance_node(name: dns.name.Name, entry: PeerEntry, endpoint: Endpoint, ttl: int) -> Node:
-    host, port = endpoint
-    return {
-        dns.rdatatype.SRV: _rrset(name, ttl, [_srv(port, name)]),
-        _address_type(host): _address_rrset(name, host, ttl),
-        dns.rdatatype.TXT: _rrset(name, ttl, [_txt(txt_strings(entry))]),
-    }
-
-
-def _address_type(address: str) -> dns.rdatatype.RdataType:
-    return dns.rdatatype.AAAA if ":" in address else dns.rdatatype.A
-
-
-def _rrset(name: dns.name.Name, ttl: int, rdatas: Iterable[dns.rdata.Rdata]) -> dns.rrset.RRset:
-    rdatas = list(rdatas)
-    rrset = dns.rrset.RRset(name, IN, rdatas[0].rdtype)
-    for rdata in rdatas:
-        rrset.add(rdata, ttl)
-    return rrset
-
-
-def _address_rrset(name: dns.name.Name, address: str, ttl: int) -> dns.rrset.RRset:
-    return _rrset(name, ttl, [_address(address)])
-
-
-def _address(address: str) -> dns.rdata.Rdata:
-    if ":" in address:
-        return AAAA(IN, dns.rdatatype.AAAA, address)  # type: ignore[no-untyped-call]
-    return A(IN, dns.rdatatype.A, address)  # type: ignore[no-untyped-call]
-
-
 def _rdata(rdtype: dns.rdatatype.RdataType, text: str) -> dns.rdata.Rdata:
     return dns.rdata.from_text(IN, rdtype, text)
-
-
-# The per-peer records are built from their fields: parsing zone-file text costs 10 times more,
-# and 100,000 peers are loaded at every start. (dnspython's constructors carry no annotations.)
-def _srv(port: int, target: dns.name.Name) -> dns.rdata.Rdata:
-    return SRV(IN, dns.rdatatype.SRV, 0, 0, port, target)  # type: ignore[no-untyped-call]
-
-
-def _ptr(target: dns.name.Name) -> dns.rdata.Rdata:
-    return PTR(IN, dns.rdatatype.PTR, target)  # type: ignore[no-untyped-call]
-
-
-def _txt(strings: list[str]) -> dns.rdata.Rdata:
-    return TXT(IN, dns.rdatatype.TXT, strings)
 
 
 def _is_ip(text: str) -> bool:

@@ -30,13 +30,11 @@ from .metrics import CONTENT_TYPE, ApiCounters, Snapshot, render
 from .model import Conflict, NotFound, Peer, TokenRejected
 from .registry import Registry
 from .snapshots import SnapshotCache, SnapshotRation, SnapshotRationed
-from .timers import HTTP_BODY_TIMEOUT_S
+from .timers import DEFAULT_WATCH_S, HTTP_BODY_TIMEOUT_S, MAX_WATCH_S
 
 logger = logging.getLogger("meshpeer.rendezvous.api")
 
 MAX_BODY_BYTES = 64 * 1024
-MAX_WATCH_S = 60.0
-DEFAULT_WATCH_S = 30.0
 REGISTRY = web.AppKey("registry", Registry)
 COUNTERS = web.AppKey("counters", ApiCounters)
 SNAPSHOT: web.AppKey[Callable[[], Snapshot]] = web.AppKey("snapshot")

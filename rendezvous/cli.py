@@ -12,7 +12,6 @@ import contextlib
 import ipaddress
 import json
 import signal
-import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -45,9 +44,9 @@ from .model import (
 )
 from .registry import ADMIN_TOKEN_NAME, Registry
 from .service import Rendezvous
+from .timers import HEALTH_TIMEOUT_S
 
 PROG = "rendezvous"
-HEALTH_TIMEOUT_S = 3.0
 _SERVE_FLAGS = {
     "zone": "DNS zone the peers are published in (default mesh.internal.)",
     "network": "mesh network, as a CIDR (default 10.77.0.0/16)",
@@ -151,20 +150,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stdout)
         return 0
     try:
-        return asyncio.run(_dispatch(args))
+        return asyncio.run(_command(args))
     except UsageError as error:
         return report(PROG, error, USAGE_ERROR)
     except Failure as error:
         return report(PROG, error, FAILURE)
     except KeyboardInterrupt:
         return 130
-
-
-async def _dispatch(args: argparse.Namespace) -> int:
-    try:
-        return await _command(args)
-    except sqlite3.Error as error:
-        raise Failure(f"the data folder's database failed: {error}") from None
 
 
 async def _command(args: argparse.Namespace) -> int:

@@ -41,18 +41,23 @@ class DnsServer:
         self._renderers: set[BaseProcess] = set()
 
     async def start(self, host: str, port: int) -> None:
-        loop = asyncio.get_running_loop()
-
-        def on_datagram(data: bytes, source: Endpoint) -> list[tuple[bytes, Endpoint]]:
-            answer = self.authority.answer_udp(data, source[0], loop.time())
-            return [(answer, source)] if answer is not None else []
-
-        self._udp = DatagramEndpoint(open_socket(host, port), on_datagram)
+        self._udp = DatagramEndpoint(open_socket(host, port), self._on_datagram)
         try:
             self._tcp = TcpListener(listening_socket(host, port), self.budget, self._serve, "DNS")
         except OSError:
             self._udp.close()
             raise
+
+    def _on_datagram(
+        self, data: bytes, source: Endpoint, now: float
+    ) -> list[tuple[bytes, Endpoint]]:
+        answer = self.authority.answer_udp(data, source[0], now)
+        return [(answer, source)] if answer is not None else []
+
+    @property
+    def udp_drops(self) -> dict[str, int]:
+        """Queries the UDP socket dropped before the authority saw them (oversized)."""
+        return dict(self._udp.drops) if self._udp is not None else {}
 
     async def stop(self) -> None:
         udp, self._udp = self._udp, None

@@ -1,7 +1,9 @@
 """The rendezvous side of WireGuard: a sans-I/O responder (whitepaper sections 5.3, 5.4).
 
 Feed it datagrams with `receive_datagram(data, source, now)`; take what to send from
-`datagrams_to_send()` and what happened from `next_event()`. It never sends transport data: it
+`datagrams_to_send()` and what happened from `next_event()`. Its only inputs are those and the
+injected `random_bytes` (every ephemeral key, session index, cookie secret and nonce): the same
+seed and clock give the same bytes. It never sends transport data: it
 answers initiations from authorised keys, authenticates the keepalives that follow, and reports
 the address they came from. Whatever a datagram holds, nothing escapes but counted drops.
 """
@@ -62,7 +64,8 @@ class _Peer:
 @dataclass(slots=True)
 class _Session:
     public_key: bytes
-    receiving: ChaCha20Poly1305
+    receiving_key: bytes
+    receiving: ChaCha20Poly1305  # built once from receiving_key: every keepalive uses it
     created_at: float
     replay: ReplayWindow = field(default_factory=ReplayWindow)
 
@@ -131,6 +134,11 @@ class Responder:
     def under_load(self, now: float) -> bool:
         return now < self._under_load_until
 
+    def receiving_key(self, index: int) -> bytes | None:
+        """The transport key of our session `index` (the initiator's sending key): for tests."""
+        session = self._sessions.get(index)
+        return session.receiving_key if session else None
+
     # -- initiations --------------------------------------------------------------------------
 
     def _receive_initiation(self, message: wire.Initiation, source: Endpoint, now: float) -> None:
@@ -193,7 +201,7 @@ class Responder:
         source: Endpoint,
         now: float,
     ) -> None:
-        ephemeral = X25519PrivateKey.generate()
+        ephemeral = noise.ephemeral_key(self._random_bytes)
         ephemeral_public = noise.public_bytes(ephemeral)
         chaining_key = noise.kdf(chaining_key, ephemeral_public, 1)[0]
         hash_ = noise.blake2s(hash_, ephemeral_public)
@@ -219,7 +227,8 @@ class Responder:
         if len(peer.sessions) == peer.sessions.maxlen:
             self._sessions.pop(peer.sessions[0], None)
         peer.sessions.append(index)
-        self._sessions[index] = _Session(peer.public_key, ChaCha20Poly1305(receiving_key), now)
+        cipher = ChaCha20Poly1305(receiving_key)
+        self._sessions[index] = _Session(peer.public_key, receiving_key, cipher, now)
         return index
 
     def _free_index(self) -> int:
@@ -253,7 +262,7 @@ class Responder:
 
     def _note_load(self, now: float) -> bool:
         """Count this initiation; True while we are under load."""
-        if now - self._load_window_start >= 1.0:
+        if now - self._load_window_start >= timers.UNDER_LOAD_WINDOW_S:
             self._load_window_start, self._load_window_count = now, 0
         self._load_window_count += 1
         if self._load_window_count > self._load_limit:

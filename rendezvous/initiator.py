@@ -1,14 +1,14 @@
 """The initiator side of the handshake, sans-I/O: simulated peers for tests and benchmarks.
 
 It speaks to any WireGuard responder (ours or wireguard-go): build an initiation, consume the
-response (or a cookie reply, then build the next initiation with mac2), send keepalives.
+response (or a cookie reply, then build the next initiation with mac2), send keepalives. Like
+the responder it reads no clock and no randomness of its own: the caller passes both.
 """
 
 from __future__ import annotations
 
 import hmac
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,8 +18,7 @@ from meshpeer.common.errors import Failure
 from meshpeer.common.keys import KEY_SIZE
 
 from . import noise, wire
-
-COOKIE_LIFETIME_S = 120.0  # a received cookie is used for this long (whitepaper 5.4.7)
+from .timers import COOKIE_LIFETIME_S
 
 
 class HandshakeFailed(Failure):
@@ -61,8 +60,10 @@ class Initiator:
         self.keys: Keys | None = None
         self._counter = 0
 
-    def initiation(self, unix_time: float | None = None, now: float = 0.0) -> bytes:
-        ephemeral = X25519PrivateKey.generate()
+    def initiation(self, unix_time: float, now: float = 0.0) -> bytes:
+        """`unix_time` dates the TAI64N stamp (the responder's replay floor); `now` is the
+        monotonic clock a cookie's age is measured on. The caller owns both clocks."""
+        ephemeral = noise.ephemeral_key(self._random_bytes)
         ephemeral_public = noise.public_bytes(ephemeral)
         hash_ = noise.blake2s(noise.HASH_INIT, self._responder)
         chaining_key = noise.kdf(noise.CHAINING_KEY_INIT, ephemeral_public, 1)[0]
@@ -71,7 +72,7 @@ class Initiator:
         static = noise.aead_encrypt(key, 0, self.public_key, hash_)
         hash_ = noise.blake2s(hash_, static)
         chaining_key, key = noise.kdf(chaining_key, self._static_static, 2)
-        stamp = noise.tai64n(time.time() if unix_time is None else unix_time)
+        stamp = noise.tai64n(unix_time)
         timestamp = noise.aead_encrypt(key, 0, stamp, hash_)
         hash_ = noise.blake2s(hash_, timestamp)
         sender = int.from_bytes(self._random_bytes(4), "little")

@@ -18,11 +18,11 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from .timers import ACCEPT_PAUSE_S, RESOURCE_WARNING_EVERY_S
+
 logger = logging.getLogger("meshpeer.rendezvous.listener")
 
 ACCEPT_BATCH = 64  # connections accepted per wake-up before other work gets a turn
-ACCEPT_PAUSE_S = 0.1  # out of descriptors: stop accepting this long (asyncio waits 1 s)
-WARN_EVERY_S = 60.0
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 Serve = Callable[[socket.socket, str], Awaitable[None]]
@@ -116,7 +116,7 @@ class TcpListener:
     def _out_of_resources(self, error: OSError) -> None:
         self._unwarned += 1
         now = self._loop.time()
-        if self._warned_at is None or now - self._warned_at >= WARN_EVERY_S:
+        if self._warned_at is None or now - self._warned_at >= RESOURCE_WARNING_EVERY_S:
             logger.warning(
                 "%s: cannot accept connections (%s), %d times since the last warning; %d open",
                 self.name,

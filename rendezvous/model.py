@@ -15,9 +15,10 @@ from meshpeer.common.errors import InvalidInput, UsageError
 from meshpeer.common.keys import encode_key
 from meshpeer.common.proof import MAX_ROUTES
 
+from .timers import MAX_DURATION_S
+
 # ASCII digits only (`\d` also takes '²' and other Unicode digits), and few of them.
 _DURATION_PART = re.compile(r"([0-9]{1,9})([smhdw])")
-MAX_DURATION_S = 100 * 365 * 86_400
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _FORBIDDEN_SPACES = tuple(
     (ipaddress.ip_network(cidr), what)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -86,6 +87,12 @@ def dh(private_key: X25519PrivateKey, public_key: bytes | X25519PublicKey) -> by
         return private_key.exchange(public_key)
     except ValueError as error:  # an all-zero shared secret: a low-order public key
         raise CryptoError("key exchange with a low-order point") from error
+
+
+def ephemeral_key(random_bytes: Callable[[int], bytes]) -> X25519PrivateKey:
+    """A fresh X25519 key from the caller's randomness (X25519 clamps any 32 bytes), so a core
+    given seeded randomness makes the same handshake twice."""
+    return X25519PrivateKey.from_private_bytes(random_bytes(32))
 
 
 def public_bytes(private_key: X25519PrivateKey) -> bytes:

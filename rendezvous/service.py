@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import resource
 import time
@@ -26,7 +27,8 @@ from .model import Peer
 from .registry import ChangeKind, Registry
 from .timers import DNS_TCP_CONNECTIONS
 from .tls import server_context
-from .udp import DatagramEndpoint, serve_handshakes
+from .udp import DatagramEndpoint
+from .wgport import serve_handshakes
 
 logger = logging.getLogger("meshpeer.rendezvous")
 T = TypeVar("T")
@@ -105,14 +107,18 @@ class Rendezvous:
     def snapshot(self) -> Snapshot:
         return Snapshot(
             counts=dict(self.responder.counts),
-            drops=dict(self.responder.drops),
+            # Datagrams the socket dropped before any core saw them count with the responder's.
+            drops=dict(self.responder.drops + self._socket_drops()),
             under_load=self.responder.under_load(asyncio.get_running_loop().time()),
             peers=len(self.registry),
             peers_with_endpoint=self.registry.with_endpoint(),
             api_requests=dict(self.counters.requests),
-            dns=dict(self.authority.counts),
+            dns={**self.authority.counts, **self._dns.udp_drops},
             held_back=self._held_back(),
         )
+
+    def _socket_drops(self) -> collections.Counter[str]:
+        return self._udp.drops if self._udp is not None else collections.Counter()
 
     def _held_back(self) -> dict[str, int]:
         held = {

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .model import Peer
-from .timers import FULL_SNAPSHOT_INTERVAL_S
+from .timers import FULL_SNAPSHOT_BURST, FULL_SNAPSHOT_INTERVAL_S
 
 MAX_CALLERS = 200_000  # callers remembered for rationing; the oldest are forgotten first
 FRAGMENTS_PER_SLICE = 500  # peers' JSON made between two turns of the event loop (about 5 ms)
@@ -35,7 +35,7 @@ class SnapshotRation:
     """Per caller: a bucket of two full lists, refilled one per `interval_s` (sans-I/O)."""
 
     interval_s: float = FULL_SNAPSHOT_INTERVAL_S
-    burst: float = 2.0
+    burst: float = FULL_SNAPSHOT_BURST
     refused: int = 0
     _buckets: collections.OrderedDict[bytes, tuple[float, float]] = field(
         default_factory=collections.OrderedDict

@@ -13,9 +13,11 @@ REPLAY_WINDOW = 8128  # packets behind the newest still accepted once (kernel, w
 INITIATION_MIN_INTERVAL_S = 0.02  # at most 50 initiations a second are processed per peer
 COOKIE_SECRET_LIFETIME_S = 120.0  # the cookie secret Rm is replaced this often
 UNDER_LOAD_HOLD_S = 1.0  # once under load, stay so this long (the kernel does too)
+UNDER_LOAD_WINDOW_S = 1.0  # initiations are counted per window this long, to compare with:
 # Initiations a second above which the responder asks for cookies. A full handshake costs about
 # 0.4 ms of CPU here, so this keeps handshake work to about a fifth of one core under a flood.
 UNDER_LOAD_INITIATIONS_PER_S = 500
+COOKIE_LIFETIME_S = 120.0  # an initiator uses a received cookie this long (whitepaper 5.4.7)
 SESSIONS_PER_PEER = 2  # the current session and the previous one, as WireGuard keeps them
 
 # -- what the rendezvous does for its peers -------------------------------------------------------
@@ -31,6 +33,12 @@ WATCH_COALESCE_S = 0.02
 # Full snapshots of the peer list, per credential: one may come at once, then one per this long.
 # An agent needs one at start and after a long disconnection; at 50,000 peers one is 10 MB.
 FULL_SNAPSHOT_INTERVAL_S = 10.0
+FULL_SNAPSHOT_BURST = 2.0
+# A watch (long poll) waits this long for a change when the agent names no timeout, and never
+# longer than the maximum: under the 60 s that proxies commonly allow an idle response, and
+# above the agent's own 25 s (peer/client.py WATCH_TIMEOUT_S), which it sends explicitly.
+DEFAULT_WATCH_S = 30.0
+MAX_WATCH_S = 60.0
 
 # -- what one client may cost ---------------------------------------------------------------------
 
@@ -47,3 +55,36 @@ DNS_TCP_CONNECTIONS = 256
 DNS_TCP_IDLE_S = 10.0  # RFC 7766 6.2.3: a few seconds between queries, then close
 DNS_TCP_LIFETIME_S = 60.0  # and no connection for longer, whatever it asks (AXFR included)
 HTTP_KEEPALIVE_S = 15.0  # an idle kept-alive connection closes after this (aiohttp: 1 hour)
+# Out of descriptors (EMFILE and the like): stop accepting this long, so the loop serves the
+# connections it has instead of spinning on accept (asyncio itself waits 1 s) ...
+ACCEPT_PAUSE_S = 0.1
+# ... and warn about it at most this often: a flood must not flood the log too.
+RESOURCE_WARNING_EVERY_S = 60.0
+
+# -- the admin CLI --------------------------------------------------------------------------------
+
+# `rendezvous health` gives up on a server that has not answered by then: a live one answers
+# in milliseconds, and a probe (systemd, compose) must not hang.
+HEALTH_TIMEOUT_S = 3.0
+
+# -- the registry ---------------------------------------------------------------------------------
+
+# What the responder observes is written behind: an endpoint move within this (a burst of moves
+# shares one commit; agents learn of moves from memory, not disk, so this only bounds what a
+# crash loses) ...
+ENDPOINT_FLUSH_S = 0.02
+# ... and handshake times and replay floors within this (a lost second of them re-admits at most
+# the initiations of that second, which the responder's 20 ms flood limit bounds).
+LAZY_FLUSH_S = 1.0
+# How soon a CLI write (peer remove, route grant) in another process reaches DNS and watchers:
+# reading the store's commit marker once per poll is cheap, and agents poll every second or so.
+FOREIGN_POLL_S = 0.05
+# How long a writer waits for another process's SQLite lock before failing: a CLI write while
+# the server flushes waits, a wedged process is reported (SQLite's default is 0: fail at once).
+SQLITE_BUSY_TIMEOUT_S = 10.0
+# The longest a join token may live: long enough for a fleet's provisioning images, short enough
+# that a forgotten token does not outlive the deployment.
+MAX_TOKEN_LIFETIME_S = 10 * 365 * 86_400.0
+# The longest duration a flag such as --expires parses at all (a typo's guard; the token's own
+# limit is the one above).
+MAX_DURATION_S = 100 * 365 * 86_400

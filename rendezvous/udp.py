@@ -1,16 +1,19 @@
-"""UDP on asyncio for the sans-I/O cores: the handshake responder, and the DNS server.
+"""The one UDP socket adapter of the rendezvous, for its sans-I/O cores: the WireGuard port
+(wgport.py) and the DNS server (dnsserve.py).
 
-`serve_handshakes` feeds every datagram to the `Responder`, hands each event to `on_event` and
-sends what the core produced. Answers leave from the very address the peer sent to, even on a
-wildcard bind of a host with several addresses: a NAT that filters by address (most do) drops
-an answer from any other. asyncio's datagram transport cannot set a source address, so
-`DatagramEndpoint` reads and writes the socket itself with recvmsg/sendmsg and the IP_PKTINFO /
-IPV6_PKTINFO control messages.
+`DatagramEndpoint` reads each datagram, hands it with its source and the loop's clock to a
+handler, and sends what the handler returns. Answers leave from the very address the peer sent
+to, even on a wildcard bind of a host with several addresses: a NAT that filters by address
+(most do) drops an answer from any other. asyncio's datagram transport cannot set a source
+address, so the endpoint reads and writes the socket itself with recvmsg/sendmsg and the
+IP_PKTINFO / IPV6_PKTINFO control messages. A datagram longer than MAX_DATAGRAM arrives cut
+short (MSG_TRUNC): it is counted and dropped, never handed on as if it were whole.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import socket
 import struct
@@ -18,7 +21,6 @@ from collections.abc import Callable
 
 from meshpeer.common.endpoints import Endpoint
 
-from .handshake import Event, Responder
 from .wire import MAX_DATAGRAM
 
 logger = logging.getLogger("meshpeer.rendezvous.udp")
@@ -31,18 +33,25 @@ _IN6_PKTINFO = struct.Struct("=16sI")  # addr, ifindex
 _ANCILLARY_SPACE = socket.CMSG_SPACE(max(_IN_PKTINFO.size, _IN6_PKTINFO.size))
 
 ControlMessage = tuple[int, int, bytes]
-# Given a datagram and its source, the datagrams to send back (to any address).
-DatagramHandler = Callable[[bytes, Endpoint], list[tuple[bytes, Endpoint]]]
+# Given a datagram, its source and the time, the datagrams to send back (to any address).
+DatagramHandler = Callable[[bytes, Endpoint, float], list[tuple[bytes, Endpoint]]]
 
 
 class DatagramEndpoint:
     """A UDP socket on the event loop whose answers leave from the address each datagram hit."""
 
-    def __init__(self, sock: socket.socket, handler: DatagramHandler) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        handler: DatagramHandler,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self._sock = sock
         self._handler = handler
         self._loop = asyncio.get_running_loop()
+        self._clock = clock or self._loop.time
         self.send_failures = 0
+        self.drops: collections.Counter[str] = collections.Counter()  # never reached a core
         self._loop.add_reader(sock.fileno(), self._readable)
 
     @property
@@ -58,23 +67,30 @@ class DatagramEndpoint:
     def _readable(self) -> None:
         for _ in range(BATCH):
             try:
-                data, ancillary, _flags, source = self._sock.recvmsg(MAX_DATAGRAM, _ANCILLARY_SPACE)
+                data, ancillary, flags, source = self._sock.recvmsg(MAX_DATAGRAM, _ANCILLARY_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
                 # An ICMP error for an earlier send (a peer's NAT closed): nothing to do.
                 logger.debug("udp error: %s", error)
                 continue
-            control = _reply_control(ancillary)
-            try:
-                answers = self._handler(data, (source[0], source[1]))
-            except Exception:
-                # The cores promise not to raise; if one does, that is a bug to log, and the
-                # next datagram is still served.
-                logger.exception("handling a datagram from %s failed", source)
+            if flags & socket.MSG_TRUNC:
+                # Longer than any message we answer: its first MAX_DATAGRAM bytes would parse
+                # as a message it is not.
+                self.drops["oversized"] += 1
                 continue
-            for datagram, destination in answers:
-                self._send(datagram, destination, control)
+            self._handle(data, (source[0], source[1]), _reply_control(ancillary))
+
+    def _handle(self, data: bytes, source: Endpoint, control: list[ControlMessage]) -> None:
+        try:
+            answers = self._handler(data, source, self._clock())
+        except Exception:
+            # The cores promise not to raise; if one does, that is a bug to log, and the
+            # next datagram is still served.
+            logger.exception("handling a datagram from %s failed", source)
+            return
+        for datagram, destination in answers:
+            self._send(datagram, destination, control)
 
     def _send(self, datagram: bytes, destination: Endpoint, control: list[ControlMessage]) -> None:
         try:
@@ -115,24 +131,3 @@ def open_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-def handshake_handler(
-    responder: Responder, on_event: Callable[[Event], None], clock: Callable[[], float]
-) -> DatagramHandler:
-    """Feeds the responder; hands its events on; returns what it wants sent."""
-
-    def handle(data: bytes, source: Endpoint) -> list[tuple[bytes, Endpoint]]:
-        responder.receive_datagram(data, source, clock())
-        while (event := responder.next_event()) is not None:
-            on_event(event)
-        return responder.datagrams_to_send()
-
-    return handle
-
-
-async def serve_handshakes(
-    responder: Responder, host: str, port: int, on_event: Callable[[Event], None]
-) -> DatagramEndpoint:
-    handler = handshake_handler(responder, on_event, asyncio.get_running_loop().time)
-    return DatagramEndpoint(open_socket(host, port), handler)

@@ -135,7 +135,7 @@ async def flap(host: str, port: int, token_text: str) -> None:
         sock.settimeout(2)
         sockets.append(sock)
     initiator = Initiator(private_key, token.rendezvous_key)
-    sockets[0].sendto(initiator.initiation(), (host, port))
+    sockets[0].sendto(initiator.initiation(time.time()), (host, port))
     initiator.receive(sockets[0].recv(2048))
     say(running="flap", ports=len(sockets))
     sent = 0
@@ -184,7 +184,7 @@ async def member(host: str, port: int, token_text: str) -> None:
         private_key, _ = await join(session, token_text, "member")
     initiator = Initiator(private_key, token.rendezvous_key)
     sock = _udp_socket()
-    sock.sendto(initiator.initiation(), (host, port))
+    sock.sendto(initiator.initiation(time.time()), (host, port))
     initiator.receive(sock.recv(2048))
     sock.sendto(initiator.keepalive(), (host, port))  # this confirms the endpoint
     say(keepalive_from=sock.getsockname()[1])

@@ -15,7 +15,7 @@ import sys
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshpeer.rendezvous.handshake import EndpointConfirmed, Event, Responder
-from meshpeer.rendezvous.udp import serve_handshakes
+from meshpeer.rendezvous.wgport import serve_handshakes
 
 
 def report(event: Event) -> None:

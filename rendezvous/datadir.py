@@ -1,0 +1,152 @@
+"""The data folder: a private directory holding the database, the rendezvous's key, its TLS
+files, the settings serve was given and the admin API's token (its hash in the database, the
+token itself in a 0600 file beside it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from meshpeer.common import tokens
+from meshpeer.common.errors import InvalidInput
+from meshpeer.common.keys import encode_key, parse_key
+
+from . import settings as config
+from .noise import public_bytes
+from .storage import Transaction
+from .tls import TlsFiles, ensure_self_signed, read_pin
+
+DATABASE_NAME = "rendezvous.sqlite3"
+ADMIN_TOKEN_NAME = "admin-token"  # noqa: S105 (a file name, not a secret)
+
+
+@dataclass(slots=True)
+class Identity:
+    """What a data folder says the rendezvous is: its settings, key and TLS."""
+
+    given: config.Overrides
+    settings: config.Settings
+    private_key: X25519PrivateKey
+    public_key: bytes
+    stored_zone_serial: int
+    tls_files: TlsFiles | None = None  # None: plain HTTP behind the operator's proxy
+    tls_pin: str | None = None
+
+
+def make_private_dir(path: Path) -> None:
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise InvalidInput(
+            f"cannot use data folder {path}: {error.strerror}; pass --data-dir"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InvalidInput(f"cannot write to data folder {path}; pass --data-dir or fix its owner")
+
+
+def check_served(data_dir: Path) -> None:
+    """The admin commands need the settings of a serve; InvalidInput when it never ran."""
+    if not (data_dir / DATABASE_NAME).exists():
+        raise InvalidInput(never_served(data_dir))
+
+
+def never_served(data_dir: Path) -> str:
+    return (
+        f"{data_dir} has never served: start `rendezvous serve` first (it makes the "
+        "rendezvous's identity and keeps its settings), or pass the --data-dir it uses"
+    )
+
+
+async def prepare(
+    db: Transaction,
+    data_dir: Path,
+    given: config.Overrides | None,
+    *,
+    store: bool,
+    served: bool,
+) -> tuple[Identity, int]:
+    """The folder's identity, made on first use, and the id of the network it serves."""
+    meta = await db.read_meta()
+    if served and "settings" not in meta:
+        raise InvalidInput(never_served(data_dir))
+    await db.upgrade_schema(meta)
+    stored = config.from_mapping(json.loads(meta.get("settings", "{}")))
+    merged = config.merge(given, stored) if given else stored
+    settings = config.resolve(merged)
+    network_id = await store_settings(db, merged, settings, write=store)
+    private_key = await _load_or_make_key(db, meta)
+    await _ensure_admin_token(db, meta, data_dir)
+    identity = Identity(
+        merged,
+        settings,
+        private_key,
+        public_bytes(private_key),
+        int(meta.get("zone_serial", "0")),
+    )
+    return identity, network_id
+
+
+def prepare_tls(identity: Identity, data_dir: Path) -> None:
+    settings = identity.settings
+    if settings.behind_tls_proxy:
+        return
+    if settings.tls_cert and settings.tls_key:
+        identity.tls_files = TlsFiles(Path(settings.tls_cert), Path(settings.tls_key))
+    else:
+        identity.tls_files = ensure_self_signed(data_dir, settings.public_endpoint[0])
+    identity.tls_pin = read_pin(identity.tls_files)
+
+
+async def store_settings(
+    db: Transaction, given: config.Overrides, settings: config.Settings, *, write: bool
+) -> int:
+    """Keep `given` for the other commands (with `write`), and the network; its id."""
+    known = await db.default_network()
+    if not write and known:
+        return known[0]
+    if write:
+        await db.set_meta("settings", json.dumps(config.to_mapping(given), sort_keys=True))
+    network = str(settings.network)
+    if not known:
+        return await db.add_network(network, settings.zone)
+    network_id, stored_cidr = known
+    if stored_cidr != network:
+        count = await db.peer_count(network_id)
+        if count:
+            raise InvalidInput(
+                f"the data folder's network is {stored_cidr} with {count} peers; "
+                f"remove them first or use a new --data-dir to move to {network}"
+            )
+    await db.update_network(network_id, network, settings.zone)
+    return network_id
+
+
+def is_admin(meta: dict[str, str], secret: str) -> bool:
+    expected = meta.get("admin_hash", "")
+    return secrets.compare_digest(tokens.hash_secret(secret.encode()).hex(), expected)
+
+
+async def _load_or_make_key(db: Transaction, meta: dict[str, str]) -> X25519PrivateKey:
+    if "private_key" in meta:
+        raw = parse_key(meta["private_key"], "stored private key")
+        return X25519PrivateKey.from_private_bytes(raw)
+    key = X25519PrivateKey.generate()
+    await db.set_meta("private_key", encode_key(key.private_bytes_raw()))
+    return key
+
+
+async def _ensure_admin_token(db: Transaction, meta: dict[str, str], data_dir: Path) -> None:
+    """The admin API's bearer token: its hash in the database, the token in a 0600 file."""
+    path = data_dir / ADMIN_TOKEN_NAME
+    if "admin_hash" in meta and path.exists():
+        return
+    secret = secrets.token_urlsafe(32)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secret + "\n")
+    await db.set_meta("admin_hash", tokens.hash_secret(secret.encode()).hex())

@@ -1,0 +1,62 @@
+"""The WireGuard port: one UDP socket (udp.py) whose datagrams a small dispatcher routes to the
+sans-I/O core each belongs to.
+
+Today every datagram goes to the handshake responder (handshake.py). A core added later (the
+relay) claims the datagrams that are its own, say transport messages to the receiver indexes it
+allocated, with `add_core`; whatever no core claims still reaches the responder, which counts
+it as a drop if it is not for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from meshpeer.common.endpoints import Endpoint
+
+from .handshake import Event, Responder
+from .udp import DatagramEndpoint, open_socket
+
+Datagrams = list[tuple[bytes, Endpoint]]
+Claim = Callable[[bytes], bool]  # is this datagram for that core? (bytes only, no parsing cost)
+
+
+class Core(Protocol):
+    """A sans-I/O core as the responder is one: bytes, source and time in; datagrams, events out."""
+
+    def receive_datagram(self, data: bytes, source: Endpoint, now: float) -> None: ...
+
+    def datagrams_to_send(self) -> Datagrams: ...
+
+    def next_event(self) -> Event | None: ...
+
+
+class WireGuardPort:
+    def __init__(self, responder: Responder, on_event: Callable[[Event], None]) -> None:
+        self._responder = responder
+        self._on_event = on_event
+        self._claimed: list[tuple[Claim, Core]] = []
+
+    def add_core(self, claim: Claim, core: Core) -> None:
+        """Route the datagrams `claim` accepts to `core` instead of the responder."""
+        self._claimed.append((claim, core))
+
+    def handle(self, data: bytes, source: Endpoint, now: float) -> Datagrams:
+        core = self._core_for(data)
+        core.receive_datagram(data, source, now)
+        while (event := core.next_event()) is not None:
+            self._on_event(event)
+        return core.datagrams_to_send()
+
+    def _core_for(self, data: bytes) -> Core:
+        for claim, core in self._claimed:
+            if claim(data):
+                return core
+        return self._responder
+
+
+async def serve_handshakes(
+    responder: Responder, host: str, port: int, on_event: Callable[[Event], None]
+) -> DatagramEndpoint:
+    """The WireGuard port on `host:port`, answering with `responder`; the loop's clock."""
+    return DatagramEndpoint(open_socket(host, port), WireGuardPort(responder, on_event).handle)
