@@ -25,17 +25,8 @@ from dataclasses import dataclass, field
 
 from meshpeer.common.endpoints import Endpoint
 
-from . import noise, wire
+from . import noise, timers, wire
 
-# The relay's limits (they move to timers.py with the rest once wired).
-# A relayed pair's bulk traffic: 100 Mbit/s per sending peer, a second of it at once. A site's
-# relayed link is capped here, not the rendezvous's uplink shared by every pair.
-RELAY_BYTES_PER_S = 12_500_000.0
-RELAY_BURST_BYTES = 12_500_000.0
-RELAY_PARTNERS_PER_PEER = 64  # mac1 is tried against at most this many keys per initiation
-# Index routes a member's handshakes may leave here: WireGuard keeps three sessions per peer
-# (previous, current, next), so eight per partner is room to spare.
-RELAY_ROUTES_PER_PEER = 8 * RELAY_PARTNERS_PER_PEER
 Forward = tuple[bytes, Endpoint]
 _RouteKey = tuple[bytes, int]  # (the key the datagram comes from, the receiver index it names)
 
@@ -55,8 +46,8 @@ class Relay:
     def __init__(
         self,
         *,
-        bytes_per_s: float = RELAY_BYTES_PER_S,
-        burst_bytes: float = RELAY_BURST_BYTES,
+        bytes_per_s: float = timers.RELAY_BYTES_PER_S,
+        burst_bytes: float = timers.RELAY_BURST_BYTES,
     ) -> None:
         self._bytes_per_s = bytes_per_s
         self._burst = burst_bytes
@@ -84,13 +75,13 @@ class Relay:
     def set_partners(self, public_key: bytes, partners: Iterable[bytes]) -> None:
         """The peers `public_key` relays with; a pair relays both ways."""
         member = self._member(public_key)
-        wanted = set(list(dict.fromkeys(partners))[:RELAY_PARTNERS_PER_PEER])
+        wanted = set(list(dict.fromkeys(partners))[: timers.RELAY_PARTNERS_PER_PEER])
         wanted.discard(public_key)
         for gone in member.partners - wanted:
             self._unpair(member, gone)
         for key in wanted - member.partners:
             other = self._member(key)
-            if len(other.partners) < RELAY_PARTNERS_PER_PEER:
+            if len(other.partners) < timers.RELAY_PARTNERS_PER_PEER:
                 member.partners.add(key)
                 other.partners.add(public_key)
             else:
@@ -160,7 +151,7 @@ class Relay:
             if self._routes.get(route) != sender.public_key:
                 self._routes[route] = sender.public_key
                 sender.routes.append(route)
-                if len(sender.routes) > RELAY_ROUTES_PER_PEER:
+                if len(sender.routes) > timers.RELAY_ROUTES_PER_PEER:
                     self._routes.pop(sender.routes.popleft(), None)
 
     def _spend(self, sender: _Member, size: int, now: float) -> bool:

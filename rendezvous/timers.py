@@ -88,3 +88,14 @@ MAX_TOKEN_LIFETIME_S = 10 * 365 * 86_400.0
 # The longest duration a flag such as --expires parses at all (a typo's guard; the token's own
 # limit is the one above).
 MAX_DURATION_S = 100 * 365 * 86_400
+
+# -- the relay -----------------------------------------------------------------------------------
+
+# A relayed pair's bulk traffic: 100 Mbit/s per sending peer, a second of it at once. A site's
+# relayed link is capped here, not the rendezvous's uplink shared by every pair.
+RELAY_BYTES_PER_S = 12_500_000.0
+RELAY_BURST_BYTES = 12_500_000.0
+RELAY_PARTNERS_PER_PEER = 64  # mac1 is tried against at most this many keys per initiation
+# Index routes a member's handshakes may leave here: WireGuard keeps three sessions per peer
+# (previous, current, next), so eight per partner is room to spare.
+RELAY_ROUTES_PER_PEER = 8 * RELAY_PARTNERS_PER_PEER

@@ -6,7 +6,7 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshpeer.common.endpoints import Endpoint
-from meshpeer.rendezvous import noise, relay, wire
+from meshpeer.rendezvous import noise, timers, wire
 from meshpeer.rendezvous.handshake import EndpointConfirmed, Responder
 from meshpeer.rendezvous.initiator import Initiator
 from meshpeer.rendezvous.relay import Relay
@@ -126,14 +126,14 @@ def test_a_flood_is_capped_and_counted_and_never_amplified() -> None:
 def test_partners_and_routes_are_bounded() -> None:
     core = Relay()
     sender = noise.public_bytes(X25519PrivateKey.generate())
-    others = [bytes([i]) * 32 for i in range(relay.RELAY_PARTNERS_PER_PEER + 10)]
+    others = [bytes([i]) * 32 for i in range(timers.RELAY_PARTNERS_PER_PEER + 10)]
     core.set_partners(sender, others)
-    assert core.pairs() == relay.RELAY_PARTNERS_PER_PEER
+    assert core.pairs() == timers.RELAY_PARTNERS_PER_PEER
     pair = Pair()
     pair.relay.set_partners(pair.alice_public, [pair.bob.public_key])
-    for _ in range(relay.RELAY_ROUTES_PER_PEER + 50):
+    for _ in range(timers.RELAY_ROUTES_PER_PEER + 50):
         pair.pass_through(pair.alice.initiation(unix_time=NOW, now=NOW), ALICE_AT)
-    assert len(pair.relay._routes) == relay.RELAY_ROUTES_PER_PEER
+    assert len(pair.relay._routes) == timers.RELAY_ROUTES_PER_PEER
 
 
 def test_a_mapping_given_to_another_member_moves_with_it() -> None:
