@@ -30,7 +30,7 @@ from .metrics import CONTENT_TYPE, ApiCounters, Snapshot, render
 from .model import Conflict, NotFound, Peer, TokenRejected
 from .registry import Registry
 from .snapshots import SnapshotCache, SnapshotRation, SnapshotRationed
-from .timers import DEFAULT_WATCH_S, HTTP_BODY_TIMEOUT_S, MAX_WATCH_S
+from .timers import DEFAULT_WATCH_S, HTTP_BODY_TIMEOUT_S, MAX_WATCH_S, RELAY_PARTNERS_PER_PEER
 
 logger = logging.getLogger("meshpeer.rendezvous.api")
 
@@ -75,6 +75,7 @@ def create_app(
     app.router.add_delete("/v1/self", leave)
     app.router.add_get("/v1/peers", list_peers)
     app.router.add_get("/v1/watch", watch)
+    app.router.add_put("/v1/relay", set_relay)
     app.router.add_get("/v1/admin/tokens", list_tokens)
     app.router.add_post("/v1/admin/tokens", create_token)
     app.router.add_delete("/v1/admin/tokens/{token_id}", revoke_token)
@@ -158,6 +159,17 @@ async def list_peers(request: web.Request) -> web.Response:
     peers = list(registry.all_peers())
     body = await asyncio.to_thread(_render_list, peers)
     return web.Response(body=body, content_type="application/json")
+
+
+async def set_relay(request: web.Request) -> web.Response:
+    """The peers the caller reaches through the relay, replacing what it said before."""
+    peer = _peer_caller(request)
+    listed = (await _json_object(request)).get("partners")
+    if not isinstance(listed, list) or len(listed) > RELAY_PARTNERS_PER_PEER:
+        raise InvalidInput(f"partners must be a list of at most {RELAY_PARTNERS_PER_PEER} keys")
+    partners = tuple(parse_key(key, "a relay partner") for key in listed)
+    peer = await request.app[REGISTRY].set_relay_partners(peer, partners)
+    return web.json_response({"partners": [encode_key(key) for key in peer.relay_partners]})
 
 
 def _render_list(peers: list[Peer]) -> bytes:

@@ -124,6 +124,20 @@ class Responder:
         else:
             self.drops["unexpected_type"] += 1
 
+    def claims(self, data: bytes) -> bool:
+        """Whether a datagram is for us rather than for the relay: an initiation whose mac1 is
+        keyed by our public key, a transport message to one of our sessions, or anything that
+        is not a well-formed message another peer could be waiting for (we count it)."""
+        if len(data) < 8:
+            return True
+        kind = data[0]
+        if kind == wire.MessageType.INITIATION and len(data) == wire.INITIATION_SIZE:
+            body, mac1 = data[: wire.INITIATION_MAC1_END], data[wire.INITIATION_MAC1_END :][:16]
+            return hmac.compare_digest(noise.mac(self._mac1_key, body), mac1)
+        if kind == wire.MessageType.TRANSPORT:
+            return int.from_bytes(data[4:8], "little") in self._sessions
+        return kind not in (wire.MessageType.RESPONSE, wire.MessageType.COOKIE_REPLY)
+
     def datagrams_to_send(self) -> list[tuple[bytes, Endpoint]]:
         outgoing, self._outgoing = self._outgoing, []
         return outgoing

@@ -24,6 +24,7 @@ from .addresses import AddressAllocator
 from .datadir import Identity
 from .model import (
     Conflict,
+    NotFound,
     Peer,
     Token,
     TokenRejected,
@@ -34,7 +35,7 @@ from .model import (
 )
 from .peerindex import PeerIndex
 from .storage import Store, StoredToken, Transaction
-from .timers import MAX_TOKEN_LIFETIME_S
+from .timers import MAX_TOKEN_LIFETIME_S, RELAY_PARTNERS_PER_PEER
 
 Joined = tuple[Peer, str, JoinKeys, bool]  # the peer, its new credential, keys, newly created
 
@@ -132,6 +133,31 @@ class Admission:
         pending = tuple(route for route in peer.pending_routes if route not in wanted)
         await db.set_routes(peer.public_key, peer.routes + added, pending)
         return replace(peer, routes=peer.routes + added, pending_routes=pending)
+
+    async def revoke_routes(
+        self, db: Transaction, peer: Peer, routes: tuple[IPNetwork, ...]
+    ) -> Peer:
+        """Take routes from a peer, granted or pending."""
+        kept = tuple(route for route in peer.routes if route not in routes)
+        pending = tuple(route for route in peer.pending_routes if route not in routes)
+        await db.set_routes(peer.public_key, kept, pending)
+        return replace(peer, routes=kept, pending_routes=pending)
+
+    async def set_relay_partners(
+        self, db: Transaction, public_key: bytes, partners: tuple[bytes, ...]
+    ) -> Peer:
+        """Registered peers only, never itself, each once, and a bounded number (the relay
+        tries an initiation's mac1 against each)."""
+        known = tuple(
+            key for key in dict.fromkeys(partners) if key != public_key and self._index.get(key)
+        )
+        if len(known) > RELAY_PARTNERS_PER_PEER:
+            raise InvalidInput(f"at most {RELAY_PARTNERS_PER_PEER} relay partners per peer")
+        await db.set_relay_partners(public_key, known)
+        peer = self._index.get(public_key)
+        if peer is None:
+            raise NotFound("no such peer")
+        return replace(peer, relay_partners=known)
 
     def check_new_key(self, public_key: bytes) -> None:
         if public_key == self._identity.public_key:

@@ -31,6 +31,15 @@ class Snapshot:
     # What the rendezvous held back from a client: damped endpoint moves, rationed full lists,
     # connections over a client's share.
     held_back: Mapping[str, int] = field(default_factory=dict)
+    relay: RelayFigures | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RelayFigures:
+    packets: int
+    bytes: int
+    pairs: int
+    drops: Mapping[str, int]
 
 
 def render(snapshot: Snapshot) -> str:
@@ -87,7 +96,24 @@ def render(snapshot: Snapshot) -> str:
         (("what", k),): v for k, v in snapshot.held_back.items()
     }
     lines.extend(_labelled("held_back_total", held))
+    if snapshot.relay is not None:
+        _relay_lines(lines, snapshot.relay)
     return "\n".join(lines) + "\n"
+
+
+def _relay_lines(lines: list[str], relay: RelayFigures) -> None:
+    _sample(lines, "relayed_packets_total", "counter", "Datagrams relayed.", relay.packets)
+    _sample(
+        lines, "relayed_bytes_total", "counter", "Bytes relayed (as many out as in).", relay.bytes
+    )
+    _sample(lines, "relayed_pairs", "gauge", "Pairs of peers that relay.", relay.pairs)
+    _metric(
+        lines, "relay_drops_total", "counter", "Datagrams the relay did not forward, by reason."
+    )
+    drops: dict[tuple[tuple[str, str], ...], int] = {
+        (("reason", k),): v for k, v in relay.drops.items()
+    }
+    lines.extend(_labelled("relay_drops_total", drops))
 
 
 def _sample(lines: list[str], name: str, kind: str, help_text: str, value: int) -> None:

@@ -70,6 +70,9 @@ class Peer:
     last_handshake: float | None = None
     handshake_timestamp: bytes = b""  # the newest TAI64N accepted: the replay floor
     pending_routes: tuple[IPNetwork, ...] = ()  # asked for, not (yet) granted by the operator
+    # The peers it asked to reach through the relay; a pair relays both ways, so every peer
+    # listed here (and the peer itself) points the other at the rendezvous.
+    relay_partners: tuple[bytes, ...] = ()
 
     @property
     def public_key_b64(self) -> str:
@@ -88,6 +91,7 @@ class Peer:
             "last_handshake": _whole_seconds(self.last_handshake),
             "endpoint_confirmed_at": _milliseconds(self.endpoint_confirmed_at),
             "routes": [str(route) for route in self.routes],
+            "relay_partners": [encode_key(key) for key in self.relay_partners],
         }
 
 

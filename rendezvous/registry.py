@@ -271,11 +271,15 @@ class Registry:
         """Take routes from a peer, granted or pending; agents remove them within a second."""
         async with self._store.transaction() as db:
             await self._catch_up(db)
-            peer = self.find(name_or_key)
-            kept = tuple(route for route in peer.routes if route not in routes)
-            pending = tuple(route for route in peer.pending_routes if route not in routes)
-            await db.set_routes(peer.public_key, kept, pending)
-        peer = replace(peer, routes=kept, pending_routes=pending)
+            peer = await self._admission.revoke_routes(db, self.find(name_or_key), routes)
+        self._apply_own(peer)
+        return peer
+
+    async def set_relay_partners(self, peer: Peer, partners: tuple[bytes, ...]) -> Peer:
+        """The peers `peer` reaches through the relay: registered ones only, itself never."""
+        async with self._store.transaction() as db:
+            await self._catch_up(db)
+            peer = await self._admission.set_relay_partners(db, peer.public_key, partners)
         self._apply_own(peer)
         return peer
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import hmac
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -36,7 +37,8 @@ class _Member:
     public_key: bytes
     mac1_key: bytes  # HASH(LABEL_MAC1 || key): what an initiation for this member is keyed by
     endpoint: Endpoint | None = None
-    partners: set[bytes] = field(default_factory=set)
+    named: set[bytes] = field(default_factory=set)  # the partners this member asked for
+    named_by: set[bytes] = field(default_factory=set)  # the members that asked for this one
     allowance: float = 0.0  # bytes this member may still send through us (a token bucket)
     refilled_at: float = float("-inf")
     routes: collections.deque[_RouteKey] = field(default_factory=collections.deque)
@@ -54,6 +56,7 @@ class Relay:
         self._members: dict[bytes, _Member] = {}
         self._by_endpoint: dict[Endpoint, _Member] = {}
         self._routes: dict[_RouteKey, bytes] = {}  # -> the key it goes to
+        self._outgoing: list[Forward] = []
         self.packets = 0
         self.bytes = 0
         self.drops: collections.Counter[str] = collections.Counter()
@@ -73,26 +76,32 @@ class Relay:
             self._by_endpoint[endpoint] = member
 
     def set_partners(self, public_key: bytes, partners: Iterable[bytes]) -> None:
-        """The peers `public_key` relays with; a pair relays both ways."""
+        """The peers `public_key` asked to relay with (replacing what it asked before). A pair
+        relays both ways, whichever side asked; each side of a member is bounded."""
         member = self._member(public_key)
-        wanted = set(list(dict.fromkeys(partners))[: timers.RELAY_PARTNERS_PER_PEER])
-        wanted.discard(public_key)
-        for gone in member.partners - wanted:
-            self._unpair(member, gone)
-        for key in wanted - member.partners:
+        wanted = [key for key in dict.fromkeys(partners) if key != public_key]
+        wanted = wanted[: timers.RELAY_PARTNERS_PER_PEER]
+        for gone in member.named - set(wanted):
+            member.named.discard(gone)
+            self._members[gone].named_by.discard(public_key)
+        for key in wanted:
             other = self._member(key)
-            if len(other.partners) < timers.RELAY_PARTNERS_PER_PEER:
-                member.partners.add(key)
-                other.partners.add(public_key)
-            else:
+            if key in member.named:
+                continue
+            if len(other.named_by) >= timers.RELAY_PARTNERS_PER_PEER:
                 self.drops["partners_full"] += 1
+                continue
+            member.named.add(key)
+            other.named_by.add(public_key)
 
     def remove(self, public_key: bytes) -> None:
         member = self._members.pop(public_key, None)
         if member is None:
             return
-        for key in list(member.partners):
-            self._unpair(member, key)
+        for key in member.named:
+            self._members[key].named_by.discard(public_key)
+        for key in member.named_by:
+            self._members[key].named.discard(public_key)
         if member.endpoint is not None and self._by_endpoint.get(member.endpoint) is member:
             del self._by_endpoint[member.endpoint]
         for route in member.routes:
@@ -100,19 +109,43 @@ class Relay:
 
     def is_relayed(self, public_key: bytes) -> bool:
         member = self._members.get(public_key)
-        return bool(member and member.partners)
+        return bool(member and (member.named or member.named_by))
 
     def pairs(self) -> int:
-        return sum(len(member.partners) for member in self._members.values()) // 2
+        """Pairs that relay, each counted once whichever side (or both) asked."""
+        found = {
+            (min(member.public_key, key), max(member.public_key, key))
+            for member in self._members.values()
+            for key in member.named
+        }
+        return len(found)
 
     # -- the datagram path --------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, source: Endpoint, now: float) -> None:
+        """As a core of the WireGuard port (wgport.py): what the responder does not claim."""
+        try:
+            message = wire.parse(data)
+        except wire.MalformedMessage:
+            self.drops["malformed"] += 1
+            return
+        forward = self.forward(message, data, source, now)
+        if forward is not None:
+            self._outgoing.append(forward)
+
+    def datagrams_to_send(self) -> list[Forward]:
+        outgoing, self._outgoing = self._outgoing, []
+        return outgoing
+
+    def next_event(self) -> None:
+        return None  # the relay learns nothing the registry must hear of
 
     def forward(
         self, message: wire.Message, data: bytes, source: Endpoint, now: float
     ) -> Forward | None:
         """Where `data` (already parsed as `message`) goes, or None (a counted drop)."""
         sender = self._by_endpoint.get(source)
-        if sender is None or not sender.partners:
+        if sender is None or not (sender.named or sender.named_by):
             self.drops["not_a_relay_member"] += 1
             return None
         target = self._target(sender, message)
@@ -132,14 +165,14 @@ class Relay:
     def _target(self, sender: _Member, message: wire.Message) -> _Member | None:
         if isinstance(message, wire.Initiation):
             body = message.raw[: wire.INITIATION_MAC1_END]
-            for key in sender.partners:
+            for key in itertools.chain(sender.named, sender.named_by):
                 partner = self._members[key]
                 if hmac.compare_digest(noise.mac(partner.mac1_key, body), message.mac1):
                     return partner
             self.drops["no_partner_for_mac1"] += 1
             return None
         destination = self._routes.get((sender.public_key, message.receiver))
-        if destination is None or destination not in sender.partners:
+        if destination is None or not _paired(sender, destination):
             self.drops["unknown_index"] += 1
             return None
         return self._members[destination]
@@ -171,8 +204,6 @@ class Relay:
             member.allowance = self._burst
         return member
 
-    def _unpair(self, member: _Member, key: bytes) -> None:
-        member.partners.discard(key)
-        other = self._members.get(key)
-        if other is not None:
-            other.partners.discard(member.public_key)
+
+def _paired(member: _Member, key: bytes) -> bool:
+    return key in member.named or key in member.named_by

@@ -22,9 +22,10 @@ from .api import RATION, create_app
 from .apiserve import ApiServer
 from .dnsserve import DnsServer
 from .handshake import EndpointConfirmed, Event, InitiationAccepted, Responder
-from .metrics import ApiCounters, Snapshot
+from .metrics import ApiCounters, RelayFigures, Snapshot
 from .model import Peer
 from .registry import ChangeKind, Registry
+from .relay import Relay
 from .timers import DNS_TCP_CONNECTIONS
 from .tls import server_context
 from .udp import DatagramEndpoint
@@ -51,12 +52,16 @@ class Rendezvous:
         )
         registry.zone_serial = lambda: self.zone.serial  # kept, so it never goes backwards
         self._dns = DnsServer(self.authority)
+        self.relay = Relay()
         self._udp: DatagramEndpoint | None = None
         self._api: ApiServer | None = None
         for peer in registry.peers():
             # The stored TAI64N floor: an initiation recorded before a restart stays refused.
             self.responder.authorize(peer.public_key, peer.handshake_timestamp)
             self.zone.put(zone_entry(peer))
+            self.relay.set_endpoint(peer.public_key, peer.endpoint)
+        for peer in registry.peers():  # once every peer is known, so partners are found
+            self._relay_partners(peer)
         registry.subscribe(self._on_registry_change)
 
     async def start(self) -> None:
@@ -65,7 +70,9 @@ class Rendezvous:
         self._udp = await _listen(
             "--wg-listen",
             settings.wg_listen,
-            serve_handshakes(self.responder, *settings.wg_listen, self._on_handshake_event),
+            serve_handshakes(
+                self.responder, *settings.wg_listen, self._on_handshake_event, self.relay
+            ),
         )
         files = self.registry.tls_files
         self._api = ApiServer(
@@ -115,6 +122,9 @@ class Rendezvous:
             api_requests=dict(self.counters.requests),
             dns={**self.authority.counts, **self._dns.udp_drops},
             held_back=self._held_back(),
+            relay=RelayFigures(
+                self.relay.packets, self.relay.bytes, self.relay.pairs(), dict(self.relay.drops)
+            ),
         )
 
     def _socket_drops(self) -> collections.Counter[str]:
@@ -136,11 +146,14 @@ class Rendezvous:
             self.registry.observe_handshake(event.public_key, event.timestamp, now)
         elif isinstance(event, EndpointConfirmed):
             host, port = event.source
-            self.registry.observe_endpoint(event.public_key, (unmap_address(host), port), now)
+            source = (unmap_address(host), port)
+            self.relay.set_endpoint(event.public_key, event.source)  # as the socket sees it
+            self.registry.observe_endpoint(event.public_key, source, now)
 
     def _on_registry_change(self, kind: ChangeKind, peer: Peer) -> None:
         if kind == "removed":
             self.responder.revoke(peer.public_key)
+            self.relay.remove(peer.public_key)
             self.zone.remove(peer.public_key)
             logger.info("peer %s removed", peer.name)
             return
@@ -148,6 +161,12 @@ class Rendezvous:
         if kind == "added":
             self.responder.authorize(peer.public_key, peer.handshake_timestamp)
             logger.info("peer %s registered (%s)", peer.name, peer.address)
+        self._relay_partners(peer)
+
+    def _relay_partners(self, peer: Peer) -> None:
+        """Registered peers only: a removed key left in someone's list relays nothing."""
+        named = [key for key in peer.relay_partners if self.registry.peer(key) is not None]
+        self.relay.set_partners(peer.public_key, named)
 
 
 def zone_entry(peer: Peer) -> PeerEntry:

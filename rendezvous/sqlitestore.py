@@ -21,6 +21,7 @@ from typing import Any
 import aiosqlite
 
 from meshpeer.common.endpoints import IPAddress, IPNetwork
+from meshpeer.common.keys import encode_key, parse_key
 
 from . import sqlschema
 from .model import Conflict, Peer, Token, parse_cidr
@@ -29,7 +30,8 @@ from .timers import SQLITE_BUSY_TIMEOUT_S
 
 _PEER_COLUMNS = (
     "public_key, name, address, routes, endpoint_host, endpoint_port, "
-    "endpoint_confirmed_at, last_handshake, handshake_timestamp, pending_routes, credential_hash"
+    "endpoint_confirmed_at, last_handshake, handshake_timestamp, pending_routes, credential_hash, "
+    "relay_partners"
 )
 
 
@@ -204,6 +206,13 @@ class SqliteTransaction(_SqliteReader):
         )
         await self._log_change(public_key)
 
+    async def set_relay_partners(self, public_key: bytes, partners: tuple[bytes, ...]) -> None:
+        await self._db.execute(
+            "UPDATE peers SET relay_partners = ? WHERE public_key = ?",
+            (json.dumps([encode_key(key) for key in partners]), public_key),
+        )
+        await self._log_change(public_key)
+
     async def set_credential_hash(self, public_key: bytes, credential_hash: bytes) -> None:
         await self._db.execute(
             "UPDATE peers SET credential_hash = ? WHERE public_key = ?",
@@ -336,6 +345,7 @@ def _stored_peer(row: Any) -> StoredPeer:
         endpoint_confirmed_at=confirmed_at,
         last_handshake=handshake,
         handshake_timestamp=bytes(timestamp),
+        relay_partners=tuple(parse_key(key, "stored relay partner") for key in json.loads(row[11])),
     )
     return StoredPeer(peer, bytes(row[10]) if row[10] is not None else None)
 

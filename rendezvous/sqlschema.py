@@ -10,7 +10,7 @@ from meshpeer.common.errors import InvalidInput
 
 logger = logging.getLogger("meshpeer.rendezvous.registry")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each CREATE ... IF NOT EXISTS is idempotent; tables of an older schema stay as they are until
 # `upgrade` brings them forward.
@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS peers (
     pending_routes TEXT NOT NULL DEFAULT '[]',
     token_id TEXT,
     last_join_ms INTEGER NOT NULL DEFAULT 0,
+    relay_partners TEXT NOT NULL DEFAULT '[]',
     UNIQUE (network_id, name),
     UNIQUE (network_id, address)
 );
@@ -75,6 +76,8 @@ _MIGRATIONS = (
     "UPDATE tokens SET revoked = 1",
     "UPDATE peers SET credential_hash = NULL",
 )
+# Schema 2 to 3: the peers each peer reaches through the relay.
+_RELAY_MIGRATIONS = ("ALTER TABLE peers ADD COLUMN relay_partners TEXT NOT NULL DEFAULT '[]'",)
 
 
 async def upgrade(db: aiosqlite.Connection, meta: dict[str, str]) -> bool:
@@ -93,4 +96,7 @@ async def upgrade(db: aiosqlite.Connection, meta: dict[str, str]) -> bool:
             "new tokens; agents join again), and routes peers claimed are requests now (grant "
             "each with `rendezvous peer routes approve NAME`)"
         )
+    if version in (1, 2):
+        for statement in _RELAY_MIGRATIONS:
+            await db.execute(statement)
     return version != SCHEMA_VERSION or "schema" not in meta

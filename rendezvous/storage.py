@@ -105,6 +105,10 @@ class Transaction(Reader, Protocol):
         self, public_key: bytes, routes: tuple[IPNetwork, ...], pending: tuple[IPNetwork, ...]
     ) -> None: ...
 
+    async def set_relay_partners(self, public_key: bytes, partners: tuple[bytes, ...]) -> None:
+        """The peers `public_key` reaches through the relay (a change other processes see)."""
+        ...
+
     async def set_credential_hash(self, public_key: bytes, credential_hash: bytes) -> None: ...
 
     async def delete_peer(self, public_key: bytes) -> None:

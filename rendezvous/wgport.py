@@ -1,10 +1,10 @@
 """The WireGuard port: one UDP socket (udp.py) whose datagrams a small dispatcher routes to the
 sans-I/O core each belongs to.
 
-Today every datagram goes to the handshake responder (handshake.py). A core added later (the
-relay) claims the datagrams that are its own, say transport messages to the receiver indexes it
-allocated, with `add_core`; whatever no core claims still reaches the responder, which counts
-it as a drop if it is not for it.
+The handshake responder (handshake.py) takes what is its own: initiations keyed by our public
+key, transport messages to its sessions, and anything malformed (it counts those). The relay
+(relay.py) takes the rest, with `add_core`: initiations keyed by another peer's key, responses,
+cookie replies, and transport messages to indexes the relay learned.
 """
 
 from __future__ import annotations
@@ -56,7 +56,15 @@ class WireGuardPort:
 
 
 async def serve_handshakes(
-    responder: Responder, host: str, port: int, on_event: Callable[[Event], None]
+    responder: Responder,
+    host: str,
+    port: int,
+    on_event: Callable[[Event], None],
+    relay: Core | None = None,
 ) -> DatagramEndpoint:
-    """The WireGuard port on `host:port`, answering with `responder`; the loop's clock."""
-    return DatagramEndpoint(open_socket(host, port), WireGuardPort(responder, on_event).handle)
+    """The WireGuard port on `host:port`, answering with `responder` and forwarding what it
+    does not claim through `relay`; the loop's clock."""
+    port_cores = WireGuardPort(responder, on_event)
+    if relay is not None:
+        port_cores.add_core(lambda data: not responder.claims(data), relay)
+    return DatagramEndpoint(open_socket(host, port), port_cores.handle)

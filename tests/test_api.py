@@ -387,3 +387,32 @@ def test_the_answer_to_a_refused_join_carries_no_secret(tmp_path: Path) -> None:
                 assert str(body["token"]) not in text and str(body["proof"]) not in text
 
     run(scenario)
+
+
+def test_a_peer_names_its_relay_partners_and_every_peer_sees_them(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with api(tmp_path) as (client, service, admin):
+            rendezvous_key = service.registry.public_key
+            credentials = {}
+            for name in ("laptop", "phone"):
+                joiner = Joiner(name)
+                token = await make_token(client, admin)
+                joined = await client.post("/v1/join", json=joiner.body(token, rendezvous_key))
+                credentials[name] = joiner.credential(await joined.json(), rendezvous_key)
+            phone = encode_key(service.registry.find("phone").public_key)
+            stranger, laptop = new_key(), encode_key(service.registry.find("laptop").public_key)
+            asked = {"partners": [phone, stranger, laptop, phone]}
+            headers = bearer(credentials["laptop"])
+            answer = await client.put("/v1/relay", json=asked, headers=headers)
+            assert answer.status == 200
+            assert await answer.json() == {"partners": [phone]}  # itself and strangers go
+            listed = await client.get("/v1/peers", headers=bearer(credentials["phone"]))
+            by_name = {peer["name"]: peer for peer in await listed.json()}
+            assert by_name["laptop"]["relay_partners"] == [phone]
+            for bad in ({"partners": "x"}, {"partners": ["x"]}, {"partners": [phone] * 65}, {}):
+                refused = await client.put("/v1/relay", json=bad, headers=headers)
+                assert refused.status == 400, bad
+            nobody = await client.put("/v1/relay", json=asked, headers=bearer("nonsense"))
+            assert nobody.status == 401
+
+    run(scenario)

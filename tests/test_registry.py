@@ -499,6 +499,47 @@ def _downgrade_to_schema_1(path: Path) -> None:
             ("peers", "last_join_ms"),
             ("tokens", "allowed_routes"),
             ("tokens", "label"),
+            ("peers", "relay_partners"),
         ]:
             db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+
+
+def test_a_schema_2_folder_gains_relay_partners_and_keeps_its_peers(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        registry = await Registry.open(tmp_path, SMALL)
+        laptop = await registry.add_peer(new_key(), "laptop")
+        await registry.close()
+        with contextlib.closing(sqlite3.connect(tmp_path / DATABASE_NAME)) as db, db:
+            db.execute("ALTER TABLE peers DROP COLUMN relay_partners")
+            db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+        registry = await Registry.open(tmp_path)
+        try:
+            assert registry.find("laptop") == laptop and laptop.relay_partners == ()
+            other = await registry.add_peer(new_key(), "phone")
+            changed = await registry.set_relay_partners(laptop, (other.public_key,))
+            assert changed.relay_partners == (other.public_key,)
+        finally:
+            await registry.close()
+
+    run(scenario)
+
+
+def test_relay_partners_are_registered_peers_and_survive_a_restart(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        registry = await Registry.open(tmp_path, SMALL)
+        laptop = await registry.add_peer(new_key(), "laptop")
+        phone = await registry.add_peer(new_key(), "phone")
+        partners = (phone.public_key, new_key(), laptop.public_key)
+        changed = await registry.set_relay_partners(laptop, partners)
+        assert changed.relay_partners == (phone.public_key,)
+        await registry.close()
+        registry = await Registry.open(tmp_path)
+        try:
+            stored = registry.find("laptop")
+            assert stored.relay_partners == (phone.public_key,)
+            assert stored.to_json()["relay_partners"] == [phone.public_key_b64]
+        finally:
+            await registry.close()
+
+    run(scenario)

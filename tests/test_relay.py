@@ -143,3 +143,25 @@ def test_a_mapping_given_to_another_member_moves_with_it() -> None:
     pair.relay.set_endpoint(dave, ALICE_AT)  # the NAT reused Alice's mapping for Dave
     initiation = pair.alice.initiation(unix_time=NOW, now=NOW)
     assert pair.pass_through(initiation, ALICE_AT) is None  # Dave has no partners
+
+
+def test_a_pair_relays_both_ways_whichever_side_asked() -> None:
+    pair = Pair()
+    pair.relay.set_partners(pair.bob.public_key, [pair.alice_public])  # only Bob asked
+    pair.relay.set_partners(pair.alice_public, [])  # Alice asking for nobody changes nothing
+    pair.handshake()
+    assert pair.relay.pairs() == 1
+    pair.relay.set_partners(pair.bob.public_key, [])
+    assert pair.relay.pairs() == 0
+    assert pair.pass_through(pair.alice.keepalive(), ALICE_AT) is None
+
+
+def test_the_responder_claims_only_what_is_its_own() -> None:
+    pair = Pair()
+    rendezvous = Responder(X25519PrivateKey.generate())
+    for_bob = pair.alice.initiation(unix_time=NOW, now=NOW)
+    assert not rendezvous.claims(for_bob)  # keyed by Bob's key: the relay's
+    assert pair.bob.claims(for_bob)
+    assert not rendezvous.claims(bytes([2, 0, 0, 0]) + bytes(88))  # a response
+    assert not rendezvous.claims(bytes([4, 0, 0, 0]) + bytes(28))  # transport, not our index
+    assert rendezvous.claims(b"\x01\x00")  # malformed: the responder counts it

@@ -96,6 +96,7 @@ def test_the_admin_commands_share_one_data_folder(tmp_path: Path) -> None:
         "last_handshake": None,
         "endpoint_confirmed_at": None,
         "routes": [],
+        "relay_partners": [],
         "pending_routes": [],
     }
     table = rendezvous("peers", env=env).stdout
