@@ -42,3 +42,11 @@ def configure_logging(level: str) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("meshpeer").setLevel(level.upper())
+
+
+def print_table(rows: list[list[str]]) -> None:
+    """Rows in columns as wide as their widest cell, the first row being the header."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())

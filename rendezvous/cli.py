@@ -25,19 +25,18 @@ from meshpeer.common.console import (
     USAGE_ERROR,
     OneLineParser,
     configure_logging,
+    print_table,
     report,
     version,
 )
-from meshpeer.common.endpoints import IPNetwork, format_endpoint
+from meshpeer.common.endpoints import format_endpoint
 from meshpeer.common.errors import Failure, UsageError
-from meshpeer.common.keys import encode_key, parse_key
+from meshpeer.common.keys import encode_key
 from meshpeer.common.pinning import PinnedKey
-from meshpeer.dns.naming import parse_name
 
+from . import peercommands
 from . import settings as config
 from .model import (
-    Peer,
-    parse_cidr,
     parse_duration,
     parse_label,
     parse_routes,
@@ -117,7 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="peer_command", metavar="ACTION", required=True
     )
     add = peer.add_parser("add", parents=[common], help="register an existing WireGuard peer")
-    add.add_argument("--public-key", required=True, help="its public key (wg pubkey)")
+    add.add_argument("--public-key", help="its public key (wg pubkey)")
+    add.add_argument(
+        "--config",
+        action="store_true",
+        help="for a phone or box that cannot run the agent: make its key and print its "
+        "wg-quick configuration (every peer through the relay), and a QR code on a terminal",
+    )
     add.add_argument("--name", required=True, help="its name, a DNS label")
     add.add_argument("--routes", default="", help="CIDRs it routes to, comma-separated")
     remove = peer.add_parser("remove", parents=[common], help="remove a peer")
@@ -238,7 +243,7 @@ async def _token_list(registry: Registry, args: argparse.Namespace) -> None:
         state = "revoked" if token.revoked else "expired" if token.expires_at <= now else "valid"
         expires = time.strftime("%Y-%m-%d %H:%M", time.localtime(token.expires_at))
         rows.append([token.token_id, token.label or "-", str(token.uses_left), expires, state])
-    _print_table(rows)
+    print_table(rows)
 
 
 async def _token_revoke(registry: Registry, args: argparse.Namespace) -> None:
@@ -262,15 +267,7 @@ async def _info(registry: Registry, args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(facts, indent=2))
     else:
-        _print_table([[key.replace("_", " "), str(value)] for key, value in facts.items()])
-
-
-async def _peer_add(registry: Registry, args: argparse.Namespace) -> None:
-    key = parse_key(args.public_key, "--public-key")
-    settings = registry.settings
-    routes = parse_routes(args.routes, settings.network, settings.own_addresses)
-    peer = await registry.add_peer(key, parse_name(args.name), routes)
-    print(peer.address)
+        print_table([[key.replace("_", " "), str(value)] for key, value in facts.items()])
 
 
 async def _health(registry: Registry, args: argparse.Namespace) -> None:
@@ -297,89 +294,17 @@ async def _health(registry: Registry, args: argparse.Namespace) -> None:
     print(f"ok: {body.get('peers', 0)} peers")
 
 
-async def _routes_approve(registry: Registry, args: argparse.Namespace) -> None:
-    settings = registry.settings
-    routes = (
-        None
-        if args.routes is None
-        else parse_routes(args.routes, settings.network, settings.own_addresses)
-    )
-    peer = await registry.grant_routes(args.peer, routes)
-    print(f"{peer.name} carries {_cidrs(peer.routes)}; waiting: {_cidrs(peer.pending_routes)}")
-
-
-async def _routes_revoke(registry: Registry, args: argparse.Namespace) -> None:
-    routes = tuple(parse_cidr(item, "route") for item in args.routes.split(",") if item.strip())
-    peer = await registry.revoke_routes(args.peer, routes)
-    print(f"{peer.name} carries {_cidrs(peer.routes)}; waiting: {_cidrs(peer.pending_routes)}")
-
-
-def _cidrs(routes: tuple[IPNetwork, ...]) -> str:
-    return ",".join(str(route) for route in routes) or "none"
-
-
-async def _peer_remove(registry: Registry, args: argparse.Namespace) -> None:
-    peer = await registry.remove_peer(args.peer)
-    print(f"removed {peer.name} ({peer.address})")
-
-
-async def _peers(registry: Registry, args: argparse.Namespace) -> None:
-    listed = registry.peers()
-    if args.json:
-        print(json.dumps([peer.to_json(operator=True) for peer in listed], indent=2))
-        return
-    rows = [["NAME", "ADDRESS", "ENDPOINT", "HANDSHAKE", "ROUTES", "PUBLIC KEY"]]
-    now = time.time()
-    rows.extend(_peer_row(peer, now) for peer in listed)
-    _print_table(rows)
-
-
-def _peer_row(peer: Peer, now: float) -> list[str]:
-    return [
-        peer.name,
-        str(peer.address),
-        format_endpoint(peer.endpoint) if peer.endpoint else "-",
-        _ago(peer.last_handshake, now),
-        _routes_cell(peer),
-        peer.public_key_b64,
-    ]
-
-
-def _routes_cell(peer: Peer) -> str:
-    granted = [str(route) for route in peer.routes]
-    waiting = [f"{route} (not approved)" for route in peer.pending_routes]
-    return ",".join(granted + waiting) or "-"
-
-
-def _ago(moment: float | None, now: float) -> str:
-    if moment is None:
-        return "never"
-    seconds = max(0, int(now - moment))
-    if seconds < 120:
-        return f"{seconds}s ago"
-    if seconds < 7200:
-        return f"{seconds // 60}m ago"
-    return f"{seconds // 3600}h ago"
-
-
-def _print_table(rows: list[list[str]]) -> None:
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    for row in rows:
-        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-        print("  ".join(cells).rstrip())
-
-
 Action = Callable[[Registry, argparse.Namespace], Awaitable[None]]
 _ACTIONS: dict[tuple[str, str | None], Action] = {
     ("token", "create"): _token_create,
     ("token", "list"): _token_list,
     ("token", "revoke"): _token_revoke,
     ("info", None): _info,
-    ("peer", "add"): _peer_add,
-    ("peer", "remove"): _peer_remove,
-    ("peer routes", "approve"): _routes_approve,
-    ("peer routes", "revoke"): _routes_revoke,
-    ("peers", None): _peers,
+    ("peer", "add"): peercommands.peer_add,
+    ("peer", "remove"): peercommands.peer_remove,
+    ("peer routes", "approve"): peercommands.routes_approve,
+    ("peer routes", "revoke"): peercommands.routes_revoke,
+    ("peers", None): peercommands.peers,
     ("health", None): _health,
 }
 

@@ -99,3 +99,8 @@ RELAY_PARTNERS_PER_PEER = 64  # mac1 is tried against at most this many keys per
 # Index routes a member's handshakes may leave here: WireGuard keeps three sessions per peer
 # (previous, current, next), so eight per partner is room to spare.
 RELAY_ROUTES_PER_PEER = 8 * RELAY_PARTNERS_PER_PEER
+# A device that cannot run the agent (`peer add --config`) keeps the rendezvous alive as agents
+# do, so a NAT rebinding is news at the next keepalive; towards mesh peers, the 25 s WireGuard
+# suggests for peers behind NATs.
+CONFIG_RENDEZVOUS_KEEPALIVE_S = 10
+CONFIG_PEER_KEEPALIVE_S = 25

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -12,8 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from meshpeer.common.keys import encode_key
 from meshpeer.rendezvous import settings as config
+from meshpeer.rendezvous.noise import public_bytes
 from meshpeer.rendezvous.registry import Registry
 from tests.lab.wireguard import KeyPair
 
@@ -243,3 +247,41 @@ def test_the_operator_grants_and_revokes_routes(tmp_path: Path) -> None:
     # stdout is the token alone (for scripts); stderr names it, for revoking it later
     assert f"token {token['id']} (office gw): 1 use(s)" in allowed.stderr
     assert "office gw" in rendezvous("token", "list", env=env).stdout
+
+
+def test_a_phone_gets_a_wg_quick_configuration_that_reaches_every_peer_through_the_relay(
+    tmp_path: Path,
+) -> None:
+    env = {"RENDEZVOUS_DATA_DIR": str(served(tmp_path / "data"))}
+    keys = [KeyPair.generate().public_key for _ in range(2)]
+    for name, key in zip(("laptop", "nas"), keys, strict=True):
+        assert (
+            rendezvous("peer", "add", "--public-key", key, "--name", name, env=env).returncode == 0
+        )
+    made = rendezvous("peer", "add", "--name", "phone", "--config", env=env)
+    assert made.returncode == 0, made.stderr
+    assert "only copy of its private key" in made.stderr and "█" not in made.stdout  # no tty
+    sections = made.stdout.split("\n\n")
+    interface, rendezvous_peer, *peers = (dict(_settings(section)) for section in sections)
+    private = X25519PrivateKey.from_private_bytes(base64.b64decode(interface["PrivateKey"]))
+    phone_key = encode_key(public_bytes(private))
+    info = json.loads(rendezvous("info", "--json", env=env).stdout)
+    assert interface["Address"] == "10.77.0.4/32"
+    assert rendezvous_peer["PublicKey"] == info["public_key"]
+    assert rendezvous_peer["PersistentKeepalive"] == "10"
+    assert [peer["PublicKey"] for peer in peers] == keys
+    assert {peer["Endpoint"] for peer in [rendezvous_peer, *peers]} == {info["endpoint"]}
+    assert [peer["AllowedIPs"] for peer in peers] == ["10.77.0.2/32", "10.77.0.3/32"]
+    listed = {p["name"]: p for p in json.loads(rendezvous("peers", "--json", env=env).stdout)}
+    assert listed["phone"]["public_key"] == phone_key
+    assert listed["phone"]["relay_partners"] == keys
+    table = rendezvous("peers", env=env).stdout
+    assert "RELAYED WITH" in table and "laptop,nas" in table
+
+    both = rendezvous("peer", "add", "--name", "tv", "--config", "--public-key", keys[0], env=env)
+    assert_one_line_error(both, 2, "--public-key KEY, or --config")
+
+
+def _settings(section: str) -> list[tuple[str, str]]:
+    pairs = (line.split(" = ", 1) for line in section.splitlines() if " = " in line)
+    return [(key, value) for key, value in pairs]
