@@ -26,11 +26,12 @@ from meshpeer.common.errors import Failure, UsageError
 from meshpeer.dns.naming import parse_name
 
 from . import client
-from .agent import DNS_SD_POLL_S, Agent, Options
+from .agent import Agent, Options
 from .errors import AgentError
+from .links import Links
 from .prechecks import check_interface_name
 from .state import DEFAULT_STATE_DIR, StateDir, is_running_agent
-from .wireguard import Links
+from .timers import DNS_SD_POLL_S
 
 PROG = "meshpeer"
 INTERRUPTED = 130  # 128 + SIGINT, as shells report it
