@@ -27,6 +27,7 @@ from meshpeer.peer.state import StateDir
 from meshpeer.peer.status import Identity, RendezvousState
 from meshpeer.peer.timers import PATH_FRESH_S, PEER_KEEPALIVE_S, REPUNCH_S
 from meshpeer.peer.uapi import DeviceStatus, PeerConfig, PeerStatus, UapiError
+from tests.blocking import forbid_on_loop_thread
 
 KEY_A, KEY_B, OWN = bytes([1]) * 32, bytes([2]) * 32, bytes([9]) * 32
 
@@ -158,6 +159,7 @@ class FakeNetlinkWireGuard:
         self.calls, self.info_messages = calls, info
 
     def __enter__(self) -> FakeNetlinkWireGuard:
+        forbid_on_loop_thread("pyroute2.WireGuard")  # as the real one is (conftest.py)
         return self
 
     def __exit__(self, *_: object) -> None:

@@ -32,6 +32,7 @@ from meshpeer.peer.supervise import supervised
 from meshpeer.peer.timers import REPUNCH_S
 from meshpeer.peer.uapi import DeviceStatus, PeerConfig, PeerStatus, UapiError
 from meshpeer.peer.userspace_wg import UserspaceBackend
+from tests.blocking import forbid_on_loop_thread
 
 KEY_A, KEY_B, OWN, STRANGER = (bytes([n]) * 32 for n in (1, 2, 9, 66))
 INJECTED = f"\npublic_key={bytes([7] * 32).hex()}\nremove=true"
@@ -76,6 +77,7 @@ def test_a_refused_peer_is_a_backend_error_so_the_reconcile_loop_lives_on() -> N
 
     class NoNetlink:
         def __enter__(self) -> NoNetlink:
+            forbid_on_loop_thread("pyroute2.WireGuard")  # as the real one is (conftest.py)
             return self
 
         def __exit__(self, *_: object) -> None:

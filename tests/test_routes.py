@@ -25,6 +25,7 @@ from meshpeer.peer.routes import NOT_ACCEPTED, Claim, RouteTable, decide, overla
 from meshpeer.peer.state import Membership
 from meshpeer.peer.status import Identity, RendezvousState
 from meshpeer.peer.uapi import DeviceStatus
+from tests.blocking import forbid_on_loop_thread
 
 net = ipaddress.ip_network
 addr = ipaddress.ip_address
@@ -219,6 +220,7 @@ class FakeIPRoute:
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
     def __enter__(self) -> FakeIPRoute:
+        forbid_on_loop_thread("pyroute2.IPRoute")  # as the real one is (conftest.py)
         return self
 
     def __exit__(self, *_: object) -> None:
