@@ -351,3 +351,29 @@ def test_mdns_tracks_a_bounded_number_of_service_names_and_warns_once(
     assert not lan._room_for("one-more._wireguard._udp.local.")
     assert not lan._room_for("and-another._wireguard._udp.local.")
     assert caplog.text.count("ignoring new ones") == 1
+
+
+def test_mdns_resolves_a_bounded_number_of_names_at_once() -> None:
+    from zeroconf import ServiceStateChange
+
+    from meshpeer.peer.lan import MAX_PENDING_RESOLVES
+
+    async def scenario() -> tuple[int, int]:
+        lan = LanDiscovery(OWN, "me", 51820, ["192.168.1.2"], lambda sightings: None)
+        for n in range(4 * MAX_PENDING_RESOLVES):
+            name = f"peer{n}._wireguard._udp.local."
+            lan._on_service_state_change(None, "", name, ServiceStateChange.Added)
+        pending = len(lan._resolving)
+        await asyncio.gather(*lan._resolving.values())
+        return pending, len(lan._resolving)
+
+    assert asyncio.run(scenario()) == (MAX_PENDING_RESOLVES, 0)
+
+
+def test_an_mdns_answer_yields_a_bounded_number_of_endpoints() -> None:
+    from meshpeer.peer.lan import MAX_ADDRESSES_PER_NAME
+
+    pub = base64.b64encode(KEY_A)
+    addresses = [f"192.168.1.{n}" for n in range(10, 100)]
+    sighting = parse_sighting({b"pub": pub}, addresses, 51820)
+    assert sighting is not None and len(sighting[1]) == MAX_ADDRESSES_PER_NAME
