@@ -71,3 +71,9 @@ USERSPACE_SOCKET_WAIT_S = 5.0
 USERSPACE_SOCKET_POLL_S = 0.02  # how often to look meanwhile: a start takes a few of them
 # wireguard-go exits within milliseconds of SIGTERM; half of a stop's 2 s, then SIGKILL.
 USERSPACE_TERMINATE_S = 1.0
+
+# -- `meshpeer down` (cli.py) -------------------------------------------------------------------
+
+# The agent stops within 2 s of SIGTERM (STOP_WAIT_S per step); more than 5 s means it is stuck.
+DOWN_WAIT_S = 5.0
+DOWN_POLL_S = 0.05  # how often `down` looks meanwhile: it answers within 50 ms of the stop
