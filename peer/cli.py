@@ -26,15 +26,15 @@ from meshpeer.common.errors import Failure, UsageError
 from meshpeer.dns.naming import parse_name
 
 from . import client
-from .agent import DNS_SD_POLL_S, Agent, Options
+from .agent import Agent, Options
 from .errors import AgentError
+from .links import Links
 from .prechecks import check_interface_name
 from .state import DEFAULT_STATE_DIR, StateDir, is_running_agent
-from .wireguard import Links
+from .timers import DNS_SD_POLL_S, DOWN_POLL_S, DOWN_WAIT_S
 
 PROG = "meshpeer"
 INTERRUPTED = 130  # 128 + SIGINT, as shells report it
-DOWN_WAIT_S = 5.0  # the agent stops within 2 s of SIGTERM; more means it is stuck
 
 
 class DownFailed(Failure):
@@ -267,7 +267,7 @@ def _down(args: argparse.Namespace) -> int:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + DOWN_WAIT_S
         while is_running_agent(status) and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(DOWN_POLL_S)
         if is_running_agent(status):
             raise DownFailed(
                 f"meshpeer (pid {pid}) is still running {DOWN_WAIT_S:.0f} s after SIGTERM"

@@ -8,7 +8,6 @@ rendezvous the operator meant.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -20,10 +19,9 @@ from meshpeer.common.keys import encode_key
 from meshpeer.common.pinning import client_ssl
 from meshpeer.common.tokens import JoinToken
 
+from .api_decode import WatchAnswer, pending_routes, watch_answer
 from .state import Membership
-
-REQUEST_TIMEOUT_S = 15.0
-WATCH_TIMEOUT_S = 25.0  # the server answers by then even when nothing changed
+from .timers import REQUEST_TIMEOUT_S
 
 
 class JoinRefused(UsageError):
@@ -42,23 +40,15 @@ class WrongCertificate(Failure):
     """The API answered with a key the pin does not name: someone else is in the path."""
 
 
-@dataclass(frozen=True, slots=True)
-class WatchAnswer:
-    epoch: str
-    revision: int
-    full: bool
-    peers: list[dict[str, Any]]
-    removed: list[str]
-
-
 async def join(
     token: JoinToken,
     private_key: X25519PrivateKey,
     name: str,
     routes: tuple[str, ...],
     time_ms: int,
-) -> tuple[Membership, dict[str, Any]]:
-    """Join signed with our key; the credential in the answer is sealed to it."""
+) -> tuple[Membership, tuple[str, ...]]:
+    """Join signed with our key; the credential in the answer is sealed to it. Answers the
+    membership and the routes asked for that wait for the operator."""
     signed = proof.sign_join(
         token.encode(), private_key, token.rendezvous_key, name, routes, time_ms
     )
@@ -82,7 +72,7 @@ async def join(
         membership = Membership.from_join(answer, token, credential)
     except (proof.ProofRejected, KeyError, TypeError, ValueError) as error:
         raise Unreachable(f"the rendezvous's join answer is not usable: {error}") from None
-    return membership, answer
+    return membership, pending_routes(answer)
 
 
 async def watch(
@@ -107,22 +97,9 @@ async def watch(
     if status >= 400:
         raise Unreachable(f"the rendezvous answered {status}: {answer.get('error')}")
     try:
-        return _watch_answer(answer)
+        return watch_answer(answer)
     except (KeyError, TypeError, ValueError):
         raise Unreachable(f"{url} answered, but not as the API does (a captive portal?)") from None
-
-
-def _watch_answer(answer: dict[str, Any]) -> WatchAnswer:
-    peers, removed = answer["peers"], answer["removed"]
-    if not isinstance(peers, list) or not isinstance(removed, list):
-        raise TypeError("peers and removed must be lists")
-    return WatchAnswer(
-        str(answer["epoch"])[:64],
-        int(answer["revision"]),
-        bool(answer["full"]),
-        [peer for peer in peers if isinstance(peer, dict)],
-        [str(key) for key in removed],
-    )
 
 
 async def leave(membership: Membership) -> None:

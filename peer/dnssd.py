@@ -4,7 +4,8 @@ The watch API tells us of changes within 100 ms; this is the slower, independent
 wgsd users already know): PTR for the instances, then SRV per instance, whose additional section
 carries the address (and TXT). Plain DNS is unauthenticated, so all it yields is each peer's
 endpoint (SRV port, A/AAAA address), and only for keys the API lists (DESIGN.md, "Trust model"):
-`name=`, `address=` and `allowed=` are never read for the device.
+`name=`, `address=` and `allowed=` are never read for the device: a peer's AllowedIPs are the
+mesh core's to decide (Mesh.allowed_ips), from the API's values alone.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from meshpeer.common.endpoints import Endpoint
 from meshpeer.dns.instances import BadRecord, decode_instance
 from meshpeer.dns.naming import BadLabel, key_from_label
 
+from .timers import DNS_QUERY_TIMEOUT_S
+
 logger = logging.getLogger("meshpeer.peer.dnssd")
 
-QUERY_TIMEOUT_S = 3.0
+# SRV queries in flight at once: a 1,000-peer zone is read in a few round trips, and a poll
+# never opens more sockets than this.
 PARALLEL_QUERIES = 16
 # One 64 KiB answer holds about 900 instance PTRs (tests/test_dns_lab.py); a hostile server can
 # pack more short names in, and each would cost an SRV query.
@@ -40,7 +44,7 @@ async def discover(
     resolver = dns.asyncresolver.Resolver(configure=False)
     resolver.nameservers = [server[0]]
     resolver.port = server[1]
-    resolver.lifetime = QUERY_TIMEOUT_S
+    resolver.lifetime = DNS_QUERY_TIMEOUT_S
     service = dns.name.from_text(f"_wireguard._udp.{zone}")
     # Over TCP: a mesh of more than a few peers does not fit a UDP answer.
     ptr = await resolver.resolve(service, dns.rdatatype.PTR, tcp=True, raise_on_no_answer=False)

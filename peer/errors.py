@@ -16,3 +16,11 @@ class AgentFailed(Failure):
 
 class Stopped(Exception):
     """SIGINT or SIGTERM came while starting: nothing was made yet, or it was taken down."""
+
+
+class BackendError(Failure):
+    """The interface could not be made or driven; the message says what to fix."""
+
+
+class MissingTool(UsageError, BackendError):
+    """Something to install (wireguard-go): a user-fixable problem."""

@@ -42,6 +42,8 @@ class Hints:
     """The latest hints of each discovery source, by peer key."""
 
     own_lan: tuple[ipaddress.IPv4Interface, ...] = ()  # our LAN addresses, with their prefixes
+    # Keyed by what unauthenticated sources say, so bounded: per source, the keys the API lists
+    # (at most api_decode.MAX_PEERS) and MAX_UNLISTED_KEYS others; per key, ENDPOINTS_PER_KEY.
     _found: dict[HintSource, dict[bytes, tuple[Endpoint, ...]]] = field(
         default_factory=lambda: {"dns-sd": {}, "lan": {}}
     )

@@ -23,14 +23,24 @@ from meshpeer.common.endpoints import Endpoint
 from meshpeer.common.errors import InvalidInput
 from meshpeer.common.keys import encode_key, parse_key
 
+from .timers import MDNS_RESOLVE_TIMEOUT_S
+
 logger = logging.getLogger("meshpeer.peer.lan")
 
 SERVICE_TYPE = "_wireguard._udp.local."
-RESOLVE_TIMEOUT_MS = 3000
-# A LAN's worth of agents; beyond it new names are ignored (the mesh core keeps as many keys).
+RESOLVE_TIMEOUT_MS = int(MDNS_RESOLVE_TIMEOUT_S * 1000)  # zeroconf counts in milliseconds
+# Every table here is keyed by what anyone on the LAN announces, so each has a bound. Service
+# names are DNS names (at most 255 bytes, which zeroconf enforces), so the tables' memory is
+# bounded by their entry counts:
+# - sightings by service name: a LAN's worth of agents; beyond it new names are ignored (the
+#   mesh core keeps as many unlisted keys, hints.py);
 MAX_SERVICE_NAMES = 256
-# Resolving takes up to RESOLVE_TIMEOUT_MS each: a flood of names must not pile up tasks.
+# - resolves in flight by service name: each takes up to MDNS_RESOLVE_TIMEOUT_S, and a flood
+#   of names must not pile up tasks;
 MAX_PENDING_RESOLVES = 16
+# - endpoints per service name: a host's IPv4 addresses on its LANs (wire, Wi-Fi, a few VLANs);
+#   what one publish hands the core is at most MAX_SERVICE_NAMES times this.
+MAX_ADDRESSES_PER_NAME = 8
 Sightings = dict[bytes, list[Endpoint]]
 
 
@@ -146,4 +156,6 @@ def parse_sighting(
             continue
         if ip.version == 4 and not ip.is_loopback and not ip.is_link_local:
             endpoints.append((str(ip), port))
+            if len(endpoints) == MAX_ADDRESSES_PER_NAME:
+                break
     return (key, endpoints) if endpoints else None

@@ -1,18 +1,16 @@
 """Which peers answer: a peer is online while its traffic keeps coming (sans-I/O).
 
 Every peer sends a keepalive at least every PEER_KEEPALIVE_S (25 s), so a peer whose received
-bytes have not grown for ONLINE_WINDOW_S has gone: `meshpeer status` says `offline` within
-30 s, where the age of the last handshake (up to 3 minutes on a live path) said `direct`.
+bytes have not grown for ONLINE_WINDOW_S (timers.py) has gone: `meshpeer status` says `offline`
+within 30 s, where the age of the last handshake (up to 3 minutes on a live path) said `direct`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .mesh import PEER_KEEPALIVE_S
+from .timers import ONLINE_WINDOW_S
 from .uapi import DeviceStatus
-
-ONLINE_WINDOW_S = PEER_KEEPALIVE_S + 3.0  # a keepalive's interval and 3 s: offline within 30 s
 
 
 @dataclass(slots=True)

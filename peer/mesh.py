@@ -1,53 +1,33 @@
 """The agent's sans-I/O core: what the mesh should look like, what each path is, what to change.
 
-The watch API (authenticated) feeds `Mesh` the other peers; DNS-SD and mDNS feed it endpoint
-hints (hints.py), which only ever add a candidate endpoint for a peer the API lists. The device
-feeds it its status. `plan()` answers with the WireGuard peers to set or remove, and the events
-worth a log line. Nothing here does I/O or reads a clock: `now` comes in.
+Every discovery source hands `Mesh.merge` its typed values (discovery.py): the watch API
+(authenticated) says who the other peers are; DNS-SD and mDNS only add endpoint hints (hints.py)
+for a peer the API lists. The device and the host's routing table come in with each round, and
+`plan()` answers with everything to apply (plan.py): the WireGuard peers to set or remove, the
+routes to add or remove (routes.py), the status document, and the events worth a log line.
+Nothing here does I/O or reads a clock: `now` comes in.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from meshpeer.common.endpoints import Endpoint, ip_literal, parse_endpoint
-from meshpeer.common.keys import parse_key, short_key
+from meshpeer.common.endpoints import Endpoint
+from meshpeer.common.keys import short_key
 
-from .hints import Candidate, Hints, HintSource
-from .uapi import DeviceStatus, PeerConfig, UapiError, checked_cidr
-
-# The rendezvous sees a NAT rebinding at the next keepalive. Ten seconds keeps "a moved peer is
-# found again" near 10 s, and at one 32-byte packet per 10 s per peer it costs nothing. (The 25 s
-# WireGuard suggests only keeps mappings open; it would make rebinding news 25 s late.)
-RENDEZVOUS_KEEPALIVE_S = 10
-# Between peers, the usual 25 s keeps every common NAT's UDP mapping alive (the shortest seen in
-# the wild is 30 s).
-PEER_KEEPALIVE_S = 25
-# A session is dead 180 s after its handshake (REJECT_AFTER_TIME); with keepalives flowing a
-# live path rehandshakes every 120 s, so a handshake younger than 180 s means the path is up.
-PATH_FRESH_S = 180.0
-# While a path is down, its endpoint is set again this often: both sides keep sending to each
-# other's current mapping, which is what opens the NATs. It is also the length of a candidate's
-# turn: at least WireGuard's REKEY_TIMEOUT (5 s), the interval at which it sends initiations,
-# so every turn gets at least one packet to its endpoint.
-REPUNCH_S = 10.0
-
-# The API names peers with DNS labels (63 characters); this only bounds what reaches a log line.
-MAX_NAME_LENGTH = 253
+from .discovery import Discovery, RemotePeer
+from .hints import Candidate, Hints
+from .liveness import Liveness
+from .plan import Plan, Surroundings
+from .routes import Claim, Decision, RoutePlan, decide, protected_addresses, refuse_all
+from .status import document
+from .timers import PATH_FRESH_S, PEER_KEEPALIVE_S, REPUNCH_S
+from .uapi import DeviceStatus, PeerConfig
 
 Path = Literal["direct", "lan", "relay", "none"]
-
-
-@dataclass(frozen=True, slots=True)
-class RemotePeer:
-    public_key: bytes
-    name: str
-    address: str
-    routes: tuple[str, ...]
-    endpoint: Endpoint | None  # as the rendezvous observed it
 
 
 @dataclass(slots=True)
@@ -59,55 +39,47 @@ class _PathState:
     next_hint: int = 0  # the hints take their turns in order
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
-    set_peers: list[PeerConfig]
-    remove: list[bytes]
-    events: list[str]
-
-
 @dataclass(slots=True)
 class Mesh:
     own_key: bytes
+    accept_routes: bool = False  # install the routes the API grants other peers (--accept-routes)
     peers: dict[bytes, RemotePeer] = field(default_factory=dict)  # from the API only
     hints: Hints = field(default_factory=Hints)
-    # The advertised routes the agent accepted (peer/routes.py), per peer; none by default.
-    _accepted_routes: dict[bytes, tuple[str, ...]] = field(default_factory=dict)
+    liveness: Liveness = field(default_factory=Liveness)
+    # The last decision on the peers' routes (routes.py): what is accepted goes into AllowedIPs.
+    _routes: Decision = field(default_factory=lambda: Decision((), ()))
     _applied: dict[bytes, PeerConfig] = field(default_factory=dict)
     _paths: dict[bytes, _PathState] = field(default_factory=dict)
 
     # -- discovery ----------------------------------------------------------------------------
 
-    def replace_all(self, peers: list[RemotePeer]) -> None:
-        self.peers = {peer.public_key: peer for peer in peers if peer.public_key != self.own_key}
-
-    def update(self, changed: list[RemotePeer], removed: list[bytes]) -> None:
-        for peer in changed:
+    def merge(self, found: Discovery) -> None:
+        """What one source says now, the one way into the core. The API's peers replace or
+        update the mesh's list (never with ourselves); a hint source's endpoints replace its
+        earlier ones, checked and bounded (hints.py): they count only for peers the API lists,
+        and only as endpoints to try, each remembered with its source (`candidates`)."""
+        if found.source != "api":
+            self.hints.replace(found.source, found.endpoints, self.peers)
+            return
+        if found.complete:
+            self.peers = {}
+        for peer in found.peers:
             if peer.public_key != self.own_key:
                 self.peers[peer.public_key] = peer
-        for key in removed:
+        for key in found.removed:
             self.peers.pop(key, None)
-
-    def record_hints(self, source: HintSource, found: Mapping[bytes, Iterable[Endpoint]]) -> None:
-        """All that one discovery source says now: endpoints by peer key. Checked and bounded
-        (hints.py); they count only for peers the API lists, and only as endpoints to try."""
-        self.hints.replace(source, found, self.peers)
 
     def set_own_lan(self, interfaces: Iterable[ipaddress.IPv4Interface]) -> None:
         """Our LAN addresses: mDNS hints must lie on one of these subnets."""
         self.hints.own_lan = tuple(interfaces)
 
-    def accept_routes(self, accepted: dict[bytes, tuple[str, ...]]) -> None:
-        self._accepted_routes = dict(accepted)
-
     def allowed_ips(self, peer: RemotePeer) -> tuple[str, ...]:
-        """The peer's mesh address and only the routes the agent accepted from it, never all it
-        advertises: AllowedIPs is also WireGuard's source filter, so a route allowed there but
-        not installed would still let the peer send packets from any address in it (a spoofed
-        LAN or internet source, which this host would take in and, forwarding, pass on)."""
-        host = ipaddress.ip_address(peer.address)
-        accepted = self._accepted_routes.get(peer.public_key, ())
-        return (f"{host}/{host.max_prefixlen}", *accepted)
+        """The one place a peer's AllowedIPs are decided: its mesh address as a host route, and
+        only the routes the agent accepted from it, never all it advertises. AllowedIPs is also
+        WireGuard's source filter, so a route allowed there but not installed would still let
+        the peer send packets from any address in it (a spoofed LAN or internet source, which
+        this host would take in and, forwarding, pass on)."""
+        return (host_route(peer.address), *self._routes.routes_of(peer.public_key))
 
     def forget_device(self) -> None:
         """The device was made anew: every peer must be written again."""
@@ -128,7 +100,13 @@ class Mesh:
 
     # -- planning -----------------------------------------------------------------------------
 
-    def plan(self, device: DeviceStatus, now: float) -> Plan:
+    def plan(
+        self, device: DeviceStatus, now: float, surroundings: Surroundings | None = None
+    ) -> Plan:
+        """Everything this round must change. Without `surroundings` (a test of paths alone):
+        no status document, and the routes stay as last decided."""
+        self.liveness.observe(device, now)
+        routes = self._plan_routes(device, surroundings)
         events: list[str] = []
         wanted: list[PeerConfig] = []
         for key, peer in self.peers.items():
@@ -145,7 +123,56 @@ class Mesh:
             del self._applied[key]
             self._paths.pop(key, None)
             events.append(f"peer {short_key(key)} removed")
-        return Plan(wanted, remove, events)
+        status = self._status(device, now, surroundings) if surroundings else None
+        return Plan(wanted, remove, events, routes, status)
+
+    # -- routes and status --------------------------------------------------------------------
+
+    def route_claims(self) -> list[Claim]:
+        """Every route every peer advertises, in a stable order (by name, then key)."""
+        return [
+            Claim(peer.public_key, peer.name, ipaddress.ip_network(route))
+            for peer in self._sorted_peers()
+            for route in peer.routes
+        ]
+
+    def wants_route_table(self) -> bool:
+        """Whether this round's plan needs the main table: only when accepting routes, and
+        only with a route to decide on or one of ours to remove."""
+        return self.accept_routes and bool(self.route_claims() or self._routes.accepted)
+
+    def _plan_routes(self, device: DeviceStatus, surroundings: Surroundings | None) -> RoutePlan:
+        claims = self.route_claims()
+        table = surroundings.route_table if surroundings else None
+        if not self.accept_routes:
+            self._routes = refuse_all(claims)
+        elif surroundings is not None and table is not None:
+            protected = protected_addresses(
+                table,
+                surroundings.rendezvous_addresses,
+                self._candidate_endpoints(),
+                [status.endpoint for status in device.peers.values() if status.endpoint],
+            )
+            previous = self._routes.accepted
+            self._routes = decide(claims, table.foreign, protected, surroundings.network, previous)
+        owned = table.owned if table is not None else None
+        return RoutePlan(self._routes.accepted, self._routes.refused, owned)
+
+    def _candidate_endpoints(self) -> Iterator[tuple[str, Endpoint]]:
+        for peer in self._sorted_peers():
+            for candidate in self.candidates(peer):
+                yield peer.name, candidate.endpoint
+
+    def _sorted_peers(self) -> list[RemotePeer]:
+        return sorted(self.peers.values(), key=lambda peer: (peer.name, peer.public_key))
+
+    def _status(
+        self, device: DeviceStatus, now: float, surroundings: Surroundings
+    ) -> dict[str, Any]:
+        identity, rendezvous = surroundings.identity, surroundings.rendezvous
+        return document(identity, self, device, self.liveness, rendezvous, now)
+
+    # -- paths --------------------------------------------------------------------------------
 
     def _config(
         self, peer: RemotePeer, device: DeviceStatus, state: _PathState, now: float
@@ -247,20 +274,7 @@ class Mesh:
         return state.path if state else "none"
 
 
-def remote_from_json(item: dict[str, Any]) -> RemotePeer | None:
-    """A peer as the API lists it; None for anything malformed (it is skipped, not fatal).
-    Addresses go through the UAPI encoder's own checks: no scope id, no control character."""
-    try:
-        key = parse_key(item["public_key"])
-        address = ip_literal(str(item["address"]))
-        routes = tuple(
-            str(ipaddress.ip_network(checked_cidr(str(r)))) for r in item.get("routes") or []
-        )
-        text = item.get("endpoint")
-        endpoint = None if text is None else parse_endpoint(str(text))
-    except (KeyError, ValueError, TypeError, UapiError):  # InvalidInput is a ValueError
-        return None
-    name = str(item.get("name", ""))
-    if not name.isprintable() or len(name) > MAX_NAME_LENGTH:
-        return None
-    return RemotePeer(key, name, address, routes, endpoint)
+def host_route(address: str) -> str:
+    """A mesh address as the one-address route WireGuard's AllowedIPs and the kernel take."""
+    host = ipaddress.ip_address(address)
+    return f"{host}/{host.max_prefixlen}"

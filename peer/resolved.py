@@ -12,10 +12,11 @@ import logging
 import shutil
 from pathlib import Path
 
+from .timers import RESOLVECTL_TIMEOUT_S
+
 logger = logging.getLogger("meshpeer.peer.resolved")
 
 RESOLVED_RUNTIME = Path("/run/systemd/resolve")  # there while systemd-resolved runs
-RESOLVECTL_TIMEOUT_S = 5.0
 
 
 def available() -> bool:

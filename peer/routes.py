@@ -20,7 +20,8 @@ it could take traffic from anything the agent does not own (the threat list of i
   accepted in the previous round first, and a newcomer cannot take a running gateway's LAN).
 
 The agent reads the routing table and addresses (`Links`) and passes them in; nothing here does
-I/O. Installing what is accepted, never over foreign routes, is `Links.set_routes`'s job.
+I/O. `plan_routes` turns a round's decision into what to add and remove; installing it, never
+over foreign routes, is host_routes.py's job (through `Links.set_routes`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ import ipaddress
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-from meshpeer.common.endpoints import IPAddress, IPNetwork
+from meshpeer.common.endpoints import Endpoint, IPAddress, IPNetwork
+
+NOT_ACCEPTED = "peers' routes are installed only with `meshpeer run --accept-routes`"
 
 # Addresses no peer may route for (RFC 6890 and RFC 4291 2.4): a route through the tunnel for
 # any of them would shadow the host's own or its link's.
@@ -45,6 +48,16 @@ SPECIAL_PURPOSE: tuple[tuple[IPNetwork, str], ...] = (
     (ipaddress.ip_network("fe80::/10"), "link-local"),
     (ipaddress.ip_network("ff00::/8"), "multicast"),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    """The main routing table and this host's addresses, as the route decision needs them."""
+
+    foreign: tuple[IPNetwork, ...]  # every route the agent did not install
+    owned: frozenset[str]  # ours: our protocol, on our interface
+    default_gateways: tuple[IPAddress, ...]
+    addresses: tuple[IPAddress, ...]  # this host's, on every link
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,3 +150,50 @@ def overlap(one: IPNetwork, other: IPNetwork) -> bool:
     if one.version != other.version:
         return False
     return one.overlaps(other)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """The routes of ours the main table must hold after this round, and what was refused."""
+
+    accepted: tuple[Claim, ...] = ()
+    refused: tuple[Refusal, ...] = ()
+    owned: frozenset[str] | None = None  # ours as the table was read; None: not read
+
+    @property
+    def wanted(self) -> frozenset[str]:
+        return frozenset(str(claim.route) for claim in self.accepted)
+
+    @property
+    def changes(self) -> bool:
+        """The table was read and differs from what it must hold."""
+        return self.owned is not None and self.wanted != self.owned
+
+
+def refuse_all(claims: Iterable[Claim]) -> Decision:
+    """Without --accept-routes: every claim refused, and said so (once, host_routes.py)."""
+    return Decision((), tuple(Refusal(claim, NOT_ACCEPTED) for claim in claims))
+
+
+def protected_addresses(
+    table: RouteTable,
+    rendezvous: Iterable[IPAddress],
+    peer_endpoints: Iterable[tuple[str, Endpoint]],
+    device_endpoints: Iterable[Endpoint],
+) -> dict[IPAddress, str]:
+    """Addresses no peer's route may cover, each with what it is (for the log line).
+    `peer_endpoints`: each candidate endpoint with its peer's name, in a stable order;
+    `device_endpoints`: wherever WireGuard sends now (the rendezvous, a roamed peer)."""
+    protected: dict[IPAddress, str] = {}
+    # In a fixed order, first name kept: a refusal names the same address every round.
+    for address in table.default_gateways:
+        protected.setdefault(address, "the default gateway")
+    for address in table.addresses:
+        protected.setdefault(address, "this host's address")
+    for address in sorted(rendezvous, key=str):
+        protected.setdefault(address, "the rendezvous")
+    for name, endpoint in peer_endpoints:
+        protected.setdefault(ipaddress.ip_address(endpoint[0]), f"the endpoint of peer {name}")
+    for endpoint in device_endpoints:
+        protected.setdefault(ipaddress.ip_address(endpoint[0]), "a WireGuard endpoint")
+    return protected

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshpeer.common.endpoints import format_endpoint
 from meshpeer.common.keys import encode_key
 
 from .liveness import Liveness
-from .mesh import Mesh
 from .uapi import DeviceStatus
+
+if TYPE_CHECKING:  # the core computes the document (mesh.py): no import cycle at run time
+    from .mesh import Mesh
 
 
 @dataclass(slots=True)

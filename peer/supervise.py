@@ -16,12 +16,11 @@ from collections.abc import Awaitable, Callable
 
 from meshpeer.common.errors import Failure
 
+from .timers import FAILURE_WINDOW_S, RESTART_FIRST_S, RESTART_MAX_S
+
 logger = logging.getLogger("meshpeer.peer.supervise")
 
-RESTART_FIRST_S = 0.5
-RESTART_MAX_S = 10.0
 FAILURES_ALLOWED = 5  # in FAILURE_WINDOW_S; one more and the agent gives up
-FAILURE_WINDOW_S = 60.0
 
 
 class LoopFailed(Failure):

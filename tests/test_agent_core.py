@@ -17,17 +17,17 @@ from hypothesis import strategies as st
 from pyroute2.netlink.generic.wireguard import AsyncWireGuard, wgmsg
 
 from meshpeer.peer import uapi
-from meshpeer.peer.mesh import (
-    PATH_FRESH_S,
-    PEER_KEEPALIVE_S,
-    REPUNCH_S,
-    Mesh,
-    RemotePeer,
-    remote_from_json,
-)
+from meshpeer.peer.api_decode import remote_peer
+from meshpeer.peer.discovery import RemotePeer, api_delta, api_list, sighted
+from meshpeer.peer.kernel_wg import KernelBackend, device_from_netlink, netlink_peer
+from meshpeer.peer.mesh import Mesh
+from meshpeer.peer.plan import Surroundings
+from meshpeer.peer.routes import RouteTable
 from meshpeer.peer.state import StateDir
+from meshpeer.peer.status import Identity, RendezvousState
+from meshpeer.peer.timers import PATH_FRESH_S, PEER_KEEPALIVE_S, REPUNCH_S
 from meshpeer.peer.uapi import DeviceStatus, PeerConfig, PeerStatus, UapiError
-from meshpeer.peer.wireguard import KernelBackend, device_from_netlink, netlink_peer
+from tests.blocking import forbid_on_loop_thread
 
 KEY_A, KEY_B, OWN = bytes([1]) * 32, bytes([2]) * 32, bytes([9]) * 32
 
@@ -90,18 +90,23 @@ def device_with(key: bytes, handshake: float | None) -> DeviceStatus:
 
 
 def test_the_planner_adds_punches_keeps_up_paths_and_removes() -> None:
-    mesh = Mesh(OWN)
-    mesh.replace_all([remote(KEY_A, endpoint=None), remote(OWN)])
+    mesh = Mesh(OWN, accept_routes=True)
+    mesh.merge(api_list([remote(KEY_A, endpoint=None), remote(OWN)]))
     plan = mesh.plan(DeviceStatus(), now=100.0)
     [added] = plan.set_peers
     assert added.allowed_ips == ("10.77.0.2/32",)  # its routes only once accepted (routes.py)
     assert added.keepalive_s == 0 and added.endpoint is None and not added.kick
     assert mesh.plan(device_with(KEY_A, None), 101.0).set_peers == []
-    mesh.accept_routes({KEY_A: ("192.168.1.0/24",)})
-    [accepted] = mesh.plan(device_with(KEY_A, None), 101.0).set_peers
+    host = Surroundings(
+        Identity("me", "10.77.0.9", "wg0", "userspace", None),
+        RendezvousState("https://203.0.113.2"),
+        ipaddress.ip_network("10.77.0.0/16"),
+        route_table=RouteTable((), frozenset(), (), ()),
+    )
+    [accepted] = mesh.plan(device_with(KEY_A, None), 101.0, host).set_peers
     assert accepted.allowed_ips == ("10.77.0.2/32", "192.168.1.0/24")
 
-    mesh.update([remote(KEY_A)], [])  # the rendezvous saw its endpoint
+    mesh.merge(api_delta([remote(KEY_A)]))  # the rendezvous saw its endpoint
     [punch] = mesh.plan(device_with(KEY_A, None), 102.0).set_peers
     assert punch.endpoint == ("203.0.113.7", 40000) and punch.kick
     assert punch.keepalive_s == PEER_KEEPALIVE_S
@@ -112,12 +117,12 @@ def test_the_planner_adds_punches_keeps_up_paths_and_removes() -> None:
     up = mesh.plan(device_with(KEY_A, 112.5), 113.0)
     assert up.set_peers == [] and mesh.path(KEY_A) == "direct"
     assert any("none -> direct" in event for event in up.events)
-    mesh.update([remote(KEY_A, ("203.0.113.7", 1))], [])  # moved while up: WireGuard roams
+    mesh.merge(api_delta([remote(KEY_A, ("203.0.113.7", 1))]))  # moved while up: WireGuard roams
     assert mesh.plan(device_with(KEY_A, 112.5), 114.0).set_peers == []
     down = mesh.plan(device_with(KEY_A, 112.5), 112.5 + PATH_FRESH_S + 1)
     assert mesh.path(KEY_A) == "none" and down.set_peers[0].endpoint == ("203.0.113.7", 1)
 
-    mesh.update([], [KEY_A])
+    mesh.merge(api_delta([], [KEY_A]))
     gone = mesh.plan(device_with(KEY_A, None), 400.0)
     assert gone.remove == [KEY_A] and any("removed" in event for event in gone.events)
 
@@ -130,7 +135,7 @@ def test_peers_from_the_api_are_checked() -> None:
         "endpoint": "203.0.113.7:5",
         "routes": ["10.1.0.0/16"],
     }
-    peer = remote_from_json(good)
+    peer = remote_peer(good)
     assert peer is not None and peer.public_key == KEY_A and peer.endpoint == ("203.0.113.7", 5)
     for broken in [
         {},
@@ -139,7 +144,7 @@ def test_peers_from_the_api_are_checked() -> None:
         {**good, "address": "nowhere"},
         {**good, "routes": ["1.2.3.4/99"]},
     ]:
-        assert remote_from_json(broken) is None
+        assert remote_peer(broken) is None
 
 
 # pyroute2's own peer encoder, without a socket (its checks use no socket state).
@@ -154,6 +159,7 @@ class FakeNetlinkWireGuard:
         self.calls, self.info_messages = calls, info
 
     def __enter__(self) -> FakeNetlinkWireGuard:
+        forbid_on_loop_thread("pyroute2.WireGuard")  # as the real one is (conftest.py)
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -282,9 +288,9 @@ def test_lan_candidates_come_first_and_name_the_path() -> None:
     for bad in bad_answers:
         assert parse_sighting(*bad) is None
     mesh = Mesh(OWN)
-    mesh.replace_all([remote(KEY_A)])
+    mesh.merge(api_list([remote(KEY_A)]))
     mesh.set_own_lan([ipaddress.IPv4Interface("192.168.1.2/24")])
-    mesh.record_hints("lan", {KEY_A: [("192.168.1.5", 51820)]})
+    mesh.merge(sighted("lan", {KEY_A: [("192.168.1.5", 51820)]}))
     [first] = mesh.plan(DeviceStatus(), 100.0).set_peers
     assert first.endpoint == ("192.168.1.5", 51820)
     [second] = mesh.plan(device_with(KEY_A, None), 100.0 + REPUNCH_S).set_peers
@@ -299,19 +305,19 @@ def test_lan_candidates_come_first_and_name_the_path() -> None:
 def test_a_peer_whose_mapping_moved_is_punched_at_once_even_while_its_path_looks_up() -> None:
     mesh = Mesh(OWN)
     old, new, roamed = ("203.0.113.7", 40000), ("203.0.113.7", 41000), ("198.51.100.9", 5)
-    mesh.replace_all([remote(KEY_A, old)])
+    mesh.merge(api_list([remote(KEY_A, old)]))
     mesh.plan(DeviceStatus(), now=100.0)
     using_old = DeviceStatus(peers={KEY_A: PeerStatus(KEY_A, old, latest_handshake=101.0)})
     assert mesh.plan(using_old, 102.0).set_peers == [] and mesh.path(KEY_A) == "direct"
 
-    mesh.update([remote(KEY_A, new)], [])  # its NAT rebooted: the rendezvous saw a new port
+    mesh.merge(api_delta([remote(KEY_A, new)]))  # its NAT rebooted: the rendezvous saw a new port
     [punch] = mesh.plan(using_old, 103.0).set_peers
     assert punch.endpoint == new and punch.kick
 
-    mesh.update([remote(KEY_A, old)], [])
+    mesh.merge(api_delta([remote(KEY_A, old)]))
     mesh.plan(DeviceStatus(), 104.0)
     roaming = DeviceStatus(peers={KEY_A: PeerStatus(KEY_A, roamed, latest_handshake=104.0)})
-    mesh.update([remote(KEY_A, new)], [])
+    mesh.merge(api_delta([remote(KEY_A, new)]))
     assert mesh.plan(roaming, 105.0).set_peers == []  # WireGuard roamed there: authenticated
 
 

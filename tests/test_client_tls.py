@@ -62,7 +62,7 @@ def test_the_agent_joins_and_watches_over_pinned_tls(tmp_path: Path) -> None:
             assert membership.tls_pin == token.tls_pin
             assert service.registry.authenticate(membership.credential) is not None
             answer = await client.watch(membership, None, None, 0)
-            assert [peer["name"] for peer in answer.peers] == ["laptop"]
+            assert [peer.name for peer in answer.peers] == ["laptop"]
 
     asyncio.run(scenario())
 

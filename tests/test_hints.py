@@ -20,14 +20,19 @@ from meshpeer.common.errors import InvalidInput
 from meshpeer.dns.naming import instance_name
 from meshpeer.peer import uapi
 from meshpeer.peer.agent import Agent, Options
+from meshpeer.peer.api_decode import remote_peer
+from meshpeer.peer.discovery import RemotePeer, api_delta, api_list, sighted
 from meshpeer.peer.dnssd import endpoint_hint
-from meshpeer.peer.errors import AgentFailed
+from meshpeer.peer.errors import AgentFailed, BackendError
 from meshpeer.peer.hints import ENDPOINTS_PER_KEY, MAX_UNLISTED_KEYS
+from meshpeer.peer.kernel_wg import KernelBackend, netlink_peer
 from meshpeer.peer.lan import MAX_SERVICE_NAMES, LanDiscovery, parse_sighting
-from meshpeer.peer.mesh import REPUNCH_S, Mesh, RemotePeer, remote_from_json
+from meshpeer.peer.mesh import Mesh
 from meshpeer.peer.supervise import supervised
+from meshpeer.peer.timers import REPUNCH_S
 from meshpeer.peer.uapi import DeviceStatus, PeerConfig, PeerStatus, UapiError
-from meshpeer.peer.wireguard import BackendError, KernelBackend, UserspaceBackend, netlink_peer
+from meshpeer.peer.userspace_wg import UserspaceBackend
+from tests.blocking import forbid_on_loop_thread
 
 KEY_A, KEY_B, OWN, STRANGER = (bytes([n]) * 32 for n in (1, 2, 9, 66))
 INJECTED = f"\npublic_key={bytes([7] * 32).hex()}\nremove=true"
@@ -72,6 +77,7 @@ def test_a_refused_peer_is_a_backend_error_so_the_reconcile_loop_lives_on() -> N
 
     class NoNetlink:
         def __enter__(self) -> NoNetlink:
+            forbid_on_loop_thread("pyroute2.WireGuard")  # as the real one is (conftest.py)
             return self
 
         def __exit__(self, *_: object) -> None:
@@ -92,7 +98,7 @@ def test_a_refused_peer_is_a_backend_error_so_the_reconcile_loop_lives_on() -> N
 def listed_mesh() -> Mesh:
     """Our mesh as the API lists it: KEY_A at 10.77.0.2 with one route, seen at PUBLIC."""
     mesh = Mesh(OWN)
-    mesh.replace_all([RemotePeer(KEY_A, "a", "10.77.0.2", ("192.168.9.0/24",), PUBLIC)])
+    mesh.merge(api_list([RemotePeer(KEY_A, "a", "10.77.0.2", ("192.168.9.0/24",), PUBLIC)]))
     mesh.set_own_lan([OUR_LAN])
     return mesh
 
@@ -118,7 +124,7 @@ def test_dns_sd_records_only_add_an_endpoint_after_the_apis_for_a_listed_peer() 
             ],
         )
     )
-    mesh.record_hints("dns-sd", {key: [endpoint] for key, endpoint in hints.items()})
+    mesh.merge(sighted("dns-sd", {key: [endpoint] for key, endpoint in hints.items()}))
     assert set(mesh.peers) == {KEY_A}
     [peer] = mesh.peers.values()
     assert [(c.endpoint, c.source) for c in mesh.candidates(peer)] == [
@@ -138,9 +144,9 @@ def test_dns_sd_records_only_add_an_endpoint_after_the_apis_for_a_listed_peer() 
 def test_a_peer_the_api_lists_later_gets_the_lan_hint_it_was_seen_with_before() -> None:
     mesh = Mesh(OWN)
     mesh.set_own_lan([OUR_LAN])
-    mesh.record_hints("lan", {KEY_A: [("192.168.1.5", 51820)]})
+    mesh.merge(sighted("lan", {KEY_A: [("192.168.1.5", 51820)]}))
     assert mesh.plan(DeviceStatus(), 100.0).set_peers == []  # a sighting adds no peer
-    mesh.update([RemotePeer(KEY_A, "a", "10.77.0.2", (), PUBLIC)], [])
+    mesh.merge(api_delta([RemotePeer(KEY_A, "a", "10.77.0.2", (), PUBLIC)]))
     [config] = mesh.plan(DeviceStatus(), 101.0).set_peers
     assert config.endpoint == ("192.168.1.5", 51820)
 
@@ -164,7 +170,7 @@ def test_a_lan_hint_off_our_subnets_or_not_a_peers_address_is_dropped(
     endpoint: tuple[str, int],
 ) -> None:
     mesh = listed_mesh()
-    mesh.record_hints("lan", {KEY_A: [endpoint]})
+    mesh.merge(sighted("lan", {KEY_A: [endpoint]}))
     assert mesh.hints.endpoints("lan", KEY_A) == ()
 
 
@@ -174,7 +180,7 @@ def test_hint_tables_are_bounded() -> None:
     sightings |= {
         (n + 1000).to_bytes(32, "big"): [("192.168.1.9", 1)] for n in range(2 * MAX_UNLISTED_KEYS)
     }
-    mesh.record_hints("lan", sightings)
+    mesh.merge(sighted("lan", sightings))
     assert len(mesh.hints.endpoints("lan", KEY_A)) == ENDPOINTS_PER_KEY["lan"]
     assert len(mesh.hints._found["lan"]) == 1 + MAX_UNLISTED_KEYS
 
@@ -182,7 +188,7 @@ def test_hint_tables_are_bounded() -> None:
 def test_30_spoofed_lan_sightings_hold_the_public_endpoint_back_one_turn_at_most() -> None:
     mesh = listed_mesh()
     spoofed = [(f"192.168.1.{100 + n}", 51820) for n in range(30)]
-    mesh.record_hints("lan", {KEY_A: spoofed})
+    mesh.merge(sighted("lan", {KEY_A: spoofed}))
     tried = punches(mesh, 100, 100)
     first_lan = tried[0][0]
     assert tried[0][1] in spoofed
@@ -196,7 +202,7 @@ def test_a_spoofer_that_keeps_changing_its_sightings_cannot_starve_the_public_en
     down = DeviceStatus(peers={KEY_A: PeerStatus(KEY_A)})
     public_at, first_lan = [], None
     for now in range(100, 200):  # new spoofed addresses every second
-        mesh.record_hints("lan", {KEY_A: [(f"192.168.1.{10 + now % 200}", 51820)]})
+        mesh.merge(sighted("lan", {KEY_A: [(f"192.168.1.{10 + now % 200}", 51820)]}))
         for config in mesh.plan(down, float(now)).set_peers:
             if config.endpoint == PUBLIC:
                 public_at.append(now)
@@ -211,10 +217,10 @@ def test_a_moved_mapping_is_punched_at_once_even_with_lan_hints() -> None:
     mesh.plan(DeviceStatus(), 100.0)
     using_public = DeviceStatus(peers={KEY_A: PeerStatus(KEY_A, PUBLIC, latest_handshake=100.5)})
     assert mesh.plan(using_public, 101.0).set_peers == []
-    mesh.record_hints("lan", {KEY_A: [("192.168.1.5", 51820)]})
+    mesh.merge(sighted("lan", {KEY_A: [("192.168.1.5", 51820)]}))
     assert mesh.plan(using_public, 102.0).set_peers == []  # a hint never moves a live path
     moved = ("203.0.113.7", 41000)
-    mesh.update([RemotePeer(KEY_A, "a", "10.77.0.2", ("192.168.9.0/24",), moved)], [])
+    mesh.merge(api_delta([RemotePeer(KEY_A, "a", "10.77.0.2", ("192.168.9.0/24",), moved)]))
     [punch] = mesh.plan(using_public, 103.0).set_peers
     assert punch.endpoint == moved and punch.kick
 
@@ -238,8 +244,8 @@ def test_an_api_peer_with_a_control_character_anywhere_is_skipped(
         "endpoint": "203.0.113.7:5",
         "routes": ["10.1.0.0/16"],
     }
-    assert remote_from_json(good) is not None
-    assert remote_from_json({**good, **change}) is None
+    assert remote_peer(good) is not None
+    assert remote_peer({**good, **change}) is None
 
 
 # Every line set_peers may write, each value in the form the encoder itself writes.
@@ -281,7 +287,7 @@ def test_no_discovery_value_reaches_the_device_but_a_checked_endpoint(
     times: list[float],
 ) -> None:
     mesh = listed_mesh()
-    mesh.update([RemotePeer(KEY_B, "b", "10.77.0.3", (), None)], [])
+    mesh.merge(api_delta([RemotePeer(KEY_B, "b", "10.77.0.3", (), None)]))
     found_dns: dict[bytes, list[tuple[str, int]]] = {}
     for key, port, address, strings in dns_answers:
         hint = endpoint_hint(instance_name(key, ZONE), port, address, strings)
@@ -293,8 +299,8 @@ def test_no_discovery_value_reaches_the_device_but_a_checked_endpoint(
         sighting = parse_sighting(properties, addresses, mdns_port)
         if sighting is not None:
             found_lan.setdefault(sighting[0], []).extend(sighting[1])
-    mesh.record_hints("dns-sd", found_dns)
-    mesh.record_hints("lan", found_lan)
+    mesh.merge(sighted("dns-sd", found_dns))
+    mesh.merge(sighted("lan", found_lan))
     for now in sorted(times):
         plan = mesh.plan(DeviceStatus(), now)
         request = uapi.set_peers(plan.set_peers, plan.remove).decode()
@@ -345,3 +351,29 @@ def test_mdns_tracks_a_bounded_number_of_service_names_and_warns_once(
     assert not lan._room_for("one-more._wireguard._udp.local.")
     assert not lan._room_for("and-another._wireguard._udp.local.")
     assert caplog.text.count("ignoring new ones") == 1
+
+
+def test_mdns_resolves_a_bounded_number_of_names_at_once() -> None:
+    from zeroconf import ServiceStateChange
+
+    from meshpeer.peer.lan import MAX_PENDING_RESOLVES
+
+    async def scenario() -> tuple[int, int]:
+        lan = LanDiscovery(OWN, "me", 51820, ["192.168.1.2"], lambda sightings: None)
+        for n in range(4 * MAX_PENDING_RESOLVES):
+            name = f"peer{n}._wireguard._udp.local."
+            lan._on_service_state_change(None, "", name, ServiceStateChange.Added)
+        pending = len(lan._resolving)
+        await asyncio.gather(*lan._resolving.values())
+        return pending, len(lan._resolving)
+
+    assert asyncio.run(scenario()) == (MAX_PENDING_RESOLVES, 0)
+
+
+def test_an_mdns_answer_yields_a_bounded_number_of_endpoints() -> None:
+    from meshpeer.peer.lan import MAX_ADDRESSES_PER_NAME
+
+    pub = base64.b64encode(KEY_A)
+    addresses = [f"192.168.1.{n}" for n in range(10, 100)]
+    sighting = parse_sighting({b"pub": pub}, addresses, 51820)
+    assert sighting is not None and len(sighting[1]) == MAX_ADDRESSES_PER_NAME

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshpeer.dns.naming import instance_label as label_of_key
-from meshpeer.peer.mesh import REPUNCH_S
+from meshpeer.peer.timers import REPUNCH_S
 from tests.lab import Host, Lab, NatType, Router
 from tests.lab.agents import MeshAgent, all_direct
 from tests.lab.netns import run

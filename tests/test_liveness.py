@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from meshpeer.peer.liveness import ONLINE_WINDOW_S, Liveness
+from meshpeer.peer.liveness import Liveness
 from meshpeer.peer.status import RendezvousState
+from meshpeer.peer.timers import ONLINE_WINDOW_S
 from meshpeer.peer.uapi import DeviceStatus, PeerStatus
 
 KEY = b"p" * 32

@@ -16,12 +16,16 @@ from hypothesis import strategies as st
 from pyroute2.netlink.exceptions import NetlinkError
 
 from meshpeer.common.endpoints import IPAddress, IPNetwork
-from meshpeer.peer.host_routes import NOT_ACCEPTED, HostRoutes
-from meshpeer.peer.mesh import Mesh, RemotePeer
-from meshpeer.peer.routes import Claim, decide, overlap
+from meshpeer.peer.discovery import RemotePeer, api_delta, api_list
+from meshpeer.peer.host_routes import HostRoutes
+from meshpeer.peer.links import RTPROT_MESHPEER, Links
+from meshpeer.peer.mesh import Mesh
+from meshpeer.peer.plan import Surroundings
+from meshpeer.peer.routes import NOT_ACCEPTED, Claim, RouteTable, decide, overlap
 from meshpeer.peer.state import Membership
+from meshpeer.peer.status import Identity, RendezvousState
 from meshpeer.peer.uapi import DeviceStatus
-from meshpeer.peer.wireguard import RTPROT_MESHPEER, Links, RouteTable
+from tests.blocking import forbid_on_loop_thread
 
 net = ipaddress.ip_network
 addr = ipaddress.ip_address
@@ -216,6 +220,7 @@ class FakeIPRoute:
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
     def __enter__(self) -> FakeIPRoute:
+        forbid_on_loop_thread("pyroute2.IPRoute")  # as the real one is (conftest.py)
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -326,16 +331,26 @@ def mesh_with_attacker() -> Mesh:
     mesh = Mesh(OWN)
     evil = RemotePeer(EVIL, "mallory", "10.77.0.66", (*ATTACK, "10.99.0.0/24"), None)
     good = RemotePeer(GOOD, "office", "10.77.0.2", ("10.1.0.0/24",), ("198.51.100.7", 51820))
-    mesh.replace_all([evil, good])
+    mesh.merge(api_list([evil, good]))
     return mesh
 
 
+def surroundings(table: RouteTable | None) -> Surroundings:
+    identity = Identity(MEMBERSHIP.name, MEMBERSHIP.address, "wg0", "userspace", None)
+    state = RendezvousState(MEMBERSHIP.api_url)
+    return Surroundings(identity, state, net(MEMBERSHIP.network), frozenset(), table)
+
+
 def rounds(routes: HostRoutes, mesh: Mesh, count: int) -> None:
+    """Reconcile rounds as the agent runs them: the table read only when the core asks,
+    the core's plan, its routes installed."""
+    mesh.accept_routes = routes.accept  # the agent sets both from --accept-routes
+
     async def scenario() -> None:
         for _ in range(count):
-            mesh.accept_routes(await routes.decide(mesh, DeviceStatus(), MEMBERSHIP, frozenset()))
-            mesh.plan(DeviceStatus(), 100.0)
-            await routes.install()
+            table = await routes.read_table() if mesh.wants_route_table() else None
+            plan = mesh.plan(DeviceStatus(), 100.0, surroundings(table))
+            await routes.install(plan.routes)
 
     asyncio.run(scenario())
 
@@ -378,7 +393,7 @@ def test_with_accept_routes_only_the_safe_routes_are_installed_and_allowed(
     assert len(refused) == len(ATTACK)  # one line each, not one a round
     assert all(line.startswith("not installing ") for line in refused)
 
-    mesh.update([], [EVIL])  # mallory removed: its route goes, exactly that one
+    mesh.merge(api_delta([], [EVIL]))  # mallory removed: its route goes, exactly that one
     rounds(routes, mesh, 1)
     assert links.ip.calls[-1][0] == "del" and links.ip.calls[-1][1]["dst"] == "10.99.0.0/24"
     assert [str(_prefix(r)) for r in links.ip.table] == [
@@ -406,7 +421,7 @@ def test_a_route_that_appears_between_reading_and_adding_is_skipped_and_logged_o
     links.route_table = read_then_race  # type: ignore[method-assign]
     routes = HostRoutes(links, "wg0", accept=True)  # type: ignore[arg-type]
     mesh = Mesh(OWN)
-    mesh.replace_all([RemotePeer(GOOD, "office", "10.77.0.2", ("10.1.0.0/24",), None)])
+    mesh.merge(api_list([RemotePeer(GOOD, "office", "10.77.0.2", ("10.1.0.0/24",), None)]))
     with caplog.at_level(logging.WARNING, "meshpeer.peer.routes"):
         rounds(routes, mesh, 3)
 

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from meshpeer.peer.host_routes import NOT_ACCEPTED
-from meshpeer.peer.wireguard import RTPROT_MESHPEER
+from meshpeer.peer.links import RTPROT_MESHPEER
+from meshpeer.peer.routes import NOT_ACCEPTED
 from tests.lab import Host, Lab, NatType
 from tests.lab.agents import MeshAgent, all_direct, join_with_routes
 from tests.lab.rendezvous import RendezvousServer

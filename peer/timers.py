@@ -1,0 +1,79 @@
+"""Every time the agent keeps, with where its value comes from (beside rendezvous/timers.py).
+
+WireGuard's own times are from the whitepaper, section 6, and agree with the kernel and
+wireguard-go (shared/reference/wireguard-protocol.md); the rest are ours, and say why.
+"""
+
+from __future__ import annotations
+
+# -- WireGuard's, which ours are derived from ---------------------------------------------------
+
+REJECT_AFTER_TIME_S = 180.0  # a session's keys are refused this long after its handshake
+REKEY_TIMEOUT_S = 5.0  # an unanswered initiation is sent again after this long
+
+# -- paths between peers (mesh.py) --------------------------------------------------------------
+
+# The rendezvous sees a NAT rebinding at the next keepalive. Ten seconds keeps "a moved peer is
+# found again" near 10 s, and at one 32-byte packet per 10 s per peer it costs nothing. (The 25 s
+# WireGuard suggests only keeps mappings open; it would make rebinding news 25 s late.)
+RENDEZVOUS_KEEPALIVE_S = 10
+# Between peers, the usual 25 s keeps every common NAT's UDP mapping alive (the shortest seen in
+# the wild is 30 s).
+PEER_KEEPALIVE_S = 25
+# A session is dead REJECT_AFTER_TIME after its handshake; with keepalives flowing a live path
+# rehandshakes every 120 s (REKEY_AFTER_TIME), so a younger handshake means the path is up.
+PATH_FRESH_S = REJECT_AFTER_TIME_S
+# While a path is down, its endpoint is set again this often: both sides keep sending to each
+# other's current mapping, which is what opens the NATs. It is also the length of a candidate's
+# turn: at least REKEY_TIMEOUT, the interval at which WireGuard sends initiations, so every turn
+# gets at least one packet to its endpoint.
+REPUNCH_S = 2 * REKEY_TIMEOUT_S
+# A peer sends at least a keepalive every PEER_KEEPALIVE_S: one whose received bytes have not
+# grown for a keepalive's interval and 3 s more has gone (`meshpeer status`: offline within 30 s).
+ONLINE_WINDOW_S = PEER_KEEPALIVE_S + 3.0
+
+# -- the agent's loops (agent.py, supervise.py) -------------------------------------------------
+
+# The reconcile loop's tick when nothing wakes it: a path's turn (REPUNCH_S) is then late by at
+# most a second, and a second of idle rounds costs one UAPI get.
+RECONCILE_S = 1.0
+# Retries of an unreachable rendezvous double up to this: a rendezvous back after an outage is
+# found within half a minute, while a hundred agents retrying cost it a few requests a second.
+BACKOFF_MAX_S = 30.0
+# What one step of stopping may wait for: four steps keep a stop under the 2 s systemd and the
+# lab allow.
+STOP_WAIT_S = 0.5
+# The watch API brings news within 100 ms; DNS-SD is the slow safety net (wgsd polls as often).
+DNS_SD_POLL_S = 30.0
+# A failed loop is restarted after RESTART_FIRST_S, doubling up to RESTART_MAX_S; more than
+# FAILURES_ALLOWED failures in FAILURE_WINDOW_S end the agent (exit 1) so systemd restarts it:
+# a loop failing every 10 s for a minute is broken, not unlucky.
+RESTART_FIRST_S = 0.5
+RESTART_MAX_S = 10.0
+FAILURE_WINDOW_S = 60.0
+
+# -- talking to others (client.py, dnssd.py, lan.py, resolved.py, the backends) -----------------
+
+# One API request (join, leave), TLS handshake included, over a slow mobile link.
+REQUEST_TIMEOUT_S = 15.0
+# The watch's long poll: the server answers by then even when nothing changed, and 25 s stays
+# under the 30 s idle timeouts of common HTTP proxies and NATs' TCP mappings.
+WATCH_TIMEOUT_S = 25.0
+# One DNS-SD query: a resolver's usual retry budget; the next poll tries again anyway.
+DNS_QUERY_TIMEOUT_S = 3.0
+# Resolving one mDNS service: RFC 6762 section 5.2 retries after 1 s, then 2 s; zeroconf takes
+# milliseconds.
+MDNS_RESOLVE_TIMEOUT_S = 3.0
+# resolvectl answers in milliseconds; a hung systemd-resolved must not hold the start up.
+RESOLVECTL_TIMEOUT_S = 5.0
+# wireguard-go opens its UAPI socket within milliseconds; past 5 s it is not going to.
+USERSPACE_SOCKET_WAIT_S = 5.0
+USERSPACE_SOCKET_POLL_S = 0.02  # how often to look meanwhile: a start takes a few of them
+# wireguard-go exits within milliseconds of SIGTERM; half of a stop's 2 s, then SIGKILL.
+USERSPACE_TERMINATE_S = 1.0
+
+# -- `meshpeer down` (cli.py) -------------------------------------------------------------------
+
+# The agent stops within 2 s of SIGTERM (STOP_WAIT_S per step); more than 5 s means it is stuck.
+DOWN_WAIT_S = 5.0
+DOWN_POLL_S = 0.05  # how often `down` looks meanwhile: it answers within 50 ms of the stop
