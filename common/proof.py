@@ -27,11 +27,11 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from meshpeer.common.errors import InvalidInput, UsageError
 from meshpeer.common.keys import encode_key, parse_key
+from meshpeer.common.limits import MAX_ROUTES
 
 LABEL = b"meshpeer join v1"
 NONCE_BYTES = 12
 MAC_BYTES = 32
-MAX_ROUTES = 64  # routes one join may ask for (the registry enforces the same)
 MAX_SEALED_BYTES = 512
 MAX_TIME_MS = 2**53  # a JSON number every parser reads exactly
 

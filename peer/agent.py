@@ -27,7 +27,13 @@ from . import client, dnssd, resolved
 from .discovery import sighted
 from .errors import AgentError, AgentFailed, BackendError, Stopped
 from .host_routes import HostRoutes, rendezvous_addresses
-from .interface import choose_backend, enable_forwarding, free_interface, make_interface
+from .interface import (
+    choose_backend,
+    enable_forwarding,
+    free_interface,
+    make_interface,
+    rendezvous_peer,
+)
 from .interface import tear_down as tear_down_interface
 from .lan import LanDiscovery, Sightings
 from .links import Links
@@ -131,6 +137,7 @@ class Agent:
         ifname = self.options.interface
         identity = Identity(membership.name, membership.address, ifname, backend.name, pid_start)
         mesh = Mesh(own_key, accept_routes=self.options.accept_routes)
+        mesh.relay_endpoint = (await rendezvous_peer(membership)).endpoint
         state = RendezvousState(membership.api_url)
         return _Live(membership, mesh, backend, routes, rendezvous, state, identity)
 
@@ -330,10 +337,20 @@ class Agent:
             logger.info("%s", event)
         # After the peers' AllowedIPs: a route into the link ahead of them would drop packets.
         await live.routes.install(plan.routes)
+        if plan.relay_partners is not None:
+            await self._tell_relay(live, plan.relay_partners)
         if plan.status is not None and plan.status != live.last_status:
             # Most seconds nothing changed: no write at all.
             await asyncio.to_thread(self.state.write_status, plan.status)
             live.last_status = plan.status
+
+    async def _tell_relay(self, live: _Live, partners: frozenset[bytes]) -> None:
+        """The rendezvous relays only for pairs it holds: tell it ours (the next round points
+        the peers at it). Unreachable: the next round asks again."""
+        try:
+            live.mesh.relay_stored(await client.set_relay(live.membership, partners))
+        except (client.Unreachable, client.JoinRefused) as error:  # removed: the watch says so
+            logger.warning("could not ask the rendezvous to relay: %s", error)
 
     async def _tear_down(self, backend: Backend) -> None:
         await tear_down_interface(backend, self.links, self.options.interface)

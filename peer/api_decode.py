@@ -15,7 +15,7 @@ from typing import Any
 from meshpeer.common.endpoints import Endpoint, ip_literal, parse_endpoint
 from meshpeer.common.errors import InvalidInput
 from meshpeer.common.keys import parse_key
-from meshpeer.common.proof import MAX_ROUTES
+from meshpeer.common.limits import MAX_RELAY_PARTNERS, MAX_ROUTES
 
 from .discovery import Discovery, RemotePeer, api_delta, api_list
 from .uapi import UapiError, checked_cidr
@@ -76,18 +76,25 @@ def remote_peer(item: object) -> RemotePeer | None:
         routes = _routes(item.get("routes") or [])
         text = item.get("endpoint")
         endpoint = None if text is None else parse_endpoint(str(text))
+        partners = _relay_partners(item.get("relay_partners") or [])
     except (KeyError, ValueError, TypeError, UapiError):  # InvalidInput is a ValueError
         return None
     name = str(item.get("name", ""))
     if not name.isprintable() or len(name) > MAX_NAME_LENGTH:
         return None
-    return RemotePeer(key, name, address, routes, endpoint)
+    return RemotePeer(key, name, address, routes, endpoint, partners)
 
 
 def _routes(routes: object) -> tuple[str, ...]:
     if not isinstance(routes, list) or len(routes) > MAX_ROUTES:
         raise ValueError(f"routes must be a list of at most {MAX_ROUTES}")  # as joins are
     return tuple(str(ipaddress.ip_network(checked_cidr(str(route)))) for route in routes)
+
+
+def _relay_partners(keys: object) -> frozenset[bytes]:
+    if not isinstance(keys, list) or len(keys) > MAX_RELAY_PARTNERS:
+        raise ValueError(f"relay partners must be a list of at most {MAX_RELAY_PARTNERS}")
+    return frozenset(parse_key(key) for key in keys)
 
 
 def _key(text: object) -> bytes | None:

@@ -14,8 +14,9 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshpeer.common import proof
-from meshpeer.common.errors import Failure, UsageError
-from meshpeer.common.keys import encode_key
+from meshpeer.common.errors import Failure, InvalidInput, UsageError
+from meshpeer.common.keys import encode_key, parse_key
+from meshpeer.common.limits import MAX_RELAY_PARTNERS
 from meshpeer.common.pinning import client_ssl
 from meshpeer.common.tokens import JoinToken
 
@@ -100,6 +101,33 @@ async def watch(
         return watch_answer(answer)
     except (KeyError, TypeError, ValueError):
         raise Unreachable(f"{url} answered, but not as the API does (a captive portal?)") from None
+
+
+async def set_relay(membership: Membership, partners: frozenset[bytes]) -> frozenset[bytes]:
+    """Tell the rendezvous which peers we reach through its relay (PUT /v1/relay); it answers
+    with those it holds (registered peers only)."""
+    body = {"partners": sorted(encode_key(key) for key in partners)}
+    try:
+        status, answer = await _request(
+            "PUT",
+            f"{membership.api_url}/v1/relay",
+            membership.tls_pin,
+            body=body,
+            credential=membership.credential,
+        )
+    except WrongCertificate as error:
+        raise Unreachable(str(error)) from None
+    if status == 401:
+        raise Removed("the operator removed this machine from the mesh")
+    if status != 200:
+        raise Unreachable(f"the rendezvous answered {status}: {answer.get('error')}")
+    held = answer.get("partners")
+    if not isinstance(held, list) or len(held) > MAX_RELAY_PARTNERS:
+        raise Unreachable("the rendezvous's answer to PUT /v1/relay is not the API's")
+    try:
+        return frozenset(parse_key(key) for key in held)
+    except InvalidInput:
+        raise Unreachable("the rendezvous's answer to PUT /v1/relay is not the API's") from None
 
 
 async def leave(membership: Membership) -> None:

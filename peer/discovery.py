@@ -24,6 +24,8 @@ class RemotePeer:
     address: str  # its mesh address
     routes: tuple[str, ...]  # granted by the operator; installed only with --accept-routes
     endpoint: Endpoint | None  # as the rendezvous observed it
+    # The peers it asked to reach through the relay; naming us means: reach it through the relay.
+    relay_partners: frozenset[bytes] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,16 +15,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from meshpeer.common.endpoints import Endpoint
+from meshpeer.common.endpoints import Endpoint, format_endpoint
 from meshpeer.common.keys import short_key
 
+from . import timers
 from .discovery import Discovery, RemotePeer
 from .hints import Candidate, Hints
 from .liveness import Liveness
 from .plan import Plan, Surroundings
 from .routes import Claim, Decision, RoutePlan, decide, protected_addresses, refuse_all
 from .status import document
-from .timers import PATH_FRESH_S, PEER_KEEPALIVE_S, REPUNCH_S
 from .uapi import DeviceStatus, PeerConfig
 
 Path = Literal["direct", "lan", "relay", "none"]
@@ -37,6 +37,10 @@ class _PathState:
     endpoint: Endpoint | None = None
     public: Endpoint | None = None  # the API's endpoint when that turn started
     next_hint: int = 0  # the hints take their turns in order
+    stuck_since: float | None = None  # punched since then without a handshake
+    direct_try: tuple[float, int] | None = None  # a relayed path's try of direct: (when, rx)
+    last_direct_try: float | None = None
+    reason: str = ""  # why the path is about to change, for its log line
 
 
 @dataclass(slots=True)
@@ -50,6 +54,9 @@ class Mesh:
     _routes: Decision = field(default_factory=lambda: Decision((), ()))
     _applied: dict[bytes, PeerConfig] = field(default_factory=dict)
     _paths: dict[bytes, _PathState] = field(default_factory=dict)
+    relay_endpoint: Endpoint | None = None  # the rendezvous's WireGuard endpoint: its relay
+    _asked: set[bytes] = field(default_factory=set)  # peers we want to relay with
+    _stored: frozenset[bytes] = frozenset()  # what the rendezvous holds for us
 
     # -- discovery ----------------------------------------------------------------------------
 
@@ -123,8 +130,20 @@ class Mesh:
             del self._applied[key]
             self._paths.pop(key, None)
             events.append(f"peer {short_key(key)} removed")
+        self._asked &= self.peers.keys()
         status = self._status(device, now, surroundings) if surroundings else None
-        return Plan(wanted, remove, events, routes, status)
+        partners = frozenset(self._asked)
+        tell = partners if partners != self._stored else None
+        return Plan(wanted, remove, events, routes, status, tell)
+
+    def relay_stored(self, partners: frozenset[bytes]) -> None:
+        """The rendezvous holds these as the peers we relay with (its answer to PUT /v1/relay)."""
+        self._stored = partners
+
+    def _relays_with(self, peer: RemotePeer) -> bool:
+        """Either side asked, and the rendezvous holds it: the pair goes through the relay."""
+        asked = peer.public_key in self._stored or self.own_key in peer.relay_partners
+        return self.relay_endpoint is not None and asked
 
     # -- routes and status --------------------------------------------------------------------
 
@@ -179,9 +198,10 @@ class Mesh:
     ) -> PeerConfig | None:
         """The peer's configuration, if something must be (re)written."""
         candidates = self.candidates(peer)
+        relayed = self._relays_with(peer)
         # No endpoint yet: nothing to keep alive. The interval goes from 0 when one arrives,
         # and that makes WireGuard send at once: the punch starts without waiting for a timer.
-        keepalive = PEER_KEEPALIVE_S if candidates else 0
+        keepalive = timers.PEER_KEEPALIVE_S if candidates or relayed else 0
         config = PeerConfig(peer.public_key, self.allowed_ips(peer), None, keepalive)
         applied = self._applied.get(peer.public_key)
         reshaped = (
@@ -191,8 +211,23 @@ class Mesh:
         )
         up = self._is_up(peer.public_key, device, now)
         moved = self._moved(peer, device, state)
+        if up:
+            state.stuck_since = None
+            if self._through_relay(peer, device):
+                return self._while_relayed(peer, device, state, config, now) or (
+                    config if reshaped else None
+                )
+            if state.direct_try is not None:  # trying direct from the relay: wait, or go back
+                back = self._direct_try_over(peer, device, state, config, now)
+                return back or (config if reshaped else None)
+            self._asked.discard(peer.public_key)  # direct (or LAN) works: no relay needed
+        elif relayed:
+            return self._relay_turn(peer, state, config, now) or (
+                replace(config, endpoint=state.endpoint) if reshaped else None
+            )
         if not candidates or (up and not moved):
             return config if reshaped else None  # an up path keeps the endpoint WireGuard has
+        self._give_up_punching(peer, state, now)
         endpoint = self._turn(peer, candidates, state, now, public_first=moved)
         if endpoint is not None:
             return self._punched(replace(config, endpoint=endpoint), state, now)
@@ -209,7 +244,7 @@ class Mesh:
     ) -> Endpoint | None:
         """The endpoint whose turn starts now, or None while the current turn runs.
 
-        Each candidate is tried for a turn of REPUNCH_S. The API's endpoint takes every other
+        Each candidate is tried for a turn of timers.REPUNCH_S. The API's endpoint takes every other
         turn, so it is tried at most one turn after any hint however many hints arrive (30
         spoofed mDNS sightings once held it back 300 s), and only news from the API, which is
         authenticated, cuts a turn short; the first turn goes to the LAN, as DESIGN.md asks."""
@@ -219,7 +254,7 @@ class Mesh:
             state.public, state.next_hint = public, 0
             lan_first = candidates[0].source == "lan" and not public_first
             return public if public is not None and not lan_first else self._hint(state, hints)
-        if now - state.turn_started < REPUNCH_S:
+        if now - state.turn_started < timers.REPUNCH_S:
             return None
         if public is not None and (state.endpoint != public or not hints):
             return public
@@ -235,6 +270,81 @@ class Mesh:
         state.turn_started, state.endpoint = now, config.endpoint
         return replace(config, kick=True)
 
+    # -- the relay ----------------------------------------------------------------------------
+
+    def _give_up_punching(self, peer: RemotePeer, state: _PathState, now: float) -> None:
+        """Punching for timers.RELAY_AFTER_S without a handshake: ask the rendezvous to relay (the
+        next rounds point the peer at it once it holds the pair)."""
+        state.stuck_since = now if state.stuck_since is None else state.stuck_since
+        stuck = now - state.stuck_since
+        if self.relay_endpoint is None or stuck < timers.RELAY_AFTER_S:
+            return
+        if peer.public_key not in self._asked:
+            self._asked.add(peer.public_key)
+            relay = format_endpoint(self.relay_endpoint)
+            state.reason = f"punch failed for {stuck:.0f} s: relaying via {relay}"
+
+    def _relay_turn(
+        self, peer: RemotePeer, state: _PathState, config: PeerConfig, now: float
+    ) -> PeerConfig | None:
+        """Down, and the pair relays: point the peer at the rendezvous, again every turn."""
+        relay, started = self.relay_endpoint, state.turn_started
+        state.direct_try = None
+        if relay is None or (
+            state.endpoint == relay and started and now - started < timers.REPUNCH_S
+        ):
+            return None
+        if not state.reason:
+            state.reason = f"{peer.name} asked for the relay: through {format_endpoint(relay)}"
+        return self._punched(replace(config, endpoint=relay), state, now)
+
+    def _through_relay(self, peer: RemotePeer, device: DeviceStatus) -> bool:
+        status = device.peers.get(peer.public_key)
+        return status is not None and status.endpoint == self.relay_endpoint is not None
+
+    def _while_relayed(
+        self,
+        peer: RemotePeer,
+        device: DeviceStatus,
+        state: _PathState,
+        config: PeerConfig,
+        now: float,
+    ) -> PeerConfig | None:
+        """Up through the relay: try the direct path when the peer's mapping moves, and
+        every timers.DIRECT_RETRY_S. WireGuard roams to whichever endpoint answers, so a try that
+        works keeps itself; one that nothing answered within timers.DIRECT_TRY_S goes back."""
+        rx = device.peers[peer.public_key].rx_bytes
+        if state.last_direct_try is None:  # just relayed: the clock of tries starts now
+            state.public, state.last_direct_try = peer.endpoint, now
+            return None
+        news = peer.endpoint is not None and peer.endpoint != state.public
+        due = state.last_direct_try is None or now - state.last_direct_try >= timers.DIRECT_RETRY_S
+        if peer.endpoint is None or not (news or due):
+            return None
+        state.public, state.last_direct_try, state.direct_try = peer.endpoint, now, (now, rx)
+        state.reason = "its mapping moved" if news else "a periodic try"
+        return self._punched(replace(config, endpoint=peer.endpoint), state, now)
+
+    def _direct_try_over(
+        self,
+        peer: RemotePeer,
+        device: DeviceStatus,
+        state: _PathState,
+        config: PeerConfig,
+        now: float,
+    ) -> PeerConfig | None:
+        """A try of the direct path that nothing answered: back to the relay."""
+        if state.direct_try is None or now - state.direct_try[0] < timers.DIRECT_TRY_S:
+            return None
+        started, rx = state.direct_try
+        state.direct_try = None
+        status = device.peers.get(peer.public_key)
+        answered = status is not None and status.rx_bytes > rx
+        if answered or status is None or status.endpoint == self.relay_endpoint:
+            return None  # direct answered, or WireGuard roamed back by itself
+        state.reason = f"direct try unanswered for {now - started:.0f} s"
+        return self._punched(replace(config, endpoint=self.relay_endpoint), state, now)
+
     def _moved(self, peer: RemotePeer, device: DeviceStatus, state: _PathState) -> bool:
         """The endpoint in use is the mapping the API gave, and the API has a new one: the
         peer's NAT rebooted, say. The session still looks fresh, but WireGuard would keep
@@ -249,7 +359,9 @@ class Mesh:
     def _is_up(self, key: bytes, device: DeviceStatus, now: float) -> bool:
         status = device.peers.get(key)
         return bool(
-            status and status.latest_handshake and now - status.latest_handshake < PATH_FRESH_S
+            status
+            and status.latest_handshake
+            and now - status.latest_handshake < timers.PATH_FRESH_S
         )
 
     def _note_path(
@@ -261,13 +373,24 @@ class Mesh:
         events: list[str],
     ) -> None:
         path: Path = "none"
-        if self._is_up(peer.public_key, device, now):
+        up = self._is_up(peer.public_key, device, now)
+        if up and (state.direct_try is not None or state.turn_started == now):
+            path = state.path  # a try, or an endpoint set just now: the device is a round behind
+        elif up:
             seen = device.peers[peer.public_key].endpoint
             path = "lan" if seen in self.hints.endpoints("lan", peer.public_key) else "direct"
+            path = "relay" if seen is not None and seen == self.relay_endpoint else path
         if path != state.path:
             reason = "handshake completed" if path != "none" else "no live handshake"
+            if path == "relay" and self.relay_endpoint is not None:
+                reason = f"handshake through the relay at {format_endpoint(self.relay_endpoint)}"
+            if state.path == "relay" and path in ("direct", "lan"):
+                reason = "a direct path answers"
             events.append(f"path to {peer.name} {state.path} -> {path} ({reason})")
             state.path = path
+        elif state.reason:
+            events.append(f"path to {peer.name}: {state.reason}")
+        state.reason = ""
 
     def path(self, key: bytes) -> Path:
         state = self._paths.get(key)

@@ -33,3 +33,6 @@ class Plan:
     events: list[str]  # worth a log line each
     routes: RoutePlan = field(default_factory=RoutePlan)  # after the peers: AllowedIPs first
     status: dict[str, Any] | None = None  # the status.json document, with Surroundings
+    # The peers we want to reach through the relay, when the rendezvous must be told (PUT
+    # /v1/relay); None when it already holds them.
+    relay_partners: frozenset[bytes] | None = None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from meshpeer.common.endpoints import Endpoint, IPAddress, IPNetwork, format_endpoint
 from meshpeer.common.errors import InvalidInput, UsageError
 from meshpeer.common.keys import encode_key
-from meshpeer.common.proof import MAX_ROUTES
+from meshpeer.common.limits import MAX_ROUTES
 
 from .timers import MAX_DURATION_S
 

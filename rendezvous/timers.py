@@ -6,6 +6,8 @@ boringtun (see shared/reference/wireguard-protocol.md).
 
 from __future__ import annotations
 
+from meshpeer.common.limits import MAX_RELAY_PARTNERS
+
 REJECT_AFTER_TIME_S = 180.0  # a session's keys are refused this long after the handshake
 REKEY_AFTER_TIME_S = 120.0  # initiators rehandshake this often
 REJECT_AFTER_MESSAGES = 2**64 - 2**13 - 1  # counters at or past this are never accepted
@@ -95,7 +97,7 @@ MAX_DURATION_S = 100 * 365 * 86_400
 # relayed link is capped here, not the rendezvous's uplink shared by every pair.
 RELAY_BYTES_PER_S = 12_500_000.0
 RELAY_BURST_BYTES = 12_500_000.0
-RELAY_PARTNERS_PER_PEER = 64  # mac1 is tried against at most this many keys per initiation
+RELAY_PARTNERS_PER_PEER = MAX_RELAY_PARTNERS  # mac1 is tried against at most this many keys
 # Index routes a member's handshakes may leave here: WireGuard keeps three sessions per peer
 # (previous, current, next), so eight per partner is room to spare.
 RELAY_ROUTES_PER_PEER = 8 * RELAY_PARTNERS_PER_PEER

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from meshpeer.common.proof import MAX_ROUTES
+from meshpeer.common.limits import MAX_ROUTES
 from meshpeer.peer.api_decode import (
     MAX_EPOCH_LENGTH,
     MAX_NAME_LENGTH,

@@ -1,0 +1,99 @@
+"""The agent's core and the relay: when a pair goes through the rendezvous, how the path is
+named, and how a relayed pair finds its way back to a direct path (no network: rounds of
+`Mesh.plan` against device states as WireGuard would report them)."""
+
+from __future__ import annotations
+
+from meshpeer.common.endpoints import Endpoint
+from meshpeer.peer.discovery import RemotePeer, api_list
+from meshpeer.peer.mesh import Mesh
+from meshpeer.peer.timers import DIRECT_TRY_S, RELAY_AFTER_S
+from meshpeer.peer.uapi import DeviceStatus, PeerStatus
+
+OWN, PEER = bytes([1]) * 32, bytes([2]) * 32
+RELAY: Endpoint = ("203.0.113.1", 51820)
+MAPPING: Endpoint = ("198.51.100.20", 40000)
+MOVED: Endpoint = ("198.51.100.20", 40999)
+
+
+def mesh_with(peer_endpoint: Endpoint | None = MAPPING, names_us: bool = False) -> Mesh:
+    mesh = Mesh(OWN)
+    mesh.relay_endpoint = RELAY
+    partners = frozenset({OWN}) if names_us else frozenset()
+    peer = RemotePeer(PEER, "nas", "10.77.0.3", (), peer_endpoint, partners)
+    mesh.merge(api_list([peer]))
+    return mesh
+
+
+def device(endpoint: Endpoint | None, handshake: float | None = None, rx: int = 0) -> DeviceStatus:
+    status = PeerStatus(PEER, endpoint, latest_handshake=handshake, rx_bytes=rx)
+    return DeviceStatus(peers={PEER: status})
+
+
+def test_a_punch_without_a_handshake_asks_for_the_relay_then_uses_it() -> None:
+    mesh = mesh_with()
+    first = mesh.plan(DeviceStatus(), 100.0)
+    assert first.set_peers[0].endpoint == MAPPING and first.relay_partners is None
+    waiting = mesh.plan(device(MAPPING), 100.0 + RELAY_AFTER_S - 0.5)
+    assert waiting.relay_partners is None
+    asking = mesh.plan(device(MAPPING), 100.0 + RELAY_AFTER_S)
+    assert asking.relay_partners == frozenset({PEER})
+    assert any("punch failed for 4 s: relaying via 203.0.113.1:51820" in e for e in asking.events)
+    mesh.relay_stored(frozenset({PEER}))
+    [relayed] = mesh.plan(device(MAPPING), 100.0 + RELAY_AFTER_S + 1).set_peers
+    assert relayed.endpoint == RELAY and relayed.kick
+    up = mesh.plan(device(RELAY, handshake=105.5), 106.0)
+    assert mesh.path(PEER) == "relay"
+    assert any(
+        "none -> relay (handshake through the relay at 203.0.113.1:51820)" in e for e in up.events
+    )
+    assert up.relay_partners is None  # the rendezvous holds what we asked
+
+
+def test_a_punch_that_works_never_asks_for_the_relay() -> None:
+    mesh = mesh_with()
+    mesh.plan(DeviceStatus(), 100.0)
+    mesh.plan(device(MAPPING, handshake=100.5), 101.0)
+    later = mesh.plan(device(MAPPING, handshake=100.5), 100.0 + 3 * RELAY_AFTER_S)
+    assert mesh.path(PEER) == "direct" and later.relay_partners is None
+
+
+def test_a_peer_that_asked_for_the_relay_is_reached_through_it_at_once() -> None:
+    mesh = mesh_with(names_us=True)
+    [config] = mesh.plan(DeviceStatus(), 100.0).set_peers
+    assert config.endpoint == RELAY and config.kick and config.keepalive_s > 0
+
+
+def test_a_relayed_pair_tries_direct_when_the_mapping_moves_and_keeps_what_answers() -> None:
+    mesh = mesh_with(names_us=True)
+    mesh.plan(DeviceStatus(), 100.0)
+    mesh.plan(device(RELAY, handshake=100.5, rx=100), 101.0)
+    assert mesh.path(PEER) == "relay"
+    moved = RemotePeer(PEER, "nas", "10.77.0.3", (), MOVED, frozenset({OWN}))
+    mesh.merge(api_list([moved]))
+    [trying] = mesh.plan(device(RELAY, handshake=100.5, rx=100), 102.0).set_peers
+    assert trying.endpoint == MOVED and trying.kick
+    during = mesh.plan(device(MOVED, handshake=100.5, rx=100), 103.0)
+    assert mesh.path(PEER) == "relay" and not during.set_peers  # a try, not a change yet
+    answered = device(MOVED, handshake=100.5, rx=400)  # packets came from the direct endpoint
+    done = mesh.plan(answered, 102.0 + DIRECT_TRY_S)
+    assert not done.set_peers and mesh.path(PEER) == "direct"
+    assert any("relay -> direct (a direct path answers)" in event for event in done.events)
+
+
+def test_a_direct_try_nothing_answers_goes_back_to_the_relay_within_the_try() -> None:
+    mesh = mesh_with(names_us=True)
+    mesh.plan(DeviceStatus(), 100.0)
+    mesh.plan(device(RELAY, handshake=100.5, rx=100), 101.0)
+    moved = RemotePeer(PEER, "nas", "10.77.0.3", (), MOVED, frozenset({OWN}))
+    mesh.merge(api_list([moved]))
+    mesh.plan(device(RELAY, handshake=100.5, rx=100), 102.0)
+    assert not mesh.plan(
+        device(MOVED, handshake=100.5, rx=100), 102.0 + DIRECT_TRY_S - 0.1
+    ).set_peers
+    back = mesh.plan(device(MOVED, handshake=100.5, rx=100), 102.0 + DIRECT_TRY_S)
+    [config] = back.set_peers
+    assert config.endpoint == RELAY and config.kick
+    assert any("direct try unanswered for 2 s" in event for event in back.events)
+    mesh.plan(device(RELAY, handshake=100.5, rx=100), 105.0)
+    assert mesh.path(PEER) == "relay"
