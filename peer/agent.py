@@ -12,7 +12,7 @@ import re
 import socket
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -282,8 +282,22 @@ class Agent:
             if mapping is not None:  # a delta lists us only when our mapping moved
                 live.rendezvous.own_endpoint = format_endpoint(mapping)
             live.mesh.merge(answer.discovery())
+            if epoch is not None and answer.epoch != epoch:
+                await self._after_restart(live)
             epoch, revision = answer.epoch, answer.revision
             self._wake.set()
+
+    async def _after_restart(self, live: _Live) -> None:
+        """The rendezvous restarted (a new epoch): it lost its sessions with us and the relay's
+        index routes. Handshake with it again now, so it learns our mapping at once rather than
+        at the next rekey (two minutes), and let relayed peers handshake again through it."""
+        logger.info("the rendezvous restarted: handshaking with it and relayed peers again")
+        renewed = replace(await rendezvous_peer(live.membership), kick=True)
+        try:
+            await live.backend.apply([renewed], [renewed.public_key])
+        except (BackendError, UapiError, OSError) as error:
+            logger.warning("could not renew the session with the rendezvous: %s", error)
+        live.mesh.rendezvous_restarted()
 
     async def _poll_dns_sd(self, live: _Live) -> None:
         """DNS-SD from the rendezvous's zone: a second endpoint for each peer the API lists,

@@ -13,34 +13,20 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 from meshpeer.common.endpoints import Endpoint, format_endpoint
 from meshpeer.common.keys import short_key
 
-from . import timers
+from . import paths, timers
 from .discovery import Discovery, RemotePeer
 from .hints import Candidate, Hints
 from .liveness import Liveness
+from .paths import Path, PathState, punched
 from .plan import Plan, Surroundings
 from .routes import Claim, Decision, RoutePlan, decide, protected_addresses, refuse_all
 from .status import document
 from .uapi import DeviceStatus, PeerConfig
-
-Path = Literal["direct", "lan", "relay", "none"]
-
-
-@dataclass(slots=True)
-class _PathState:
-    path: Path = "none"
-    turn_started: float | None = None  # when the endpoint below was punched
-    endpoint: Endpoint | None = None
-    public: Endpoint | None = None  # the API's endpoint when that turn started
-    next_hint: int = 0  # the hints take their turns in order
-    stuck_since: float | None = None  # punched since then without a handshake
-    direct_try: tuple[float, int] | None = None  # a relayed path's try of direct: (when, rx)
-    last_direct_try: float | None = None
-    reason: str = ""  # why the path is about to change, for its log line
 
 
 @dataclass(slots=True)
@@ -53,10 +39,11 @@ class Mesh:
     # The last decision on the peers' routes (routes.py): what is accepted goes into AllowedIPs.
     _routes: Decision = field(default_factory=lambda: Decision((), ()))
     _applied: dict[bytes, PeerConfig] = field(default_factory=dict)
-    _paths: dict[bytes, _PathState] = field(default_factory=dict)
+    _paths: dict[bytes, PathState] = field(default_factory=dict)
     relay_endpoint: Endpoint | None = None  # the rendezvous's WireGuard endpoint: its relay
     _asked: set[bytes] = field(default_factory=set)  # peers we want to relay with
     _stored: frozenset[bytes] = frozenset()  # what the rendezvous holds for us
+    _renew: set[bytes] = field(default_factory=set)  # relayed peers to write anew
 
     # -- discovery ----------------------------------------------------------------------------
 
@@ -116,9 +103,15 @@ class Mesh:
         routes = self._plan_routes(device, surroundings)
         events: list[str] = []
         wanted: list[PeerConfig] = []
+        renewed, self._renew = self._renew & self.peers.keys(), set()
         for key, peer in self.peers.items():
-            state = self._paths.setdefault(key, _PathState())
+            state = self._paths.setdefault(key, PathState())
             config = self._config(peer, device, state, now)
+            if key in renewed and self.relay_endpoint is not None:
+                base = config or self._applied.get(key)
+                if base is not None:
+                    relayed = replace(base, endpoint=self.relay_endpoint)
+                    config = punched(relayed, state, now)
             if config is not None:
                 wanted.append(config)
                 self._applied[key] = config
@@ -130,11 +123,17 @@ class Mesh:
             del self._applied[key]
             self._paths.pop(key, None)
             events.append(f"peer {short_key(key)} removed")
+        remove += sorted(renewed)  # removed, then set again: WireGuard starts a new session
         self._asked &= self.peers.keys()
         status = self._status(device, now, surroundings) if surroundings else None
         partners = frozenset(self._asked)
         tell = partners if partners != self._stored else None
         return Plan(wanted, remove, events, routes, status, tell)
+
+    def rendezvous_restarted(self) -> None:
+        """A new rendezvous process knows no relayed session's indices: the relayed peers are
+        written anew (a fresh WireGuard peer handshakes at once, through the relay)."""
+        self._renew = {key for key, state in self._paths.items() if state.path == "relay"}
 
     def relay_stored(self, partners: frozenset[bytes]) -> None:
         """The rendezvous holds these as the peers we relay with (its answer to PUT /v1/relay)."""
@@ -194,7 +193,7 @@ class Mesh:
     # -- paths --------------------------------------------------------------------------------
 
     def _config(
-        self, peer: RemotePeer, device: DeviceStatus, state: _PathState, now: float
+        self, peer: RemotePeer, device: DeviceStatus, state: PathState, now: float
     ) -> PeerConfig | None:
         """The peer's configuration, if something must be (re)written."""
         candidates = self.candidates(peer)
@@ -214,15 +213,17 @@ class Mesh:
         if up:
             state.stuck_since = None
             if self._through_relay(peer, device):
-                return self._while_relayed(peer, device, state, config, now) or (
+                status = device.peers[peer.public_key]
+                return paths.while_relayed(state, peer.endpoint, status, config, now) or (
                     config if reshaped else None
                 )
             if state.direct_try is not None:  # trying direct from the relay: wait, or go back
-                back = self._direct_try_over(peer, device, state, config, now)
+                status = device.peers[peer.public_key]
+                back = paths.direct_try_over(state, status, self.relay_endpoint, config, now)
                 return back or (config if reshaped else None)
             self._asked.discard(peer.public_key)  # direct (or LAN) works: no relay needed
         elif relayed:
-            return self._relay_turn(peer, state, config, now) or (
+            return paths.relay_turn(state, self.relay_endpoint, peer.name, config, now) or (
                 replace(config, endpoint=state.endpoint) if reshaped else None
             )
         if not candidates or (up and not moved):
@@ -230,14 +231,14 @@ class Mesh:
         self._give_up_punching(peer, state, now)
         endpoint = self._turn(peer, candidates, state, now, public_first=moved)
         if endpoint is not None:
-            return self._punched(replace(config, endpoint=endpoint), state, now)
+            return punched(replace(config, endpoint=endpoint), state, now)
         return replace(config, endpoint=state.endpoint) if reshaped else None
 
     def _turn(
         self,
         peer: RemotePeer,
         candidates: tuple[Candidate, ...],
-        state: _PathState,
+        state: PathState,
         now: float,
         *,
         public_first: bool,
@@ -260,19 +261,14 @@ class Mesh:
             return public
         return self._hint(state, hints)
 
-    def _hint(self, state: _PathState, hints: list[Endpoint]) -> Endpoint:
+    def _hint(self, state: PathState, hints: list[Endpoint]) -> Endpoint:
         endpoint = hints[state.next_hint % len(hints)]
         state.next_hint += 1
         return endpoint
 
-    def _punched(self, config: PeerConfig, state: _PathState, now: float) -> PeerConfig:
-        """Point the peer at its endpoint and send at once (both sides do: the hole punch)."""
-        state.turn_started, state.endpoint = now, config.endpoint
-        return replace(config, kick=True)
-
     # -- the relay ----------------------------------------------------------------------------
 
-    def _give_up_punching(self, peer: RemotePeer, state: _PathState, now: float) -> None:
+    def _give_up_punching(self, peer: RemotePeer, state: PathState, now: float) -> None:
         """Punching for timers.RELAY_AFTER_S without a handshake: ask the rendezvous to relay (the
         next rounds point the peer at it once it holds the pair)."""
         state.stuck_since = now if state.stuck_since is None else state.stuck_since
@@ -284,68 +280,11 @@ class Mesh:
             relay = format_endpoint(self.relay_endpoint)
             state.reason = f"punch failed for {stuck:.0f} s: relaying via {relay}"
 
-    def _relay_turn(
-        self, peer: RemotePeer, state: _PathState, config: PeerConfig, now: float
-    ) -> PeerConfig | None:
-        """Down, and the pair relays: point the peer at the rendezvous, again every turn."""
-        relay, started = self.relay_endpoint, state.turn_started
-        state.direct_try = None
-        if relay is None or (
-            state.endpoint == relay and started and now - started < timers.REPUNCH_S
-        ):
-            return None
-        if not state.reason:
-            state.reason = f"{peer.name} asked for the relay: through {format_endpoint(relay)}"
-        return self._punched(replace(config, endpoint=relay), state, now)
-
     def _through_relay(self, peer: RemotePeer, device: DeviceStatus) -> bool:
         status = device.peers.get(peer.public_key)
         return status is not None and status.endpoint == self.relay_endpoint is not None
 
-    def _while_relayed(
-        self,
-        peer: RemotePeer,
-        device: DeviceStatus,
-        state: _PathState,
-        config: PeerConfig,
-        now: float,
-    ) -> PeerConfig | None:
-        """Up through the relay: try the direct path when the peer's mapping moves, and
-        every timers.DIRECT_RETRY_S. WireGuard roams to whichever endpoint answers, so a try that
-        works keeps itself; one that nothing answered within timers.DIRECT_TRY_S goes back."""
-        rx = device.peers[peer.public_key].rx_bytes
-        if state.last_direct_try is None:  # just relayed: the clock of tries starts now
-            state.public, state.last_direct_try = peer.endpoint, now
-            return None
-        news = peer.endpoint is not None and peer.endpoint != state.public
-        due = state.last_direct_try is None or now - state.last_direct_try >= timers.DIRECT_RETRY_S
-        if peer.endpoint is None or not (news or due):
-            return None
-        state.public, state.last_direct_try, state.direct_try = peer.endpoint, now, (now, rx)
-        state.reason = "its mapping moved" if news else "a periodic try"
-        return self._punched(replace(config, endpoint=peer.endpoint), state, now)
-
-    def _direct_try_over(
-        self,
-        peer: RemotePeer,
-        device: DeviceStatus,
-        state: _PathState,
-        config: PeerConfig,
-        now: float,
-    ) -> PeerConfig | None:
-        """A try of the direct path that nothing answered: back to the relay."""
-        if state.direct_try is None or now - state.direct_try[0] < timers.DIRECT_TRY_S:
-            return None
-        started, rx = state.direct_try
-        state.direct_try = None
-        status = device.peers.get(peer.public_key)
-        answered = status is not None and status.rx_bytes > rx
-        if answered or status is None or status.endpoint == self.relay_endpoint:
-            return None  # direct answered, or WireGuard roamed back by itself
-        state.reason = f"direct try unanswered for {now - started:.0f} s"
-        return self._punched(replace(config, endpoint=self.relay_endpoint), state, now)
-
-    def _moved(self, peer: RemotePeer, device: DeviceStatus, state: _PathState) -> bool:
+    def _moved(self, peer: RemotePeer, device: DeviceStatus, state: PathState) -> bool:
         """The endpoint in use is the mapping the API gave, and the API has a new one: the
         peer's NAT rebooted, say. The session still looks fresh, but WireGuard would keep
         sending to a dead mapping until it times out, minutes later: punch the new one now.
@@ -368,7 +307,7 @@ class Mesh:
         self,
         peer: RemotePeer,
         device: DeviceStatus,
-        state: _PathState,
+        state: PathState,
         now: float,
         events: list[str],
     ) -> None:

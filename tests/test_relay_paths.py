@@ -97,3 +97,16 @@ def test_a_direct_try_nothing_answers_goes_back_to_the_relay_within_the_try() ->
     assert any("direct try unanswered for 2 s" in event for event in back.events)
     mesh.plan(device(RELAY, handshake=100.5, rx=100), 105.0)
     assert mesh.path(PEER) == "relay"
+
+
+def test_after_a_rendezvous_restart_relayed_peers_are_written_anew() -> None:
+    mesh = mesh_with(names_us=True)
+    mesh.plan(DeviceStatus(), 100.0)
+    mesh.plan(device(RELAY, handshake=100.5, rx=100), 101.0)
+    assert not mesh.plan(device(RELAY, handshake=100.5, rx=100), 102.0).set_peers
+    mesh.rendezvous_restarted()
+    renewed = mesh.plan(device(RELAY, handshake=100.5, rx=100), 103.0)
+    assert renewed.remove == [PEER]  # a new WireGuard peer: its first packet is an initiation
+    [config] = renewed.set_peers
+    assert config.endpoint == RELAY and config.kick
+    assert not mesh.plan(device(RELAY, handshake=103.2, rx=200), 104.0).set_peers

@@ -1,0 +1,81 @@
+"""One peer's path, between rounds of the mesh core: its punch turns, and the relay's part
+(going through the rendezvous, and trying the direct path again from there). Pure: the state
+and `now` in, the WireGuard peer to write (or None) out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from meshpeer.common.endpoints import Endpoint, format_endpoint
+
+from . import timers
+from .uapi import PeerConfig, PeerStatus
+
+Path = Literal["direct", "lan", "relay", "none"]
+
+
+@dataclass(slots=True)
+class PathState:
+    path: Path = "none"
+    turn_started: float | None = None  # when the endpoint below was punched
+    endpoint: Endpoint | None = None
+    public: Endpoint | None = None  # the API's endpoint when that turn started
+    next_hint: int = 0  # the hints take their turns in order
+    stuck_since: float | None = None  # punched since then without a handshake
+    direct_try: tuple[float, int] | None = None  # a relayed path's try of direct: (when, rx)
+    last_direct_try: float | None = None
+    reason: str = ""  # why the path is about to change, for its log line
+
+
+def punched(config: PeerConfig, state: PathState, now: float) -> PeerConfig:
+    """Point the peer at its endpoint and send at once (both sides do: the hole punch)."""
+    state.turn_started, state.endpoint = now, config.endpoint
+    return replace(config, kick=True)
+
+
+def relay_turn(
+    state: PathState, relay: Endpoint | None, name: str, config: PeerConfig, now: float
+) -> PeerConfig | None:
+    """Down, and the pair relays: point the peer at the rendezvous, again every turn."""
+    started = state.turn_started
+    state.direct_try = None
+    if relay is None or (state.endpoint == relay and started and now - started < timers.REPUNCH_S):
+        return None
+    if not state.reason:
+        state.reason = f"{name} asked for the relay: through {format_endpoint(relay)}"
+    return punched(replace(config, endpoint=relay), state, now)
+
+
+def while_relayed(
+    state: PathState, public: Endpoint | None, status: PeerStatus, config: PeerConfig, now: float
+) -> PeerConfig | None:
+    """Up through the relay: try the direct path when the peer's mapping (`public`, from the
+    API) moves, and every DIRECT_RETRY_S. WireGuard roams to whichever endpoint answers, so a
+    try that works keeps itself; one that nothing answered within DIRECT_TRY_S goes back."""
+    if state.last_direct_try is None:  # just relayed: the clock of tries starts now
+        state.public, state.last_direct_try = public, now
+        return None
+    news = public is not None and public != state.public
+    due = now - state.last_direct_try >= timers.DIRECT_RETRY_S
+    if public is None or not (news or due):
+        return None
+    state.public, state.last_direct_try = public, now
+    state.direct_try = (now, status.rx_bytes)
+    state.reason = "its mapping moved" if news else "a periodic try"
+    return punched(replace(config, endpoint=public), state, now)
+
+
+def direct_try_over(
+    state: PathState, status: PeerStatus, relay: Endpoint | None, config: PeerConfig, now: float
+) -> PeerConfig | None:
+    """A try of the direct path that nothing answered: back to the relay."""
+    if state.direct_try is None or now - state.direct_try[0] < timers.DIRECT_TRY_S:
+        return None
+    started, rx = state.direct_try
+    state.direct_try = None
+    if status.rx_bytes > rx or status.endpoint == relay or relay is None:
+        return None  # direct answered, or WireGuard roamed back by itself
+    state.reason = f"direct try unanswered for {now - started:.0f} s"
+    return punched(replace(config, endpoint=relay), state, now)
