@@ -214,7 +214,8 @@ class Mesh:
             state.stuck_since = None
             if self._through_relay(peer, device):
                 status = device.peers[peer.public_key]
-                return paths.while_relayed(state, peer.endpoint, status, config, now) or (
+                lan = next((c.endpoint for c in candidates if c.source == "lan"), None)
+                return paths.while_relayed(state, peer.endpoint, lan, status, config, now) or (
                     config if reshaped else None
                 )
             if state.direct_try is not None:  # trying direct from the relay: wait, or go back

@@ -26,6 +26,7 @@ class PathState:
     stuck_since: float | None = None  # punched since then without a handshake
     direct_try: tuple[float, int] | None = None  # a relayed path's try of direct: (when, rx)
     last_direct_try: float | None = None
+    lan_tried: Endpoint | None = None  # the LAN endpoint a relayed path tried last
     reason: str = ""  # why the path is about to change, for its log line
 
 
@@ -49,22 +50,36 @@ def relay_turn(
 
 
 def while_relayed(
-    state: PathState, public: Endpoint | None, status: PeerStatus, config: PeerConfig, now: float
+    state: PathState,
+    public: Endpoint | None,
+    lan: Endpoint | None,
+    status: PeerStatus,
+    config: PeerConfig,
+    now: float,
 ) -> PeerConfig | None:
-    """Up through the relay: try the direct path when the peer's mapping (`public`, from the
-    API) moves, and every DIRECT_RETRY_S. WireGuard roams to whichever endpoint answers, so a
-    try that works keeps itself; one that nothing answered within DIRECT_TRY_S goes back."""
+    """Up through the relay: try a direct path when the peer appears on our LAN (`lan`, from
+    mDNS), when its mapping (`public`, from the API) moves, and every DIRECT_RETRY_S. WireGuard
+    roams to whichever endpoint answers, so a try that works keeps itself; one that nothing
+    answered within DIRECT_TRY_S goes back (direct_try_over)."""
     if state.last_direct_try is None:  # just relayed: the clock of tries starts now
         state.public, state.last_direct_try = public, now
-        return None
+    if lan is not None and lan != state.lan_tried:
+        state.lan_tried, state.reason = lan, "it is on our LAN"
+        return _try_direct(state, lan, status, config, now)
     news = public is not None and public != state.public
     due = now - state.last_direct_try >= timers.DIRECT_RETRY_S
     if public is None or not (news or due):
         return None
     state.public, state.last_direct_try = public, now
-    state.direct_try = (now, status.rx_bytes)
     state.reason = "its mapping moved" if news else "a periodic try"
-    return punched(replace(config, endpoint=public), state, now)
+    return _try_direct(state, public, status, config, now)
+
+
+def _try_direct(
+    state: PathState, endpoint: Endpoint, status: PeerStatus, config: PeerConfig, now: float
+) -> PeerConfig:
+    state.direct_try = (now, status.rx_bytes)
+    return punched(replace(config, endpoint=endpoint), state, now)
 
 
 def direct_try_over(

@@ -59,3 +59,9 @@ def test_footprint_benchmark_runs() -> None:
 def test_abuse_benchmark_runs() -> None:
     output = smoke("abuse.py")
     assert output.count("healthz p50") == 6 and "failed 0" in output, output
+
+
+def test_relay_benchmark_runs() -> None:
+    output = smoke("relay.py")
+    assert "core datagrams/s" in output and "relayed Mbit/s" in output
+    assert "ratio relayed / direct throughput" in output

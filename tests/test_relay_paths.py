@@ -4,8 +4,10 @@ named, and how a relayed pair finds its way back to a direct path (no network: r
 
 from __future__ import annotations
 
+import ipaddress
+
 from meshpeer.common.endpoints import Endpoint
-from meshpeer.peer.discovery import RemotePeer, api_list
+from meshpeer.peer.discovery import RemotePeer, api_list, sighted
 from meshpeer.peer.mesh import Mesh
 from meshpeer.peer.timers import DIRECT_TRY_S, RELAY_AFTER_S
 from meshpeer.peer.uapi import DeviceStatus, PeerStatus
@@ -110,3 +112,17 @@ def test_after_a_rendezvous_restart_relayed_peers_are_written_anew() -> None:
     [config] = renewed.set_peers
     assert config.endpoint == RELAY and config.kick
     assert not mesh.plan(device(RELAY, handshake=103.2, rx=200), 104.0).set_peers
+
+
+def test_a_relayed_peer_seen_on_our_lan_is_tried_there() -> None:
+    mesh = mesh_with(names_us=True)
+    mesh.set_own_lan([ipaddress.IPv4Interface("192.168.7.2/24")])
+    mesh.plan(DeviceStatus(), 100.0)
+    mesh.plan(device(RELAY, handshake=100.5, rx=100), 101.0)
+    assert mesh.path(PEER) == "relay"
+    mesh.merge(sighted("lan", {PEER: [("192.168.7.3", 51820)]}))
+    [trying] = mesh.plan(device(RELAY, handshake=100.5, rx=100), 102.0).set_peers
+    assert trying.endpoint == ("192.168.7.3", 51820) and trying.kick
+    answered = device(("192.168.7.3", 51820), handshake=100.5, rx=300)
+    mesh.plan(answered, 102.0 + DIRECT_TRY_S)
+    assert mesh.path(PEER) == "lan"
