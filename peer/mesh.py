@@ -223,13 +223,19 @@ class Mesh:
                 back = paths.direct_try_over(state, status, self.relay_endpoint, config, now)
                 return back or (config if reshaped else None)
             self._asked.discard(peer.public_key)  # direct (or LAN) works: no relay needed
+            if state.path == "relay":  # the peer tried direct and reached us: answer it there
+                state.reason = "it reached us directly"
+                endpoint = device.peers[peer.public_key].endpoint
+                return punched(replace(config, endpoint=endpoint), state, now)
         elif relayed:
             return paths.relay_turn(state, self.relay_endpoint, peer.name, config, now) or (
                 replace(config, endpoint=state.endpoint) if reshaped else None
             )
         if not candidates or (up and not moved):
             return config if reshaped else None  # an up path keeps the endpoint WireGuard has
-        self._give_up_punching(peer, state, now)
+        lan_turn = self._give_up_punching(peer, candidates, state, now)
+        if lan_turn is not None:
+            return punched(replace(config, endpoint=lan_turn), state, now)
         endpoint = self._turn(peer, candidates, state, now, public_first=moved)
         if endpoint is not None:
             return punched(replace(config, endpoint=endpoint), state, now)
@@ -269,17 +275,25 @@ class Mesh:
 
     # -- the relay ----------------------------------------------------------------------------
 
-    def _give_up_punching(self, peer: RemotePeer, state: PathState, now: float) -> None:
-        """Punching for timers.RELAY_AFTER_S without a handshake: ask the rendezvous to relay (the
-        next rounds point the peer at it once it holds the pair)."""
+    def _give_up_punching(
+        self, peer: RemotePeer, candidates: tuple[Candidate, ...], state: PathState, now: float
+    ) -> Endpoint | None:
+        """Punching for RELAY_AFTER_S without a handshake: a LAN sighting not tried yet gets a
+        turn first (the returned endpoint); then ask the rendezvous to relay (the next rounds
+        point the peer at it once it holds the pair)."""
         state.stuck_since = now if state.stuck_since is None else state.stuck_since
         stuck = now - state.stuck_since
         if self.relay_endpoint is None or stuck < timers.RELAY_AFTER_S:
-            return
+            return None
+        lan = next((c.endpoint for c in candidates if c.source == "lan"), None)
+        if lan is not None and lan != state.lan_tried and state.endpoint != lan:
+            state.lan_tried, state.stuck_since = lan, now
+            return lan
         if peer.public_key not in self._asked:
             self._asked.add(peer.public_key)
             relay = format_endpoint(self.relay_endpoint)
             state.reason = f"punch failed for {stuck:.0f} s: relaying via {relay}"
+        return None
 
     def _through_relay(self, peer: RemotePeer, device: DeviceStatus) -> bool:
         status = device.peers.get(peer.public_key)
