@@ -37,10 +37,18 @@ class _Member:
     public_key: bytes
     mac1_key: bytes  # HASH(LABEL_MAC1 || key): what an initiation for this member is keyed by
     endpoint: Endpoint | None = None
+    # Until when the endpoint is trusted: a NAT gives an expired mapping to someone else, who
+    # must not relay as this member. None: loaded from the store, trusted for a grace from the
+    # first datagram (the member's WireGuard rehandshakes with a restarted rendezvous by then).
+    trusted_until: float | None = None
     named: set[bytes] = field(default_factory=set)  # the partners this member asked for
     named_by: set[bytes] = field(default_factory=set)  # the members that asked for this one
     allowance: float = 0.0  # bytes this member may still send through us (a token bucket)
     refilled_at: float = float("-inf")
+    # Initiations this member may still send through us (a token bucket): each costs a mac1
+    # per partner, and is all a member can send to a partner that never answered.
+    initiations: float = 0.0
+    initiations_at: float = float("-inf")
     routes: collections.deque[_RouteKey] = field(default_factory=collections.deque)
 
 
@@ -63,9 +71,13 @@ class Relay:
 
     # -- who may relay, from the registry (authenticated) --------------------------------------
 
-    def set_endpoint(self, public_key: bytes, endpoint: Endpoint | None) -> None:
-        """A member's confirmed endpoint (None: not confirmed yet)."""
+    def set_endpoint(
+        self, public_key: bytes, endpoint: Endpoint | None, now: float | None = None
+    ) -> None:
+        """A member's confirmed endpoint (None: not confirmed yet), confirmed at `now` (the
+        datagram clock; None: from the store, before any datagram)."""
         member = self._member(public_key)
+        member.trusted_until = None if now is None else now + timers.RELAY_ENDPOINT_FRESH_S
         if member.endpoint is not None and self._by_endpoint.get(member.endpoint) is member:
             del self._by_endpoint[member.endpoint]
         member.endpoint = endpoint
@@ -105,7 +117,7 @@ class Relay:
         if member.endpoint is not None and self._by_endpoint.get(member.endpoint) is member:
             del self._by_endpoint[member.endpoint]
         for route in member.routes:
-            self._routes.pop(route, None)
+            self._forget_route(member, route)
 
     def is_relayed(self, public_key: bytes) -> bool:
         member = self._members.get(public_key)
@@ -148,10 +160,13 @@ class Relay:
         if sender is None or not (sender.named or sender.named_by):
             self.drops["not_a_relay_member"] += 1
             return None
-        target = self._target(sender, message)
+        if not _trusted(sender, now):
+            self.drops["endpoint_stale"] += 1
+            return None
+        target = self._target(sender, message, now)
         if target is None:
             return None
-        if target.endpoint is None:
+        if target.endpoint is None or not _trusted(target, now):
             self.drops["partner_not_confirmed"] += 1
             return None
         if not self._spend(sender, len(data), now):
@@ -162,8 +177,11 @@ class Relay:
         self.bytes += len(data)
         return data, target.endpoint
 
-    def _target(self, sender: _Member, message: wire.Message) -> _Member | None:
+    def _target(self, sender: _Member, message: wire.Message, now: float) -> _Member | None:
         if isinstance(message, wire.Initiation):
+            if not self._initiation_allowed(sender, now):
+                self.drops["initiations_limited"] += 1
+                return None
             body = message.raw[: wire.INITIATION_MAC1_END]
             for key in itertools.chain(sender.named, sender.named_by):
                 partner = self._members[key]
@@ -185,7 +203,24 @@ class Relay:
                 self._routes[route] = sender.public_key
                 sender.routes.append(route)
                 if len(sender.routes) > timers.RELAY_ROUTES_PER_PEER:
-                    self._routes.pop(sender.routes.popleft(), None)
+                    self._forget_route(sender, sender.routes.popleft())
+
+    def _forget_route(self, owner: _Member, route: _RouteKey) -> None:
+        """A route `owner` left, unless another member's handshake has taken it over since."""
+        if self._routes.get(route) == owner.public_key:
+            del self._routes[route]
+
+    def _initiation_allowed(self, sender: _Member, now: float) -> bool:
+        elapsed = max(0.0, now - sender.initiations_at)
+        sender.initiations = min(
+            float(timers.RELAY_INITIATIONS_BURST),
+            sender.initiations + elapsed * timers.RELAY_INITIATIONS_PER_S,
+        )
+        sender.initiations_at = now
+        if sender.initiations < 1.0:
+            return False
+        sender.initiations -= 1.0
+        return True
 
     def _spend(self, sender: _Member, size: int, now: float) -> bool:
         elapsed = max(0.0, now - sender.refilled_at)
@@ -202,7 +237,15 @@ class Relay:
             mac1_key = noise.blake2s(noise.LABEL_MAC1, public_key)
             member = self._members[public_key] = _Member(public_key, mac1_key)
             member.allowance = self._burst
+            member.initiations = float(timers.RELAY_INITIATIONS_BURST)
         return member
+
+
+def _trusted(member: _Member, now: float) -> bool:
+    """Whether an authenticated keepalive came from the member's endpoint recently enough."""
+    if member.trusted_until is None:
+        member.trusted_until = now + timers.RELAY_STORED_ENDPOINT_GRACE_S
+    return now < member.trusted_until
 
 
 def _paired(member: _Member, key: bytes) -> bool:

@@ -147,7 +147,9 @@ class Rendezvous:
         elif isinstance(event, EndpointConfirmed):
             host, port = event.source
             source = (unmap_address(host), port)
-            self.relay.set_endpoint(event.public_key, event.source)  # as the socket sees it
+            # As the socket sees it, at the datagram clock (the loop's: udp.py).
+            loop_now = asyncio.get_running_loop().time()
+            self.relay.set_endpoint(event.public_key, event.source, loop_now)
             self.registry.observe_endpoint(event.public_key, source, now)
 
     def _on_registry_change(self, kind: ChangeKind, peer: Peer) -> None:

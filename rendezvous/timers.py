@@ -98,6 +98,21 @@ MAX_DURATION_S = 100 * 365 * 86_400
 RELAY_BYTES_PER_S = 12_500_000.0
 RELAY_BURST_BYTES = 12_500_000.0
 RELAY_PARTNERS_PER_PEER = MAX_RELAY_PARTNERS  # mac1 is tried against at most this many keys
+# Initiations a member may send through us: WireGuard sends one per peer per 5 s at most while
+# a handshake goes unanswered (REKEY_TIMEOUT), so every partner of a member (64 it named, 64 that
+# named it) retrying at once is 26 a second, and all of them at once (a restart) fits the burst.
+# Each initiation costs a mac1 per partner (a member with 128 partners and no limit held the
+# loop with 8,000 junk initiations a second), and initiations are all a member can push to a
+# partner that never answers it: this keeps that to 7 KB/s, not the 100 Mbit/s of bulk traffic.
+RELAY_INITIATIONS_PER_S = 50.0
+RELAY_INITIATIONS_BURST = 2 * RELAY_PARTNERS_PER_PEER
+# A member's endpoint relays only while authenticated keepalives come from it: agents and
+# `peer add --config` devices send one every 10 s, so six missed is a member gone, and its NAT
+# may give the mapping to a stranger (who must not relay as it, nor receive its partners'
+# traffic). Endpoints loaded from the store at start are trusted from the first datagram for
+# as long as a member's WireGuard may take to rehandshake with a restarted rendezvous.
+RELAY_ENDPOINT_FRESH_S = 60.0
+RELAY_STORED_ENDPOINT_GRACE_S = 2 * REJECT_AFTER_TIME_S
 # Index routes a member's handshakes may leave here: WireGuard keeps three sessions per peer
 # (previous, current, next), so eight per partner is room to spare.
 RELAY_ROUTES_PER_PEER = 8 * RELAY_PARTNERS_PER_PEER

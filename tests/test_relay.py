@@ -131,8 +131,10 @@ def test_partners_and_routes_are_bounded() -> None:
     assert core.pairs() == timers.RELAY_PARTNERS_PER_PEER
     pair = Pair()
     pair.relay.set_partners(pair.alice_public, [pair.bob.public_key])
-    for _ in range(timers.RELAY_ROUTES_PER_PEER + 50):
-        pair.pass_through(pair.alice.initiation(unix_time=NOW, now=NOW), ALICE_AT)
+    for i in range(timers.RELAY_ROUTES_PER_PEER + 50):  # within the initiation rate
+        initiation = pair.alice.initiation(unix_time=NOW, now=NOW)
+        later = NOW + i / timers.RELAY_INITIATIONS_PER_S
+        assert pair.relay.forward(wire.parse(initiation), initiation, ALICE_AT, later)
     assert len(pair.relay._routes) == timers.RELAY_ROUTES_PER_PEER
 
 
