@@ -123,6 +123,9 @@ class Mesh:
             del self._applied[key]
             self._paths.pop(key, None)
             events.append(f"peer {short_key(key)} removed")
+        renewed |= {key for key, state in self._paths.items() if state.fresh and key in self.peers}
+        for state in self._paths.values():
+            state.fresh = False
         remove += sorted(renewed)  # removed, then set again: WireGuard starts a new session
         self._asked &= self.peers.keys()
         status = self._status(device, now, surroundings) if surroundings else None

@@ -27,6 +27,7 @@ class PathState:
     direct_try: tuple[float, int] | None = None  # a relayed path's try of direct: (when, rx)
     last_direct_try: float | None = None
     lan_tried: Endpoint | None = None  # the LAN endpoint a relayed path tried last
+    fresh: bool = False  # write the WireGuard peer anew this round (a new session at once)
     reason: str = ""  # why the path is about to change, for its log line
 
 
@@ -46,6 +47,9 @@ def relay_turn(
         return None
     if not state.reason:
         state.reason = f"{name} asked for the relay: through {format_endpoint(relay)}"
+    # The first turn through the relay writes the peer anew: WireGuard sends a new initiation
+    # at once, instead of up to REKEY_TIMEOUT after its last one (unanswered) to the old endpoint.
+    state.fresh = state.endpoint != relay
     return punched(replace(config, endpoint=relay), state, now)
 
 
@@ -61,8 +65,9 @@ def while_relayed(
     mDNS), when its mapping (`public`, from the API) moves, and every DIRECT_RETRY_S. WireGuard
     roams to whichever endpoint answers, so a try that works keeps itself; one that nothing
     answered within DIRECT_TRY_S goes back (direct_try_over)."""
-    if state.last_direct_try is None:  # just relayed: the clock of tries starts now
-        state.public, state.last_direct_try = public, now
+    if state.last_direct_try is None:  # just relayed: the first try is DIRECT_FIRST_TRY_S away
+        state.public = public
+        state.last_direct_try = now - timers.DIRECT_RETRY_S + timers.DIRECT_FIRST_TRY_S
     if lan is not None and lan != state.lan_tried:
         state.lan_tried, state.reason = lan, "it is on our LAN"
         return _try_direct(state, lan, status, config, now)

@@ -28,16 +28,22 @@ PATH_FRESH_S = REJECT_AFTER_TIME_S
 # turn: at least REKEY_TIMEOUT, the interval at which WireGuard sends initiations, so every turn
 # gets at least one packet to its endpoint.
 REPUNCH_S = 2 * REKEY_TIMEOUT_S
-# Punching that has not produced a handshake within this long goes through the relay: a punch
-# between NATs that allow it completes within a second of both sides sending (the first
-# initiation through a NAT the other side opened), while a symmetric NAT never lets it. Short,
-# so a pair that needs the relay is connected within ~6 s of both agents starting.
-RELAY_AFTER_S = 4.0
+# Punching that has not produced a handshake within this long goes through the relay. A punch
+# between NATs that allow it completes within a second of both sides sending, or with
+# WireGuard's second initiation (REKEY_TIMEOUT later, plus up to 1/3 s of jitter) when the first
+# reached a NAT the other side had not opened yet, as a symmetric NAT's first packet to an
+# address-restricted one often does; a symmetric NAT never lets a port-restricted peer in.
+# Just past that second initiation: a pair that can punch does, and one that cannot is relayed
+# within ~8 s of both agents starting.
+RELAY_AFTER_S = REKEY_TIMEOUT_S + 1.0
 # A relayed path tries the direct one when a side's published mapping moves, and otherwise this
 # often; a try that nothing answers from the direct endpoint within DIRECT_TRY_S goes back to
 # the relay, so a working relayed path is broken for at most that long.
 DIRECT_RETRY_S = 300.0
 DIRECT_TRY_S = 2.0
+# The first try comes this soon after the path went through the relay: a pair whose punch lost
+# the race with RELAY_AFTER_S (a lost packet, a slow start) gets its direct path back soon.
+DIRECT_FIRST_TRY_S = 30.0
 # A peer sends at least a keepalive every PEER_KEEPALIVE_S: one whose received bytes have not
 # grown for a keepalive's interval and 3 s more has gone (`meshpeer status`: offline within 30 s).
 ONLINE_WINDOW_S = PEER_KEEPALIVE_S + 3.0

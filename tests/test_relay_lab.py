@@ -60,7 +60,9 @@ def test_symmetric_nats_connect_through_the_relay_and_the_rest_directly(lab: Lab
     }
     print(f"every pair on its expected path {time.monotonic() - started:.1f} s after starting")
     for one, other in itertools.permutations(agents, 2):
-        assert one.host.ping(other.address()), f"{one.name} cannot ping {other.name}"
+        # Within a few seconds: a relayed path's try of the direct one breaks it for up to 2 s.
+        target = other.address()
+        assert wait_until(lambda: one.host.ping(target), 5), f"{one.name} cannot ping {other.name}"  # noqa: B023
     metrics = server.metrics()
     assert metrics["meshpeer_relayed_packets_total"] > 0
     assert metrics["meshpeer_relayed_pairs"] >= 1
