@@ -12,7 +12,7 @@ import re
 import socket
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +23,7 @@ from meshpeer.common.endpoints import IPAddress, format_endpoint, parse_host_por
 from meshpeer.common.keys import encode_key
 from meshpeer.common.tokens import decode as decode_token
 
-from . import client, dnssd, resolved
+from . import client, dnssd, relaying, resolved
 from .discovery import sighted
 from .errors import AgentError, AgentFailed, BackendError, Stopped
 from .host_routes import HostRoutes, rendezvous_addresses
@@ -44,7 +44,14 @@ from .routes import RouteTable
 from .state import Membership, StateDir, process_start
 from .status import Identity, RendezvousState
 from .supervise import supervised
-from .timers import BACKOFF_MAX_S, DNS_SD_POLL_S, RECONCILE_S, STOP_WAIT_S, WATCH_TIMEOUT_S
+from .timers import (
+    BACKOFF_MAX_S,
+    DNS_SD_POLL_S,
+    RECONCILE_S,
+    RELAY_RETRY_S,
+    STOP_WAIT_S,
+    WATCH_TIMEOUT_S,
+)
 from .uapi import UapiError
 from .wireguard import Backend
 
@@ -78,6 +85,7 @@ class _Live:
     rendezvous: RendezvousState
     identity: Identity
     last_status: dict[str, Any] | None = None
+    relay_retry_at: float = 0.0  # after a refused or failed PUT /v1/relay, not before this
 
     def surroundings(self, route_table: RouteTable | None) -> Surroundings:
         network = ipaddress.ip_network(self.membership.network)
@@ -283,21 +291,9 @@ class Agent:
                 live.rendezvous.own_endpoint = format_endpoint(mapping)
             live.mesh.merge(answer.discovery())
             if epoch is not None and answer.epoch != epoch:
-                await self._after_restart(live)
+                await relaying.renew_after_restart(live.membership, live.backend, live.mesh)
             epoch, revision = answer.epoch, answer.revision
             self._wake.set()
-
-    async def _after_restart(self, live: _Live) -> None:
-        """The rendezvous restarted (a new epoch): it lost its sessions with us and the relay's
-        index routes. Handshake with it again now, so it learns our mapping at once rather than
-        at the next rekey (two minutes), and let relayed peers handshake again through it."""
-        logger.info("the rendezvous restarted: handshaking with it and relayed peers again")
-        renewed = replace(await rendezvous_peer(live.membership), kick=True)
-        try:
-            await live.backend.apply([renewed], [renewed.public_key])
-        except (BackendError, UapiError, OSError) as error:
-            logger.warning("could not renew the session with the rendezvous: %s", error)
-        live.mesh.rendezvous_restarted()
 
     async def _poll_dns_sd(self, live: _Live) -> None:
         """DNS-SD from the rendezvous's zone: a second endpoint for each peer the API lists,
@@ -351,20 +347,13 @@ class Agent:
             logger.info("%s", event)
         # After the peers' AllowedIPs: a route into the link ahead of them would drop packets.
         await live.routes.install(plan.routes)
-        if plan.relay_partners is not None:
-            await self._tell_relay(live, plan.relay_partners)
+        if plan.relay_partners is not None and time.monotonic() >= live.relay_retry_at:
+            if not await relaying.tell_relay(live.membership, live.mesh, plan.relay_partners):
+                live.relay_retry_at = time.monotonic() + RELAY_RETRY_S
         if plan.status is not None and plan.status != live.last_status:
             # Most seconds nothing changed: no write at all.
             await asyncio.to_thread(self.state.write_status, plan.status)
             live.last_status = plan.status
-
-    async def _tell_relay(self, live: _Live, partners: frozenset[bytes]) -> None:
-        """The rendezvous relays only for pairs it holds: tell it ours (the next round points
-        the peers at it). Unreachable: the next round asks again."""
-        try:
-            live.mesh.relay_stored(await client.set_relay(live.membership, partners))
-        except (client.Unreachable, client.JoinRefused) as error:  # removed: the watch says so
-            logger.warning("could not ask the rendezvous to relay: %s", error)
 
     async def _tear_down(self, backend: Backend) -> None:
         await tear_down_interface(backend, self.links, self.options.interface)

@@ -17,6 +17,7 @@ from typing import Any
 
 from meshpeer.common.endpoints import Endpoint, format_endpoint
 from meshpeer.common.keys import short_key
+from meshpeer.common.limits import MAX_RELAY_PARTNERS
 
 from . import paths, timers
 from .discovery import Discovery, RemotePeer
@@ -129,7 +130,7 @@ class Mesh:
         remove += sorted(renewed)  # removed, then set again: WireGuard starts a new session
         self._asked &= self.peers.keys()
         status = self._status(device, now, surroundings) if surroundings else None
-        partners = frozenset(self._asked)
+        partners = frozenset(sorted(self._asked)[:MAX_RELAY_PARTNERS])
         tell = partners if partners != self._stored else None
         return Plan(wanted, remove, events, routes, status, tell)
 
@@ -213,6 +214,9 @@ class Mesh:
         )
         up = self._is_up(peer.public_key, device, now)
         moved = self._moved(peer, device, state)
+        if relayed:
+            # Name it back: the relay matches our initiations only against peers we named.
+            self._asked.add(peer.public_key)
         if up:
             state.stuck_since = None
             if self._through_relay(peer, device):

@@ -48,6 +48,10 @@ DIRECT_FIRST_TRY_S = 30.0
 # grown for a keepalive's interval and 3 s more has gone (`meshpeer status`: offline within 30 s).
 ONLINE_WINDOW_S = PEER_KEEPALIVE_S + 3.0
 
+# A refused or failed PUT /v1/relay is asked again after this: the rendezvous allows a change
+# per RELAY_CHANGE_HOLD_S (5 s) after a burst, and a down one answers nothing anyway.
+RELAY_RETRY_S = 5.0
+
 # -- the agent's loops (agent.py, supervise.py) -------------------------------------------------
 
 # The reconcile loop's tick when nothing wakes it: a path's turn (REPUNCH_S) is then late by at

@@ -27,9 +27,9 @@ from meshpeer.dns.naming import parse_name
 from . import model
 from .httpguard import GuardedConnection
 from .metrics import CONTENT_TYPE, ApiCounters, Snapshot, render
-from .model import Conflict, NotFound, Peer, TokenRejected
+from .model import Conflict, NotFound, Peer, Rationed, TokenRejected
 from .registry import Registry
-from .snapshots import SnapshotCache, SnapshotRation, SnapshotRationed
+from .snapshots import SnapshotCache, SnapshotRation
 from .timers import DEFAULT_WATCH_S, HTTP_BODY_TIMEOUT_S, MAX_WATCH_S, RELAY_PARTNERS_PER_PEER
 
 logger = logging.getLogger("meshpeer.rendezvous.api")
@@ -109,7 +109,7 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         response = _error(401, str(error))
     except (InvalidInput, TokenRejected, ProofRejected, NotFound, Conflict) as error:
         response = _error(_STATUS_OF[type(error)], str(error))
-    except SnapshotRationed as error:
+    except Rationed as error:
         response = _error(429, f"{error}; retry in {error.retry_after_s:.0f} s")
         response.headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
     except Exception:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from meshpeer.common.endpoints import Endpoint
 
-from .timers import ENDPOINT_HOLD_S, ENDPOINT_MOVES_BURST
+from .timers import ENDPOINT_HOLD_S, ENDPOINT_MOVES_BURST, RELAY_CHANGE_HOLD_S, RELAY_CHANGES_BURST
 
 
 @dataclass(slots=True)
@@ -63,10 +63,35 @@ class EndpointDamper:
         self._pending.pop(key, None)
 
     def _take(self, key: bytes, now: float) -> bool:
-        bucket = self._buckets.setdefault(key, _Bucket(self.burst, now))
-        bucket.moves = min(self.burst, bucket.moves + max(0.0, now - bucket.at) / self.hold_s)
-        bucket.at = now
-        if bucket.moves < 1:
-            return False
-        bucket.moves -= 1
-        return True
+        return take(self._buckets, key, now, self.burst, self.hold_s) == 0.0
+
+
+@dataclass(slots=True)
+class ChangeRation:
+    """How often a peer may change what every watcher hears of it beyond its endpoint (its
+    relay partners): the same bucket, `burst` changes refilling one per `hold_s`; the caller
+    refuses a change over it (HTTP 429) rather than holding it."""
+
+    hold_s: float = RELAY_CHANGE_HOLD_S
+    burst: float = RELAY_CHANGES_BURST
+    _buckets: dict[bytes, _Bucket] = field(default_factory=dict)
+
+    def take(self, key: bytes, now: float) -> float:
+        """0 when the change may go ahead, else the seconds until one may."""
+        return take(self._buckets, key, now, self.burst, self.hold_s)
+
+    def forget(self, key: bytes) -> None:
+        self._buckets.pop(key, None)
+
+
+def take(
+    buckets: dict[bytes, _Bucket], key: bytes, now: float, burst: float, hold_s: float
+) -> float:
+    """Take one from `key`'s bucket: 0 if there was one, else the seconds until there is."""
+    bucket = buckets.setdefault(key, _Bucket(burst, now))
+    bucket.moves = min(burst, bucket.moves + max(0.0, now - bucket.at) / hold_s)
+    bucket.at = now
+    if bucket.moves < 1:
+        return (1 - bucket.moves) * hold_s
+    bucket.moves -= 1
+    return 0.0

@@ -9,6 +9,7 @@ secret is stored.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
@@ -21,11 +22,13 @@ from meshpeer.common.errors import InvalidInput
 from meshpeer.common.proof import JoinKeys, JoinRequest, ProofRejected, verify_join
 
 from .addresses import AddressAllocator
+from .damping import ChangeRation
 from .datadir import Identity
 from .model import (
     Conflict,
     NotFound,
     Peer,
+    Rationed,
     Token,
     TokenRejected,
     check_carried,
@@ -46,6 +49,7 @@ class Admission:
         self._index = index
         self._identity = identity
         self.addresses = AddressAllocator(identity.settings)
+        self.relay_changes = ChangeRation()  # registered peers only, as the caller checks
 
     async def create_token(
         self,
@@ -153,10 +157,15 @@ class Admission:
         )
         if len(known) > RELAY_PARTNERS_PER_PEER:
             raise InvalidInput(f"at most {RELAY_PARTNERS_PER_PEER} relay partners per peer")
-        await db.set_relay_partners(public_key, known)
         peer = self._index.get(public_key)
         if peer is None:
             raise NotFound("no such peer")
+        if set(known) == set(peer.relay_partners):
+            return peer  # nothing changes: no revision wakes the watchers
+        wait_s = self.relay_changes.take(public_key, time.monotonic())
+        if wait_s:
+            raise Rationed("relay partners change at most every few seconds", wait_s)
+        await db.set_relay_partners(public_key, known)
         return replace(peer, relay_partners=known)
 
     def check_new_key(self, public_key: bytes) -> None:

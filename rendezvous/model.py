@@ -55,6 +55,14 @@ class NotFound(UsageError, LookupError):
     """No such peer or token."""
 
 
+class Rationed(Exception):
+    """Too soon for another of these from this caller; `retry_after_s` says when (HTTP 429)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class TokenRejected(UsageError):
     """A join token that is unknown, revoked, expired or used up; the message says which."""
 

@@ -296,6 +296,7 @@ class Registry:
         self._index.remember(peer, self._index.credential_hash(peer.public_key))
 
     def _forget(self, public_key: bytes) -> None:
+        self._admission.relay_changes.forget(public_key)
         self._observed.forget(public_key)
         self._index.forget(public_key)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import hmac
-import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -89,7 +88,9 @@ class Relay:
 
     def set_partners(self, public_key: bytes, partners: Iterable[bytes]) -> None:
         """The peers `public_key` asked to relay with (replacing what it asked before). A pair
-        relays both ways, whichever side asked; each side of a member is bounded."""
+        relays both ways for answers and transport, whichever side asked, but an initiation
+        is matched only against the partners its sender named: at most RELAY_PARTNERS_PER_PEER
+        MACs, whoever else named the sender (so naming a victim costs the victim nothing)."""
         member = self._member(public_key)
         wanted = [key for key in dict.fromkeys(partners) if key != public_key]
         wanted = wanted[: timers.RELAY_PARTNERS_PER_PEER]
@@ -99,9 +100,6 @@ class Relay:
         for key in wanted:
             other = self._member(key)
             if key in member.named:
-                continue
-            if len(other.named_by) >= timers.RELAY_PARTNERS_PER_PEER:
-                self.drops["partners_full"] += 1
                 continue
             member.named.add(key)
             other.named_by.add(public_key)
@@ -183,7 +181,7 @@ class Relay:
                 self.drops["initiations_limited"] += 1
                 return None
             body = message.raw[: wire.INITIATION_MAC1_END]
-            for key in itertools.chain(sender.named, sender.named_by):
+            for key in sender.named:
                 partner = self._members[key]
                 if hmac.compare_digest(noise.mac(partner.mac1_key, body), message.mac1):
                     return partner

@@ -15,19 +15,19 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .model import Peer
+from .model import Peer, Rationed
 from .timers import FULL_SNAPSHOT_BURST, FULL_SNAPSHOT_INTERVAL_S
 
 MAX_CALLERS = 200_000  # callers remembered for rationing; the oldest are forgotten first
 FRAGMENTS_PER_SLICE = 500  # peers' JSON made between two turns of the event loop (about 5 ms)
 
 
-class SnapshotRationed(Exception):
+class SnapshotRationed(Rationed):
     """Too soon for another full list; `retry_after_s` says when."""
 
     def __init__(self, retry_after_s: float) -> None:
-        super().__init__(f"a full peer list at most every {FULL_SNAPSHOT_INTERVAL_S:.0f} s")
-        self.retry_after_s = retry_after_s
+        message = f"a full peer list at most every {FULL_SNAPSHOT_INTERVAL_S:.0f} s"
+        super().__init__(message, retry_after_s)
 
 
 @dataclass(slots=True)

@@ -113,6 +113,11 @@ RELAY_INITIATIONS_BURST = 2 * RELAY_PARTNERS_PER_PEER
 # as long as a member's WireGuard may take to rehandshake with a restarted rendezvous.
 RELAY_ENDPOINT_FRESH_S = 60.0
 RELAY_STORED_ENDPOINT_GRACE_S = 2 * REJECT_AFTER_TIME_S
+# A peer may change its relay partners 4 times at once, then once per 5 s: an agent changes them
+# when a pair falls back to the relay or finds a direct path (all its pairs in one request),
+# while each change is a registry revision that wakes every watcher.
+RELAY_CHANGES_BURST = 4.0
+RELAY_CHANGE_HOLD_S = 5.0
 # Index routes a member's handshakes may leave here: WireGuard keeps three sessions per peer
 # (previous, current, next), so eight per partner is room to spare.
 RELAY_ROUTES_PER_PEER = 8 * RELAY_PARTNERS_PER_PEER

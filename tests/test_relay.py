@@ -147,11 +147,17 @@ def test_a_mapping_given_to_another_member_moves_with_it() -> None:
     assert pair.pass_through(initiation, ALICE_AT) is None  # Dave has no partners
 
 
-def test_a_pair_relays_both_ways_whichever_side_asked() -> None:
+def test_initiations_need_the_senders_own_naming_answers_need_either_side() -> None:
     pair = Pair()
-    pair.relay.set_partners(pair.bob.public_key, [pair.alice_public])  # only Bob asked
-    pair.relay.set_partners(pair.alice_public, [])  # Alice asking for nobody changes nothing
+    pair.relay.set_partners(pair.bob.public_key, [pair.alice_public])  # only Bob named Alice
+    initiation = pair.alice.initiation(unix_time=NOW, now=NOW)
+    assert pair.pass_through(initiation, ALICE_AT) is None  # mac1 is tried on Alice's own list
+    assert pair.relay.drops["no_partner_for_mac1"] == 1
+    pair.relay.set_partners(pair.alice_public, [pair.bob.public_key])
     pair.handshake()
+    pair.relay.set_partners(pair.alice_public, [])  # the pair still holds: Bob named Alice
+    keepalive = pair.alice.keepalive()
+    assert pair.pass_through(keepalive, ALICE_AT) == (keepalive, BOB_AT)
     assert pair.relay.pairs() == 1
     pair.relay.set_partners(pair.bob.public_key, [])
     assert pair.relay.pairs() == 0
