@@ -366,7 +366,7 @@ class Registry:
             self._forget(public_key)
             return
         known = self._index.get(public_key)
-        # Only the serving process observes endpoints: keep ours, take the rest from disk.
+        # Only the serving process observes endpoints: keep ours, the rest from disk.
         merged = (
             replace(
                 known,
@@ -374,6 +374,7 @@ class Registry:
                 address=stored.peer.address,
                 routes=stored.peer.routes,
                 pending_routes=stored.peer.pending_routes,
+                relay_partners=stored.peer.relay_partners,
             )
             if known
             else stored.peer

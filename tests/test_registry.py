@@ -254,6 +254,12 @@ def test_the_server_follows_writes_from_other_processes(tmp_path: Path) -> None:
         cli = await Registry.open(tmp_path)
         await cli.add_peer(new_key(), "phone")
         await wait_for(lambda: ("added", "phone") in seen)
+        laptop = await cli.add_peer(new_key(), "laptop")
+        await wait_for(lambda: ("added", "laptop") in seen)
+        phone = cli.find("phone")
+        await cli.set_relay_partners(laptop, (phone.public_key,))  # as another instance would
+        await wait_for(lambda: server.find("laptop").relay_partners == (phone.public_key,))
+        await cli.remove_peer("laptop")
         await cli.remove_peer("phone")
         await wait_for(lambda: ("removed", "phone") in seen)
         assert server.peers() == []

@@ -173,3 +173,15 @@ def test_the_responder_claims_only_what_is_its_own() -> None:
     assert not rendezvous.claims(bytes([2, 0, 0, 0]) + bytes(88))  # a response
     assert not rendezvous.claims(bytes([4, 0, 0, 0]) + bytes(28))  # transport, not our index
     assert rendezvous.claims(b"\x01\x00")  # malformed: the responder counts it
+
+
+def test_a_full_size_transport_message_is_relayed() -> None:
+    """A 1420-byte packet of a 1420 MTU tunnel: 1,452 bytes on the wire, not a multiple of 16
+    (WireGuard pads to 16 but never past the MTU). Once dropped as malformed: TCP stalled."""
+    pair = Pair()
+    pair.relay.set_partners(pair.alice_public, [pair.bob.public_key])
+    pair.handshake()
+    keys = pair.alice.keys
+    assert keys is not None
+    full = (4).to_bytes(4, "little") + keys.remote_index.to_bytes(4, "little") + bytes(1452 - 8)
+    assert pair.pass_through(full, ALICE_AT) == (full, BOB_AT)
