@@ -58,6 +58,7 @@ _SERVE_FLAGS = {
     "tls_cert": "the API's certificate, PEM (default: one the rendezvous makes itself)",
     "tls_key": "the private key of --tls-cert, PEM",
     "dns_axfr_allow": "CIDRs allowed to transfer the zone (AXFR), comma-separated (default none)",
+    "relay_rate": "Mbit/s each peer may send through the relay (default 100)",
 }
 
 

@@ -52,7 +52,8 @@ class Rendezvous:
         )
         registry.zone_serial = lambda: self.zone.serial  # kept, so it never goes backwards
         self._dns = DnsServer(self.authority)
-        self.relay = Relay()
+        rate = registry.settings.relay_mbit_s * 1_000_000 / 8  # bytes a second
+        self.relay = Relay(bytes_per_s=rate, burst_bytes=rate)
         self._udp: DatagramEndpoint | None = None
         self._api: ApiServer | None = None
         for peer in registry.peers():

@@ -33,6 +33,8 @@ DEFAULT_NETWORK = "10.77.0.0/16"
 DEFAULT_WG_LISTEN = "0.0.0.0:51820"
 DEFAULT_DNS_LISTEN = "0.0.0.0:53"
 DEFAULT_API_LISTEN = "0.0.0.0:51821"
+DEFAULT_RELAY_RATE = "100"  # Mbit/s a peer may send through the relay (timers.RELAY_BYTES_PER_S)
+MAX_RELAY_RATE = 100_000  # 100 Gbit/s: past any uplink, a typo's guard only
 DEFAULT_DNS_TTL = "0"  # as wgsd: an endpoint can move at any keepalive, so never cache it
 MAX_DNS_TTL = 86_400
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?|_[a-z0-9-]+")
@@ -53,6 +55,7 @@ class Settings:
     tls_key: str | None = None
     behind_tls_proxy: bool = False  # plain HTTP, for a TLS proxy in front that terminates it
     dns_axfr_allow: tuple[IPNetwork, ...] = ()  # who may transfer the zone: nobody by default
+    relay_mbit_s: int = int(DEFAULT_RELAY_RATE)  # what one peer may send through the relay
 
     @property
     def rendezvous_address(self) -> IPAddress:
@@ -89,6 +92,7 @@ class Settings:
             "tls_key": self.tls_key,
             "behind_tls_proxy": self.behind_tls_proxy,
             "dns_axfr_allow": [str(network) for network in self.dns_axfr_allow],
+            "relay_rate": self.relay_mbit_s,
         }
 
 
@@ -108,6 +112,7 @@ class Overrides:
     tls_key: str | None = None
     behind_tls_proxy: str | None = None
     dns_axfr_allow: str | None = None
+    relay_rate: str | None = None
 
 
 _FIELDS = tuple(field.name for field in fields(Overrides))
@@ -141,6 +146,7 @@ def resolve(given: Overrides) -> Settings:
         tls_key=given.tls_key,
         behind_tls_proxy=behind_proxy,
         dns_axfr_allow=parse_networks(given.dns_axfr_allow or "", "--dns-axfr-allow"),
+        relay_mbit_s=parse_relay_rate(given.relay_rate or DEFAULT_RELAY_RATE),
     )
 
 
@@ -219,6 +225,15 @@ def parse_ttl(text: str) -> int:
     if not text.strip().isdigit() or int(text) > MAX_DNS_TTL:
         raise InvalidInput(f"--dns-ttl {text!r} must be whole seconds from 0 to {MAX_DNS_TTL}")
     return int(text)
+
+
+def parse_relay_rate(text: str) -> int:
+    if not text.strip().isascii() or not text.strip().isdigit():
+        raise InvalidInput(f"--relay-rate {text!r} must be whole Mbit/s, such as 100")
+    rate = int(text)
+    if not 1 <= rate <= MAX_RELAY_RATE:
+        raise InvalidInput(f"--relay-rate {text!r} must be from 1 to {MAX_RELAY_RATE} Mbit/s")
+    return rate
 
 
 def parse_api_url(text: str) -> str:

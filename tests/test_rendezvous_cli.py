@@ -143,6 +143,8 @@ def test_serve_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
     data = ["--data-dir", str(tmp_path)]
     assert_one_line_error(rendezvous("serve", *data, "--network", "10.0.0.0/33"), 2, "CIDR")
     assert_one_line_error(rendezvous("serve", *data, "--wg-listen", "nowhere"), 2, "HOST:PORT")
+    for rate in ("0", "fast", "²", "100001"):
+        assert_one_line_error(rendezvous("serve", *data, "--relay-rate", rate), 2, "--relay-rate")
     assert_one_line_error(
         rendezvous("serve", *data, env={"RENDEZVOUS_ZONE": "a..b"}), 2, "not a DNS name"
     )
