@@ -112,10 +112,8 @@ class Responder:
     # -- the sans-I/O interface ---------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, source: Endpoint, now: float) -> None:
-        try:
-            message = wire.parse(data)
-        except wire.MalformedMessage:
-            self.drops["malformed"] += 1
+        message = wire.parse_counted(data, self.drops)
+        if message is None:
             return
         if isinstance(message, wire.Initiation):
             self._receive_initiation(message, source, now)

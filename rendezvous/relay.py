@@ -134,10 +134,8 @@ class Relay:
 
     def receive_datagram(self, data: bytes, source: Endpoint, now: float) -> None:
         """As a core of the WireGuard port (wgport.py): what the responder does not claim."""
-        try:
-            message = wire.parse(data)
-        except wire.MalformedMessage:
-            self.drops["malformed"] += 1
+        message = wire.parse_counted(data, self.drops)
+        if message is None:
             return
         forward = self.forward(message, data, source, now)
         if forward is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -101,6 +102,15 @@ def parse(datagram: bytes) -> Message:
     if message_type is MessageType.TRANSPORT and len(datagram) < TRANSPORT_MIN_SIZE:
         raise MalformedMessage(f"transport message of {len(datagram)} bytes")
     return _DECODERS[message_type](datagram)
+
+
+def parse_counted(datagram: bytes, drops: Counter[str]) -> Message | None:
+    """`parse`, for a core that drops what is malformed and counts it."""
+    try:
+        return parse(datagram)
+    except MalformedMessage:
+        drops["malformed"] += 1
+        return None
 
 
 def _initiation(datagram: bytes) -> Initiation:

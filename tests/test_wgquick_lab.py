@@ -19,15 +19,17 @@ from tests.lab.wireguard import WireGuardGo
 pytestmark = pytest.mark.lab
 
 
-def test_a_phone_config_behind_a_symmetric_nat_reaches_two_agents(lab: Lab) -> None:
+def two_agents(lab: Lab, kind: NatType, prefix: str) -> tuple[RendezvousServer, list[MeshAgent]]:
+    """A rendezvous and two started agents, each behind its own NAT of `kind`."""
     server = RendezvousServer(lab.add_public_host("rendezvous")).start()
     token = server.token(2)
-    agents = [
-        MeshAgent(lab.add_nat(f"site{n}", NatType.PORT_RESTRICTED).add_host(f"pc{n}"), f"pc{n}")
-        for n in range(2)
-    ]
-    for agent in agents:
-        agent.start(token)
+    hosts = [lab.add_nat(f"{prefix}-nat{n}", kind).add_host(f"{prefix}{n}") for n in range(2)]
+    agents = [MeshAgent(host, host.name).start(token) for host in hosts]
+    return server, agents
+
+
+def test_a_phone_config_behind_a_symmetric_nat_reaches_two_agents(lab: Lab) -> None:
+    server, agents = two_agents(lab, NatType.PORT_RESTRICTED, "pc")
     assert wait_until(lambda: all_direct(agents), 20), [a.output() for a in agents]
 
     config = server.cli("peer", "add", "--name", "phone", "--config")
@@ -66,14 +68,7 @@ def allowed_ips(config: str) -> list[str]:
 
 
 def test_a_relayed_pair_pings_again_soon_after_the_rendezvous_is_killed(lab: Lab) -> None:
-    server = RendezvousServer(lab.add_public_host("rendezvous")).start()
-    token = server.token(2)
-    agents = [
-        MeshAgent(lab.add_nat(f"mobile{n}", NatType.SYMMETRIC).add_host(f"m{n}"), f"m{n}")
-        for n in range(2)
-    ]
-    for agent in agents:
-        agent.start(token)
+    server, agents = two_agents(lab, NatType.SYMMETRIC, "m")
 
     def relayed() -> bool:
         return all(set(agent.paths().values()) == {"relay"} for agent in agents)
