@@ -12,7 +12,7 @@ import re
 import socket
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,7 +52,7 @@ from .timers import (
     STOP_WAIT_S,
     WATCH_TIMEOUT_S,
 )
-from .uapi import UapiError
+from .uapi import PeerConfig, UapiError
 from .wireguard import Backend
 
 logger = logging.getLogger("meshpeer.peer")
@@ -84,6 +84,7 @@ class _Live:
     rendezvous_addresses: frozenset[IPAddress]
     rendezvous: RendezvousState
     identity: Identity
+    rendezvous_peer: PeerConfig  # as the interface has it: kicked when a path stalls
     last_status: dict[str, Any] | None = None
     relay_retry_at: float = 0.0  # after a refused or failed PUT /v1/relay, not before this
 
@@ -145,9 +146,12 @@ class Agent:
         ifname = self.options.interface
         identity = Identity(membership.name, membership.address, ifname, backend.name, pid_start)
         mesh = Mesh(own_key, accept_routes=self.options.accept_routes)
-        mesh.relay_endpoint = (await rendezvous_peer(membership)).endpoint
+        rendezvous_config = await rendezvous_peer(membership)
+        mesh.relay_endpoint = rendezvous_config.endpoint
         state = RendezvousState(membership.api_url)
-        return _Live(membership, mesh, backend, routes, rendezvous, state, identity)
+        return _Live(
+            membership, mesh, backend, routes, rendezvous, state, identity, rendezvous_config
+        )
 
     async def _run_loops(self, live: _Live) -> None:
         """The loops, until a stop; then mDNS said goodbye to, within a bounded wait."""
@@ -347,6 +351,8 @@ class Agent:
             logger.info("%s", event)
         # After the peers' AllowedIPs: a route into the link ahead of them would drop packets.
         await live.routes.install(plan.routes)
+        if plan.kick_rendezvous:
+            await live.backend.apply([replace(live.rendezvous_peer, kick=True)], [])
         if plan.relay_partners is not None and time.monotonic() >= live.relay_retry_at:
             if not await relaying.tell_relay(live.membership, live.mesh, plan.relay_partners):
                 live.relay_retry_at = time.monotonic() + RELAY_RETRY_S

@@ -9,13 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .timers import ONLINE_WINDOW_S
+from .timers import KEEPALIVE_BYTES, ONLINE_WINDOW_S, STALL_S
 from .uapi import DeviceStatus
+
+
+@dataclass(slots=True)
+class _Sent:
+    tx_bytes: int  # when rx last grew
+    first_unanswered: float | None = None  # when more than a keepalive went out since
 
 
 @dataclass(slots=True)
 class Liveness:
     _seen: dict[bytes, tuple[int, float]] = field(default_factory=dict)  # rx bytes, when grown
+    _sent: dict[bytes, _Sent] = field(default_factory=dict)
 
     def observe(self, device: DeviceStatus, now: float) -> None:
         seen = self._seen
@@ -23,8 +30,23 @@ class Liveness:
             before = seen.get(key)
             if peer.rx_bytes and (before is None or peer.rx_bytes != before[0]):
                 seen[key] = (peer.rx_bytes, now)
-        for key in [key for key in seen if key not in device.peers]:
-            del seen[key]
+                self._sent[key] = _Sent(peer.tx_bytes)
+            else:
+                self._note_sent(key, peer.tx_bytes, now)
+        for table in (seen, self._sent):
+            for key in [key for key in table if key not in device.peers]:
+                del table[key]
+
+    def _note_sent(self, key: bytes, tx_bytes: int, now: float) -> None:
+        sent = self._sent.setdefault(key, _Sent(tx_bytes))
+        if sent.first_unanswered is None and tx_bytes - sent.tx_bytes > KEEPALIVE_BYTES:
+            sent.first_unanswered = now
+
+    def stalled(self, key: bytes, now: float) -> bool:
+        """Data went to the peer STALL_S ago and nothing came back since: its mapping, or
+        ours, may have moved (a NAT reboot, a new network)."""
+        sent = self._sent.get(key)
+        return bool(sent and sent.first_unanswered and now - sent.first_unanswered >= STALL_S)
 
     def last_seen(self, key: bytes) -> float | None:
         seen = self._seen.get(key)

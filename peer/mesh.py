@@ -45,6 +45,7 @@ class Mesh:
     _asked: set[bytes] = field(default_factory=set)  # peers we want to relay with
     _stored: frozenset[bytes] = frozenset()  # what the rendezvous holds for us
     _renew: set[bytes] = field(default_factory=set)  # relayed peers to write anew
+    _kicked_at: float = float("-inf")  # when the rendezvous was last sent a keepalive at once
 
     # -- discovery ----------------------------------------------------------------------------
 
@@ -132,7 +133,20 @@ class Mesh:
         status = self._status(device, now, surroundings) if surroundings else None
         partners = frozenset(sorted(self._asked)[:MAX_RELAY_PARTNERS])
         tell = partners if partners != self._stored else None
-        return Plan(wanted, remove, events, routes, status, tell)
+        kick = self._stalled(now, events)
+        return Plan(wanted, remove, events, routes, status, tell, kick)
+
+    def _stalled(self, now: float, events: list[str]) -> bool:
+        """A live path whose traffic goes unanswered: tell the rendezvous our mapping now."""
+        if now - self._kicked_at < timers.RENDEZVOUS_KICK_EVERY_S:
+            return False
+        for key, state in self._paths.items():
+            if state.path != "none" and self.liveness.stalled(key, now):
+                self._kicked_at = now
+                name = self.peers[key].name if key in self.peers else short_key(key)
+                events.append(f"no answer from {name} for 1 s: telling the rendezvous our mapping")
+                return True
+        return False
 
     def rendezvous_restarted(self) -> None:
         """A new rendezvous process knows no relayed session's indices: the relayed peers are

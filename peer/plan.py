@@ -36,3 +36,5 @@ class Plan:
     # The peers we want to reach through the relay, when the rendezvous must be told (PUT
     # /v1/relay); None when it already holds them.
     relay_partners: frozenset[bytes] | None = None
+    # Send the rendezvous a keepalive now: a path stalled, so our mapping may have moved.
+    kick_rendezvous: bool = False

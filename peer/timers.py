@@ -52,6 +52,16 @@ ONLINE_WINDOW_S = PEER_KEEPALIVE_S + 3.0
 # per RELAY_CHANGE_HOLD_S (5 s) after a burst, and a down one answers nothing anyway.
 RELAY_RETRY_S = 5.0
 
+# Data sent to a peer and nothing back for STALL_S: a mapping may have moved (a NAT reboot, a
+# new network). The agent then sends the rendezvous a keepalive at once, so it publishes our new
+# mapping now rather than at the next RENDEZVOUS_KEEPALIVE_S, and the peer punches it: most
+# traffic (TCP, ping, DNS) is answered within a round trip, and a second is many of them.
+# KEEPALIVE_BYTES of sending do not count: WireGuard's own keepalives are not answered.
+STALL_S = 1.0
+KEEPALIVE_BYTES = 32
+# ... at most once per this, however many peers stall: one packet, but not a stream of them.
+RENDEZVOUS_KICK_EVERY_S = 3.0
+
 # -- the agent's loops (agent.py, supervise.py) -------------------------------------------------
 
 # The reconcile loop's tick when nothing wakes it: a path's turn (REPUNCH_S) is then late by at
