@@ -232,7 +232,6 @@ class Mesh:
             # Name it back: the relay matches our initiations only against peers we named.
             self._asked.add(peer.public_key)
         if up:
-            state.stuck_since = None
             if self._through_relay(peer, device):
                 status = device.peers[peer.public_key]
                 lan = next((c.endpoint for c in candidates if c.source == "lan"), None)
@@ -302,13 +301,15 @@ class Mesh:
         """Punching for RELAY_AFTER_S without a handshake: a LAN sighting not tried yet gets a
         turn first (the returned endpoint); then ask the rendezvous to relay (the next rounds
         point the peer at it once it holds the pair)."""
-        state.stuck_since = now if state.stuck_since is None else state.stuck_since
-        stuck = now - state.stuck_since
+        started = state.turn_started
+        if started is None or peer.endpoint is None or state.endpoint != peer.endpoint:
+            return None  # only a turn of the API's endpoint counts: hints may lie
+        stuck = now - started
         if self.relay_endpoint is None or stuck < timers.RELAY_AFTER_S:
             return None
         lan = next((c.endpoint for c in candidates if c.source == "lan"), None)
         if lan is not None and lan != state.lan_tried and state.endpoint != lan:
-            state.lan_tried, state.stuck_since = lan, now
+            state.lan_tried = lan
             return lan
         if peer.public_key not in self._asked:
             self._asked.add(peer.public_key)

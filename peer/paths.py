@@ -23,7 +23,6 @@ class PathState:
     endpoint: Endpoint | None = None
     public: Endpoint | None = None  # the API's endpoint when that turn started
     next_hint: int = 0  # the hints take their turns in order
-    stuck_since: float | None = None  # punched since then without a handshake
     direct_try: tuple[float, int] | None = None  # a relayed path's try of direct: (when, rx)
     last_direct_try: float | None = None
     lan_tried: Endpoint | None = None  # the LAN endpoint a relayed path tried last

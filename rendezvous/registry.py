@@ -2,10 +2,9 @@
 
 One process serves (`rendezvous serve`); the admin CLI writes to the same data folder from
 others. Writes go through the store (storage.py: one durable transaction each, ordered across
-processes), and only then change the peers in memory (peerindex.py) that the responder, DNS
-and the watch API read. The serving process learns of other processes' writes by polling the
-store's commit marker every FOREIGN_POLL_S and reading its change log; what the responder
-observes is written behind (observations.py).
+processes), then change the peers in memory (peerindex.py) the responder, DNS and the watch
+read. The serving process follows other processes' writes by polling the store's commit
+marker every FOREIGN_POLL_S; what the responder observes is written behind (observations.py).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def test_a_phone_config_behind_a_symmetric_nat_reaches_two_agents(lab: Lab) -> N
     phone_address = address_of(config).split("/")[0]
     for agent in agents:
         assert agent.host.ping(phone_address), f"{agent.name} cannot ping the phone"
-        assert agent.paths()["phone"] == "relay", agent.paths()
+        assert wait_until(lambda: agent.paths()["phone"] == "relay", 5), agent.paths()  # noqa: B023
 
 
 def address_of(config: str) -> str:
