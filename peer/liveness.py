@@ -42,6 +42,10 @@ class Liveness:
         if sent.first_unanswered is None and tx_bytes - sent.tx_bytes > KEEPALIVE_BYTES:
             sent.first_unanswered = now
 
+    def told(self, key: bytes, tx_bytes: int) -> None:
+        """The rendezvous was told: a new stall needs new unanswered traffic."""
+        self._sent[key] = _Sent(tx_bytes)
+
     def stalled(self, key: bytes, now: float) -> bool:
         """Data went to the peer STALL_S ago and nothing came back since: its mapping, or
         ours, may have moved (a NAT reboot, a new network)."""

@@ -133,16 +133,17 @@ class Mesh:
         status = self._status(device, now, surroundings) if surroundings else None
         partners = frozenset(sorted(self._asked)[:MAX_RELAY_PARTNERS])
         tell = partners if partners != self._stored else None
-        kick = self._stalled(now, events)
+        kick = self._stalled(device, now, events)
         return Plan(wanted, remove, events, routes, status, tell, kick)
 
-    def _stalled(self, now: float, events: list[str]) -> bool:
+    def _stalled(self, device: DeviceStatus, now: float, events: list[str]) -> bool:
         """A live path whose traffic goes unanswered: tell the rendezvous our mapping now."""
         if now - self._kicked_at < timers.RENDEZVOUS_KICK_EVERY_S:
             return False
         for key, state in self._paths.items():
             if state.path != "none" and self.liveness.stalled(key, now):
                 self._kicked_at = now
+                self.liveness.told(key, device.peers[key].tx_bytes)
                 name = self.peers[key].name if key in self.peers else short_key(key)
                 events.append(f"no answer from {name} for 1 s: telling the rendezvous our mapping")
                 return True

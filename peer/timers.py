@@ -42,8 +42,10 @@ RELAY_AFTER_S = REKEY_TIMEOUT_S + 1.0
 DIRECT_RETRY_S = 300.0
 DIRECT_TRY_S = 2.0
 # The first try comes this soon after the path went through the relay: a pair whose punch lost
-# the race with RELAY_AFTER_S (a lost packet, a slow start) gets its direct path back soon.
-DIRECT_FIRST_TRY_S = 30.0
+# the race with RELAY_AFTER_S (one side busy with a LAN hint's turn, a lost packet) gets its
+# direct path back soon. Each side's try opens its NAT to the other's mapping, so the second
+# side's try gets through even when the first side's did not.
+DIRECT_FIRST_TRY_S = 2 * REKEY_TIMEOUT_S
 # A peer sends at least a keepalive every PEER_KEEPALIVE_S: one whose received bytes have not
 # grown for a keepalive's interval and 3 s more has gone (`meshpeer status`: offline within 30 s).
 ONLINE_WINDOW_S = PEER_KEEPALIVE_S + 3.0
