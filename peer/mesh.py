@@ -244,9 +244,10 @@ class Mesh:
                 back = paths.direct_try_over(state, status, self.relay_endpoint, config, now)
                 return back or (config if reshaped else None)
             self._asked.discard(peer.public_key)  # direct (or LAN) works: no relay needed
-            if state.path == "relay":  # the peer tried direct and reached us: answer it there
-                state.reason = "it reached us directly"
-                endpoint = device.peers[peer.public_key].endpoint
+            endpoint = device.peers[peer.public_key].endpoint
+            if state.path == "relay" and endpoint != state.echoed:
+                # The peer tried direct and reached us: answer it there, once.
+                state.echoed, state.reason = endpoint, "it reached us directly"
                 return punched(replace(config, endpoint=endpoint), state, now)
         elif relayed:
             return paths.relay_turn(state, self.relay_endpoint, peer.name, config, now) or (

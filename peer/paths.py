@@ -26,6 +26,7 @@ class PathState:
     direct_try: tuple[float, int] | None = None  # a relayed path's try of direct: (when, rx)
     last_direct_try: float | None = None
     lan_tried: Endpoint | None = None  # the LAN endpoint a relayed path tried last
+    echoed: Endpoint | None = None  # the direct endpoint we answered on, once
     fresh: bool = False  # write the WireGuard peer anew this round (a new session at once)
     reason: str = ""  # why the path is about to change, for its log line
 
@@ -94,7 +95,10 @@ def direct_try_over(
         return None
     started, rx = state.direct_try
     state.direct_try = None
-    if status.rx_bytes > rx or status.endpoint == relay or relay is None:
-        return None  # direct answered, or WireGuard roamed back by itself
+    if status.endpoint == relay or relay is None:
+        return None  # WireGuard roamed back by itself
+    if status.rx_bytes > rx:  # direct answered: answer back, the other side may be trying too
+        state.echoed = status.endpoint
+        return punched(replace(config, endpoint=status.endpoint), state, now)
     state.reason = f"direct try unanswered for {now - started:.0f} s"
     return punched(replace(config, endpoint=relay), state, now)

@@ -78,7 +78,9 @@ def test_a_relayed_pair_tries_direct_when_the_mapping_moves_and_keeps_what_answe
     during = mesh.plan(device(MOVED, handshake=100.5, rx=100), 103.0)
     assert mesh.path(PEER) == "relay" and not during.set_peers  # a try, not a change yet
     answered = device(MOVED, handshake=100.5, rx=400)  # packets came from the direct endpoint
-    done = mesh.plan(answered, 102.0 + DIRECT_TRY_S)
+    [echo] = mesh.plan(answered, 102.0 + DIRECT_TRY_S).set_peers
+    assert echo.endpoint == MOVED and echo.kick  # answered back: the peer may be trying too
+    done = mesh.plan(answered, 103.0 + DIRECT_TRY_S)
     assert not done.set_peers and mesh.path(PEER) == "direct"
     assert any("relay -> direct (a direct path answers)" in event for event in done.events)
 
@@ -125,4 +127,5 @@ def test_a_relayed_peer_seen_on_our_lan_is_tried_there() -> None:
     assert trying.endpoint == ("192.168.7.3", 51820) and trying.kick
     answered = device(("192.168.7.3", 51820), handshake=100.5, rx=300)
     mesh.plan(answered, 102.0 + DIRECT_TRY_S)
+    mesh.plan(answered, 103.0 + DIRECT_TRY_S)
     assert mesh.path(PEER) == "lan"
