@@ -295,7 +295,7 @@ class Agent:
                 live.rendezvous.own_endpoint = format_endpoint(mapping)
             live.mesh.merge(answer.discovery())
             if epoch is not None and answer.epoch != epoch:
-                await relaying.renew_after_restart(live.membership, live.backend, live.mesh)
+                await relaying.renew_after_restart(live.rendezvous_peer, live.backend, live.mesh)
             epoch, revision = answer.epoch, answer.revision
             self._wake.set()
 

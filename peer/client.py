@@ -83,20 +83,9 @@ async def watch(
     if epoch is not None and revision is not None:
         query += f"&epoch={epoch}&since={revision}"
     url = f"{membership.api_url}/v1/watch?{query}"
-    try:
-        status, answer = await _request(
-            "GET",
-            url,
-            membership.tls_pin,
-            credential=membership.credential,
-            timeout_s=timeout_s + REQUEST_TIMEOUT_S,
-        )
-    except WrongCertificate as error:  # a captive portal, or someone in the path: wait it out
-        raise Unreachable(str(error)) from None
-    if status == 401:
-        raise Removed("the operator removed this machine from the mesh")
-    if status >= 400:
-        raise Unreachable(f"the rendezvous answered {status}: {answer.get('error')}")
+    answer = _as_member_answer(
+        *await _as_member("GET", url, membership, timeout_s=timeout_s + REQUEST_TIMEOUT_S)
+    )
     try:
         return watch_answer(answer)
     except (KeyError, TypeError, ValueError):
@@ -107,21 +96,8 @@ async def set_relay(membership: Membership, partners: frozenset[bytes]) -> froze
     """Tell the rendezvous which peers we reach through its relay (PUT /v1/relay); it answers
     with those it holds (registered peers only)."""
     body = {"partners": sorted(encode_key(key) for key in partners)}
-    try:
-        status, answer = await _request(
-            "PUT",
-            f"{membership.api_url}/v1/relay",
-            membership.tls_pin,
-            body=body,
-            credential=membership.credential,
-        )
-    except WrongCertificate as error:
-        raise Unreachable(str(error)) from None
-    if status == 401:
-        raise Removed("the operator removed this machine from the mesh")
-    if status != 200:
-        raise Unreachable(f"the rendezvous answered {status}: {answer.get('error')}")
-    held = answer.get("partners")
+    url = f"{membership.api_url}/v1/relay"
+    held = _as_member_answer(*await _as_member("PUT", url, membership, body=body)).get("partners")
     if not isinstance(held, list) or len(held) > MAX_RELAY_PARTNERS:
         raise Unreachable("the rendezvous's answer to PUT /v1/relay is not the API's")
     try:
@@ -132,17 +108,41 @@ async def set_relay(membership: Membership, partners: frozenset[bytes]) -> froze
 
 async def leave(membership: Membership) -> None:
     """Take this machine out of its mesh (DELETE /v1/self); already out counts as done."""
+    status, answer = await _as_member("DELETE", f"{membership.api_url}/v1/self", membership)
+    if status not in (200, 401):
+        raise Unreachable(f"the rendezvous answered {status}: {answer.get('error')}")
+
+
+async def _as_member(
+    method: str,
+    url: str,
+    membership: Membership,
+    *,
+    body: dict[str, Any] | None = None,
+    timeout_s: float = REQUEST_TIMEOUT_S,
+) -> tuple[int, dict[str, Any]]:
+    """A request with our credential. A TLS key the token does not pin is only unreachable
+    here: a captive portal, or someone in the path; wait it out."""
     try:
-        status, answer = await _request(
-            "DELETE",
-            f"{membership.api_url}/v1/self",
+        return await _request(
+            method,
+            url,
             membership.tls_pin,
+            body=body,
             credential=membership.credential,
+            timeout_s=timeout_s,
         )
     except WrongCertificate as error:
         raise Unreachable(str(error)) from None
-    if status not in (200, 401):
+
+
+def _as_member_answer(status: int, answer: dict[str, Any]) -> dict[str, Any]:
+    """The answer to a member's request; Removed when our credential is no longer known."""
+    if status == 401:
+        raise Removed("the operator removed this machine from the mesh")
+    if status >= 400:
         raise Unreachable(f"the rendezvous answered {status}: {answer.get('error')}")
+    return answer
 
 
 async def _request(

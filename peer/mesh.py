@@ -44,7 +44,6 @@ class Mesh:
     relay_endpoint: Endpoint | None = None  # the rendezvous's WireGuard endpoint: its relay
     _asked: set[bytes] = field(default_factory=set)  # peers we want to relay with
     _stored: frozenset[bytes] = frozenset()  # what the rendezvous holds for us
-    _renew: set[bytes] = field(default_factory=set)  # relayed peers to write anew
     _kicked_at: float = float("-inf")  # when the rendezvous was last sent a keepalive at once
 
     # -- discovery ----------------------------------------------------------------------------
@@ -105,15 +104,12 @@ class Mesh:
         routes = self._plan_routes(device, surroundings)
         events: list[str] = []
         wanted: list[PeerConfig] = []
-        renewed, self._renew = self._renew & self.peers.keys(), set()
         for key, peer in self.peers.items():
             state = self._paths.setdefault(key, PathState())
             config = self._config(peer, device, state, now)
-            if key in renewed and self.relay_endpoint is not None:
-                base = config or self._applied.get(key)
-                if base is not None:
-                    relayed = replace(base, endpoint=self.relay_endpoint)
-                    config = punched(relayed, state, now)
+            base = config or self._applied.get(key)
+            if state.fresh and base is not None and self.relay_endpoint is not None:
+                config = punched(replace(base, endpoint=self.relay_endpoint), state, now)
             if config is not None:
                 wanted.append(config)
                 self._applied[key] = config
@@ -125,10 +121,10 @@ class Mesh:
             del self._applied[key]
             self._paths.pop(key, None)
             events.append(f"peer {short_key(key)} removed")
-        renewed |= {key for key, state in self._paths.items() if state.fresh and key in self.peers}
+        renewed = sorted(key for key, state in self._paths.items() if state.fresh)
         for state in self._paths.values():
             state.fresh = False
-        remove += sorted(renewed)  # removed, then set again: WireGuard starts a new session
+        remove += renewed  # removed, then set again: WireGuard starts a new session
         self._asked &= self.peers.keys()
         status = self._status(device, now, surroundings) if surroundings else None
         partners = frozenset(sorted(self._asked)[:MAX_RELAY_PARTNERS])
@@ -145,14 +141,16 @@ class Mesh:
                 self._kicked_at = now
                 self.liveness.told(key, device.peers[key].tx_bytes)
                 name = self.peers[key].name if key in self.peers else short_key(key)
-                events.append(f"no answer from {name} for 1 s: telling the rendezvous our mapping")
+                silent = f"{timers.STALL_S:g} s"
+                events.append(f"no answer from {name} for {silent}: telling the rendezvous")
                 return True
         return False
 
     def rendezvous_restarted(self) -> None:
         """A new rendezvous process knows no relayed session's indices: the relayed peers are
         written anew (a fresh WireGuard peer handshakes at once, through the relay)."""
-        self._renew = {key for key, state in self._paths.items() if state.path == "relay"}
+        for state in self._paths.values():
+            state.fresh = state.fresh or state.path == "relay"
 
     def relay_stored(self, partners: frozenset[bytes]) -> None:
         """The rendezvous holds these as the peers we relay with (its answer to PUT /v1/relay)."""

@@ -8,10 +8,9 @@ from dataclasses import replace
 
 from . import client
 from .errors import BackendError
-from .interface import rendezvous_peer
 from .mesh import Mesh
 from .state import Membership
-from .uapi import UapiError
+from .uapi import PeerConfig, UapiError
 from .wireguard import Backend
 
 logger = logging.getLogger("meshpeer.peer")
@@ -28,12 +27,12 @@ async def tell_relay(membership: Membership, mesh: Mesh, partners: frozenset[byt
     return True
 
 
-async def renew_after_restart(membership: Membership, backend: Backend, mesh: Mesh) -> None:
+async def renew_after_restart(rendezvous: PeerConfig, backend: Backend, mesh: Mesh) -> None:
     """The rendezvous restarted (a new epoch): it lost its sessions with us and the relay's
     index routes. Handshake with it again now, so it learns our mapping at once rather than at
     the next rekey (two minutes), and let relayed peers handshake again through it."""
     logger.info("the rendezvous restarted: handshaking with it and relayed peers again")
-    renewed = replace(await rendezvous_peer(membership), kick=True)
+    renewed = replace(rendezvous, kick=True)
     try:
         await backend.apply([renewed], [renewed.public_key])
     except (BackendError, UapiError, OSError) as error:

@@ -15,13 +15,8 @@ from dataclasses import dataclass, field
 
 from meshpeer.common.endpoints import Endpoint
 
+from .bucket import Bucket
 from .timers import ENDPOINT_HOLD_S, ENDPOINT_MOVES_BURST, RELAY_CHANGE_HOLD_S, RELAY_CHANGES_BURST
-
-
-@dataclass(slots=True)
-class _Bucket:
-    moves: float
-    at: float
 
 
 @dataclass(slots=True)
@@ -29,7 +24,7 @@ class EndpointDamper:
     hold_s: float = ENDPOINT_HOLD_S
     burst: float = ENDPOINT_MOVES_BURST
     damped: int = 0  # endpoints that were never published (for /metrics)
-    _buckets: dict[bytes, _Bucket] = field(default_factory=dict)
+    _buckets: dict[bytes, Bucket] = field(default_factory=dict)
     _pending: dict[bytes, Endpoint] = field(default_factory=dict)
 
     def observe(
@@ -63,7 +58,8 @@ class EndpointDamper:
         self._pending.pop(key, None)
 
     def _take(self, key: bytes, now: float) -> bool:
-        return take(self._buckets, key, now, self.burst, self.hold_s) == 0.0
+        bucket = self._buckets.setdefault(key, Bucket(self.burst, now))
+        return bucket.take(now, 1 / self.hold_s, self.burst) == 0.0
 
 
 @dataclass(slots=True)
@@ -74,24 +70,12 @@ class ChangeRation:
 
     hold_s: float = RELAY_CHANGE_HOLD_S
     burst: float = RELAY_CHANGES_BURST
-    _buckets: dict[bytes, _Bucket] = field(default_factory=dict)
+    _buckets: dict[bytes, Bucket] = field(default_factory=dict)
 
     def take(self, key: bytes, now: float) -> float:
         """0 when the change may go ahead, else the seconds until one may."""
-        return take(self._buckets, key, now, self.burst, self.hold_s)
+        bucket = self._buckets.setdefault(key, Bucket(self.burst, now))
+        return bucket.take(now, 1 / self.hold_s, self.burst)
 
     def forget(self, key: bytes) -> None:
         self._buckets.pop(key, None)
-
-
-def take(
-    buckets: dict[bytes, _Bucket], key: bytes, now: float, burst: float, hold_s: float
-) -> float:
-    """Take one from `key`'s bucket: 0 if there was one, else the seconds until there is."""
-    bucket = buckets.setdefault(key, _Bucket(burst, now))
-    bucket.moves = min(burst, bucket.moves + max(0.0, now - bucket.at) / hold_s)
-    bucket.at = now
-    if bucket.moves < 1:
-        return (1 - bucket.moves) * hold_s
-    bucket.moves -= 1
-    return 0.0

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from meshpeer.common.endpoints import Endpoint
 
 from . import noise, timers, wire
+from .bucket import Bucket
 
 Forward = tuple[bytes, Endpoint]
 _RouteKey = tuple[bytes, int]  # (the key the datagram comes from, the receiver index it names)
@@ -42,12 +43,10 @@ class _Member:
     trusted_until: float | None = None
     named: set[bytes] = field(default_factory=set)  # the partners this member asked for
     named_by: set[bytes] = field(default_factory=set)  # the members that asked for this one
-    allowance: float = 0.0  # bytes this member may still send through us (a token bucket)
-    refilled_at: float = float("-inf")
-    # Initiations this member may still send through us (a token bucket): each costs a mac1
-    # per partner, and is all a member can send to a partner that never answered.
-    initiations: float = 0.0
-    initiations_at: float = float("-inf")
+    bytes_left: Bucket = field(default_factory=lambda: Bucket(0.0))  # what it may relay
+    # Initiations it may still send through us: each costs a mac1 per partner it named, and
+    # is all a member can send to a partner that never answered.
+    initiations: Bucket = field(default_factory=lambda: Bucket(timers.RELAY_INITIATIONS_BURST))
     routes: collections.deque[_RouteKey] = field(default_factory=collections.deque)
 
 
@@ -117,10 +116,6 @@ class Relay:
         for route in member.routes:
             self._forget_route(member, route)
 
-    def is_relayed(self, public_key: bytes) -> bool:
-        member = self._members.get(public_key)
-        return bool(member and (member.named or member.named_by))
-
     def pairs(self) -> int:
         """Pairs that relay, each counted once whichever side (or both) asked."""
         found = {
@@ -165,7 +160,7 @@ class Relay:
         if target.endpoint is None or not _trusted(target, now):
             self.drops["partner_not_confirmed"] += 1
             return None
-        if not self._spend(sender, len(data), now):
+        if sender.bytes_left.take(now, self._bytes_per_s, self._burst, len(data)):
             self.drops["rate_limited"] += 1
             return None
         self._learn(sender, target, message)
@@ -175,7 +170,8 @@ class Relay:
 
     def _target(self, sender: _Member, message: wire.Message, now: float) -> _Member | None:
         if isinstance(message, wire.Initiation):
-            if not self._initiation_allowed(sender, now):
+            rate, burst = timers.RELAY_INITIATIONS_PER_S, timers.RELAY_INITIATIONS_BURST
+            if sender.initiations.take(now, rate, burst):
                 self.drops["initiations_limited"] += 1
                 return None
             body = message.raw[: wire.INITIATION_MAC1_END]
@@ -206,34 +202,12 @@ class Relay:
         if self._routes.get(route) == owner.public_key:
             del self._routes[route]
 
-    def _initiation_allowed(self, sender: _Member, now: float) -> bool:
-        elapsed = max(0.0, now - sender.initiations_at)
-        sender.initiations = min(
-            float(timers.RELAY_INITIATIONS_BURST),
-            sender.initiations + elapsed * timers.RELAY_INITIATIONS_PER_S,
-        )
-        sender.initiations_at = now
-        if sender.initiations < 1.0:
-            return False
-        sender.initiations -= 1.0
-        return True
-
-    def _spend(self, sender: _Member, size: int, now: float) -> bool:
-        elapsed = max(0.0, now - sender.refilled_at)
-        sender.allowance = min(self._burst, sender.allowance + elapsed * self._bytes_per_s)
-        sender.refilled_at = now
-        if sender.allowance < size:
-            return False
-        sender.allowance -= size
-        return True
-
     def _member(self, public_key: bytes) -> _Member:
         member = self._members.get(public_key)
         if member is None:
             mac1_key = noise.blake2s(noise.LABEL_MAC1, public_key)
             member = self._members[public_key] = _Member(public_key, mac1_key)
-            member.allowance = self._burst
-            member.initiations = float(timers.RELAY_INITIATIONS_BURST)
+            member.bytes_left.level = self._burst
         return member
 
 

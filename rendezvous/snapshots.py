@@ -15,6 +15,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .bucket import Bucket
 from .model import Peer, Rationed
 from .timers import FULL_SNAPSHOT_BURST, FULL_SNAPSHOT_INTERVAL_S
 
@@ -37,20 +38,19 @@ class SnapshotRation:
     interval_s: float = FULL_SNAPSHOT_INTERVAL_S
     burst: float = FULL_SNAPSHOT_BURST
     refused: int = 0
-    _buckets: collections.OrderedDict[bytes, tuple[float, float]] = field(
+    _buckets: collections.OrderedDict[bytes, Bucket] = field(
         default_factory=collections.OrderedDict
     )
 
     def take(self, caller: bytes, now: float) -> None:
-        level, since = self._buckets.pop(caller, (self.burst, now))
-        level = min(self.burst, level + (now - since) / self.interval_s)
-        if level < 1:
-            self._buckets[caller] = (level, now)
-            self.refused += 1
-            raise SnapshotRationed((1 - level) * self.interval_s)
-        self._buckets[caller] = (level - 1, now)
+        bucket = self._buckets.pop(caller, None) or Bucket(self.burst, now)
+        self._buckets[caller] = bucket  # the most recent caller last: the oldest go first
         if len(self._buckets) > MAX_CALLERS:
             self._buckets.popitem(last=False)
+        wait_s = bucket.take(now, 1 / self.interval_s, self.burst)
+        if wait_s:
+            self.refused += 1
+            raise SnapshotRationed(wait_s)
 
 
 @dataclass(slots=True)

@@ -22,6 +22,7 @@ from meshpeer.peer import client
 from meshpeer.rendezvous import settings as config
 from meshpeer.rendezvous import tls
 from meshpeer.rendezvous.api import create_app
+from meshpeer.rendezvous.noise import public_bytes
 from meshpeer.rendezvous.registry import Registry
 from meshpeer.rendezvous.service import Rendezvous
 
@@ -63,6 +64,13 @@ def test_the_agent_joins_and_watches_over_pinned_tls(tmp_path: Path) -> None:
             assert service.registry.authenticate(membership.credential) is not None
             answer = await client.watch(membership, None, None, 0)
             assert [peer.name for peer in answer.peers] == ["laptop"]
+            nas = await service.registry.add_peer(public_bytes(X25519PrivateKey.generate()), "nas")
+            stranger = public_bytes(X25519PrivateKey.generate())
+            held = await client.set_relay(membership, frozenset({nas.public_key, stranger}))
+            assert held == frozenset({nas.public_key})  # registered peers only
+            await service.registry.remove_peer("laptop")
+            with pytest.raises(client.Removed):
+                await client.set_relay(membership, frozenset())
 
     asyncio.run(scenario())
 
