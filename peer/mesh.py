@@ -227,11 +227,9 @@ class Mesh:
         )
         up = self._is_up(peer.public_key, device, now)
         moved = self._moved(peer, device, state)
-        if relayed:
-            # Name it back: the relay matches our initiations only against peers we named.
-            self._asked.add(peer.public_key)
         if up:
             if self._through_relay(peer, device):
+                self._asked.add(peer.public_key)  # name it back, as below
                 status = device.peers[peer.public_key]
                 lan = next((c.endpoint for c in candidates if c.source == "lan"), None)
                 return paths.while_relayed(state, peer.endpoint, lan, status, config, now) or (
@@ -248,6 +246,9 @@ class Mesh:
                 state.echoed, state.reason = endpoint, "it reached us directly"
                 return punched(replace(config, endpoint=endpoint), state, now)
         elif relayed:
+            # Name it back while we relay: the relay matches our initiations only against the
+            # peers we named. Not once direct works, or two sides would keep each other named.
+            self._asked.add(peer.public_key)
             return paths.relay_turn(state, self.relay_endpoint, peer.name, config, now) or (
                 replace(config, endpoint=state.endpoint) if reshaped else None
             )

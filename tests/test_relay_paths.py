@@ -129,3 +129,15 @@ def test_a_relayed_peer_seen_on_our_lan_is_tried_there() -> None:
     mesh.plan(answered, 102.0 + DIRECT_TRY_S)
     mesh.plan(answered, 103.0 + DIRECT_TRY_S)
     assert mesh.path(PEER) == "lan"
+
+
+def test_a_pair_that_went_direct_stops_naming_each_other() -> None:
+    """Each side names the other back while it relays; once direct works it names it no more."""
+    mesh = mesh_with(names_us=True)
+    mesh.plan(DeviceStatus(), 100.0)
+    relayed = mesh.plan(device(RELAY, handshake=100.5, rx=100), 101.0)
+    assert relayed.relay_partners == frozenset({PEER})  # named back while relayed
+    mesh.relay_stored(frozenset({PEER}))
+    direct = device(MAPPING, handshake=100.5, rx=300)
+    mesh.plan(direct, 102.0)  # the peer reached us directly: answered back
+    assert mesh.plan(direct, 103.0).relay_partners == frozenset()
