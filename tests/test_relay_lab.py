@@ -85,7 +85,8 @@ def test_every_pair_connects_and_only_those_that_must_are_relayed(lab: Lab) -> N
         target = other.address()
         assert wait_until(lambda: one.host.ping(target), 5), f"{one.name} cannot ping {other.name}"  # noqa: B023
     relayed = sum(expected_path(a, b) == "relay" for a, b in itertools.combinations(BEHIND, 2))
-    assert wait_until(lambda: server.metrics()["meshpeer_relayed_pairs"] == relayed, 10)
+    # Within a PUT retry or two: partner changes are rationed (4, then one per 5 s).
+    assert wait_until(lambda: server.metrics()["meshpeer_relayed_pairs"] == relayed, 20)
     assert server.metrics()["meshpeer_relayed_packets_total"] > 0
     listed = server.cli("peers")
     sym1 = next(line for line in listed.splitlines() if line.startswith("sym1 "))
