@@ -147,6 +147,28 @@ class Relay:
         self, message: wire.Message, data: bytes, source: Endpoint, now: float
     ) -> Forward | None:
         """Where `data` (already parsed as `message`) goes, or None (a counted drop)."""
+        sender = self._sender(source, now)
+        if sender is None:
+            return None
+        target = self._target(sender, message, now)
+        if target is None or not self._may_send(sender, target, len(data), now):
+            return None
+        self._learn(sender, target, message)
+        return data, target.endpoint  # type: ignore[return-value]  # _may_send checked it
+
+    def transport_destination(self, data: bytes, source: Endpoint, now: float) -> Endpoint | None:
+        """`forward` for a transport datagram (type 4, at least wire.TRANSPORT_MIN_SIZE long),
+        without building a message: nearly every relayed datagram is one, so this is the hot
+        path. Same checks, same counters; transport data teaches no route."""
+        sender = self._sender(source, now)
+        if sender is None:
+            return None
+        target = self._routed(sender, int.from_bytes(data[4:8], "little"))
+        if target is None or not self._may_send(sender, target, len(data), now):
+            return None
+        return target.endpoint
+
+    def _sender(self, source: Endpoint, now: float) -> _Member | None:
         sender = self._by_endpoint.get(source)
         if sender is None or not (sender.named or sender.named_by):
             self.drops["not_a_relay_member"] += 1
@@ -154,19 +176,19 @@ class Relay:
         if not _trusted(sender, now):
             self.drops["endpoint_stale"] += 1
             return None
-        target = self._target(sender, message, now)
-        if target is None:
-            return None
+        return sender
+
+    def _may_send(self, sender: _Member, target: _Member, size: int, now: float) -> bool:
+        """Whether `size` bytes may go to `target` now (and counts them if so)."""
         if target.endpoint is None or not _trusted(target, now):
             self.drops["partner_not_confirmed"] += 1
-            return None
-        if sender.bytes_left.take(now, self._bytes_per_s, self._burst, len(data)):
+            return False
+        if sender.bytes_left.take(now, self._bytes_per_s, self._burst, size):
             self.drops["rate_limited"] += 1
-            return None
-        self._learn(sender, target, message)
+            return False
         self.packets += 1
-        self.bytes += len(data)
-        return data, target.endpoint
+        self.bytes += size
+        return True
 
     def _target(self, sender: _Member, message: wire.Message, now: float) -> _Member | None:
         if isinstance(message, wire.Initiation):
@@ -181,7 +203,11 @@ class Relay:
                     return partner
             self.drops["no_partner_for_mac1"] += 1
             return None
-        destination = self._routes.get((sender.public_key, message.receiver))
+        return self._routed(sender, message.receiver)
+
+    def _routed(self, sender: _Member, receiver: int) -> _Member | None:
+        """The partner that handed out index `receiver` in a handshake we forwarded."""
+        destination = self._routes.get((sender.public_key, receiver))
         if destination is None or not _paired(sender, destination):
             self.drops["unknown_index"] += 1
             return None

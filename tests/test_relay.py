@@ -31,6 +31,10 @@ class Pair:
         self.relay.set_endpoint(self.bob.public_key, BOB_AT)
 
     def pass_through(self, data: bytes, source: Endpoint) -> tuple[bytes, Endpoint] | None:
+        """As the WireGuard port sends it: transport data by the relay's hot path."""
+        if data[0] == wire.MessageType.TRANSPORT:
+            destination = self.relay.transport_destination(data, source, NOW)
+            return None if destination is None else (data, destination)
         return self.relay.forward(wire.parse(data), data, source, NOW)
 
     def handshake(self) -> None:
@@ -185,3 +189,37 @@ def test_a_full_size_transport_message_is_relayed() -> None:
     assert keys is not None
     full = (4).to_bytes(4, "little") + keys.remote_index.to_bytes(4, "little") + bytes(1452 - 8)
     assert pair.pass_through(full, ALICE_AT) == (full, BOB_AT)
+
+
+def test_the_transport_hot_path_decides_and_counts_as_forward_does() -> None:
+    """Every case of a transport datagram, through `forward` on one relay and the hot path on
+    a twin fed the same: same destination, same counters."""
+    pair = Pair()
+    relays = [pair.relay, Relay()]
+    relays[1].set_endpoint(pair.alice_public, ALICE_AT)
+    relays[1].set_endpoint(pair.bob.public_key, BOB_AT)
+    initiation = pair.alice.initiation(unix_time=NOW, now=NOW)
+    pair.bob.receive_datagram(initiation, RELAY_AT, NOW)
+    [(response, _)] = pair.bob.datagrams_to_send()
+    pair.alice.receive(response, NOW)
+    for relay in relays:
+        relay.set_partners(pair.alice_public, [pair.bob.public_key])
+        for data, source in ((initiation, ALICE_AT), (response, BOB_AT)):
+            assert relay.forward(wire.parse(data), data, source, NOW) is not None
+    keepalive = pair.alice.keepalive()
+    made_up = keepalive[:4] + bytes(4) + keepalive[8:]
+    cases = [(keepalive, ALICE_AT), (made_up, ALICE_AT), (keepalive, ("192.0.2.66", 1))]
+    for data, source in cases:
+        slow = relays[0].forward(wire.parse(data), data, source, NOW)
+        assert (slow and slow[1]) == relays[1].transport_destination(data, source, NOW)
+    for relay in relays:
+        relay.set_endpoint(pair.bob.public_key, None)  # the partner is no longer confirmed
+    assert relays[0].forward(wire.parse(keepalive), keepalive, ALICE_AT, NOW) is None
+    assert relays[1].transport_destination(keepalive, ALICE_AT, NOW) is None
+    for relay in relays:
+        assert relay.drops == {
+            "unknown_index": 1,
+            "not_a_relay_member": 1,
+            "partner_not_confirmed": 1,
+        }
+        assert (relay.packets, relay.bytes) == (3, 148 + 92 + 32)

@@ -65,7 +65,8 @@ def test_a_datagram_of_exactly_the_largest_size_is_handed_on() -> None:
 
 
 def test_the_wireguard_port_routes_claimed_datagrams_to_their_core() -> None:
-    """A later core (the relay) claims its own datagrams; the responder still gets the rest."""
+    """The relay gets what the responder does not claim, transport data by its own path; the
+    responder still gets the rest."""
 
     class Relay:
         def __init__(self) -> None:
@@ -80,12 +81,20 @@ def test_the_wireguard_port_routes_claimed_datagrams_to_their_core() -> None:
         def next_event(self) -> Event | None:
             return None
 
+        def transport_destination(
+            self, data: bytes, source: Endpoint, now: float
+        ) -> Endpoint | None:
+            self.received.append(data)
+            return ("192.0.2.2", 10)
+
     responder = Responder(X25519PrivateKey.generate())
     relay = Relay()
-    port = WireGuardPort(responder, lambda event: None)
-    port.add_core(lambda data: data[:1] == b"\x04", relay)
+    port = WireGuardPort(responder, lambda event: None, relay)
     source = ("198.51.100.7", 40000)
-    assert port.handle(b"\x04" + bytes(31), source, 1.0) == [(b"relayed", ("192.0.2.1", 9))]
+    transport = b"\x04" + bytes(31)
+    assert port.handle(transport, source, 1.0) == [(transport, ("192.0.2.2", 10))]
+    response = b"\x02" + bytes(91)
+    assert port.handle(response, source, 1.0) == [(b"relayed", ("192.0.2.1", 9))]
     assert port.handle(b"\x01" + bytes(3), source, 1.0) == []
-    assert relay.received == [b"\x04" + bytes(31)]
+    assert relay.received == [transport, response]
     assert responder.drops == {"malformed": 1}  # the responder saw only the unclaimed one
