@@ -14,12 +14,18 @@ The receiving WireGuard roams to our address by itself, so stock WireGuard works
 Not a reflector: a datagram is forwarded only from a member's confirmed endpoint to its partner's
 confirmed endpoint, byte for byte (never more out than in), within the sender's byte allowance.
 Every table is bounded: partners per member, and index routes per member (the oldest go).
+
+Shared by two threads: the loop (membership from the registry, handshake messages) and the
+WireGuard port's reader thread (transport data, udp.py), so every public method holds one lock
+(uncontended, a fraction of a microsecond). The counters are plain numbers the loop may read
+at any time.
 """
 
 from __future__ import annotations
 
 import collections
 import hmac
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -63,6 +69,7 @@ class Relay:
         self._by_endpoint: dict[Endpoint, _Member] = {}
         self._routes: dict[_RouteKey, bytes] = {}  # -> the key it goes to
         self._outgoing: list[Forward] = []
+        self._lock = threading.Lock()
         self.packets = 0
         self.bytes = 0
         self.drops: collections.Counter[str] = collections.Counter()
@@ -74,56 +81,60 @@ class Relay:
     ) -> None:
         """A member's confirmed endpoint (None: not confirmed yet), confirmed at `now` (the
         datagram clock; None: from the store, before any datagram)."""
-        member = self._member(public_key)
-        member.trusted_until = None if now is None else now + timers.RELAY_ENDPOINT_FRESH_S
-        if member.endpoint is not None and self._by_endpoint.get(member.endpoint) is member:
-            del self._by_endpoint[member.endpoint]
-        member.endpoint = endpoint
-        if endpoint is not None:
-            previous = self._by_endpoint.get(endpoint)
-            if previous is not None and previous is not member:
-                previous.endpoint = None  # a NAT gave the mapping to someone else
-            self._by_endpoint[endpoint] = member
+        with self._lock:
+            member = self._member(public_key)
+            member.trusted_until = None if now is None else now + timers.RELAY_ENDPOINT_FRESH_S
+            if member.endpoint is not None and self._by_endpoint.get(member.endpoint) is member:
+                del self._by_endpoint[member.endpoint]
+            member.endpoint = endpoint
+            if endpoint is not None:
+                previous = self._by_endpoint.get(endpoint)
+                if previous is not None and previous is not member:
+                    previous.endpoint = None  # a NAT gave the mapping to someone else
+                self._by_endpoint[endpoint] = member
 
     def set_partners(self, public_key: bytes, partners: Iterable[bytes]) -> None:
         """The peers `public_key` asked to relay with (replacing what it asked before). A pair
         relays both ways for answers and transport, whichever side asked, but an initiation
         is matched only against the partners its sender named: at most RELAY_PARTNERS_PER_PEER
         MACs, whoever else named the sender (so naming a victim costs the victim nothing)."""
-        member = self._member(public_key)
-        wanted = [key for key in dict.fromkeys(partners) if key != public_key]
-        wanted = wanted[: timers.RELAY_PARTNERS_PER_PEER]
-        for gone in member.named - set(wanted):
-            member.named.discard(gone)
-            self._members[gone].named_by.discard(public_key)
-        for key in wanted:
-            other = self._member(key)
-            if key in member.named:
-                continue
-            member.named.add(key)
-            other.named_by.add(public_key)
+        with self._lock:
+            member = self._member(public_key)
+            wanted = [key for key in dict.fromkeys(partners) if key != public_key]
+            wanted = wanted[: timers.RELAY_PARTNERS_PER_PEER]
+            for gone in member.named - set(wanted):
+                member.named.discard(gone)
+                self._members[gone].named_by.discard(public_key)
+            for key in wanted:
+                other = self._member(key)
+                if key in member.named:
+                    continue
+                member.named.add(key)
+                other.named_by.add(public_key)
 
     def remove(self, public_key: bytes) -> None:
-        member = self._members.pop(public_key, None)
-        if member is None:
-            return
-        for key in member.named:
-            self._members[key].named_by.discard(public_key)
-        for key in member.named_by:
-            self._members[key].named.discard(public_key)
-        if member.endpoint is not None and self._by_endpoint.get(member.endpoint) is member:
-            del self._by_endpoint[member.endpoint]
-        for route in member.routes:
-            self._forget_route(member, route)
+        with self._lock:
+            member = self._members.pop(public_key, None)
+            if member is None:
+                return
+            for key in member.named:
+                self._members[key].named_by.discard(public_key)
+            for key in member.named_by:
+                self._members[key].named.discard(public_key)
+            if member.endpoint is not None and self._by_endpoint.get(member.endpoint) is member:
+                del self._by_endpoint[member.endpoint]
+            for route in member.routes:
+                self._forget_route(member, route)
 
     def pairs(self) -> int:
         """Pairs that relay, each counted once whichever side (or both) asked."""
-        found = {
-            (min(member.public_key, key), max(member.public_key, key))
-            for member in self._members.values()
-            for key in member.named
-        }
-        return len(found)
+        with self._lock:
+            found = {
+                (min(member.public_key, key), max(member.public_key, key))
+                for member in self._members.values()
+                for key in member.named
+            }
+            return len(found)
 
     # -- the datagram path --------------------------------------------------------------------
 
@@ -147,26 +158,28 @@ class Relay:
         self, message: wire.Message, data: bytes, source: Endpoint, now: float
     ) -> Forward | None:
         """Where `data` (already parsed as `message`) goes, or None (a counted drop)."""
-        sender = self._sender(source, now)
-        if sender is None:
-            return None
-        target = self._target(sender, message, now)
-        if target is None or not self._may_send(sender, target, len(data), now):
-            return None
-        self._learn(sender, target, message)
-        return data, target.endpoint  # type: ignore[return-value]  # _may_send checked it
+        with self._lock:
+            sender = self._sender(source, now)
+            if sender is None:
+                return None
+            target = self._target(sender, message, now)
+            if target is None or not self._may_send(sender, target, len(data), now):
+                return None
+            self._learn(sender, target, message)
+            return data, target.endpoint  # type: ignore[return-value]  # _may_send checked it
 
     def transport_destination(self, data: bytes, source: Endpoint, now: float) -> Endpoint | None:
         """`forward` for a transport datagram (type 4, at least wire.TRANSPORT_MIN_SIZE long),
         without building a message: nearly every relayed datagram is one, so this is the hot
         path. Same checks, same counters; transport data teaches no route."""
-        sender = self._sender(source, now)
-        if sender is None:
-            return None
-        target = self._routed(sender, int.from_bytes(data[4:8], "little"))
-        if target is None or not self._may_send(sender, target, len(data), now):
-            return None
-        return target.endpoint
+        with self._lock:
+            sender = self._sender(source, now)
+            if sender is None:
+                return None
+            target = self._routed(sender, int.from_bytes(data[4:8], "little"))
+            if target is None or not self._may_send(sender, target, len(data), now):
+                return None
+            return target.endpoint
 
     def _sender(self, source: Endpoint, now: float) -> _Member | None:
         sender = self._by_endpoint.get(source)

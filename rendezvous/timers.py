@@ -126,3 +126,9 @@ RELAY_ROUTES_PER_PEER = 8 * RELAY_PARTNERS_PER_PEER
 # suggests for peers behind NATs.
 CONFIG_RENDEZVOUS_KEEPALIVE_S = 10
 CONFIG_PEER_KEEPALIVE_S = 25
+
+# -- the WireGuard port's reader thread (udp.py) --------------------------------------------------
+
+# The reader thread looks at its stop flag at least this often (its receive timeout): a stop
+# waits no longer than this for it, well inside the 2 s a Ctrl-C may take.
+READER_WAKE_S = 0.2

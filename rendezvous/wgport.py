@@ -5,7 +5,8 @@ The handshake responder (handshake.py) takes what is its own: initiations keyed 
 key, transport messages to its sessions, and anything malformed (it counts those). The relay
 (relay.py) takes the rest: initiations keyed by another peer's key, responses, cookie replies,
 and transport messages to indexes the relay learned. Transport data to the relay, nearly all of
-what it forwards, takes a path of its own that builds no message.
+what it forwards, takes a path of its own that builds no message, and the port is the socket's
+fast lane (udp.py): that path runs on the socket's reader thread, not on the event loop.
 """
 
 from __future__ import annotations
@@ -51,13 +52,29 @@ class WireGuardPort:
         self._relay = relay
 
     def handle(self, data: bytes, source: Endpoint, now: float) -> Datagrams:
-        relay = self._relay
-        if relay is not None and not self._responder.claims(data):
-            if data[:4] == _TRANSPORT_TYPE and len(data) >= wire.TRANSPORT_MIN_SIZE:
-                destination = relay.transport_destination(data, source, now)
-                return [] if destination is None else [(data, destination)]
-            return self._through(relay, data, source, now)
+        if self.takes(data):
+            destination = self.destination(data, source, now)
+            return [] if destination is None else [(data, destination)]
+        if self._relay is not None and not self._responder.claims(data):
+            return self._through(self._relay, data, source, now)
         return self._through(self._responder, data, source, now)
+
+    # -- the fast lane (udp.FastLane), called from the socket's reader thread ------------------
+
+    def takes(self, data: bytes) -> bool:
+        """Transport data that is not for one of our sessions: the relay's. Reads only the
+        responder's session table, one dictionary lookup (safe beside the loop's changes)."""
+        return (
+            self._relay is not None
+            and data[:4] == _TRANSPORT_TYPE
+            and len(data) >= wire.TRANSPORT_MIN_SIZE
+            and not self._responder.claims(data)
+        )
+
+    def destination(self, data: bytes, source: Endpoint, now: float) -> Endpoint | None:
+        if self._relay is None:  # takes() said there is one
+            return None
+        return self._relay.transport_destination(data, source, now)
 
     def _through(self, core: Core, data: bytes, source: Endpoint, now: float) -> Datagrams:
         core.receive_datagram(data, source, now)
@@ -75,6 +92,6 @@ async def serve_handshakes(
 ) -> DatagramEndpoint:
     """The WireGuard port on `host:port`, answering with `responder` and forwarding what it
     does not claim through `relay`; the loop's clock."""
-    return DatagramEndpoint(
-        open_socket(host, port), WireGuardPort(responder, on_event, relay).handle
-    )
+    wgport = WireGuardPort(responder, on_event, relay)
+    lane = wgport if relay is not None else None
+    return DatagramEndpoint(open_socket(host, port), wgport.handle, lane=lane)
