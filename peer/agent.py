@@ -316,14 +316,15 @@ class Agent:
 
     async def _reconcile_forever(self, live: _Live) -> None:
         while True:
+            next_round_s = RECONCILE_S
             try:
                 if not await live.backend.alive():
                     await self._remake_interface(live)
-                await self.reconcile(live)
+                next_round_s = await self.reconcile(live)
             except (BackendError, UapiError, OSError) as error:
                 logger.warning("could not configure the interface yet: %s", error)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RECONCILE_S)
+                await asyncio.wait_for(self._wake.wait(), next_round_s)
             self._wake.clear()
 
     async def _remake_interface(self, live: _Live) -> None:
@@ -337,12 +338,14 @@ class Agent:
             await live.backend.destroy()  # not alive: the next round tries again from scratch
             raise
 
-    async def reconcile(self, live: _Live) -> None:
-        """One round: gather what the core needs, let it plan, apply the plan."""
+    async def reconcile(self, live: _Live) -> float:
+        """One round: gather what the core needs, let it plan, apply the plan. The seconds
+        until the core wants the next one."""
         device = await live.backend.status()
         table = await live.routes.read_table() if live.mesh.wants_route_table() else None
         plan = live.mesh.plan(device, time.time(), live.surroundings(table))
         await self._apply(live, plan)
+        return plan.next_round_s
 
     async def _apply(self, live: _Live, plan: Plan) -> None:
         if plan.set_peers or plan.remove:

@@ -108,7 +108,8 @@ class Mesh:
             state = self._paths.setdefault(key, PathState())
             config = self._config(peer, device, state, now)
             base = config or self._applied.get(key)
-            if state.fresh and base is not None and self.relay_endpoint is not None:
+            if state.fresh and config is None and base is not None and self.relay_endpoint:
+                # Relayed, and the rendezvous restarted: a new session through it.
                 config = punched(replace(base, endpoint=self.relay_endpoint), state, now)
             if config is not None:
                 wanted.append(config)
@@ -130,7 +131,15 @@ class Mesh:
         partners = frozenset(sorted(self._asked)[:MAX_RELAY_PARTNERS])
         tell = partners if partners != self._stored else None
         kick = self._stalled(device, now, events)
-        return Plan(wanted, remove, events, routes, status, tell, kick)
+        next_round = timers.SETTLING_TICK_S if self._settling(now) else timers.RECONCILE_S
+        return Plan(wanted, remove, events, routes, status, tell, kick, next_round)
+
+    def _settling(self, now: float) -> bool:
+        """Whether a path is being made: a punch, a relay turn or a direct try just started."""
+        return any(
+            state.turn_started is not None and now - state.turn_started < timers.SETTLING_S
+            for state in self._paths.values()
+        )
 
     def _stalled(self, device: DeviceStatus, now: float, events: list[str]) -> bool:
         """A live path whose traffic goes unanswered: tell the rendezvous our mapping now."""
@@ -147,10 +156,12 @@ class Mesh:
         return False
 
     def rendezvous_restarted(self) -> None:
-        """A new rendezvous process knows no relayed session's indices: the relayed peers are
-        written anew (a fresh WireGuard peer handshakes at once, through the relay)."""
-        for state in self._paths.values():
-            state.fresh = state.fresh or state.path == "relay"
+        """A new rendezvous process knows no relayed session's indices: the relayed peers we
+        lead (paths.relay_turn) are written anew (a fresh WireGuard peer handshakes at once,
+        through the relay), and the other side answers."""
+        for key, state in self._paths.items():
+            leads = self.own_key < key
+            state.fresh = state.fresh or (state.path == "relay" and leads)
 
     def relay_stored(self, partners: frozenset[bytes]) -> None:
         """The rendezvous holds these as the peers we relay with (its answer to PUT /v1/relay)."""
@@ -249,7 +260,9 @@ class Mesh:
             # Name it back while we relay: the relay matches our initiations only against the
             # peers we named. Not once direct works, or two sides would keep each other named.
             self._asked.add(peer.public_key)
-            return paths.relay_turn(state, self.relay_endpoint, peer.name, config, now) or (
+            leads = self.own_key < peer.public_key
+            relay = self.relay_endpoint
+            return paths.relay_turn(state, relay, peer.name, config, now, leads=leads) or (
                 replace(config, endpoint=state.endpoint) if reshaped else None
             )
         if not candidates or (up and not moved):
@@ -257,6 +270,8 @@ class Mesh:
         lan_turn = self._give_up_punching(peer, candidates, state, now)
         if lan_turn is not None:
             return punched(replace(config, endpoint=lan_turn), state, now)
+        if paths.punch_again(state, peer.endpoint, now):
+            return replace(config, endpoint=state.endpoint, kick=True)
         endpoint = self._turn(peer, candidates, state, now, public_first=moved)
         if endpoint is not None:
             return punched(replace(config, endpoint=endpoint), state, now)

@@ -28,6 +28,7 @@ class PathState:
     lan_tried: Endpoint | None = None  # the LAN endpoint a relayed path tried last
     echoed: Endpoint | None = None  # the direct endpoint we answered on, once
     fresh: bool = False  # write the WireGuard peer anew this round (a new session at once)
+    punched_again: float | None = None  # the turn (its start) whose second initiation went
     reason: str = ""  # why the path is about to change, for its log line
 
 
@@ -37,16 +38,43 @@ def punched(config: PeerConfig, state: PathState, now: float) -> PeerConfig:
     return replace(config, kick=True)
 
 
+def punch_again(state: PathState, public: Endpoint | None, now: float) -> bool:
+    """PUNCH_AGAIN_S into a turn of the API's endpoint, still down: write the peer anew (its
+    second initiation goes now, not REKEY_TIMEOUT after the first). Once a turn; the turn and
+    the relay's clock (RELAY_AFTER_S) go on from where they were."""
+    started = state.turn_started
+    if started is None or public is None or state.endpoint != public:
+        return False
+    if state.punched_again == started or now - started < timers.PUNCH_AGAIN_S:
+        return False
+    state.punched_again, state.fresh = started, True
+    return True
+
+
 def relay_turn(
-    state: PathState, relay: Endpoint | None, name: str, config: PeerConfig, now: float
+    state: PathState,
+    relay: Endpoint | None,
+    name: str,
+    config: PeerConfig,
+    now: float,
+    *,
+    leads: bool,
 ) -> PeerConfig | None:
-    """Down, and the pair relays: point the peer at the rendezvous, again every turn."""
+    """Down, and the pair relays: point the peer at the rendezvous, again every turn.
+
+    Only one side of the pair (`leads`: the lower public key) starts the session through the
+    relay. Two initiations that cross are both lost: each side's answer to the other's
+    replaces the handshake its own initiation was waiting on, and WireGuard tries again only
+    REKEY_TIMEOUT (5 s) later. The other side just points the peer at the relay and answers."""
     started = state.turn_started
     state.direct_try = None
     if relay is None or (state.endpoint == relay and started and now - started < timers.REPUNCH_S):
         return None
     if not state.reason:
         state.reason = f"{name} asked for the relay: through {format_endpoint(relay)}"
+    if not leads:
+        state.turn_started, state.endpoint = now, relay
+        return replace(config, endpoint=relay)
     # The first turn through the relay writes the peer anew: WireGuard sends a new initiation
     # at once, instead of up to REKEY_TIMEOUT after its last one (unanswered) to the old endpoint.
     state.fresh = state.endpoint != relay

@@ -9,6 +9,7 @@ from typing import Any
 
 from meshpeer.common.endpoints import IPAddress, IPNetwork
 
+from . import timers
 from .routes import RoutePlan, RouteTable
 from .status import Identity, RendezvousState
 from .uapi import PeerConfig
@@ -38,3 +39,5 @@ class Plan:
     relay_partners: frozenset[bytes] | None = None
     # Send the rendezvous a keepalive now: a path stalled, so our mapping may have moved.
     kick_rendezvous: bool = False
+    # How soon the core wants the next round (it sees a handshake only when it looks).
+    next_round_s: float = timers.RECONCILE_S

@@ -28,14 +28,19 @@ PATH_FRESH_S = REJECT_AFTER_TIME_S
 # turn: at least REKEY_TIMEOUT, the interval at which WireGuard sends initiations, so every turn
 # gets at least one packet to its endpoint.
 REPUNCH_S = 2 * REKEY_TIMEOUT_S
-# Punching that has not produced a handshake within this long goes through the relay. A punch
-# between NATs that allow it completes within a second of both sides sending, or with
-# WireGuard's second initiation (REKEY_TIMEOUT later, plus up to 1/3 s of jitter) when the first
-# reached a NAT the other side had not opened yet, as a symmetric NAT's first packet to an
-# address-restricted one often does; a symmetric NAT never lets a port-restricted peer in.
-# Just past that second initiation: a pair that can punch does, and one that cannot is relayed
-# within ~8 s of both agents starting.
-RELAY_AFTER_S = REKEY_TIMEOUT_S + 1.0
+# A punch between NATs that allow it completes within a round trip of both sides sending, or
+# with the next initiation when the first reached a NAT the other side had not opened yet, as a
+# symmetric NAT's first packet to an address-restricted one often does. WireGuard sends that one
+# REKEY_TIMEOUT (5 s) later, and refuses to send one sooner: the agent writes the peer anew this
+# long into the first turn of the API's endpoint, which sends it now.
+PUNCH_AGAIN_S = 2.0
+# Punching that has not produced a handshake within this long goes through the relay: past the
+# second initiation, with time for it to cross the NATs and for a round (SETTLING_TICK_S) to
+# see its handshake, and for the other side's (it may have learned of us a second later). A
+# pair that can punch does; one that cannot (a symmetric NAT never lets a port-restricted peer
+# in) is on the relay ~5.5 s after both agents start. A pair that loses this race is found by
+# the relayed path's first direct try (DIRECT_FIRST_TRY_S).
+RELAY_AFTER_S = PUNCH_AGAIN_S + 1.5
 # A relayed path tries the direct one when a side's published mapping moves, and otherwise this
 # often; a try that nothing answers from the direct endpoint within DIRECT_TRY_S goes back to
 # the relay, so a working relayed path is broken for at most that long.
@@ -69,6 +74,12 @@ RENDEZVOUS_KICK_EVERY_S = 3.0
 # The reconcile loop's tick when nothing wakes it: a path's turn (REPUNCH_S) is then late by at
 # most a second, and a second of idle rounds costs one UAPI get.
 RECONCILE_S = 1.0
+# ... and while a path is being made (a punch, a relay turn or a direct try started within
+# SETTLING_S), this often: its handshake is seen, and the next step taken, within a quarter of
+# a second, not a second. An offline peer
+# costs a few UAPI gets a second for half of each REPUNCH_S turn.
+SETTLING_TICK_S = 0.25
+SETTLING_S = RELAY_AFTER_S + 1.0
 # Retries of an unreachable rendezvous double up to this: a rendezvous back after an outage is
 # found within half a minute, while a hundred agents retrying cost it a few requests a second.
 BACKOFF_MAX_S = 30.0

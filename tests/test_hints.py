@@ -134,10 +134,13 @@ def test_dns_sd_records_only_add_an_endpoint_after_the_apis_for_a_listed_peer() 
     [config] = mesh.plan(DeviceStatus(), 100.0).set_peers
     assert config.public_key == KEY_A and config.endpoint == PUBLIC
     assert config.allowed_ips == ("10.77.0.2/32",)  # the API's, and its routes unaccepted
-    assert [endpoint for _, endpoint in punches(mesh, 101, 30)] == [
-        ("198.51.100.1", 5),
-        PUBLIC,
-        ("198.51.100.1", 5),
+    # Each turn of the API's endpoint punches it twice (the second PUNCH_AGAIN_S in).
+    assert punches(mesh, 101, 30) == [
+        (102, PUBLIC),
+        (110, ("198.51.100.1", 5)),
+        (120, PUBLIC),
+        (122, PUBLIC),
+        (130, ("198.51.100.1", 5)),
     ]
 
 

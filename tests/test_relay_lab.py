@@ -6,6 +6,7 @@ that need it. README's NAT table is this grid."""
 from __future__ import annotations
 
 import itertools
+import re
 import time
 
 import pytest
@@ -93,5 +94,5 @@ def test_every_pair_connects_and_only_those_that_must_are_relayed(lab: Lab) -> N
     assert "home" in sym1 and "sym2" in sym1 and "cone" not in sym1, listed
     # Each relayed pair says why: one side's punch failed, or the other side asked first.
     logged = "".join(agent.output() for agent in agents)
-    assert "punch failed for 6 s: relaying via" in logged, logged
+    assert re.search(r"punch failed for \d+ s: relaying via", logged), logged
     assert "-> relay (handshake through the relay" in logged, logged

@@ -9,7 +9,14 @@ import ipaddress
 from meshpeer.common.endpoints import Endpoint
 from meshpeer.peer.discovery import RemotePeer, api_list, sighted
 from meshpeer.peer.mesh import Mesh
-from meshpeer.peer.timers import DIRECT_TRY_S, RELAY_AFTER_S
+from meshpeer.peer.timers import (
+    DIRECT_TRY_S,
+    PUNCH_AGAIN_S,
+    RECONCILE_S,
+    RELAY_AFTER_S,
+    SETTLING_S,
+    SETTLING_TICK_S,
+)
 from meshpeer.peer.uapi import DeviceStatus, PeerStatus
 
 OWN, PEER = bytes([1]) * 32, bytes([2]) * 32
@@ -18,10 +25,12 @@ MAPPING: Endpoint = ("198.51.100.20", 40000)
 MOVED: Endpoint = ("198.51.100.20", 40999)
 
 
-def mesh_with(peer_endpoint: Endpoint | None = MAPPING, names_us: bool = False) -> Mesh:
-    mesh = Mesh(OWN)
+def mesh_with(
+    peer_endpoint: Endpoint | None = MAPPING, names_us: bool = False, own: bytes = OWN
+) -> Mesh:
+    mesh = Mesh(own)
     mesh.relay_endpoint = RELAY
-    partners = frozenset({OWN}) if names_us else frozenset()
+    partners = frozenset({own}) if names_us else frozenset()
     peer = RemotePeer(PEER, "nas", "10.77.0.3", (), peer_endpoint, partners)
     mesh.merge(api_list([peer]))
     return mesh
@@ -40,7 +49,10 @@ def test_a_punch_without_a_handshake_asks_for_the_relay_then_uses_it() -> None:
     assert waiting.relay_partners is None
     asking = mesh.plan(device(MAPPING), 100.0 + RELAY_AFTER_S)
     assert asking.relay_partners == frozenset({PEER})
-    assert any("punch failed for 6 s: relaying via 203.0.113.1:51820" in e for e in asking.events)
+    assert any(
+        f"punch failed for {RELAY_AFTER_S:.0f} s: relaying via 203.0.113.1:51820" in e
+        for e in asking.events
+    )
     mesh.relay_stored(frozenset({PEER}))
     [relayed] = mesh.plan(device(MAPPING), 100.0 + RELAY_AFTER_S + 1).set_peers
     assert relayed.endpoint == RELAY and relayed.kick
@@ -116,6 +128,26 @@ def test_after_a_rendezvous_restart_relayed_peers_are_written_anew() -> None:
     assert not mesh.plan(device(RELAY, handshake=103.2, rx=200), 104.0).set_peers
 
 
+def test_only_the_lower_key_starts_the_session_through_the_relay() -> None:
+    """Initiations that cross at the relay are both lost for REKEY_TIMEOUT (seen in the lab:
+    two symmetric NATs connected in 12 s instead of 7): the higher key points the peer at the
+    relay without a new initiation and answers the lower key's; after a rendezvous restart
+    only the lower key starts anew."""
+    follower = mesh_with(names_us=True, own=bytes([3]) * 32)  # PEER (2...) leads
+    turn = follower.plan(DeviceStatus(), 100.0)
+    [config] = turn.set_peers
+    assert config.endpoint == RELAY and not config.kick and turn.remove == []
+    follower.plan(device(RELAY, handshake=101.5, rx=100), 102.0)
+    assert follower.path(PEER) == "relay"
+    follower.rendezvous_restarted()
+    assert follower.plan(device(RELAY, handshake=101.5, rx=100), 103.0).remove == []
+
+    leader = mesh_with(names_us=True)  # OWN (1...) leads
+    turn = leader.plan(device(None), 100.0)
+    assert [(c.endpoint, c.kick) for c in turn.set_peers] == [(RELAY, True)]
+    assert turn.remove == [PEER]
+
+
 def test_a_relayed_peer_seen_on_our_lan_is_tried_there() -> None:
     mesh = mesh_with(names_us=True)
     mesh.set_own_lan([ipaddress.IPv4Interface("192.168.7.2/24")])
@@ -141,3 +173,30 @@ def test_a_pair_that_went_direct_stops_naming_each_other() -> None:
     direct = device(MAPPING, handshake=100.5, rx=300)
     mesh.plan(direct, 102.0)  # the peer reached us directly: answered back
     assert mesh.plan(direct, 103.0).relay_partners == frozenset()
+
+
+def test_a_punch_sends_its_second_initiation_early_once_a_turn_and_not_when_up() -> None:
+    """WireGuard waits REKEY_TIMEOUT (5 s) to send an unanswered initiation again; the punch
+    that needs a second packet (a symmetric NAT towards an address-restricted one) gets it
+    PUNCH_AGAIN_S in, by writing the peer anew, and the relay's clock runs on."""
+    mesh = mesh_with()
+    assert mesh.plan(device(MAPPING), 100.0).set_peers[0].endpoint == MAPPING
+    assert mesh.plan(device(MAPPING), 100.0 + PUNCH_AGAIN_S - 0.5).set_peers == []
+    again = mesh.plan(device(MAPPING), 100.0 + PUNCH_AGAIN_S)
+    assert [c.endpoint for c in again.set_peers] == [MAPPING] and again.remove == [PEER]
+    assert mesh.plan(device(MAPPING), 100.0 + PUNCH_AGAIN_S + 0.5).set_peers == []
+    asking = mesh.plan(device(MAPPING), 100.0 + RELAY_AFTER_S)
+    assert asking.relay_partners == frozenset({PEER})  # counted from the first punch
+
+    up = mesh_with()
+    up.plan(device(MAPPING), 100.0)
+    answered = up.plan(device(MAPPING, handshake=100.5), 100.0 + PUNCH_AGAIN_S)
+    assert answered.set_peers == [] and answered.remove == []
+
+
+def test_rounds_come_often_while_a_path_is_being_made_and_once_a_second_after() -> None:
+    mesh = mesh_with()
+    assert mesh.plan(DeviceStatus(), 100.0).next_round_s == SETTLING_TICK_S  # punching
+    assert mesh.plan(device(MAPPING, handshake=100.2), 100.25).next_round_s == SETTLING_TICK_S
+    settled = mesh.plan(device(MAPPING, handshake=100.2), 100.0 + SETTLING_S)
+    assert settled.next_round_s == RECONCILE_S
