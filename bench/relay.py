@@ -8,7 +8,9 @@ behind symmetric NATs is connected.
 - on the wire: two wireguard-go peers on two public lab hosts, with the real `rendezvous serve`
   (its per-peer cap raised out of the way) on a third. The same pair, first direct, then
   pointed at each other through the relay: iperf3 TCP throughput and ping RTT across the
-  tunnel, and the datagrams per second the rendezvous relayed meanwhile (from /metrics);
+  tunnel, and the datagrams per second the rendezvous relayed meanwhile (from /metrics); and
+  the same tunnel through a bare forwarder (bench/forwarder.py: one recvfrom and one sendto a
+  datagram, nothing checked), the floor under any relay that reads a UDP socket here;
 - connect: two `meshpeer run` agents behind symmetric NATs, from starting both to both showing
   path `relay`.
 Medians over the runs, side by side in one run. Not a test: the machine is shared and noisy.
@@ -45,6 +47,7 @@ from tests.lab.wireguard import WireGuardGo
 
 TIMEOUT_S = 60.0
 PACKET = 1452
+FORWARDER_PORT = 51830
 
 
 def core_rate(seconds: float) -> float:
@@ -115,7 +118,24 @@ def tunnel(seconds: float) -> dict[str, float]:
             here.add_peer(there.public_key, f"{there.interface.ip}/32", server.endpoint, 25)
         time.sleep(1.0)
         figures.update(_measure(a, b, seconds, "relayed", server))
+        figures.update(_bare(lab, a, b, seconds, server))
     return figures
+
+
+def _bare(
+    lab: Lab, a: WireGuardGo, b: WireGuardGo, seconds: float, server: RendezvousServer
+) -> dict[str, float]:
+    """The pair through bench/forwarder.py on a host of its own (the WireGuard peers roam)."""
+    host = lab.add_public_host("forwarder")
+    script = str(Path(__file__).resolve().parent / "forwarder.py")
+    ends = [str(a.node.address), str(b.node.address), str(FORWARDER_PORT)]
+    host.spawn("forwarder", [sys.executable, script, *ends])
+    time.sleep(0.3)
+    for here, there in ((a, b), (b, a)):
+        endpoint = f"{host.address}:{FORWARDER_PORT}"
+        here.node.run(["wg", "set", here.ifname, "peer", there.public_key, "endpoint", endpoint])
+    time.sleep(0.5)
+    return _measure(a, b, seconds, "bare forwarder", server)
 
 
 def _confirmed(server: RendezvousServer, name: str) -> bool:
@@ -151,11 +171,10 @@ def _measure(
     after = server.metrics().get("meshpeer_relayed_packets_total", 0.0)
     iperf_server.stop()
     bits = report["end"]["sum_received"]["bits_per_second"]
-    return {
-        f"{label} Mbit/s": bits / 1e6,
-        f"{label} ping ms": rtt,
-        f"{label} relayed datagrams/s": (after - before) / seconds,
-    }
+    figures = {f"{label} Mbit/s": bits / 1e6, f"{label} ping ms": rtt}
+    if label == "relayed":
+        figures["datagrams relayed meanwhile /s"] = (after - before) / seconds
+    return figures
 
 
 def connect_symmetric() -> float:
@@ -196,7 +215,9 @@ def main() -> None:
         print(f"  {name:<36} median {statistics.median(values):12.2f}  ({_spread(values)})")
     direct = statistics.median(samples["direct Mbit/s"])
     relayed = statistics.median(samples["relayed Mbit/s"])
+    bare = statistics.median(samples["bare forwarder Mbit/s"])
     print(f"  ratio relayed / direct throughput     {relayed / direct:.2f} (goal >= 0.8)")
+    print(f"  ratio bare forwarder / direct         {bare / direct:.2f}")
 
 
 def _spread(values: list[float]) -> str:
