@@ -273,12 +273,23 @@ def open_socket(host: str, port: int) -> socket.socket:
 
 
 def _ask_for_buffers(sock: socket.socket) -> None:
-    """BUFFER_BYTES each way: forced where we may (CAP_NET_ADMIN), else up to the sysctl caps."""
-    for forced, plain in (
-        (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF),
-        (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF),
+    """BUFFER_BYTES each way: forced where we may (CAP_NET_ADMIN), else up to the sysctl caps,
+    which the log line names when they hold us back."""
+    for forced, plain, cap in (
+        (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF, "net.core.rmem_max"),
+        (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF, "net.core.wmem_max"),
     ):
         try:
             sock.setsockopt(socket.SOL_SOCKET, forced, BUFFER_BYTES)
         except PermissionError:
             sock.setsockopt(socket.SOL_SOCKET, plain, BUFFER_BYTES)
+        got = sock.getsockopt(socket.SOL_SOCKET, plain) // 2  # Linux reports twice the size
+        if got < BUFFER_BYTES:
+            logger.info(
+                "udp socket buffer %d KiB, not the %d KiB asked for: a busy relay drops "
+                "datagrams sooner (raise %s to %d)",
+                got // 1024,
+                BUFFER_BYTES // 1024,
+                cap,
+                BUFFER_BYTES,
+            )
