@@ -63,6 +63,10 @@ ABUSES = {
     "300 idle DNS-over-TCP connections": ("dns-idle", "{rv}", str(DNS_PORT), "300"),
     "endpoint flap (16 ports)": ("flap", "{rv}", str(WG_PORT), "{token}"),
     "full-list loop (one member)": ("snapshots", "{token}"),
+    **{
+        f"UDP flood: {kind}": ("udp-flood", "{rv}", str(WG_PORT), kind, "{token}")
+        for kind in ("junk", "initiation", "transport", "full", "oversized")
+    },
 }
 
 
@@ -122,6 +126,7 @@ def main() -> None:
     parser.add_argument("--peers", type=int, default=50_000)
     parser.add_argument("--probes", type=int, default=200)
     parser.add_argument("--smoke", action="store_true", help="1,000 peers, 10 probes")
+    parser.add_argument("--only", help="the phases whose names hold this text (and idle)")
     args = parser.parse_args()
     peers, probes = (1000, 10) if args.smoke else (args.peers, args.probes)
     print(machine())
@@ -143,6 +148,8 @@ def main() -> None:
         server.start(timeout_s=300)
         phase("idle", friend, server, probes)
         for name, argv in ABUSES.items():
+            if args.only and args.only not in name:
+                continue
             abuser = start_abuse(stranger, server, argv)
             try:
                 phase(name, friend, server, probes)

@@ -11,7 +11,10 @@ address answers from it anyway). A datagram longer than MAX_DATAGRAM is counted 
 never handed on cut short as if it were whole.
 
 Given a `FastLane` (the WireGuard port's relay), the socket is read by a thread of its own that
-forwards the lane's datagrams itself and queues the rest for the loop. Relayed transport data is
+forwards the lane's datagrams itself and queues the rest for the loop, never more than the loop
+can take: while its inbox is full the thread reads nothing (what arrives waits in the socket
+buffer, and past it the kernel drops it, as when the loop read the socket), because a datagram
+read only to be dropped costs the GIL the loop needs to catch up. Relayed transport data is
 nearly every datagram the port sees under load, and on the loop each one paid for an epoll
 wake-up and its share of a busy loop: the thread forwards a datagram in about half the CPU
 (15 against 26 us in `bench/relay.py`), and sooner, which is what TCP across a relayed
@@ -40,8 +43,9 @@ logger.addHandler(logging.NullHandler())
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux's value; Python 3.11 does not export it
 BATCH = 64  # datagrams handled per wake-up before other tasks get a turn
-# Datagrams the reader thread may queue for a loop that has fallen behind; beyond, they are
-# dropped and counted (a flood must not grow memory while the loop is busy).
+# Datagrams the reader thread may queue for a loop that has fallen behind; while that many
+# wait, the thread reads no more (a flood must grow neither memory nor the thread's share of
+# the GIL while the loop is busy).
 INBOX_LIMIT = 4096
 # Socket buffers asked for: a relay is descheduled now and then on a busy host, and a burst
 # that arrives meanwhile must wait, not be dropped (the kernel caps them at net.core.rmem_max
@@ -177,6 +181,7 @@ class _ReaderThread:
             collections.deque()
         )
         self._drain_posted = False
+        self._room = threading.Event()  # cleared by the thread when the inbox is full
         self._stopping = threading.Event()
         sock = endpoint._sock
         # Blocking, with a receive timeout in the kernel (so no poll before each read): the
@@ -196,6 +201,8 @@ class _ReaderThread:
     def _run(self) -> None:
         endpoint, lane, clock = self._endpoint, self._lane, self._endpoint._clock
         while not self._stopping.is_set():
+            if len(self._inbox) >= INBOX_LIMIT and not self._wait_for_room():
+                continue  # look at the stop flag again
             try:
                 received = endpoint._receive()
             except (BlockingIOError, InterruptedError):
@@ -211,11 +218,15 @@ class _ReaderThread:
             except Exception:
                 logger.exception("forwarding a datagram from %s failed", source)
 
+    def _wait_for_room(self) -> bool:
+        """Whether the loop took something from the full inbox within READER_WAKE_S."""
+        self._room.clear()
+        if len(self._inbox) < INBOX_LIMIT:  # a drain ran before the clear: it set nothing
+            return True
+        return self._room.wait(READER_WAKE_S)
+
     def _to_loop(self, received: tuple[bytes, Endpoint, list[ControlMessage]]) -> None:
-        if len(self._inbox) >= INBOX_LIMIT:
-            self._endpoint.drops["loop_behind"] += 1
-            return
-        self._inbox.append(received)
+        self._inbox.append(received)  # never past INBOX_LIMIT: _run looked before reading
         if not self._drain_posted:
             # Cleared by the drain before it reads the inbox, so nothing appended here waits
             # for a drain that already ran.
@@ -225,11 +236,11 @@ class _ReaderThread:
     def _drain(self) -> None:
         self._drain_posted = False
         for _ in range(BATCH):
-            try:
-                received = self._inbox.popleft()
-            except IndexError:
-                return
-            self._endpoint._handle(*received)
+            if not self._inbox:  # only the loop takes from it
+                break
+            self._endpoint._handle(*self._inbox.popleft())
+        if not self._room.is_set():
+            self._room.set()  # once a batch: a reader woken for each datagram costs more
         if self._inbox and not self._drain_posted:
             self._drain_posted = True
             self._endpoint._loop.call_soon(self._drain)  # other tasks get a turn first

@@ -58,7 +58,7 @@ def test_footprint_benchmark_runs() -> None:
 
 def test_abuse_benchmark_runs() -> None:
     output = smoke("abuse.py")
-    assert output.count("healthz p50") == 6 and "failed 0" in output, output
+    assert output.count("healthz p50") == 11 and "failed 0" in output, output
 
 
 def test_relay_benchmark_runs() -> None:

@@ -5,6 +5,10 @@
     abuser.py axfr-stall  HOST PORT ZONE COUNT  ask for the zone, never read the answer
     abuser.py snapshots   TOKEN                join, then ask for full peer lists in a loop
     abuser.py flap        HOST PORT TOKEN      a member's keepalives from 16 ports
+    abuser.py udp-flood   HOST PORT KIND TOKEN  datagrams to the WireGuard port, as fast as one
+                                               socket sends them; KIND: junk, initiation
+                                               (mac1 valid), transport (made-up indexes),
+                                               full (MAX_DATAGRAM bytes), oversized (one more)
 and two ordinary members for the stop test:
     abuser.py watchers    TOKEN COUNT          COUNT members, each holding a long poll
     abuser.py member      HOST PORT TOKEN      a handshake and a keepalive; prints the port
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import ssl
@@ -31,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshpeer.common import proof, tokens
 from meshpeer.common.pinning import client_ssl
+from meshpeer.rendezvous import noise, wire
 from meshpeer.rendezvous.initiator import Initiator
 
 
@@ -197,6 +203,38 @@ async def member(host: str, port: int, token_text: str) -> None:
     await asyncio.Event().wait()  # until the lab stops it
 
 
+def udp_flood(host: str, port: int, kind: str, token_text: str) -> None:
+    """A stranger's datagrams to the WireGuard port, 256 kinds of each cycled, until killed."""
+    mac1_key = noise.blake2s(noise.LABEL_MAC1, tokens.decode(token_text).rendezvous_key)
+    datagrams = [_flood_datagram(kind, mac1_key) for _ in range(256)]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    say(running=f"udp-flood {kind}")
+    sent, last = 0, time.monotonic()
+    while True:
+        for datagram in datagrams:
+            try:
+                sock.sendto(datagram, (host, port))
+                sent += 1
+            except BlockingIOError:
+                time.sleep(0.0001)  # a full buffer: the wire is as busy as it gets
+        if time.monotonic() - last >= 1:
+            say(sent=sent)
+            last = time.monotonic()
+
+
+def _flood_datagram(kind: str, mac1_key: bytes) -> bytes:
+    if kind == "initiation":
+        body = (1).to_bytes(4, "little") + os.urandom(wire.INITIATION_MAC1_END - 4)
+        return body + noise.mac(mac1_key, body) + bytes(16)
+    if kind == "transport":
+        return (4).to_bytes(4, "little") + os.urandom(wire.TRANSPORT_MIN_SIZE + 64 - 4)
+    if kind in ("full", "oversized"):
+        size = wire.MAX_DATAGRAM + (kind == "oversized")
+        return (4).to_bytes(4, "little") + os.urandom(size - 4)
+    return os.urandom(100)  # junk
+
+
 def _udp_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("0.0.0.0", 0))  # noqa: S104 - a lab host's own socket
@@ -216,6 +254,8 @@ def main() -> None:
         asyncio.run(snapshots(args[0]))
     elif mode == "flap":
         asyncio.run(flap(args[0], int(args[1]), args[2]))
+    elif mode == "udp-flood":
+        udp_flood(args[0], int(args[1]), args[2], args[3])
     elif mode == "watchers":
         asyncio.run(watchers(args[0], int(args[1])))
     elif mode == "member":
