@@ -129,7 +129,12 @@ class Rendezvous:
         )
 
     def _socket_drops(self) -> collections.Counter[str]:
-        return self._udp.drops if self._udp is not None else collections.Counter()
+        # A copy taken in one step: the reader thread may add a key while Counter's + iterates.
+        return (
+            collections.Counter(dict(self._udp.drops))
+            if self._udp is not None
+            else collections.Counter()
+        )
 
     def _held_back(self) -> dict[str, int]:
         held = {

@@ -196,7 +196,8 @@ class _ReaderThread:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._thread.join(2 * READER_WAKE_S)
+        # A receive and then a send may each wait READER_WAKE_S before the flag is seen.
+        self._thread.join(3 * READER_WAKE_S)
 
     def _run(self) -> None:
         endpoint, lane, clock = self._endpoint, self._lane, self._endpoint._clock
