@@ -25,7 +25,7 @@ class PathState:
     next_hint: int = 0  # the hints take their turns in order
     direct_try: tuple[float, int] | None = None  # a try of a better path: (when, rx)
     try_back: Endpoint | None = None  # where that try goes back to when nothing answers it
-    last_lan_try: float | None = None  # when a live public path last tried the LAN
+    last_lan_try: float | None = None  # when a live path (direct or relayed) last tried the LAN
     last_direct_try: float | None = None
     lan_tried: Endpoint | None = None  # the LAN endpoint a relayed path tried last
     echoed: Endpoint | None = None  # the direct endpoint we answered on, once
@@ -92,14 +92,15 @@ def while_relayed(
     now: float,
 ) -> PeerConfig | None:
     """Up through the relay: try a direct path when the peer appears on our LAN (`lan`, from
-    mDNS), when its mapping (`public`, from the API) moves, and every DIRECT_RETRY_S. WireGuard
-    roams to whichever endpoint answers, so a try that works keeps itself; one that nothing
-    answered within DIRECT_TRY_S goes back (direct_try_over)."""
+    mDNS; at most once per LAN_TRY_EVERY_S, as a direct path does), when its mapping
+    (`public`, from the API) moves, and every DIRECT_RETRY_S. WireGuard roams to whichever
+    endpoint answers, so a try that works keeps itself; one that nothing answered within
+    DIRECT_TRY_S goes back (direct_try_over)."""
     if state.last_direct_try is None:  # just relayed: the first try is DIRECT_FIRST_TRY_S away
         state.public = public
         state.last_direct_try = now - timers.DIRECT_RETRY_S + timers.DIRECT_FIRST_TRY_S
-    if lan is not None and lan != state.lan_tried:
-        state.lan_tried, state.reason = lan, "it is on our LAN"
+    if lan is not None and lan != state.lan_tried and not _lan_tried_lately(state, now):
+        state.lan_tried, state.last_lan_try, state.reason = lan, now, "it is on our LAN"
         return _try_direct(state, lan, status, config, now)
     news = public is not None and public != state.public
     due = now - state.last_direct_try >= timers.DIRECT_RETRY_S
@@ -135,10 +136,16 @@ def while_direct(
     lan = next((endpoint for endpoint in lans if endpoint != state.lan_tried), None)
     if lan is None or current in lans:
         return None
-    if state.last_lan_try is not None and now - state.last_lan_try < timers.LAN_TRY_EVERY_S:
+    if _lan_tried_lately(state, now):
         return None
     state.lan_tried, state.last_lan_try, state.reason = lan, now, "it is on our LAN"
     return _try_direct(state, lan, status, config, now, back=current)
+
+
+def _lan_tried_lately(state: PathState, now: float) -> bool:
+    """A live path (direct or relayed) tries a sighting at most once per LAN_TRY_EVERY_S:
+    sightings are not authenticated, and a spoofer can change them as often as it likes."""
+    return state.last_lan_try is not None and now - state.last_lan_try < timers.LAN_TRY_EVERY_S
 
 
 def _try_direct(
