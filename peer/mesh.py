@@ -246,19 +246,16 @@ class Mesh:
                 return paths.while_relayed(state, peer.endpoint, lan, status, config, now) or (
                     config if reshaped else None
                 )
-            status = device.peers[peer.public_key]
-            if state.direct_try is not None:  # trying a better path: wait, or go back
+            if state.direct_try is not None:  # trying direct from the relay: wait, or go back
+                status = device.peers[peer.public_key]
                 back = paths.direct_try_over(state, status, self.relay_endpoint, config, now)
                 return back or (config if reshaped else None)
             self._asked.discard(peer.public_key)  # direct (or LAN) works: no relay needed
-            if state.path == "relay" and status.endpoint != state.echoed:
+            endpoint = device.peers[peer.public_key].endpoint
+            if state.path == "relay" and endpoint != state.echoed:
                 # The peer tried direct and reached us: answer it there, once.
-                state.echoed, state.reason = status.endpoint, "it reached us directly"
-                return punched(replace(config, endpoint=status.endpoint), state, now)
-            lans = tuple(c.endpoint for c in candidates if c.source == "lan")
-            better = paths.while_direct(state, lans, status, config, now)
-            if better is not None:
-                return better
+                state.echoed, state.reason = endpoint, "it reached us directly"
+                return punched(replace(config, endpoint=endpoint), state, now)
         elif relayed:
             # Name it back while we relay: the relay matches our initiations only against the
             # peers we named. Not once direct works, or two sides would keep each other named.

@@ -24,7 +24,6 @@ class PathState:
     public: Endpoint | None = None  # the API's endpoint when that turn started
     next_hint: int = 0  # the hints take their turns in order
     direct_try: tuple[float, int] | None = None  # a try of a better path: (when, rx)
-    try_back: Endpoint | None = None  # where that try goes back to when nothing answers it
     last_lan_try: float | None = None  # when a live path (direct or relayed) last tried the LAN
     last_direct_try: float | None = None
     lan_tried: Endpoint | None = None  # the LAN endpoint a relayed path tried last
@@ -92,7 +91,7 @@ def while_relayed(
     now: float,
 ) -> PeerConfig | None:
     """Up through the relay: try a direct path when the peer appears on our LAN (`lan`, from
-    mDNS; at most once per LAN_TRY_EVERY_S, as a direct path does), when its mapping
+    mDNS; at most once per LAN_TRY_EVERY_S), when its mapping
     (`public`, from the API) moves, and every DIRECT_RETRY_S. WireGuard roams to whichever
     endpoint answers, so a try that works keeps itself; one that nothing answered within
     DIRECT_TRY_S goes back (direct_try_over)."""
@@ -111,70 +110,31 @@ def while_relayed(
     return _try_direct(state, public, status, config, now)
 
 
-def while_direct(
-    state: PathState,
-    lans: tuple[Endpoint, ...],
-    status: PeerStatus,
-    config: PeerConfig,
-    now: float,
-) -> PeerConfig | None:
-    """Up on a direct path (`status.endpoint`): try the LAN when the peer is sighted there
-    (`lans`, from mDNS), and answer a peer that reached us by a better path than ours.
-
-    A sighting is not authenticated, so a try is a try: it goes back to the public endpoint
-    unless something authenticated comes from the LAN within DIRECT_TRY_S (direct_try_over),
-    and a live path tries at most once per LAN_TRY_EVERY_S, whatever the sightings do. A
-    spoofed sighting costs at most DIRECT_TRY_S of the public path a minute. One side's try is
-    enough: the other side's WireGuard roams to the LAN on its first packet, and answers it."""
-    current = status.endpoint
-    if current is None:
-        return None
-    if state.path == "direct" and current in lans and current != state.echoed:
-        # The peer tried our LAN and reached us: answer it there, once.
-        state.echoed, state.reason = current, "it reached us on the LAN"
-        return punched(replace(config, endpoint=current), state, now)
-    lan = next((endpoint for endpoint in lans if endpoint != state.lan_tried), None)
-    if lan is None or current in lans:
-        return None
-    if _lan_tried_lately(state, now):
-        return None
-    state.lan_tried, state.last_lan_try, state.reason = lan, now, "it is on our LAN"
-    return _try_direct(state, lan, status, config, now, back=current)
-
-
 def _lan_tried_lately(state: PathState, now: float) -> bool:
-    """A live path (direct or relayed) tries a sighting at most once per LAN_TRY_EVERY_S:
+    """A relayed path tries a sighting at most once per LAN_TRY_EVERY_S:
     sightings are not authenticated, and a spoofer can change them as often as it likes."""
     return state.last_lan_try is not None and now - state.last_lan_try < timers.LAN_TRY_EVERY_S
 
 
 def _try_direct(
-    state: PathState,
-    endpoint: Endpoint,
-    status: PeerStatus,
-    config: PeerConfig,
-    now: float,
-    *,
-    back: Endpoint | None = None,
+    state: PathState, endpoint: Endpoint, status: PeerStatus, config: PeerConfig, now: float
 ) -> PeerConfig:
-    state.direct_try, state.try_back = (now, status.rx_bytes), back
+    state.direct_try = (now, status.rx_bytes)
     return punched(replace(config, endpoint=endpoint), state, now)
 
 
 def direct_try_over(
     state: PathState, status: PeerStatus, relay: Endpoint | None, config: PeerConfig, now: float
 ) -> PeerConfig | None:
-    """A try of a better path that nothing answered: back to where it came from (the relay,
-    or the public endpoint a LAN try left)."""
+    """A try of the direct path that nothing answered: back to the relay."""
     if state.direct_try is None or now - state.direct_try[0] < timers.DIRECT_TRY_S:
         return None
     started, rx = state.direct_try
-    back, what = (state.try_back, "LAN") if state.try_back else (relay, "direct")
-    state.direct_try = state.try_back = None
-    if status.endpoint == back or back is None:
+    state.direct_try = None
+    if status.endpoint == relay or relay is None:
         return None  # WireGuard roamed back by itself
-    if status.rx_bytes > rx:  # it answered: answer back, the other side may be trying too
+    if status.rx_bytes > rx:  # direct answered: answer back, the other side may be trying too
         state.echoed = status.endpoint
         return punched(replace(config, endpoint=status.endpoint), state, now)
-    state.reason = f"{what} try unanswered for {now - started:.0f} s"
-    return punched(replace(config, endpoint=back), state, now)
+    state.reason = f"direct try unanswered for {now - started:.0f} s"
+    return punched(replace(config, endpoint=relay), state, now)

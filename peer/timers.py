@@ -51,7 +51,7 @@ DIRECT_TRY_S = 2.0
 # direct path back soon. Each side's try opens its NAT to the other's mapping, so the second
 # side's try gets through even when the first side's did not.
 DIRECT_FIRST_TRY_S = 2 * REKEY_TIMEOUT_S
-# A live public path tries a peer's LAN sighting (mDNS) at most this often: sightings are not
+# A relayed path tries a peer's LAN sighting (mDNS) at most this often: sightings are not
 # authenticated, and a spoofed one costs the path up to DIRECT_TRY_S each time.
 LAN_TRY_EVERY_S = 60.0
 # A peer sends at least a keepalive every PEER_KEEPALIVE_S: one whose received bytes have not

@@ -29,7 +29,7 @@ from meshpeer.peer.kernel_wg import KernelBackend, netlink_peer
 from meshpeer.peer.lan import MAX_SERVICE_NAMES, LanDiscovery, parse_sighting
 from meshpeer.peer.mesh import Mesh
 from meshpeer.peer.supervise import supervised
-from meshpeer.peer.timers import DIRECT_TRY_S, LAN_TRY_EVERY_S, REPUNCH_S
+from meshpeer.peer.timers import REPUNCH_S
 from meshpeer.peer.uapi import DeviceStatus, PeerConfig, PeerStatus, UapiError
 from meshpeer.peer.userspace_wg import UserspaceBackend
 from tests.blocking import forbid_on_loop_thread
@@ -215,74 +215,16 @@ def test_a_spoofer_that_keeps_changing_its_sightings_cannot_starve_the_public_en
     assert all(b - a <= 2 * REPUNCH_S for a, b in itertools.pairwise(public_at))
 
 
-def up_at(endpoint: tuple[str, int], rx: int = 0) -> DeviceStatus:
-    """KEY_A with a live handshake, WireGuard sending to `endpoint`, `rx` bytes received."""
-    status = PeerStatus(KEY_A, endpoint, latest_handshake=100.5, rx_bytes=rx)
-    return DeviceStatus(peers={KEY_A: status})
-
-
-SIGHTED = ("192.168.1.5", 51820)
-
-
-def test_a_lan_sighting_only_tries_a_live_path_and_a_spoofed_one_costs_2_s_a_minute() -> None:
-    """A sighting is not authenticated: a live public path tries it, goes back to the public
-    endpoint when nothing authenticated comes from it within DIRECT_TRY_S, and tries again
-    (any sighting) only LAN_TRY_EVERY_S later."""
-    mesh = listed_mesh()
-    mesh.plan(DeviceStatus(), 100.0)
-    assert mesh.plan(up_at(PUBLIC), 101.0).set_peers == []
-    mesh.merge(sighted("lan", {KEY_A: [SIGHTED]}))
-    [lan_try] = mesh.plan(up_at(PUBLIC), 102.0).set_peers
-    assert lan_try.endpoint == SIGHTED and lan_try.kick
-    assert mesh.plan(up_at(SIGHTED), 102.0 + DIRECT_TRY_S - 0.5).set_peers == []
-    back = mesh.plan(up_at(SIGHTED), 102.0 + DIRECT_TRY_S)
-    assert [c.endpoint for c in back.set_peers] == [PUBLIC]
-    assert any("LAN try unanswered for 2 s" in event for event in back.events)
-    assert mesh.path(KEY_A) == "direct"  # through the try, never "none"
-    spoofed = ("192.168.1.66", 51820)
-    mesh.merge(sighted("lan", {KEY_A: [spoofed]}))
-    for now in range(105, 161):
-        assert mesh.plan(up_at(PUBLIC), float(now)).set_peers == [], now
-    [again] = mesh.plan(up_at(PUBLIC), 102.0 + LAN_TRY_EVERY_S).set_peers
-    assert again.endpoint == spoofed
-
-
-def test_a_lan_try_that_the_peer_answers_stays_on_the_lan() -> None:
-    mesh = listed_mesh()
-    mesh.plan(DeviceStatus(), 100.0)
-    mesh.plan(up_at(PUBLIC, rx=1000), 101.0)
-    mesh.merge(sighted("lan", {KEY_A: [SIGHTED]}))
-    mesh.plan(up_at(PUBLIC, rx=1000), 102.0)
-    answered = mesh.plan(up_at(SIGHTED, rx=1148), 102.0 + DIRECT_TRY_S)
-    assert [c.endpoint for c in answered.set_peers] == [SIGHTED]  # answered back, once
-    mesh.plan(up_at(SIGHTED, rx=1300), 105.0)
-    assert mesh.path(KEY_A) == "lan"
-    assert mesh.plan(up_at(SIGHTED, rx=1400), 106.0).set_peers == []
-
-
-def test_a_peer_that_reaches_us_on_the_lan_is_answered_there() -> None:
-    """Its try of our LAN address made our WireGuard roam to its LAN address: a keepalive
-    back there, once, is what its try waits for."""
-    mesh = listed_mesh()
-    mesh.plan(DeviceStatus(), 100.0)
-    mesh.plan(up_at(PUBLIC), 101.0)
-    assert mesh.path(KEY_A) == "direct"
-    mesh.merge(sighted("lan", {KEY_A: [SIGHTED]}))
-    [echo] = mesh.plan(up_at(SIGHTED, rx=100), 102.0).set_peers
-    assert echo.endpoint == SIGHTED and echo.kick
-    assert mesh.plan(up_at(SIGHTED, rx=200), 103.0).set_peers == []
-    assert mesh.path(KEY_A) == "lan"
-
-
 def test_a_moved_mapping_is_punched_at_once_even_with_lan_hints() -> None:
     mesh = listed_mesh()
     mesh.plan(DeviceStatus(), 100.0)
-    mesh.merge(sighted("lan", {KEY_A: [SIGHTED]}))
-    mesh.plan(up_at(PUBLIC), 101.0)  # the LAN try
-    mesh.plan(up_at(SIGHTED), 101.0 + DIRECT_TRY_S)  # unanswered: back to the public endpoint
+    using_public = DeviceStatus(peers={KEY_A: PeerStatus(KEY_A, PUBLIC, latest_handshake=100.5)})
+    assert mesh.plan(using_public, 101.0).set_peers == []
+    mesh.merge(sighted("lan", {KEY_A: [("192.168.1.5", 51820)]}))
+    assert mesh.plan(using_public, 102.0).set_peers == []  # a hint never moves a live path
     moved = ("203.0.113.7", 41000)
     mesh.merge(api_delta([RemotePeer(KEY_A, "a", "10.77.0.2", ("192.168.9.0/24",), moved)]))
-    [punch] = mesh.plan(up_at(PUBLIC), 104.0).set_peers
+    [punch] = mesh.plan(using_public, 103.0).set_peers
     assert punch.endpoint == moved and punch.kick
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -121,25 +120,17 @@ def test_no_spoofed_sightings_keep_a_live_public_path_off_it_more_than_2_s_a_min
         assert sum(start <= s < start + LAN_TRY_EVERY_S for s in off) <= 3, off
 
 
-@pytest.mark.xfail(
-    strict=True, reason="not fixed: a sighting's answer is authenticated, not where it comes from"
-)
-def test_a_neighbour_relaying_a_lan_try_holds_a_live_public_path_and_can_drop_it() -> None:
-    """The sighted address is a neighbour's own socket, forwarding to the peer's public
-    endpoint and back (the peer's WireGuard roams to the neighbour's mapping): what comes back
-    from it is authenticated, so the try keeps it, and the path says `lan`. Once it holds both
-    directions it can drop the data and pass WireGuard's handshakes on (a fresh handshake: the
-    path stays up): the pair's public path, which works, is not tried again."""
+def test_a_neighbour_relaying_a_lan_try_cannot_hold_a_live_public_path() -> None:
+    """A neighbour whose sighted address forwards to the peer's public endpoint and back makes
+    everything that comes from it authenticated, so a try of it would be kept (the path would
+    say `lan`, and the neighbour could then drop the data). Found by the outside review of a
+    live public path's LAN tries, which were taken back for it: a live public path is never
+    pointed at a sighting, however long the sightings stay."""
     mesh, wire = direct_mesh()
-    mesh.merge(sighted("lan", {PEER: [SPOOF_1]}))
-    wire.apply(mesh, 102.0)
-    assert wire.endpoint == SPOOF_1
-    wire.rx += 148  # the peer's answer, through the neighbour
-    for tick in range(4, 16):
-        wire.apply(mesh, 102.0 + tick / 4)
-    assert wire.endpoint == SPOOF_1 and mesh.path(PEER) == "lan"
-    # From now on the neighbour drops the data; the handshakes it passes keep the path fresh.
-    for second in range(105, 400):
+    mesh.merge(sighted("lan", {PEER: [SPOOF_1, SPOOF_2]}))
+    for second in range(102, 400):
+        wire.rx += 148
         wire.handshake = 100.5 + 120 * ((second - 100) // 120)
         wire.apply(mesh, float(second))
-    assert wire.endpoint == PUBLIC, "still sending everything to the neighbour at 400 s"
+        assert wire.endpoint == PUBLIC, second
+    assert mesh.path(PEER) == "direct"
