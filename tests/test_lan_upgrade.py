@@ -43,19 +43,20 @@ class Wire:
                 self.endpoint = config.endpoint
 
 
-def relayed_mesh() -> tuple[Mesh, Wire]:
-    """A pair up through the relay (the peer asked for it), on our LAN's subnet."""
+def live_mesh(relayed: bool) -> tuple[Mesh, Wire]:
+    """A pair up through the relay (the peer asked for it) or on its public (direct) path,
+    the peer's mapping on no LAN of ours."""
     mesh = Mesh(OWN)
     mesh.relay_endpoint = RELAY
-    peer = RemotePeer(PEER, "nas", "10.77.0.3", (), PUBLIC, frozenset({OWN}))
-    mesh.merge(api_list([peer]))
+    partners = frozenset({OWN}) if relayed else frozenset()
+    mesh.merge(api_list([RemotePeer(PEER, "nas", "10.77.0.3", (), PUBLIC, partners)]))
     mesh.set_own_lan([OUR_LAN])
     wire = Wire(None)
     wire.apply(mesh, 100.0)
-    assert wire.endpoint == RELAY
+    assert wire.endpoint == (RELAY if relayed else PUBLIC)
     wire.handshake, wire.rx = 100.5, 148
     wire.apply(mesh, 101.0)
-    assert mesh.path(PEER) == "relay"
+    assert mesh.path(PEER) == ("relay" if relayed else "direct")
     return mesh, wire
 
 
@@ -64,7 +65,7 @@ def test_alternating_spoofed_sightings_keep_a_relayed_path_off_the_relay() -> No
     alternating two (an mDNS record re-announced with another port) kept a live relayed path
     pointed at nothing most of the time. A live path tries a sighting at most once a minute,
     relayed or not."""
-    mesh, wire = relayed_mesh()
+    mesh, wire = live_mesh(relayed=True)
     off_relay = 0
     # The peer never sends first (an idle pair): only our own keepalives would bring it back.
     for second in range(102, 102 + int(2 * LAN_TRY_EVERY_S)):
@@ -75,21 +76,6 @@ def test_alternating_spoofed_sightings_keep_a_relayed_path_off_the_relay() -> No
         off_relay += wire.endpoint != RELAY
     # One try a minute (of DIRECT_TRY_S, plus the round that notices) at most.
     assert off_relay <= 2 * 3, off_relay
-
-
-def direct_mesh() -> tuple[Mesh, Wire]:
-    """A pair up on its public (direct) path, the peer's mapping on no LAN of ours."""
-    mesh = Mesh(OWN)
-    mesh.relay_endpoint = RELAY
-    mesh.merge(api_list([RemotePeer(PEER, "nas", "10.77.0.3", (), PUBLIC)]))
-    mesh.set_own_lan([OUR_LAN])
-    wire = Wire(None)
-    wire.apply(mesh, 100.0)
-    assert wire.endpoint == PUBLIC
-    wire.handshake, wire.rx = 100.5, 148
-    wire.apply(mesh, 101.0)
-    assert mesh.path(PEER) == "direct"
-    return mesh, wire
 
 
 SIGHTINGS: list[list[Endpoint]] = [[], [SPOOF_1], [SPOOF_2], [SPOOF_1, SPOOF_2], [SPOOF_2, SPOOF_1]]
@@ -105,7 +91,7 @@ def test_no_spoofed_sightings_keep_a_live_public_path_off_it_more_than_2_s_a_min
     """Whatever the sightings do second by second, and whether or not the peer sends (from its
     public endpoint: WireGuard roams back there), our side points elsewhere at most one try
     (DIRECT_TRY_S, and the round that notices) a minute."""
-    mesh, wire = direct_mesh()
+    mesh, wire = live_mesh(relayed=False)
     off: list[int] = []
     for second, (sighting, peer_sends) in enumerate(steps, start=102):
         mesh.merge(sighted("lan", {PEER: SIGHTINGS[sighting]}))
@@ -126,7 +112,7 @@ def test_a_neighbour_relaying_a_lan_try_cannot_hold_a_live_public_path() -> None
     say `lan`, and the neighbour could then drop the data). Found by the outside review of a
     live public path's LAN tries, which were taken back for it: a live public path is never
     pointed at a sighting, however long the sightings stay."""
-    mesh, wire = direct_mesh()
+    mesh, wire = live_mesh(relayed=False)
     mesh.merge(sighted("lan", {PEER: [SPOOF_1, SPOOF_2]}))
     for second in range(102, 400):
         wire.rx += 148
