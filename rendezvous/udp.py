@@ -18,7 +18,7 @@ read only to be dropped costs the GIL the loop needs to catch up. Relayed transp
 nearly every datagram the port sees under load, and on the loop each one paid for an epoll
 wake-up and its share of a busy loop: the thread forwards a datagram in about half the CPU
 (15 against 26 us in `bench/relay.py`), and sooner, which is what TCP across a relayed
-tunnel feels (0.44 of direct became about 0.7).
+tunnel feels (0.44 of direct became 0.64, against 0.69 for a bare forwarder).
 """
 
 from __future__ import annotations
