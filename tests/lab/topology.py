@@ -215,6 +215,14 @@ class Host(Node):
     def __init__(self, lab: Lab, name: str) -> None:
         super().__init__(lab, name, "h")
 
+    def move_to(self, router: Router) -> None:
+        """Unplug eth0 and plug it into `router`'s LAN, as a laptop carried to another
+        network: the old link, address and default route go, new ones come (netlink sees
+        all of it), and whatever runs on the host keeps running."""
+        run(["ip", "-n", self.ns, "link", "del", "eth0"])
+        del self.addresses["eth0"]
+        router.lan.attach(self, "eth0")
+
 
 class Router(Node):
     """A NAT router: `wan` on its uplink segment, `lan` as the gateway of its own LAN segment."""
