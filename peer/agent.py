@@ -23,7 +23,7 @@ from meshpeer.common.endpoints import IPAddress, format_endpoint, parse_host_por
 from meshpeer.common.keys import encode_key
 from meshpeer.common.tokens import decode as decode_token
 
-from . import client, dnssd, relaying, resolved
+from . import client, dnssd, relaying, resolved, waiting
 from .discovery import sighted
 from .errors import AgentError, AgentFailed, BackendError, Stopped
 from .host_routes import HostRoutes, rendezvous_addresses
@@ -35,11 +35,11 @@ from .interface import (
     rendezvous_peer,
 )
 from .interface import tear_down as tear_down_interface
-from .lan import LanDiscovery, Sightings
 from .links import Links
 from .mesh import Mesh
 from .plan import Plan, Surroundings
 from .prechecks import check_port_free, check_same_mesh
+from .roaming import Presence
 from .routes import RouteTable
 from .state import Membership, StateDir, process_start
 from .status import Identity, RendezvousState
@@ -49,7 +49,6 @@ from .timers import (
     DNS_SD_POLL_S,
     RECONCILE_S,
     RELAY_RETRY_S,
-    STOP_WAIT_S,
     WATCH_TIMEOUT_S,
 )
 from .uapi import PeerConfig, UapiError
@@ -84,6 +83,7 @@ class _Live:
     rendezvous_addresses: frozenset[IPAddress]
     rendezvous: RendezvousState
     identity: Identity
+    presence: Presence  # mDNS, and following the host to other networks
     rendezvous_peer: PeerConfig  # as the interface has it: kicked when a path stalls
     last_status: dict[str, Any] | None = None
     relay_retry_at: float = 0.0  # after a refused or failed PUT /v1/relay, not before this
@@ -149,8 +149,19 @@ class Agent:
         rendezvous_config = await rendezvous_peer(membership)
         mesh.relay_endpoint = rendezvous_config.endpoint
         state = RendezvousState(membership.api_url)
+        network = ipaddress.ip_network(membership.network)
+        port = self.options.listen_port
+        presence = Presence(self.links, ifname, port, mesh, network, self._wake.set)
         return _Live(
-            membership, mesh, backend, routes, rendezvous, state, identity, rendezvous_config
+            membership,
+            mesh,
+            backend,
+            routes,
+            rendezvous,
+            state,
+            identity,
+            presence,
+            rendezvous_config,
         )
 
     async def _run_loops(self, live: _Live) -> None:
@@ -159,20 +170,17 @@ class Agent:
             "watch": lambda: self._follow_rendezvous(live),
             "reconcile": lambda: self._reconcile_forever(live),
             "dns-sd": lambda: self._poll_dns_sd(live),
+            "network": live.presence.follow,
         }
         tasks = [
             asyncio.create_task(supervised(name, loop), name=name) for name, loop in loops.items()
         ]
         for task in tasks:
             task.add_done_callback(self._task_ended)
-        # Not awaited first: announcing on mDNS probes the name for about a second, and
-        # the punch to the other peers must not wait for it (it did: new pairs took 1.3 s).
-        lan_start = asyncio.create_task(self._start_lan(live), name="mdns")
+        live.presence.start_lan(live.membership.name)
         await self._stopping.wait()
-        await _end(tasks)
-        await _end([lan_start])
-        if lan_start.done() and not lan_start.cancelled() and not lan_start.exception():
-            await _bounded(lan_start.result().stop())
+        await waiting.end(tasks)
+        await live.presence.stop()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -180,12 +188,8 @@ class Agent:
     async def _until_stopped(self, work: Coroutine[Any, Any, T]) -> T:
         """`work`'s result, or Stopped as soon as a stop is asked for (work is cancelled)."""
         task = asyncio.ensure_future(work)
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if task.done():
+        if await waiting.done_before(task, self._stopping):
             return task.result()
-        await _end([task])
         raise Stopped
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:
@@ -240,31 +244,6 @@ class Agent:
         ifname, port = self.options.interface, self.options.listen_port
         await make_interface(backend, self.links, membership, private_key, ifname, port)
 
-    async def _start_lan(self, live: _Live) -> LanDiscovery:
-        """mDNS on the LAN: peers behind the same NAT reach each other without hairpinning."""
-        interfaces = await asyncio.to_thread(self.links.lan_interfaces, self.options.interface)
-        mesh_network = ipaddress.ip_network(live.membership.network)
-        interfaces = [i for i in interfaces if i.ip not in mesh_network]
-        live.mesh.set_own_lan(interfaces)
-        addresses = [str(interface.ip) for interface in interfaces]
-
-        def on_sightings(sightings: Sightings) -> None:
-            live.mesh.merge(sighted("lan", sightings))
-            self._wake.set()
-
-        lan = LanDiscovery(
-            live.mesh.own_key,
-            live.membership.name,
-            self.options.listen_port,
-            addresses,
-            on_sightings,
-        )
-        try:
-            await lan.start()
-        except OSError as error:
-            logger.warning("mDNS discovery off: %s", error)
-        return lan
-
     # -- following the rendezvous -------------------------------------------------------------
 
     async def _follow_rendezvous(self, live: _Live) -> None:
@@ -274,7 +253,10 @@ class Agent:
         backoff = 1.0
         while True:
             try:
-                answer = await client.watch(live.membership, epoch, revision, WATCH_TIMEOUT_S)
+                watching = client.watch(live.membership, epoch, revision, WATCH_TIMEOUT_S)
+                answer = await waiting.unless(live.presence.moved, watching)
+                if answer is None:
+                    continue  # its connection left from the old address: ask again from the new
             except client.JoinRefused as error:
                 logger.error("%s: stopping; join again with a new token to come back", error)
                 self.exit_code = 2  # the operator's decision: systemd must not restart us
@@ -348,14 +330,15 @@ class Agent:
         return plan.next_round_s
 
     async def _apply(self, live: _Live, plan: Plan) -> None:
+        if plan.kick_rendezvous:
+            # First: the rendezvous publishes our new mapping while the peers are punched.
+            await live.backend.apply([replace(live.rendezvous_peer, kick=True)], [])
         if plan.set_peers or plan.remove:
             await live.backend.apply(plan.set_peers, plan.remove)
         for event in plan.events:
             logger.info("%s", event)
         # After the peers' AllowedIPs: a route into the link ahead of them would drop packets.
         await live.routes.install(plan.routes)
-        if plan.kick_rendezvous:
-            await live.backend.apply([replace(live.rendezvous_peer, kick=True)], [])
         if plan.relay_partners is not None and time.monotonic() >= live.relay_retry_at:
             if not await relaying.tell_relay(live.membership, live.mesh, plan.relay_partners):
                 live.relay_retry_at = time.monotonic() + RELAY_RETRY_S
@@ -368,20 +351,6 @@ class Agent:
         await tear_down_interface(backend, self.links, self.options.interface)
         with contextlib.suppress(OSError):
             await asyncio.to_thread((self.options.state_dir / "status.json").unlink)
-
-
-async def _end(tasks: list[asyncio.Task[Any]] | list[asyncio.Future[Any]]) -> None:
-    """Cancel and wait for tasks, but never for long: a task that swallows its cancellation
-    (dnspython's queries on Python 3.11 did) must not keep the agent from stopping."""
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        await asyncio.wait(tasks, timeout=STOP_WAIT_S)
-
-
-async def _bounded(work: Coroutine[Any, Any, None]) -> None:
-    with contextlib.suppress(TimeoutError, OSError):
-        await asyncio.wait_for(work, STOP_WAIT_S)
 
 
 def _log_pending_routes(name: str, pending: tuple[str, ...]) -> None:

@@ -69,6 +69,18 @@ class Hints:
                 table[key] = kept
         self._found[source] = table
 
+    def set_own_lan(self, interfaces: Iterable[ipaddress.IPv4Interface]) -> None:
+        """Our LAN addresses now; sightings no longer on one of them are dropped (the host
+        moved to another network: what the old LAN said points nowhere)."""
+        self.own_lan = tuple(interfaces)
+        lan = self._found["lan"]
+        for key, endpoints in list(lan.items()):
+            kept = self._usable("lan", endpoints)
+            if kept:
+                lan[key] = kept
+            else:
+                del lan[key]
+
     def endpoints(self, source: HintSource, key: bytes) -> tuple[Endpoint, ...]:
         return self._found[source].get(key, ())
 

@@ -44,6 +44,19 @@ MAX_ADDRESSES_PER_NAME = 8
 Sightings = dict[bytes, list[Endpoint]]
 
 
+class _OneLine(logging.Filter):
+    """zeroconf logs a failed send with its traceback: after the host moved to another network
+    its old socket's address is gone ("Network is unreachable") until mDNS restarts on the new
+    one (roaming.py). That is worth one line in the agent's log, never a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+_ONE_LINE = _OneLine()
+
+
 class LanDiscovery:
     def __init__(
         self,
@@ -68,6 +81,7 @@ class LanDiscovery:
         if not self.addresses:
             logger.info("no LAN address: mDNS discovery off")
             return
+        logging.getLogger("zeroconf").addFilter(_ONE_LINE)  # once: the same filter is kept once
         self._zeroconf = AsyncZeroconf(interfaces=self.addresses, ip_version=IPVersion.V4Only)
         info = AsyncServiceInfo(
             SERVICE_TYPE,

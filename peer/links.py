@@ -13,6 +13,7 @@ import ipaddress
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -32,6 +33,19 @@ RTPROT_MESHPEER = 109
 RT_TABLE_MAIN = 254
 # A default route has no RTA_DST; the other families (multicast, MPLS) have no prefixes for us.
 _ZERO = {socket.AF_INET: ipaddress.IPv4Address(0), socket.AF_INET6: ipaddress.IPv6Address(0)}
+
+
+@dataclass(frozen=True, slots=True)
+class Uplinks:
+    """This host's IPv4 addresses outside the mesh, and its default gateways."""
+
+    interfaces: tuple[ipaddress.IPv4Interface, ...]
+    gateways: tuple[IPAddress, ...]
+
+    def __str__(self) -> str:
+        addresses = ", ".join(str(interface) for interface in self.interfaces) or "no address"
+        gateways = ", ".join(str(gateway) for gateway in self.gateways) or "none"
+        return f"{addresses}; default gateway {gateways}"
 
 
 class Links:
@@ -69,6 +83,15 @@ class Links:
                 if item["index"] not in skip and not interface.ip.is_loopback:
                     found.append(interface)
         return found
+
+    def uplinks(self, skip_ifname: str) -> Uplinks:
+        """Where this host is on the network now: its LAN addresses and default gateways. Two
+        equal views are one network; a new one means the host moved (netwatch.py)."""
+        interfaces = self.lan_interfaces(skip_ifname)
+        with self._factory() as ip:
+            routes = ip.get_routes(family=socket.AF_INET, table=RT_TABLE_MAIN)
+            gateways = [g for r in routes if r["dst_len"] == 0 for g in _gateways(r)]
+        return Uplinks(tuple(sorted(interfaces)), tuple(sorted(gateways, key=str)))
 
     def create_wireguard(self, ifname: str) -> None:
         with self._factory() as ip:

@@ -45,6 +45,7 @@ class Mesh:
     _asked: set[bytes] = field(default_factory=set)  # peers we want to relay with
     _stored: frozenset[bytes] = frozenset()  # what the rendezvous holds for us
     _kicked_at: float = float("-inf")  # when the rendezvous was last sent a keepalive at once
+    _roaming: bool = False  # the host moved: tell the rendezvous at the next round (`roamed`)
 
     # -- discovery ----------------------------------------------------------------------------
 
@@ -66,7 +67,16 @@ class Mesh:
 
     def set_own_lan(self, interfaces: Iterable[ipaddress.IPv4Interface]) -> None:
         """Our LAN addresses: mDNS hints must lie on one of these subnets."""
-        self.hints.own_lan = tuple(interfaces)
+        self.hints.set_own_lan(interfaces)
+
+    def roamed(self) -> None:
+        """This host's addresses or gateway changed (a new network, netlink says): every
+        endpoint is set again at the next round, the rendezvous's first. wireguard-go keeps
+        sending from the old source address until then, and every NAT mapping of ours is new:
+        the rendezvous publishes the new one, and the peers punch it (`_moved` on their side)."""
+        self._roaming = True
+        for state in self._paths.values():
+            state.roamed = True
 
     def allowed_ips(self, peer: RemotePeer) -> tuple[str, ...]:
         """The one place a peer's AllowedIPs are decided: its mesh address as a host route, and
@@ -130,7 +140,8 @@ class Mesh:
         status = self._status(device, now, surroundings) if surroundings else None
         partners = frozenset(sorted(self._asked)[:MAX_RELAY_PARTNERS])
         tell = partners if partners != self._stored else None
-        kick = self._stalled(device, now, events)
+        kick = self._roaming or self._stalled(device, now, events)
+        self._roaming, self._kicked_at = False, now if kick else self._kicked_at
         next_round = timers.SETTLING_TICK_S if self._settling(now) else timers.RECONCILE_S
         return Plan(wanted, remove, events, routes, status, tell, kick, next_round)
 
@@ -238,6 +249,10 @@ class Mesh:
         )
         up = self._is_up(peer.public_key, device, now)
         moved = self._moved(peer, device, state)
+        if state.roamed:
+            sightings = self.hints.endpoints("lan", peer.public_key)
+            relay = self.relay_endpoint
+            return paths.after_roaming(state, peer.endpoint, relay, sightings, config, now)
         if up:
             if self._through_relay(peer, device):
                 self._asked.add(peer.public_key)  # name it back, as below

@@ -30,6 +30,7 @@ class PathState:
     echoed: Endpoint | None = None  # the direct endpoint we answered on, once
     fresh: bool = False  # write the WireGuard peer anew this round (a new session at once)
     punched_again: float | None = None  # the turn (its start) whose second initiation went
+    roamed: bool = False  # this host changed networks: set the endpoint again (`after_roaming`)
     reason: str = ""  # why the path is about to change, for its log line
 
 
@@ -37,6 +38,30 @@ def punched(config: PeerConfig, state: PathState, now: float) -> PeerConfig:
     """Point the peer at its endpoint and send at once (both sides do: the hole punch)."""
     state.turn_started, state.endpoint = now, config.endpoint
     return replace(config, kick=True)
+
+
+def after_roaming(
+    state: PathState,
+    public: Endpoint | None,
+    relay: Endpoint | None,
+    lan: tuple[Endpoint, ...],
+    config: PeerConfig,
+    now: float,
+) -> PeerConfig | None:
+    """This host moved to another network: a new turn, whatever the path was, since WireGuard
+    sends from the old source address until its endpoint is set again. A relayed path stays on
+    the relay; a LAN path stays on the LAN only if the peer is still sighted on one of our
+    subnets; anything else punches the peer's published mapping from our new one."""
+    state.roamed, state.direct_try = False, None
+    target = public or state.endpoint
+    if state.path == "relay" and relay is not None:
+        target = relay
+    elif state.path == "lan" and state.endpoint in lan:
+        target = state.endpoint
+    if target is None:
+        return None
+    state.public, state.reason = public, "this host's network changed: punching again"
+    return punched(replace(config, endpoint=target), state, now)
 
 
 def punch_again(state: PathState, public: Endpoint | None, now: float) -> bool:

@@ -83,6 +83,12 @@ RECONCILE_S = 1.0
 # costs a few UAPI gets a second for half of each REPUNCH_S turn.
 SETTLING_TICK_S = 0.25
 SETTLING_S = RELAY_AFTER_S + 1.0
+# netlink's news of a moved host (netwatch.py) comes as a burst: a link going, an address and
+# routes going, then coming on the new network, each an `ip` or DHCP step milliseconds apart.
+# The view is read once the burst has been quiet this long, and at least this often while one
+# goes on: a roam starts a fifth of a second after the network settles.
+NETWORK_SETTLE_S = 0.2
+NETWORK_SETTLE_MAX_S = 2.0
 # Retries of an unreachable rendezvous double up to this: a rendezvous back after an outage is
 # found within half a minute, while a hundred agents retrying cost it a few requests a second.
 BACKOFF_MAX_S = 30.0

@@ -1,0 +1,93 @@
+"""Roaming, in the agent's core: when this host moves to another network (netlink, agent.py),
+every path's endpoint is written again at the next round and the rendezvous is told first;
+what the old LAN said is forgotten (no network: rounds of `Mesh.plan` against device states)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from meshpeer.common.endpoints import Endpoint
+from meshpeer.peer.discovery import RemotePeer, api_list, sighted
+from meshpeer.peer.hints import Hints
+from meshpeer.peer.mesh import Mesh
+from meshpeer.peer.uapi import DeviceStatus, PeerStatus
+
+OWN, PEER = bytes([1]) * 32, bytes([2]) * 32
+RELAY: Endpoint = ("203.0.113.1", 51820)
+MAPPING: Endpoint = ("198.51.100.20", 40000)
+NEIGHBOUR: Endpoint = ("192.168.7.3", 51820)
+HOME = ipaddress.IPv4Interface("192.168.7.2/24")
+CAFE = ipaddress.IPv4Interface("10.20.0.9/24")
+
+
+def mesh_on(endpoint: Endpoint, *, names_us: bool = False, on_lan: bool = True) -> Mesh:
+    """A mesh whose one peer is up on `endpoint` (its mapping, its LAN address, the relay)."""
+    mesh = Mesh(OWN)
+    mesh.relay_endpoint = RELAY
+    partners = frozenset({OWN}) if names_us else frozenset()
+    mesh.merge(api_list([RemotePeer(PEER, "nas", "10.77.0.3", (), MAPPING, partners)]))
+    mesh.set_own_lan([HOME])
+    if on_lan:
+        mesh.merge(sighted("lan", {PEER: [NEIGHBOUR]}))
+    mesh.plan(DeviceStatus(), 99.0)
+    mesh.plan(device(endpoint), 100.0)
+    mesh.plan(device(endpoint), 101.0)
+    return mesh
+
+
+def device(endpoint: Endpoint) -> DeviceStatus:
+    status = PeerStatus(PEER, endpoint, latest_handshake=100.0, rx_bytes=500, tx_bytes=500)
+    return DeviceStatus(peers={PEER: status})
+
+
+def test_after_a_move_the_rendezvous_is_told_and_a_live_direct_path_punched_again() -> None:
+    mesh = mesh_on(MAPPING)
+    assert mesh.path(PEER) == "direct"
+    quiet = mesh.plan(device(MAPPING), 102.0)
+    assert not quiet.set_peers and not quiet.kick_rendezvous  # up, nothing to do
+
+    mesh.set_own_lan([CAFE])
+    mesh.roamed()
+    moved = mesh.plan(device(MAPPING), 103.0)
+    assert moved.kick_rendezvous
+    [config] = moved.set_peers
+    assert config.endpoint == MAPPING and config.kick  # written again: a new source address
+    assert any("this host's network changed" in event for event in moved.events)
+    after = mesh.plan(device(MAPPING), 104.0)
+    assert not after.set_peers and not after.kick_rendezvous  # once per move
+
+
+def test_a_lan_path_stays_on_the_lan_only_if_the_peer_is_still_on_ours() -> None:
+    mesh = mesh_on(NEIGHBOUR)
+    assert mesh.path(PEER) == "lan"
+    mesh.set_own_lan([HOME, CAFE])  # a second link came up: the LAN is still ours
+    mesh.roamed()
+    [config] = mesh.plan(device(NEIGHBOUR), 102.0).set_peers
+    assert config.endpoint == NEIGHBOUR
+
+    mesh.set_own_lan([CAFE])  # carried away from it: the old sighting points nowhere
+    mesh.roamed()
+    [config] = mesh.plan(device(NEIGHBOUR), 103.0).set_peers
+    assert config.endpoint == MAPPING
+
+
+def test_a_relayed_path_stays_on_the_relay_after_a_move() -> None:
+    mesh = mesh_on(RELAY, names_us=True, on_lan=False)
+    assert mesh.path(PEER) == "relay"
+    mesh.set_own_lan([CAFE])
+    mesh.roamed()
+    plan = mesh.plan(device(RELAY), 102.0)
+    assert plan.kick_rendezvous
+    [config] = plan.set_peers
+    assert config.endpoint == RELAY and config.kick
+
+
+def test_sightings_of_a_lan_we_left_are_forgotten() -> None:
+    hints = Hints()
+    hints.set_own_lan([HOME])
+    hints.replace("lan", {PEER: [NEIGHBOUR]}, {PEER})
+    assert hints.endpoints("lan", PEER) == (NEIGHBOUR,)
+    hints.set_own_lan([HOME, CAFE])
+    assert hints.endpoints("lan", PEER) == (NEIGHBOUR,)
+    hints.set_own_lan([CAFE])
+    assert hints.endpoints("lan", PEER) == ()
