@@ -11,7 +11,10 @@ and measures, with the real `rendezvous serve` and `meshpeer run`:
 - join: a peer started into the formed mesh of 4 (or the largest size) until it has handshakes
   with all and all with it, from its start and from its registration;
 - heal: with ping running over the tunnel (every 50 ms), one NAT forgets every mapping (as on a
-  reboot); the time until pings get through again.
+  reboot); the time until pings get through again;
+- roam: one of 3 agents, pinging the other two (every 50 ms), is moved to another NAT's LAN (its
+  link deleted and made anew there: new address, new gateway, as a laptop carried to another
+  network); the time until pings to both get through again.
 Figures are medians and maxima over the runs. Not a test: the machine is shared and noisy.
 """
 
@@ -149,6 +152,43 @@ def heal() -> float:
         return min(stamp for stamp in stamps if stamp > reset + 0.2) - reset
 
 
+REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from", re.MULTILINE)
+
+
+def first_reply_after(output: str, moment: float) -> float | None:
+    stamps = [float(stamp) for stamp in REPLY.findall(output) if float(stamp) > moment]
+    return min(stamps) if stamps else None
+
+
+def roam() -> float:
+    """Seconds from a host's move to another NAT until pings to all its peers cross again."""
+    with Lab() as lab:
+        token, agents, _ = build(lab, 3)
+        cafe = lab.add_nat("cafe", NatType.PORT_RESTRICTED)
+        for agent in agents:
+            agent.start(token)
+        wait(lambda: all_pairs(agents), "all pairs")
+        mover, *others = agents
+        pingers = []
+        for other in others:
+            target = mesh_address(other) or "unknown"
+            command = ["ping", "-D", "-n", "-i", "0.05", "-W", "1", target]
+            pingers.append(mover.host.spawn(f"ping-{other.name}", command))
+        wait(lambda: all("bytes from" in p.output() for p in pingers), "the first pings")
+        time.sleep(0.5)
+        moved = time.time()
+        mover.host.move_to(cafe)
+
+        def all_replied() -> bool:
+            return all(first_reply_after(p.output(), moved + 0.2) for p in pingers)
+
+        wait(all_replied, "pings after the move")
+        replies = [first_reply_after(p.output(), moved + 0.2) or moved for p in pingers]
+        for pinger in pingers:
+            pinger.stop()
+        return max(replies) - moved
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -166,6 +206,7 @@ def main() -> None:
             for name, value in formation(count, join=count == join_size).items():
                 samples.setdefault(name, []).append(value)
         samples.setdefault("heal after a NAT reset", []).append(heal())
+        samples.setdefault("roam to another NAT, all peers", []).append(roam())
     for name, values in samples.items():
         print(
             f"  {name:<40} median {statistics.median(values):5.2f} s, max {max(values):5.2f} s "
