@@ -14,6 +14,8 @@ import ipaddress
 import logging
 from collections.abc import Callable
 
+from pyroute2.netlink.exceptions import NetlinkError
+
 from . import netwatch
 from .discovery import sighted
 from .lan import LanDiscovery, Sightings
@@ -63,10 +65,17 @@ class Presence:
     async def follow(self) -> None:
         """netlink's news: when this host's addresses or gateway change, roam."""
         async with contextlib.aclosing(netwatch.network_changes()) as changes:
-            # The first comes once subscribed: the view read now is the one changes move.
+            try:
+                await anext(changes)  # subscribed: the view read now is the one changes move
+            except (OSError, NetlinkError) as error:
+                # A sandbox without rtnetlink's groups: the agent runs all the same, and a
+                # move heals as a NAT reboot does, when a path stalls.
+                logger.warning("not following this host's network changes: %s", error)
+                return
+            self.uplinks = await asyncio.to_thread(self.links.uplinks, self.ifname)
             async for _ in changes:
                 now = await asyncio.to_thread(self.links.uplinks, self.ifname)
-                if self.uplinks is not None and now != self.uplinks:
+                if now != self.uplinks:
                     await self._roam(now)
                 self.uplinks = now
 
