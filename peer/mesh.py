@@ -75,6 +75,7 @@ class Mesh:
         sending from the old source address until then, and every NAT mapping of ours is new:
         the rendezvous publishes the new one, and the peers punch it (`_moved` on their side)."""
         self._roaming = True
+        self.hints.replace("lan", {}, self.peers)  # what the old LAN said points nowhere now
         for state in self._paths.values():
             state.roamed = True
 
@@ -250,9 +251,8 @@ class Mesh:
         up = self._is_up(peer.public_key, device, now)
         moved = self._moved(peer, device, state)
         if state.roamed:
-            sightings = self.hints.endpoints("lan", peer.public_key)
             relay = self.relay_endpoint
-            return paths.after_roaming(state, peer.endpoint, relay, sightings, config, now)
+            return paths.after_roaming(state, peer.endpoint, relay, config, now)
         if up:
             if self._through_relay(peer, device):
                 self._asked.add(peer.public_key)  # name it back, as below

@@ -44,20 +44,17 @@ def after_roaming(
     state: PathState,
     public: Endpoint | None,
     relay: Endpoint | None,
-    lan: tuple[Endpoint, ...],
     config: PeerConfig,
     now: float,
 ) -> PeerConfig | None:
     """This host moved to another network: a new turn, whatever the path was, since WireGuard
     sends from the old source address until its endpoint is set again. A relayed path stays on
-    the relay; a LAN path stays on the LAN only if the peer is still sighted on one of our
-    subnets; anything else punches the peer's published mapping from our new one."""
+    the relay; anything else, a LAN path too, punches the peer's published mapping from our new
+    one. The LAN is not kept even when the new one has the same subnet (most homes and cafés
+    use 192.168.1.0/24): its address there may be anyone's. mDNS finds the peer again if it is
+    on this LAN as well."""
     state.roamed, state.direct_try = False, None
-    target = public or state.endpoint
-    if state.path == "relay" and relay is not None:
-        target = relay
-    elif state.path == "lan" and state.endpoint in lan:
-        target = state.endpoint
+    target = relay if state.path == "relay" and relay is not None else public or state.endpoint
     if target is None:
         return None
     state.public, state.reason = public, "this host's network changed: punching again"

@@ -46,6 +46,7 @@ class Presence:
         self.moved = asyncio.Event()  # set at each roam, then cleared: what waits, wakes
         self.uplinks: Uplinks | None = None
         self._lan: asyncio.Task[LanDiscovery] | None = None
+        self._network = 0  # counts roams: sightings from mDNS on an earlier network are late
 
     def start_lan(self, name: str) -> None:
         """mDNS as `name`. Not awaited: announcing probes the name for about a second, and
@@ -84,6 +85,7 @@ class Presence:
             logger.warning("this host has no network now: waiting for one")
             return
         logger.info("this host's network changed (%s): setting every endpoint again", uplinks)
+        self._network += 1
         self.mesh.set_own_lan(self._outside_mesh(list(uplinks.interfaces)))
         self.mesh.roamed()
         self._wake()
@@ -98,10 +100,12 @@ class Presence:
         interfaces = self._outside_mesh(interfaces)
         self.mesh.set_own_lan(interfaces)
         addresses = [str(interface.ip) for interface in interfaces]
+        network = self._network
 
         def on_sightings(sightings: Sightings) -> None:
-            self.mesh.merge(sighted("lan", sightings))
-            self._wake()
+            if network == self._network:  # not what the old LAN's mDNS still hears
+                self.mesh.merge(sighted("lan", sightings))
+                self._wake()
 
         lan = LanDiscovery(self.mesh.own_key, self.name, self.listen_port, addresses, on_sightings)
         try:
