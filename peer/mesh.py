@@ -248,7 +248,7 @@ class Mesh:
             or applied is None
             or applied.allowed_ips != config.allowed_ips
         )
-        up = self._is_up(peer.public_key, device, now)
+        up = self._is_up(peer.public_key, device, state, now)
         moved = self._moved(peer, device, state)
         if state.roamed:
             relay = self.relay_endpoint
@@ -275,7 +275,9 @@ class Mesh:
             # Name it back while we relay: the relay matches our initiations only against the
             # peers we named. Not once direct works, or two sides would keep each other named.
             self._asked.add(peer.public_key)
-            leads = self.own_key < peer.public_key
+            # After our move the other side's session still looks up to it: it will not start
+            # one through the relay, so we do, whichever key is lower.
+            leads = self.own_key < peer.public_key or state.moved_at is not None
             relay = self.relay_endpoint
             return paths.relay_turn(state, relay, peer.name, config, now, leads=leads) or (
                 replace(config, endpoint=state.endpoint) if reshaped else None
@@ -363,13 +365,21 @@ class Mesh:
         news = peer.endpoint is not None and peer.endpoint != state.public
         return news and current is not None and current == state.public
 
-    def _is_up(self, key: bytes, device: DeviceStatus, now: float) -> bool:
+    def _is_up(self, key: bytes, device: DeviceStatus, state: PathState, now: float) -> bool:
+        """A fresh session, and since this host moved (if it did), an answer on it: a path
+        that answers nothing from the new network is down, however young its handshake (a
+        symmetric NAT there never lets a port-restricted peer in: the pair must relay)."""
         status = device.peers.get(key)
-        return bool(
+        fresh = bool(
             status
             and status.latest_handshake
             and now - status.latest_handshake < timers.PATH_FRESH_S
         )
+        if fresh and state.moved_at is not None:
+            if (self.liveness.last_seen(key) or 0.0) <= state.moved_at:
+                return False
+            state.moved_at = None  # answered from the new network
+        return fresh
 
     def _note_path(
         self,
@@ -380,7 +390,7 @@ class Mesh:
         events: list[str],
     ) -> None:
         path: Path = "none"
-        up = self._is_up(peer.public_key, device, now)
+        up = self._is_up(peer.public_key, device, state, now)
         if up and (state.direct_try is not None or state.turn_started == now):
             path = state.path  # a try, or an endpoint set just now: the device is a round behind
         elif up:
@@ -388,7 +398,9 @@ class Mesh:
             path = "lan" if seen in self.hints.endpoints("lan", peer.public_key) else "direct"
             path = "relay" if seen is not None and seen == self.relay_endpoint else path
         if path != state.path:
-            reason = "handshake completed" if path != "none" else "no live handshake"
+            reason = (
+                "handshake completed" if path != "none" else state.reason or "no live handshake"
+            )
             if path == "relay" and self.relay_endpoint is not None:
                 reason = f"handshake through the relay at {format_endpoint(self.relay_endpoint)}"
             if state.path == "relay" and path in ("direct", "lan"):

@@ -31,6 +31,7 @@ class PathState:
     fresh: bool = False  # write the WireGuard peer anew this round (a new session at once)
     punched_again: float | None = None  # the turn (its start) whose second initiation went
     roamed: bool = False  # this host changed networks: set the endpoint again (`after_roaming`)
+    moved_at: float | None = None  # ... at this time, and the peer has not answered since
     reason: str = ""  # why the path is about to change, for its log line
 
 
@@ -53,7 +54,7 @@ def after_roaming(
     one. The LAN is not kept even when the new one has the same subnet (most homes and cafés
     use 192.168.1.0/24): its address there may be anyone's. mDNS finds the peer again if it is
     on this LAN as well."""
-    state.roamed, state.direct_try = False, None
+    state.roamed, state.direct_try, state.moved_at = False, None, now
     target = relay if state.path == "relay" and relay is not None else public or state.endpoint
     if target is None:
         return None

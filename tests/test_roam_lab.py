@@ -21,11 +21,11 @@ pytestmark = pytest.mark.lab
 ROAM_BOUND_S = 20.0
 
 
-def test_a_host_moved_to_another_nat_reaches_every_peer_again(lab: Lab) -> None:
+def mesh_at_home(lab: Lab) -> tuple[MeshAgent, list[MeshAgent]]:
+    """A laptop at home, an office box and a cloud VM: all pairs direct, pinging."""
     server = RendezvousServer(lab.add_public_host("rendezvous")).start()
     token = server.token(3)
     home = lab.add_nat("home", NatType.PORT_RESTRICTED)
-    cafe = lab.add_nat("cafe", NatType.PORT_RESTRICTED)
     office = lab.add_nat("office", NatType.PORT_RESTRICTED)
     laptop = MeshAgent(home.add_host("laptop"), "laptop")
     peers = [MeshAgent(office.add_host("officebox"), "officebox")]
@@ -34,21 +34,47 @@ def test_a_host_moved_to_another_nat_reaches_every_peer_again(lab: Lab) -> None:
     for agent in agents:
         agent.start(token)
     assert wait_until(lambda: all_direct(agents), 30), [a.paths() for a in agents]
-    addresses = {peer.name: peer.address() for peer in peers}
+    return laptop, peers
+
+
+def pings_every_peer(laptop: MeshAgent, peers: list[MeshAgent]) -> None:
+    for peer in peers:
+        address = peer.address()
+
+        def answers(address: str = address) -> bool:
+            return laptop.host.ping(address)
+
+        assert wait_until(answers, ROAM_BOUND_S), f"{peer.name} unreachable:\n{laptop.output()}"
+
+
+def test_a_host_moved_to_another_nat_reaches_every_peer_again(lab: Lab) -> None:
+    laptop, peers = mesh_at_home(lab)
+    cafe = lab.add_nat("cafe", NatType.PORT_RESTRICTED)
     old_address = laptop.host.address
 
     laptop.host.move_to(cafe)
 
     assert laptop.host.address != old_address
-    for name, address in addresses.items():
-
-        def answers(address: str = address) -> bool:
-            return laptop.host.ping(address)
-
-        assert wait_until(answers, ROAM_BOUND_S), f"{name} unreachable:\n{laptop.output()}"
+    pings_every_peer(laptop, peers)
+    agents = [laptop, *peers]
     assert wait_until(lambda: all_direct(agents), 10), [a.paths() for a in agents]
     status = laptop.status()
     assert status is not None
     assert status["endpoint"].startswith(f"{cafe.public_address}:"), status
     assert f"mDNS: announcing _wireguard._udp.local. on {laptop.host.address}" in laptop.output()
     assert "Traceback" not in laptop.output()  # zeroconf's socket errors are one line
+
+
+def test_a_host_moved_behind_a_symmetric_nat_goes_through_the_relay_where_it_must(
+    lab: Lab,
+) -> None:
+    """A hotel's symmetric NAT: the office box's port-restricted NAT never lets it in, so that
+    pair goes through the relay (RFC 4787, README's table); the cloud VM stays direct."""
+    laptop, peers = mesh_at_home(lab)
+    hotel = lab.add_nat("hotel", NatType.SYMMETRIC)
+
+    laptop.host.move_to(hotel)
+
+    pings_every_peer(laptop, peers)
+    expected = {"officebox": "relay", "cloud": "direct"}
+    assert wait_until(lambda: laptop.paths() == expected, 10), laptop.paths()

@@ -10,9 +10,10 @@ from meshpeer.common.endpoints import Endpoint
 from meshpeer.peer.discovery import RemotePeer, api_list, sighted
 from meshpeer.peer.hints import Hints
 from meshpeer.peer.mesh import Mesh
+from meshpeer.peer.timers import RELAY_AFTER_S
 from meshpeer.peer.uapi import DeviceStatus, PeerStatus
 
-OWN, PEER = bytes([1]) * 32, bytes([2]) * 32
+OWN, PEER, HIGHER = bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 32
 RELAY: Endpoint = ("203.0.113.1", 51820)
 MAPPING: Endpoint = ("198.51.100.20", 40000)
 NEIGHBOUR: Endpoint = ("192.168.7.3", 51820)
@@ -20,11 +21,13 @@ HOME = ipaddress.IPv4Interface("192.168.7.2/24")
 CAFE = ipaddress.IPv4Interface("10.20.0.9/24")
 
 
-def mesh_on(endpoint: Endpoint, *, names_us: bool = False, on_lan: bool = True) -> Mesh:
+def mesh_on(
+    endpoint: Endpoint, *, names_us: bool = False, on_lan: bool = True, own: bytes = OWN
+) -> Mesh:
     """A mesh whose one peer is up on `endpoint` (its mapping, its LAN address, the relay)."""
-    mesh = Mesh(OWN)
+    mesh = Mesh(own)
     mesh.relay_endpoint = RELAY
-    partners = frozenset({OWN}) if names_us else frozenset()
+    partners = frozenset({own}) if names_us else frozenset()
     mesh.merge(api_list([RemotePeer(PEER, "nas", "10.77.0.3", (), MAPPING, partners)]))
     mesh.set_own_lan([HOME])
     if on_lan:
@@ -35,8 +38,8 @@ def mesh_on(endpoint: Endpoint, *, names_us: bool = False, on_lan: bool = True) 
     return mesh
 
 
-def device(endpoint: Endpoint) -> DeviceStatus:
-    status = PeerStatus(PEER, endpoint, latest_handshake=100.0, rx_bytes=500, tx_bytes=500)
+def device(endpoint: Endpoint, rx: int = 500) -> DeviceStatus:
+    status = PeerStatus(PEER, endpoint, latest_handshake=100.0, rx_bytes=rx, tx_bytes=500)
     return DeviceStatus(peers={PEER: status})
 
 
@@ -53,8 +56,27 @@ def test_after_a_move_the_rendezvous_is_told_and_a_live_direct_path_punched_agai
     [config] = moved.set_peers
     assert config.endpoint == MAPPING and config.kick  # written again: a new source address
     assert any("this host's network changed" in event for event in moved.events)
-    after = mesh.plan(device(MAPPING), 104.0)
-    assert not after.set_peers and not after.kick_rendezvous  # once per move
+    answered = mesh.plan(device(MAPPING, rx=900), 103.5)  # the peer punched our new mapping
+    assert not answered.set_peers and not answered.kick_rendezvous  # once per move
+    assert mesh.path(PEER) == "direct"
+
+
+def test_a_path_unanswered_since_the_move_is_down_and_relayed_by_us_whatever_the_keys() -> None:
+    """A hotel's symmetric NAT: the peer's port-restricted NAT never lets us in from there.
+    Its handshake is young, but nothing has answered since we moved: down, so after
+    RELAY_AFTER_S we ask for the relay, and we start the session through it even with the
+    higher key (the other side's session still looks up to it: it would not)."""
+    mesh = mesh_on(MAPPING, own=HIGHER, on_lan=False)
+    mesh.set_own_lan([CAFE])
+    mesh.roamed()
+    mesh.plan(device(MAPPING), 103.0)
+    asking = mesh.plan(device(MAPPING), 103.0 + RELAY_AFTER_S)
+    assert asking.relay_partners == frozenset({PEER})
+    assert mesh.path(PEER) == "none"
+    mesh.relay_stored(frozenset({PEER}))
+    relayed = mesh.plan(device(MAPPING), 104.0 + RELAY_AFTER_S)
+    assert [c.endpoint for c in relayed.set_peers] == [RELAY] and relayed.set_peers[0].kick
+    assert PEER in relayed.remove  # written anew: a new session, through the relay, now
 
 
 def test_a_lan_path_goes_to_the_public_mapping_even_on_a_lan_of_the_same_subnet() -> None:
