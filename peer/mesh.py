@@ -397,19 +397,7 @@ class Mesh:
             seen = device.peers[peer.public_key].endpoint
             path = "lan" if seen in self.hints.endpoints("lan", peer.public_key) else "direct"
             path = "relay" if seen is not None and seen == self.relay_endpoint else path
-        if path != state.path:
-            reason = (
-                "handshake completed" if path != "none" else state.reason or "no live handshake"
-            )
-            if path == "relay" and self.relay_endpoint is not None:
-                reason = f"handshake through the relay at {format_endpoint(self.relay_endpoint)}"
-            if state.path == "relay" and path in ("direct", "lan"):
-                reason = "a direct path answers"
-            events.append(f"path to {peer.name} {state.path} -> {path} ({reason})")
-            state.path = path
-        elif state.reason:
-            events.append(f"path to {peer.name}: {state.reason}")
-        state.reason = ""
+        paths.note(state, peer.name, path, self.relay_endpoint, events)
 
     def path(self, key: bytes) -> Path:
         state = self._paths.get(key)

@@ -35,6 +35,24 @@ class PathState:
     reason: str = ""  # why the path is about to change, for its log line
 
 
+def note(
+    state: PathState, name: str, path: Path, relay: Endpoint | None, events: list[str]
+) -> None:
+    """The path as this round saw it, and a log line when it changed or is about to (with
+    why: `state.reason`, said once)."""
+    if path != state.path:
+        reason = "handshake completed" if path != "none" else state.reason or "no live handshake"
+        if path == "relay" and relay is not None:
+            reason = f"handshake through the relay at {format_endpoint(relay)}"
+        if state.path == "relay" and path in ("direct", "lan"):
+            reason = "a direct path answers"
+        events.append(f"path to {name} {state.path} -> {path} ({reason})")
+        state.path = path
+    elif state.reason:
+        events.append(f"path to {name}: {state.reason}")
+    state.reason = ""
+
+
 def punched(config: PeerConfig, state: PathState, now: float) -> PeerConfig:
     """Point the peer at its endpoint and send at once (both sides do: the hole punch)."""
     state.turn_started, state.endpoint = now, config.endpoint
