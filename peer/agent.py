@@ -12,7 +12,7 @@ import re
 import socket
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,6 +36,7 @@ from .interface import (
 )
 from .interface import tear_down as tear_down_interface
 from .lan import LanDiscovery, Sightings
+from .lanreport import LanReport
 from .links import Links
 from .mesh import Mesh
 from .plan import Plan, Surroundings
@@ -87,6 +88,7 @@ class _Live:
     rendezvous_peer: PeerConfig  # as the interface has it: kicked when a path stalls
     last_status: dict[str, Any] | None = None
     relay_retry_at: float = 0.0  # after a refused or failed PUT /v1/relay, not before this
+    lan_report: LanReport = field(default_factory=LanReport)  # PUT /v1/lan (relaying.py)
 
     def surroundings(self, route_table: RouteTable | None) -> Surroundings:
         network = ipaddress.ip_network(self.membership.network)
@@ -159,6 +161,7 @@ class Agent:
             "watch": lambda: self._follow_rendezvous(live),
             "reconcile": lambda: self._reconcile_forever(live),
             "dns-sd": lambda: self._poll_dns_sd(live),
+            "lan-report": lambda: relaying.report_lan_forever(live.membership, live.lan_report),
         }
         tasks = [
             asyncio.create_task(supervised(name, loop), name=name) for name, loop in loops.items()
@@ -247,6 +250,7 @@ class Agent:
         interfaces = [i for i in interfaces if i.ip not in mesh_network]
         live.mesh.set_own_lan(interfaces)
         addresses = [str(interface.ip) for interface in interfaces]
+        live.lan_report.want(addresses, self.options.listen_port)  # what mDNS announces
 
         def on_sightings(sightings: Sightings) -> None:
             live.mesh.merge(sighted("lan", sightings))

@@ -11,6 +11,8 @@ import pytest
 
 from meshpeer.common.endpoints import lan_endpoints
 from meshpeer.common.errors import InvalidInput
+from meshpeer.peer.lanreport import LanReport
+from meshpeer.peer.timers import LAN_REPORT_RETRY_S
 from meshpeer.rendezvous import timers
 from meshpeer.rendezvous.model import Rationed
 from meshpeer.rendezvous.peerindex import ChangeKind
@@ -192,3 +194,22 @@ def test_a_schema_3_folder_gains_lan_endpoints_and_keeps_its_peers(tmp_path: Pat
             await registry.close()
 
     run(scenario)
+
+
+def test_the_agent_reports_what_mdns_announces_once_and_again_only_when_it_changes() -> None:
+    report = LanReport()
+    assert report.due(0.0) is None  # mDNS has not chosen its addresses yet
+    report.want(
+        ["127.0.0.1", "169.254.3.3", "192.168.1.5", "192.168.1.5", "10.0.0.7", "10.9.9.9"], 51820
+    )
+    assert report.due(0.0) == (("192.168.1.5", 51820), ("10.0.0.7", 51820))
+    report.failed(0.0)  # refused (429) or unreachable: not before LAN_REPORT_RETRY_S
+    assert report.due(LAN_REPORT_RETRY_S - 0.1) is None
+    wanted = report.due(LAN_REPORT_RETRY_S)
+    assert wanted is not None
+    report.told(wanted)
+    assert report.due(100.0) is None  # held: nothing to say
+    report.want(["192.168.2.9"], 51820)  # moved to another LAN
+    assert report.due(100.0) == (("192.168.2.9", 51820),)
+    report.want([], 51820)  # no LAN at all: say so, or the old address stays listed
+    assert report.due(100.0) == ()
