@@ -12,14 +12,14 @@ import time
 
 import pytest
 
-from tests.lab import Host, Lab, NatType
+from tests.lab import Lab, NatType
 from tests.lab.agents import MeshAgent
+from tests.lab.mdns import hold_mdns
 from tests.lab.rendezvous import RendezvousServer
 from tests.lab.wait import wait_until
 
 pytestmark = pytest.mark.lab
 
-MDNS = ["-p", "udp", "--dport", "5353", "-j", "DROP"]
 # zeroconf's browser asks again at growing intervals (1, 2, 4 ... s): the sighting after mDNS
 # opens comes with its next question, which the announcements held back make the first chance.
 ON_LAN_S = 30.0
@@ -27,12 +27,6 @@ REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from", re.MULTILINE)
 # A LAN try points one side at the LAN for up to DIRECT_TRY_S (2 s) before it is answered or
 # goes back; the ping (every 0.1 s) may miss that much, not more.
 LONGEST_GAP_S = 3.0
-
-
-def hold_mdns(host: Host, hold: bool) -> None:
-    action = "-A" if hold else "-D"
-    for chain in ("INPUT", "OUTPUT"):
-        host.run(["iptables", action, chain, *MDNS])
 
 
 def test_a_public_path_moves_to_the_lan_when_the_sightings_arrive(lab: Lab) -> None:
