@@ -1,6 +1,6 @@
 """How fast the mesh forms and heals: `meshpeer run` agents behind port-restricted NATs in the lab.
 
-    .venv/bin/python bench/convergence.py [--runs 5] [--sizes 2,4,8] [--smoke]
+    .venv/bin/python bench/convergence.py [--runs 5] [--sizes 2,4,8] [--only CASES] [--smoke]
 
 Each run builds a fresh lab (a public rendezvous, each agent behind its own port-restricted NAT)
 and measures, with the real `rendezvous serve` and `meshpeer run`:
@@ -14,7 +14,11 @@ and measures, with the real `rendezvous serve` and `meshpeer run`:
   reboot); the time until pings get through again;
 - roam: one of 3 agents, pinging the other two (every 50 ms), is moved to another NAT's LAN (its
   link deleted and made anew there: new address, new gateway, as a laptop carried to another
-  network); the time until pings to both get through again.
+  network); the time until pings to both get through again;
+- upgrade: two agents behind one hairpinning NAT, their mDNS dropped, go direct through its
+  public address; from letting mDNS through until both say `lan` (`meshpeer status`, read every
+  10 ms), and the longest gap in a ping running meanwhile (every 50 ms).
+`--only` takes a comma-separated list of formation, heal, roam, upgrade (all by default).
 Figures are medians and maxima over the runs. Not a test: the machine is shared and noisy.
 """
 
@@ -38,6 +42,7 @@ from meshpeer.peer import uapi
 from meshpeer.peer.state import StateDir, StateError
 from tests.lab import Lab, NatType, Router
 from tests.lab.agents import MeshAgent
+from tests.lab.mdns import hold_mdns
 from tests.lab.rendezvous import RendezvousServer
 
 POLL_S = 0.01
@@ -189,12 +194,41 @@ def roam() -> float:
         return max(replies) - moved
 
 
+def upgrade() -> tuple[float, float]:
+    """Seconds from letting mDNS through until a pair that went direct through its hairpinning
+    NAT is on the LAN (both sides), and the longest gap in pings meanwhile."""
+    with Lab() as lab:
+        server = RendezvousServer(lab.add_public_host("rendezvous")).start()
+        token = server.token(2)
+        site = lab.add_nat("site", NatType.PORT_RESTRICTED, hairpin=True)
+        agents = [MeshAgent(site.add_host(f"pc{n}"), f"pc{n}") for n in (0, 1)]
+        for agent in agents:
+            hold_mdns(agent.host, True)
+            agent.start(token)
+        wait(lambda: all(set(a.paths().values()) == {"direct"} for a in agents), "direct")
+        first, second = agents
+        target = mesh_address(second) or "unknown"
+        pinger = first.host.spawn("ping", ["ping", "-D", "-n", "-i", "0.05", "-W", "1", target])
+        wait(lambda: "bytes from" in pinger.output(), "the first ping")
+        opened = time.time()
+        for agent in agents:
+            hold_mdns(agent.host, False)
+        done = wait(lambda: all(set(a.paths().values()) == {"lan"} for a in agents), "lan")
+        time.sleep(1.0)
+        stamps = [float(stamp) for stamp in REPLY.findall(pinger.output()) if float(stamp) > opened]
+        pinger.stop()
+        gaps = [b - a for a, b in zip([opened, *stamps], stamps, strict=False)]
+        return done - opened, max(gaps)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--sizes", default="2,4,8")
     parser.add_argument("--smoke", action="store_true", help="one run of 2 peers: for the tests")
+    parser.add_argument("--only", default="formation,heal,roam,upgrade", help="the cases to run")
     args = parser.parse_args()
+    cases = set(args.only.split(","))
     sizes = [2] if args.smoke else [int(size) for size in args.sizes.split(",")]
     runs = 1 if args.smoke else args.runs
     join_size = 2 if args.smoke else (4 if 4 in sizes else max(sizes))
@@ -202,11 +236,17 @@ def main() -> None:
     print(f"{runs} runs; agents behind port-restricted NATs; wireguard-go; lab in namespaces")
     samples: dict[str, list[float]] = {}
     for _ in range(runs):
-        for count in sizes:
+        for count in sizes if "formation" in cases else []:
             for name, value in formation(count, join=count == join_size).items():
                 samples.setdefault(name, []).append(value)
-        samples.setdefault("heal after a NAT reset", []).append(heal())
-        samples.setdefault("roam to another NAT, all peers", []).append(roam())
+        if "heal" in cases:
+            samples.setdefault("heal after a NAT reset", []).append(heal())
+        if "roam" in cases:
+            samples.setdefault("roam to another NAT, all peers", []).append(roam())
+        if "upgrade" in cases:
+            on_lan, gap = upgrade()
+            samples.setdefault("upgrade: mDNS opens, until both on lan", []).append(on_lan)
+            samples.setdefault("upgrade: longest ping gap meanwhile", []).append(gap)
     for name, values in samples.items():
         print(
             f"  {name:<40} median {statistics.median(values):5.2f} s, max {max(values):5.2f} s "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 
 from .errors import InvalidInput
+from .limits import MAX_LAN_ENDPOINTS
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -75,3 +76,40 @@ def unmap_address(host: str) -> str:
     if host.startswith("::ffff:") and "." in host:
         return host[len("::ffff:") :]
     return host
+
+
+def lan_endpoints(items: object) -> tuple[Endpoint, ...]:
+    """The LAN endpoints a peer reports of itself (PUT /v1/lan): a list of at most
+    MAX_LAN_ENDPOINTS `IP:PORT` texts, each kept once; InvalidInput otherwise. The rendezvous
+    checks what it stores with this, and the agent what the API lists."""
+    if not isinstance(items, list) or len(items) > MAX_LAN_ENDPOINTS:
+        raise InvalidInput(f"LAN endpoints must be a list of at most {MAX_LAN_ENDPOINTS}")
+    return tuple(dict.fromkeys(lan_endpoint(item) for item in items))
+
+
+def lan_endpoint(text: object) -> Endpoint:
+    """One LAN endpoint: IPv4 (mDNS announces IPv4 here), an address another host can send
+    to; never loopback, link-local, multicast, 0/8 or 240/4, where a WireGuard endpoint would
+    send a peer's traffic back into its own host or nowhere."""
+    if not isinstance(text, str):
+        raise InvalidInput("a LAN endpoint must be text such as 192.168.1.5:51820")
+    host, port = parse_endpoint(text, "LAN endpoint")
+    address = ipaddress.ip_address(host)
+    if address.version != 4 or not unicast(address):
+        raise InvalidInput(f"LAN endpoint {text[:60]!r} is not a unicast IPv4 address")
+    return host, port
+
+
+def unicast(address: IPAddress) -> bool:
+    """An address a remote peer can have: not loopback, multicast, link-local, 0/8, 240/4."""
+    return not (
+        address.is_loopback
+        or address.is_multicast
+        or address.is_link_local
+        or address.is_unspecified
+        or address.is_reserved
+        or (address.version == 4 and address in _THIS_NETWORK)
+    )
+
+
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")  # RFC 1122 3.2.1.3: not a destination

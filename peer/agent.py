@@ -171,6 +171,9 @@ class Agent:
             "reconcile": lambda: self._reconcile_forever(live),
             "dns-sd": lambda: self._poll_dns_sd(live),
             "network": live.presence.follow,
+            "lan-report": lambda: relaying.report_lan_forever(
+                live.membership, live.presence.lan_report
+            ),
         }
         tasks = [
             asyncio.create_task(supervised(name, loop), name=name) for name, loop in loops.items()

@@ -1,9 +1,10 @@
 """The rendezvous API's JSON, decoded once into the typed values the core takes (discovery.py).
 
 The answer comes over TLS from the rendezvous the token pins, but it is still bytes from the
-network: every list is bounded, every value parsed (keys by common.keys, endpoints and addresses
-by common.endpoints, routes by the UAPI encoder's own check), and a malformed peer is skipped,
-never fatal, as a malformed answer is one `ValueError` (client.py calls that a captive portal).
+network: every list is bounded, every value parsed (keys by common.keys, endpoints, LAN endpoints
+and addresses by common.endpoints, routes by the UAPI encoder's own check), and a malformed peer
+is skipped, never fatal, as a malformed answer is one `ValueError` (client.py calls that a
+captive portal).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from meshpeer.common.endpoints import Endpoint, ip_literal, parse_endpoint
+from meshpeer.common.endpoints import Endpoint, ip_literal, lan_endpoints, parse_endpoint
 from meshpeer.common.errors import InvalidInput
 from meshpeer.common.keys import parse_key
 from meshpeer.common.limits import MAX_RELAY_PARTNERS, MAX_ROUTES
@@ -77,12 +78,13 @@ def remote_peer(item: object) -> RemotePeer | None:
         text = item.get("endpoint")
         endpoint = None if text is None else parse_endpoint(str(text))
         partners = _relay_partners(item.get("relay_partners") or [])
+        lan = lan_endpoints(item.get("lan_endpoints") or [])  # at most MAX_LAN_ENDPOINTS
     except (KeyError, ValueError, TypeError, UapiError):  # InvalidInput is a ValueError
         return None
     name = str(item.get("name", ""))
     if not name.isprintable() or len(name) > MAX_NAME_LENGTH:
         return None
-    return RemotePeer(key, name, address, routes, endpoint, partners)
+    return RemotePeer(key, name, address, routes, endpoint, partners, lan)
 
 
 def _routes(routes: object) -> tuple[str, ...]:

@@ -14,6 +14,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshpeer.common import proof
+from meshpeer.common.endpoints import Endpoint, format_endpoint, lan_endpoints
 from meshpeer.common.errors import Failure, InvalidInput, UsageError
 from meshpeer.common.keys import encode_key, parse_key
 from meshpeer.common.limits import MAX_RELAY_PARTNERS
@@ -104,6 +105,18 @@ async def set_relay(membership: Membership, partners: frozenset[bytes]) -> froze
         return frozenset(parse_key(key) for key in held)
     except InvalidInput:
         raise Unreachable("the rendezvous's answer to PUT /v1/relay is not the API's") from None
+
+
+async def set_lan(membership: Membership, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    """Tell the rendezvous where we are on our LANs (PUT /v1/lan); it answers with what it
+    holds, checked as it checks ours."""
+    body = {"endpoints": [format_endpoint(endpoint) for endpoint in endpoints]}
+    url = f"{membership.api_url}/v1/lan"
+    held = _as_member_answer(*await _as_member("PUT", url, membership, body=body))
+    try:
+        return lan_endpoints(held.get("endpoints"))
+    except InvalidInput:
+        raise Unreachable("the rendezvous's answer to PUT /v1/lan is not the API's") from None
 
 
 async def leave(membership: Membership) -> None:

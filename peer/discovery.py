@@ -26,6 +26,8 @@ class RemotePeer:
     endpoint: Endpoint | None  # as the rendezvous observed it
     # The peers it asked to reach through the relay; naming us means: reach it through the relay.
     relay_partners: frozenset[bytes] = frozenset()
+    # Where it says it is on its own LANs (PUT /v1/lan): an mDNS sighting elsewhere is anyone's.
+    lan_endpoints: tuple[Endpoint, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

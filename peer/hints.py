@@ -14,7 +14,7 @@ from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from meshpeer.common.endpoints import Endpoint, checked_endpoint
+from meshpeer.common.endpoints import Endpoint, checked_endpoint, unicast
 
 Source = Literal["api", "dns-sd", "lan"]
 HintSource = Literal["dns-sd", "lan"]
@@ -100,7 +100,7 @@ class Hints:
         except (TypeError, ValueError):  # InvalidInput, or not even a (str, int) pair
             return None
         address = ipaddress.ip_address(host)
-        if not _unicast(address):
+        if not unicast(address):
             return None
         if source == "lan" and not self._on_our_lan(address):
             return None
@@ -114,18 +114,3 @@ class Hints:
             and address not in (own.ip, own.network.network_address, own.network.broadcast_address)
             for own in self.own_lan
         )
-
-
-def _unicast(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """An address a remote peer can have: not loopback, multicast, link-local, 0/8, 240/4."""
-    return not (
-        address.is_loopback
-        or address.is_multicast
-        or address.is_link_local
-        or address.is_unspecified
-        or address.is_reserved
-        or (address.version == 4 and address in _THIS_NETWORK)
-    )
-
-
-_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")  # RFC 1122 3.2.1.3: not a destination

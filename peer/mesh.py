@@ -42,6 +42,7 @@ class Mesh:
     _applied: dict[bytes, PeerConfig] = field(default_factory=dict)
     _paths: dict[bytes, PathState] = field(default_factory=dict)
     relay_endpoint: Endpoint | None = None  # the rendezvous's WireGuard endpoint: its relay
+    own_public: Endpoint | None = None  # our NAT mapping, as the rendezvous observed it
     _asked: set[bytes] = field(default_factory=set)  # peers we want to relay with
     _stored: frozenset[bytes] = frozenset()  # what the rendezvous holds for us
     _kicked_at: float = float("-inf")  # when the rendezvous was last sent a keepalive at once
@@ -62,6 +63,8 @@ class Mesh:
         for peer in found.peers:
             if peer.public_key != self.own_key:
                 self.peers[peer.public_key] = peer
+            else:  # a full list names us, a delta when our mapping moved
+                self.own_public = peer.endpoint
         for key in found.removed:
             self.peers.pop(key, None)
 
@@ -254,23 +257,23 @@ class Mesh:
             relay = self.relay_endpoint
             return paths.after_roaming(state, peer.endpoint, relay, config, now)
         if up:
-            if self._through_relay(peer, device):
+            status, relayed_now = device.peers[peer.public_key], self._through_relay(peer, device)
+            sightings = self.hints.endpoints("lan", peer.public_key)
+            lans = paths.lan_to_try(peer, sightings, self.own_public, relayed=relayed_now)
+            if relayed_now:
                 self._asked.add(peer.public_key)  # name it back, as below
-                status = device.peers[peer.public_key]
-                lan = next((c.endpoint for c in candidates if c.source == "lan"), None)
+                lan = lans[0] if lans else None
                 return paths.while_relayed(state, peer.endpoint, lan, status, config, now) or (
                     config if reshaped else None
                 )
-            if state.direct_try is not None:  # trying direct from the relay: wait, or go back
-                status = device.peers[peer.public_key]
-                back = paths.direct_try_over(state, status, self.relay_endpoint, config, now)
+            if state.direct_try is not None:  # trying a better path: wait, or go back
+                back = paths.try_over(state, status, self.relay_endpoint, config, now)
                 return back or (config if reshaped else None)
             self._asked.discard(peer.public_key)  # direct (or LAN) works: no relay needed
-            endpoint = device.peers[peer.public_key].endpoint
-            if state.path == "relay" and endpoint != state.echoed:
-                # The peer tried direct and reached us: answer it there, once.
-                state.echoed, state.reason = endpoint, "it reached us directly"
-                return punched(replace(config, endpoint=endpoint), state, now)
+            # A moved mapping is punched first (below); the LAN can wait for the next round.
+            better = paths.while_direct(state, () if moved else lans, status, config, now)
+            if better is not None:
+                return better
         elif relayed:
             # Name it back while we relay: the relay matches our initiations only against the
             # peers we named. Not once direct works, or two sides would keep each other named.

@@ -1,6 +1,7 @@
-"""One peer's path, between rounds of the mesh core: its punch turns, and the relay's part
-(going through the rendezvous, and trying the direct path again from there). Pure: the state
-and `now` in, the WireGuard peer to write (or None) out.
+"""One peer's path, between rounds of the mesh core: its punch turns, the relay's part (going
+through the rendezvous, and trying the direct path again from there), and a live path's move to
+the LAN (which sightings it may try, and the try). Pure: the state and `now` in, the WireGuard
+peer to write (or None) out.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Literal
 from meshpeer.common.endpoints import Endpoint, format_endpoint
 
 from . import timers
+from .discovery import RemotePeer
 from .uapi import PeerConfig, PeerStatus
 
 Path = Literal["direct", "lan", "relay", "none"]
@@ -24,9 +26,10 @@ class PathState:
     public: Endpoint | None = None  # the API's endpoint when that turn started
     next_hint: int = 0  # the hints take their turns in order
     direct_try: tuple[float, int] | None = None  # a try of a better path: (when, rx)
+    try_back: Endpoint | None = None  # where a LAN try goes back to (None: a relay's try)
     last_lan_try: float | None = None  # when a live path (direct or relayed) last tried the LAN
     last_direct_try: float | None = None
-    lan_tried: Endpoint | None = None  # the LAN endpoint a relayed path tried last
+    lan_tried: Endpoint | None = None  # the LAN endpoint a path tried last
     echoed: Endpoint | None = None  # the direct endpoint we answered on, once
     fresh: bool = False  # write the WireGuard peer anew this round (a new session at once)
     punched_again: float | None = None  # the turn (its start) whose second initiation went
@@ -135,7 +138,7 @@ def while_relayed(
     mDNS; at most once per LAN_TRY_EVERY_S), when its mapping
     (`public`, from the API) moves, and every DIRECT_RETRY_S. WireGuard roams to whichever
     endpoint answers, so a try that works keeps itself; one that nothing answered within
-    DIRECT_TRY_S goes back (direct_try_over)."""
+    DIRECT_TRY_S goes back (try_over)."""
     if state.last_direct_try is None:  # just relayed: the first try is DIRECT_FIRST_TRY_S away
         state.public = public
         state.last_direct_try = now - timers.DIRECT_RETRY_S + timers.DIRECT_FIRST_TRY_S
@@ -151,31 +154,99 @@ def while_relayed(
     return _try_direct(state, public, status, config, now)
 
 
+def lan_to_try(
+    peer: RemotePeer,
+    sightings: tuple[Endpoint, ...],
+    own_public: Endpoint | None,
+    *,
+    relayed: bool,
+) -> tuple[Endpoint, ...]:
+    """The mDNS sightings of `peer` that a live path may try: only endpoints the peer reported
+    itself over the API. A neighbour may announce the peer's key at its own address and relay
+    what reaches it to the peer's public mapping: the answers are the peer's own, authenticated,
+    so a try of it would be kept, and the neighbour could then drop the data (the review of
+    81323bf). A public (direct) path tries only when the peer's mapping has our own public
+    address too (one NAT, where a LAN path can exist); a relayed one without that: a NAT with
+    an address pool may give two hosts of one LAN two addresses, and there the LAN is the only
+    way off the relay."""
+    reported = tuple(endpoint for endpoint in sightings if endpoint in peer.lan_endpoints)
+    if relayed:
+        return reported
+    public = peer.endpoint
+    behind_our_nat = own_public is not None and public is not None and public[0] == own_public[0]
+    return reported if behind_our_nat else ()
+
+
+def while_direct(
+    state: PathState,
+    lans: tuple[Endpoint, ...],
+    status: PeerStatus,
+    config: PeerConfig,
+    now: float,
+) -> PeerConfig | None:
+    """Up on a public (direct) path at `status.endpoint`: answer a peer that reached us by a
+    better path than ours, once, and try the LAN when the peer is on it (`lans`: lan_to_try's).
+
+    The try points WireGuard at the LAN endpoint and goes back to the public one unless
+    something authenticated comes from the LAN within DIRECT_TRY_S (try_over); a live path
+    tries at most once per LAN_TRY_EVERY_S. One side's try is enough: the other side's
+    WireGuard roams to the LAN at its first packet, and answers there."""
+    current = status.endpoint
+    if current is None:
+        return None
+    reached = state.path == "relay" or (state.path == "direct" and current in lans)
+    if reached and current != state.echoed:
+        # The peer tried a better path and reached us: answer it there, once.
+        how = "on the LAN" if current in lans else "directly"
+        state.echoed, state.reason = current, f"it reached us {how}"
+        return punched(replace(config, endpoint=current), state, now)
+    if not lans or current in lans or _lan_tried_lately(state, now):
+        return None
+    lan = _next_lan(state, lans)
+    state.lan_tried, state.last_lan_try, state.reason = lan, now, "it is on our LAN"
+    return _try_direct(state, lan, status, config, now, back=current)
+
+
+def _next_lan(state: PathState, lans: tuple[Endpoint, ...]) -> Endpoint:
+    """The sighting after the one tried last: a host on wire and Wi-Fi gets both tried."""
+    if state.lan_tried not in lans:
+        return lans[0]
+    return lans[(lans.index(state.lan_tried) + 1) % len(lans)]
+
+
 def _lan_tried_lately(state: PathState, now: float) -> bool:
-    """A relayed path tries a sighting at most once per LAN_TRY_EVERY_S:
-    sightings are not authenticated, and a spoofer can change them as often as it likes."""
+    """A live path tries a sighting at most once per LAN_TRY_EVERY_S: sightings are not
+    authenticated, and a spoofer can change them as often as it likes."""
     return state.last_lan_try is not None and now - state.last_lan_try < timers.LAN_TRY_EVERY_S
 
 
 def _try_direct(
-    state: PathState, endpoint: Endpoint, status: PeerStatus, config: PeerConfig, now: float
+    state: PathState,
+    endpoint: Endpoint,
+    status: PeerStatus,
+    config: PeerConfig,
+    now: float,
+    *,
+    back: Endpoint | None = None,
 ) -> PeerConfig:
-    state.direct_try = (now, status.rx_bytes)
+    state.direct_try, state.try_back = (now, status.rx_bytes), back
     return punched(replace(config, endpoint=endpoint), state, now)
 
 
-def direct_try_over(
+def try_over(
     state: PathState, status: PeerStatus, relay: Endpoint | None, config: PeerConfig, now: float
 ) -> PeerConfig | None:
-    """A try of the direct path that nothing answered: back to the relay."""
+    """A try of a better path that nothing answered within DIRECT_TRY_S: back to where it
+    came from (the relay, or the public endpoint a LAN try left)."""
     if state.direct_try is None or now - state.direct_try[0] < timers.DIRECT_TRY_S:
         return None
     started, rx = state.direct_try
-    state.direct_try = None
-    if status.endpoint == relay or relay is None:
+    back, what = (state.try_back, "LAN") if state.try_back else (relay, "direct")
+    state.direct_try = state.try_back = None
+    if status.endpoint == back or back is None:
         return None  # WireGuard roamed back by itself
-    if status.rx_bytes > rx:  # direct answered: answer back, the other side may be trying too
+    if status.rx_bytes > rx:  # it answered: answer back, the other side may be trying too
         state.echoed = status.endpoint
         return punched(replace(config, endpoint=status.endpoint), state, now)
-    state.reason = f"direct try unanswered for {now - started:.0f} s"
-    return punched(replace(config, endpoint=relay), state, now)
+    state.reason = f"{what} try unanswered for {now - started:.0f} s"
+    return punched(replace(config, endpoint=back), state, now)

@@ -1,15 +1,21 @@
-"""The agent's side of the relay that is not the mesh core's decision: telling the rendezvous
-which peers we relay with, and starting over after the rendezvous restarted."""
+"""What the agent tells the rendezvous beyond the mesh core's decisions: which peers we relay
+with, starting over after the rendezvous restarted, and where we are on our LANs."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import replace
+
+from meshpeer.common.endpoints import Endpoint, format_endpoint
 
 from . import client
 from .errors import BackendError
+from .lanreport import LanReport
 from .mesh import Mesh
 from .state import Membership
+from .timers import LAN_REPORT_CHECK_S
 from .uapi import PeerConfig, UapiError
 from .wireguard import Backend
 
@@ -25,6 +31,25 @@ async def tell_relay(membership: Membership, mesh: Mesh, partners: frozenset[byt
         logger.warning("could not ask the rendezvous to relay: %s", error)
         return False
     return True
+
+
+async def report_lan_forever(membership: Membership, report: LanReport) -> None:
+    """Our LAN endpoints to the rendezvous whenever they are not what it holds (lanreport.py);
+    a loop of its own, so an unreachable rendezvous never holds up a reconcile round."""
+    while True:
+        endpoints = report.due(time.monotonic())
+        if endpoints is not None:
+            try:
+                report.told(await client.set_lan(membership, endpoints))
+                logger.info("told the rendezvous our LAN endpoints: %s", _listed(endpoints))
+            except (client.Unreachable, client.JoinRefused) as error:  # removed: the watch says
+                logger.warning("could not tell the rendezvous our LAN endpoints: %s", error)
+                report.failed(time.monotonic())
+        await asyncio.sleep(LAN_REPORT_CHECK_S)
+
+
+def _listed(endpoints: tuple[Endpoint, ...]) -> str:
+    return ", ".join(map(format_endpoint, endpoints)) or "none"
 
 
 async def renew_after_restart(rendezvous: PeerConfig, backend: Backend, mesh: Mesh) -> None:

@@ -19,6 +19,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from . import netwatch
 from .discovery import sighted
 from .lan import LanDiscovery, Sightings
+from .lanreport import LanReport
 from .links import Links, Uplinks
 from .mesh import Mesh
 from .waiting import bounded, end
@@ -46,6 +47,7 @@ class Presence:
         self.moved = asyncio.Event()  # set at each roam, then cleared: what waits, wakes
         self.uplinks: Uplinks | None = None
         self._lan: asyncio.Task[LanDiscovery] | None = None
+        self.lan_report = LanReport()  # what mDNS announces, for PUT /v1/lan (relaying.py)
         self._network = 0  # counts roams: sightings from mDNS on an earlier network are late
 
     def start_lan(self, name: str) -> None:
@@ -100,7 +102,8 @@ class Presence:
         interfaces = self._outside_mesh(interfaces)
         self.mesh.set_own_lan(interfaces)
         addresses = [str(interface.ip) for interface in interfaces]
-        network = self._network
+        self.lan_report.want(addresses, self.listen_port)  # told to the rendezvous, where a
+        network = self._network  # peer behind our public address looks before it tries them
 
         def on_sightings(sightings: Sightings) -> None:
             if network == self._network:  # not what the old LAN's mDNS still hears

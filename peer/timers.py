@@ -51,8 +51,9 @@ DIRECT_TRY_S = 2.0
 # direct path back soon. Each side's try opens its NAT to the other's mapping, so the second
 # side's try gets through even when the first side's did not.
 DIRECT_FIRST_TRY_S = 2 * REKEY_TIMEOUT_S
-# A relayed path tries a peer's LAN sighting (mDNS) at most this often: sightings are not
-# authenticated, and a spoofed one costs the path up to DIRECT_TRY_S each time.
+# A live path tries a peer's LAN sighting (mDNS) at most this often: sightings are not
+# authenticated (only those at an endpoint the peer reported over the API count, paths.py),
+# and one that does not answer costs the path up to DIRECT_TRY_S each time.
 LAN_TRY_EVERY_S = 60.0
 # A peer sends at least a keepalive every PEER_KEEPALIVE_S: one whose received bytes have not
 # grown for a keepalive's interval and 3 s more has gone (`meshpeer status`: offline within 30 s).
@@ -61,6 +62,10 @@ ONLINE_WINDOW_S = PEER_KEEPALIVE_S + 3.0
 # A refused or failed PUT /v1/relay is asked again after this: the rendezvous allows a change
 # per RELAY_CHANGE_HOLD_S (5 s) after a burst, and a down one answers nothing anyway.
 RELAY_RETRY_S = 5.0
+# ... and a refused or failed PUT /v1/lan: the rendezvous rations those as it does relay
+# partners. An unchanged report is checked this often (no request: lanreport.py compares).
+LAN_REPORT_RETRY_S = 5.0
+LAN_REPORT_CHECK_S = 1.0
 
 # Data sent to a peer and nothing back for STALL_S: a mapping may have moved (a NAT reboot, a
 # new network). The agent then sends the rendezvous a keepalive at once, so it publishes our new

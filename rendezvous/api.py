@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from meshpeer.common import proof
-from meshpeer.common.endpoints import format_endpoint
+from meshpeer.common.endpoints import format_endpoint, lan_endpoints
 from meshpeer.common.errors import InvalidInput, UsageError
 from meshpeer.common.keys import encode_key, parse_key
 from meshpeer.common.proof import ProofRejected
@@ -76,6 +76,7 @@ def create_app(
     app.router.add_get("/v1/peers", list_peers)
     app.router.add_get("/v1/watch", watch)
     app.router.add_put("/v1/relay", set_relay)
+    app.router.add_put("/v1/lan", set_lan)
     app.router.add_get("/v1/admin/tokens", list_tokens)
     app.router.add_post("/v1/admin/tokens", create_token)
     app.router.add_delete("/v1/admin/tokens/{token_id}", revoke_token)
@@ -170,6 +171,15 @@ async def set_relay(request: web.Request) -> web.Response:
     partners = tuple(parse_key(key, "a relay partner") for key in listed)
     peer = await request.app[REGISTRY].set_relay_partners(peer, partners)
     return web.json_response({"partners": [encode_key(key) for key in peer.relay_partners]})
+
+
+async def set_lan(request: web.Request) -> web.Response:
+    """Where the caller is on its own LANs (what it announces on mDNS), replacing what it said
+    before; every peer hears it with the list."""
+    peer = _peer_caller(request)
+    endpoints = lan_endpoints((await _json_object(request)).get("endpoints"))
+    peer = await request.app[REGISTRY].set_lan_endpoints(peer, endpoints)
+    return web.json_response({"endpoints": [format_endpoint(e) for e in peer.lan_endpoints]})
 
 
 def _render_list(peers: list[Peer]) -> bytes:

@@ -65,8 +65,9 @@ class EndpointDamper:
 @dataclass(slots=True)
 class ChangeRation:
     """How often a peer may change what every watcher hears of it beyond its endpoint (its
-    relay partners): the same bucket, `burst` changes refilling one per `hold_s`; the caller
-    refuses a change over it (HTTP 429) rather than holding it."""
+    relay partners, its LAN endpoints: one ration each): the same bucket, `burst` changes
+    refilling one per `hold_s`; the caller refuses a change over it (HTTP 429) rather than
+    holding it."""
 
     hold_s: float = RELAY_CHANGE_HOLD_S
     burst: float = RELAY_CHANGES_BURST

@@ -17,7 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from meshpeer.common import tokens
-from meshpeer.common.endpoints import IPNetwork
+from meshpeer.common.endpoints import Endpoint, IPNetwork
 from meshpeer.common.errors import InvalidInput
 from meshpeer.common.proof import JoinKeys, JoinRequest, ProofRejected, verify_join
 
@@ -50,6 +50,7 @@ class Admission:
         self._identity = identity
         self.addresses = AddressAllocator(identity.settings)
         self.relay_changes = ChangeRation()  # registered peers only, as the caller checks
+        self.lan_changes = ChangeRation()  # as many, and apart: neither starves the other
 
     async def create_token(
         self,
@@ -167,6 +168,23 @@ class Admission:
             raise Rationed("relay partners change at most every few seconds", wait_s)
         await db.set_relay_partners(public_key, known)
         return replace(peer, relay_partners=known)
+
+    async def set_lan_endpoints(
+        self, db: Transaction, public_key: bytes, endpoints: tuple[Endpoint, ...]
+    ) -> Peer:
+        """Where the peer says it is on its LANs (checked by common.endpoints.lan_endpoints).
+        The same list again writes nothing and wakes no watcher; a new one is rationed as
+        relay partners are, since every change is a revision every watcher hears."""
+        peer = self._index.get(public_key)
+        if peer is None:
+            raise NotFound("no such peer")
+        if endpoints == peer.lan_endpoints:
+            return peer
+        wait_s = self.lan_changes.take(public_key, time.monotonic())
+        if wait_s:
+            raise Rationed("LAN endpoints change at most every few seconds", wait_s)
+        await db.set_lan_endpoints(public_key, endpoints)
+        return replace(peer, lan_endpoints=endpoints)
 
     def check_new_key(self, public_key: bytes) -> None:
         if public_key == self._identity.public_key:

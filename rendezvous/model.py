@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from meshpeer.common.endpoints import Endpoint, IPAddress, IPNetwork, format_endpoint
 from meshpeer.common.errors import InvalidInput, UsageError
@@ -81,6 +81,23 @@ class Peer:
     # The peers it asked to reach through the relay; a pair relays both ways, so every peer
     # listed here (and the peer itself) points the other at the rendezvous.
     relay_partners: tuple[bytes, ...] = ()
+    # Where it says it is on its own LANs (PUT /v1/lan, checked by common.endpoints): what lets
+    # another peer behind the same public address trust an mDNS sighting of it enough to try.
+    lan_endpoints: tuple[Endpoint, ...] = ()
+
+    def observed_as(self, known: Peer | None) -> Peer:
+        """This peer as another process stored it, with what only the serving process
+        observes kept from `known` (its endpoint and handshakes, written behind): every other
+        field, one added later included, comes from the store."""
+        if known is None:
+            return self
+        return replace(
+            self,
+            endpoint=known.endpoint,
+            endpoint_confirmed_at=known.endpoint_confirmed_at,
+            last_handshake=known.last_handshake,
+            handshake_timestamp=known.handshake_timestamp,
+        )
 
     @property
     def public_key_b64(self) -> str:
@@ -100,6 +117,7 @@ class Peer:
             "endpoint_confirmed_at": _milliseconds(self.endpoint_confirmed_at),
             "routes": [str(route) for route in self.routes],
             "relay_partners": [encode_key(key) for key in self.relay_partners],
+            "lan_endpoints": [format_endpoint(endpoint) for endpoint in self.lan_endpoints],
         }
 
 

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +282,14 @@ class Registry:
         self._apply_own(peer)
         return peer
 
+    async def set_lan_endpoints(self, peer: Peer, endpoints: tuple[Endpoint, ...]) -> Peer:
+        """Where `peer` says it is on its LANs (PUT /v1/lan), as every peer will hear it."""
+        async with self._store.transaction() as db:
+            await self._catch_up(db)
+            peer = await self._admission.set_lan_endpoints(db, peer.public_key, endpoints)
+        self._apply_own(peer)
+        return peer
+
     async def remove_peer(self, name_or_key: str) -> Peer:
         async with self._store.transaction() as db:
             await self._catch_up(db)
@@ -296,6 +304,7 @@ class Registry:
 
     def _forget(self, public_key: bytes) -> None:
         self._admission.relay_changes.forget(public_key)
+        self._admission.lan_changes.forget(public_key)
         self._observed.forget(public_key)
         self._index.forget(public_key)
 
@@ -364,20 +373,7 @@ class Registry:
         if stored is None:
             self._forget(public_key)
             return
-        known = self._index.get(public_key)
-        # Only the serving process observes endpoints: keep ours, the rest from disk.
-        merged = (
-            replace(
-                known,
-                name=stored.peer.name,
-                address=stored.peer.address,
-                routes=stored.peer.routes,
-                pending_routes=stored.peer.pending_routes,
-                relay_partners=stored.peer.relay_partners,
-            )
-            if known
-            else stored.peer
-        )
+        merged = stored.peer.observed_as(self._index.get(public_key))
         self._index.remember(merged, stored.credential_hash)
 
     # -- the watch API ------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 
 import aiosqlite
 
-from meshpeer.common.endpoints import IPAddress, IPNetwork
+from meshpeer.common.endpoints import Endpoint, IPAddress, IPNetwork, format_endpoint, lan_endpoints
 from meshpeer.common.keys import encode_key, parse_key
 
 from . import sqlschema
@@ -31,7 +31,7 @@ from .timers import SQLITE_BUSY_TIMEOUT_S
 _PEER_COLUMNS = (
     "public_key, name, address, routes, endpoint_host, endpoint_port, "
     "endpoint_confirmed_at, last_handshake, handshake_timestamp, pending_routes, credential_hash, "
-    "relay_partners"
+    "relay_partners, lan_endpoints"
 )
 
 
@@ -213,6 +213,13 @@ class SqliteTransaction(_SqliteReader):
         )
         await self._log_change(public_key)
 
+    async def set_lan_endpoints(self, public_key: bytes, endpoints: tuple[Endpoint, ...]) -> None:
+        await self._db.execute(
+            "UPDATE peers SET lan_endpoints = ? WHERE public_key = ?",
+            (json.dumps([format_endpoint(endpoint) for endpoint in endpoints]), public_key),
+        )
+        await self._log_change(public_key)
+
     async def set_credential_hash(self, public_key: bytes, credential_hash: bytes) -> None:
         await self._db.execute(
             "UPDATE peers SET credential_hash = ? WHERE public_key = ?",
@@ -346,6 +353,7 @@ def _stored_peer(row: Any) -> StoredPeer:
         last_handshake=handshake,
         handshake_timestamp=bytes(timestamp),
         relay_partners=tuple(parse_key(key, "stored relay partner") for key in json.loads(row[11])),
+        lan_endpoints=lan_endpoints(json.loads(row[12])),
     )
     return StoredPeer(peer, bytes(row[10]) if row[10] is not None else None)
 

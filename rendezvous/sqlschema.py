@@ -10,7 +10,7 @@ from meshpeer.common.errors import InvalidInput
 
 logger = logging.getLogger("meshpeer.rendezvous.registry")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Each CREATE ... IF NOT EXISTS is idempotent; tables of an older schema stay as they are until
 # `upgrade` brings them forward.
@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS peers (
     token_id TEXT,
     last_join_ms INTEGER NOT NULL DEFAULT 0,
     relay_partners TEXT NOT NULL DEFAULT '[]',
+    lan_endpoints TEXT NOT NULL DEFAULT '[]',
     UNIQUE (network_id, name),
     UNIQUE (network_id, address)
 );
@@ -78,6 +79,8 @@ _MIGRATIONS = (
 )
 # Schema 2 to 3: the peers each peer reaches through the relay.
 _RELAY_MIGRATIONS = ("ALTER TABLE peers ADD COLUMN relay_partners TEXT NOT NULL DEFAULT '[]'",)
+# Schema 3 to 4: the LAN endpoints each peer reports of itself.
+_LAN_MIGRATIONS = ("ALTER TABLE peers ADD COLUMN lan_endpoints TEXT NOT NULL DEFAULT '[]'",)
 
 
 async def upgrade(db: aiosqlite.Connection, meta: dict[str, str]) -> bool:
@@ -98,5 +101,8 @@ async def upgrade(db: aiosqlite.Connection, meta: dict[str, str]) -> bool:
         )
     if version in (1, 2):
         for statement in _RELAY_MIGRATIONS:
+            await db.execute(statement)
+    if version in (1, 2, 3):
+        for statement in _LAN_MIGRATIONS:
             await db.execute(statement)
     return version != SCHEMA_VERSION or "schema" not in meta

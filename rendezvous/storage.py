@@ -15,7 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from meshpeer.common.endpoints import IPAddress, IPNetwork
+from meshpeer.common.endpoints import Endpoint, IPAddress, IPNetwork
 from meshpeer.common.errors import Failure
 
 from .model import Peer, Token
@@ -107,6 +107,10 @@ class Transaction(Reader, Protocol):
 
     async def set_relay_partners(self, public_key: bytes, partners: tuple[bytes, ...]) -> None:
         """The peers `public_key` reaches through the relay (a change other processes see)."""
+        ...
+
+    async def set_lan_endpoints(self, public_key: bytes, endpoints: tuple[Endpoint, ...]) -> None:
+        """Where `public_key` says it is on its LANs (a change other processes see)."""
         ...
 
     async def set_credential_hash(self, public_key: bytes, credential_hash: bytes) -> None: ...

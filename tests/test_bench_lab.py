@@ -42,7 +42,8 @@ def test_dns_benchmark_runs() -> None:
 
 def test_convergence_benchmark_runs() -> None:
     output = smoke("convergence.py")
-    for figure in ("all pairs, 2 peers", "new pair", "join a mesh of 2", "heal after a NAT"):
+    figures = ("all pairs, 2 peers", "new pair", "join a mesh of 2", "heal after a NAT", "upgrade")
+    for figure in figures:
         assert figure in output, output
 
 

@@ -74,6 +74,27 @@ def test_every_list_and_string_of_a_watch_answer_is_bounded() -> None:
     assert pending_routes({"peer": "junk"}) == ()
 
 
+def test_a_peer_s_lan_endpoints_are_decoded_bounded_and_checked() -> None:
+    """What the API lists of a peer's LAN endpoints decides which sightings a live path may
+    try: checked as the rendezvous checks them, and a peer listed with anything else is
+    skipped, as one with a malformed route is."""
+    listed = remote_peer(item(KEY_A, lan_endpoints=["192.168.1.5:51820", "10.0.0.7:51820"]))
+    assert listed is not None
+    assert listed.lan_endpoints == (("192.168.1.5", 51820), ("10.0.0.7", 51820))
+    assert remote_peer(item(KEY_A)).lan_endpoints == ()  # type: ignore[union-attr]
+    for bad in (
+        ["192.168.1.5:51820", "192.168.1.6:51820", "192.168.1.7:51820"],
+        ["127.0.0.1:51820"],
+        ["224.0.0.251:5353"],
+        ["169.254.0.9:51820"],
+        ["[fe80::1%eth0]:51820"],
+        ["192.168.1.5:51820\nallowed_ip=0.0.0.0/0"],
+        "192.168.1.5:51820",
+        [7],
+    ):
+        assert remote_peer(item(KEY_A, lan_endpoints=bad)) is None, bad
+
+
 def test_every_source_merges_through_one_method_and_keeps_its_name() -> None:
     mesh = Mesh(OWN)
     mesh.set_own_lan([OUR_LAN])

@@ -2,7 +2,8 @@
 there to the peer's public mapping: the peer answers through it (authenticated: it is the
 peer), so a live public path that tried the sighting would move there, say `lan`, and stay
 while the neighbour drops the data (the outside review of 81323bf saw exactly that). A live
-public path is never pointed at a sighting: the pair stays `direct` and keeps working."""
+public path tries only a sighting at an endpoint the peer reported itself over the API, and
+only behind our own public address: the neighbour's is neither, so the pair stays `direct`."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def test_a_neighbour_relaying_a_lan_try_cannot_hold_a_live_public_path(lab: Lab)
 
     # On 81323bf (a live public path tried sightings) the victim went to the neighbour within
     # seconds, said `lan`, and lost every ping once the neighbour dropped the data. Now a live
-    # public path is never pointed at a sighting.
+    # public path is pointed only at a sighting the peer reported, behind our public address.
     flag.touch()  # the neighbour drops what it would relay
     deadline = time.monotonic() + 20.0
     while time.monotonic() < deadline:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from meshpeer.common.endpoints import Endpoint
 from meshpeer.peer.discovery import RemotePeer, api_list, sighted
 from meshpeer.peer.mesh import Mesh
-from meshpeer.peer.timers import LAN_TRY_EVERY_S
+from meshpeer.peer.timers import DIRECT_TRY_S, LAN_TRY_EVERY_S
 from meshpeer.peer.uapi import DeviceStatus, PeerStatus
 
 OWN, PEER = bytes([1]) * 32, bytes([2]) * 32
@@ -120,3 +120,108 @@ def test_a_neighbour_relaying_a_lan_try_cannot_hold_a_live_public_path() -> None
         wire.apply(mesh, float(second))
         assert wire.endpoint == PUBLIC, second
     assert mesh.path(PEER) == "direct"
+
+
+# Both behind one NAT (public address 198.51.100.20): the peer's real LAN endpoint, as it
+# reported it over the API, and ours.
+PEER_LAN: Endpoint = ("192.168.7.3", 51820)
+OWN_PUBLIC_SAME_NAT: Endpoint = ("198.51.100.20", 40001)
+OWN_PUBLIC_ELSEWHERE: Endpoint = ("203.0.113.77", 40001)
+
+
+def public_path_mesh(own_public: Endpoint, reported: tuple[Endpoint, ...]) -> tuple[Mesh, Wire]:
+    """A live public (direct) path to a peer that reported `reported` as its LAN endpoints,
+    our own mapping as the rendezvous observed it being `own_public`."""
+    mesh = Mesh(OWN)
+    mesh.relay_endpoint = RELAY
+    us = RemotePeer(OWN, "us", "10.77.0.2", (), own_public)
+    peer = RemotePeer(PEER, "nas", "10.77.0.3", (), PUBLIC, frozenset(), reported)
+    mesh.merge(api_list([us, peer]))
+    mesh.set_own_lan([OUR_LAN])
+    wire = Wire(None)
+    wire.apply(mesh, 100.0)
+    wire.handshake, wire.rx = 100.5, 148
+    wire.apply(mesh, 101.0)
+    assert wire.endpoint == PUBLIC and mesh.path(PEER) == "direct"
+    return mesh, wire
+
+
+def test_a_live_public_path_moves_to_a_reported_lan_endpoint_behind_our_own_nat() -> None:
+    mesh, wire = public_path_mesh(OWN_PUBLIC_SAME_NAT, (PEER_LAN,))
+    assert mesh.own_public == OWN_PUBLIC_SAME_NAT
+    mesh.merge(sighted("lan", {PEER: [PEER_LAN]}))
+    plan = mesh.plan(wire.status(), 102.0)
+    assert [(c.endpoint, c.kick) for c in plan.set_peers] == [(PEER_LAN, True)]
+    assert any("it is on our LAN" in event for event in plan.events)
+    wire.endpoint = PEER_LAN
+    assert mesh.path(PEER) == "direct"  # during the try: never "none"
+    wire.rx += 148  # the peer answers from the LAN: WireGuard stays there
+    for tick in range(1, 16):
+        wire.apply(mesh, 102.0 + tick / 4)
+    assert wire.endpoint == PEER_LAN and mesh.path(PEER) == "lan"
+    for second in range(106, 400):  # and stays, tried no more
+        wire.rx += 100
+        wire.handshake = 100.5 + 120 * ((second - 100) // 120)
+        assert mesh.plan(wire.status(), float(second)).set_peers == [], second
+
+
+def test_an_unanswered_lan_try_goes_back_within_2_s_and_waits_a_minute() -> None:
+    mesh, wire = public_path_mesh(OWN_PUBLIC_SAME_NAT, (PEER_LAN,))
+    mesh.merge(sighted("lan", {PEER: [PEER_LAN]}))
+    wire.apply(mesh, 102.0)
+    assert wire.endpoint == PEER_LAN
+    assert mesh.plan(wire.status(), 102.0 + DIRECT_TRY_S - 0.25).set_peers == []
+    back = mesh.plan(wire.status(), 102.0 + DIRECT_TRY_S)
+    assert [c.endpoint for c in back.set_peers] == [PUBLIC]
+    assert any("LAN try unanswered for 2 s" in event for event in back.events)
+    wire.endpoint = PUBLIC
+    for second in range(105, 102 + int(LAN_TRY_EVERY_S)):
+        assert mesh.plan(wire.status(), float(second)).set_peers == [], second
+    [again] = mesh.plan(wire.status(), 102.0 + LAN_TRY_EVERY_S).set_peers
+    assert again.endpoint == PEER_LAN
+
+
+def test_a_peer_that_reaches_us_on_its_reported_lan_endpoint_is_answered_there() -> None:
+    """Its try of our LAN address made our WireGuard roam to its LAN endpoint: a keepalive
+    back there, once, is what its try waits for."""
+    mesh, wire = public_path_mesh(OWN_PUBLIC_SAME_NAT, (PEER_LAN,))
+    mesh.merge(sighted("lan", {PEER: [PEER_LAN]}))
+    wire.endpoint, wire.rx = PEER_LAN, wire.rx + 100
+    [echo] = mesh.plan(wire.status(), 102.0).set_peers
+    assert echo.endpoint == PEER_LAN and echo.kick
+    wire.rx += 100
+    assert mesh.plan(wire.status(), 103.0).set_peers == []
+    assert mesh.path(PEER) == "lan"
+
+
+def test_a_neighbour_announcing_the_peer_at_its_own_address_gets_no_try() -> None:
+    """Behind our NAT, the peer reported its real LAN endpoint: a sighting anywhere else (a
+    neighbour's own address, or the peer's address at another port) is never tried."""
+    mesh, wire = public_path_mesh(OWN_PUBLIC_SAME_NAT, (PEER_LAN,))
+    mesh.merge(sighted("lan", {PEER: [SPOOF_1, ("192.168.7.3", 51821)]}))
+    for second in range(102, 400):
+        wire.rx += 148
+        wire.handshake = 100.5 + 120 * ((second - 100) // 120)
+        wire.apply(mesh, float(second))
+        assert wire.endpoint == PUBLIC, second
+    assert mesh.path(PEER) == "direct"
+
+
+def test_a_reported_lan_endpoint_behind_another_public_address_gets_no_try() -> None:
+    """The peer's mapping is not at our public address: it is not behind our NAT, so a LAN
+    path cannot exist, whatever the sighting says (another site with the same private
+    subnet, or a neighbour that took the address the peer reported there)."""
+    mesh, wire = public_path_mesh(OWN_PUBLIC_ELSEWHERE, (PEER_LAN,))
+    mesh.merge(sighted("lan", {PEER: [PEER_LAN]}))
+    for second in range(102, 400):
+        wire.rx += 148
+        wire.handshake = 100.5 + 120 * ((second - 100) // 120)
+        wire.apply(mesh, float(second))
+        assert wire.endpoint == PUBLIC, second
+
+
+def test_no_lan_try_before_the_rendezvous_has_told_us_our_own_mapping() -> None:
+    mesh, wire = public_path_mesh(OWN_PUBLIC_SAME_NAT, (PEER_LAN,))
+    mesh.own_public = None
+    mesh.merge(sighted("lan", {PEER: [PEER_LAN]}))
+    assert mesh.plan(wire.status(), 102.0).set_peers == []

@@ -506,6 +506,7 @@ def _downgrade_to_schema_1(path: Path) -> None:
             ("tokens", "allowed_routes"),
             ("tokens", "label"),
             ("peers", "relay_partners"),
+            ("peers", "lan_endpoints"),
         ]:
             db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
@@ -518,6 +519,7 @@ def test_a_schema_2_folder_gains_relay_partners_and_keeps_its_peers(tmp_path: Pa
         await registry.close()
         with contextlib.closing(sqlite3.connect(tmp_path / DATABASE_NAME)) as db, db:
             db.execute("ALTER TABLE peers DROP COLUMN relay_partners")
+            db.execute("ALTER TABLE peers DROP COLUMN lan_endpoints")
             db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
         registry = await Registry.open(tmp_path)
         try:

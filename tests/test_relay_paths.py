@@ -26,12 +26,15 @@ MOVED: Endpoint = ("198.51.100.20", 40999)
 
 
 def mesh_with(
-    peer_endpoint: Endpoint | None = MAPPING, names_us: bool = False, own: bytes = OWN
+    peer_endpoint: Endpoint | None = MAPPING,
+    names_us: bool = False,
+    own: bytes = OWN,
+    lan_endpoints: tuple[Endpoint, ...] = (),
 ) -> Mesh:
     mesh = Mesh(own)
     mesh.relay_endpoint = RELAY
     partners = frozenset({own}) if names_us else frozenset()
-    peer = RemotePeer(PEER, "nas", "10.77.0.3", (), peer_endpoint, partners)
+    peer = RemotePeer(PEER, "nas", "10.77.0.3", (), peer_endpoint, partners, lan_endpoints)
     mesh.merge(api_list([peer]))
     return mesh
 
@@ -148,8 +151,11 @@ def test_only_the_lower_key_starts_the_session_through_the_relay() -> None:
     assert turn.remove == [PEER]
 
 
-def test_a_relayed_peer_seen_on_our_lan_is_tried_there() -> None:
-    mesh = mesh_with(names_us=True)
+def test_a_relayed_peer_seen_on_our_lan_where_it_said_it_is_is_tried_there() -> None:
+    """A sighting of an endpoint the peer reported itself (PUT /v1/lan); the public addresses
+    need not match (a NAT with an address pool gives two hosts of one LAN two)."""
+    mesh = mesh_with(names_us=True, lan_endpoints=(("192.168.7.3", 51820),))
+    mesh.own_public = ("192.0.2.99", 1234)
     mesh.set_own_lan([ipaddress.IPv4Interface("192.168.7.2/24")])
     mesh.plan(DeviceStatus(), 100.0)
     mesh.plan(device(RELAY, handshake=100.5, rx=100), 101.0)
@@ -161,6 +167,20 @@ def test_a_relayed_peer_seen_on_our_lan_is_tried_there() -> None:
     mesh.plan(answered, 102.0 + DIRECT_TRY_S)
     mesh.plan(answered, 103.0 + DIRECT_TRY_S)
     assert mesh.path(PEER) == "lan"
+
+
+def test_a_relayed_peer_sighted_where_it_never_said_it_is_is_not_tried() -> None:
+    """A neighbour announcing the peer's key at its own address: never tried, from any live
+    path (it could relay the try to the peer and hold the path, as the review of 81323bf saw)."""
+    mesh = mesh_with(names_us=True, lan_endpoints=(("192.168.7.3", 51820),))
+    mesh.set_own_lan([ipaddress.IPv4Interface("192.168.7.2/24")])
+    mesh.plan(DeviceStatus(), 100.0)
+    mesh.plan(device(RELAY, handshake=100.5, rx=100), 101.0)
+    spoofed = [("192.168.7.66", 51820), ("192.168.7.3", 51821)]
+    mesh.merge(sighted("lan", {PEER: spoofed}))
+    for second in range(102, 200):  # the relayed path's own tries of the public mapping go on
+        written = mesh.plan(device(RELAY, handshake=100.5, rx=100), float(second)).set_peers
+        assert not {config.endpoint for config in written} & set(spoofed), second
 
 
 def test_a_pair_that_went_direct_stops_naming_each_other() -> None:

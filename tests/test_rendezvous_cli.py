@@ -101,6 +101,7 @@ def test_the_admin_commands_share_one_data_folder(tmp_path: Path) -> None:
         "endpoint_confirmed_at": None,
         "routes": [],
         "relay_partners": [],
+        "lan_endpoints": [],
         "pending_routes": [],
     }
     table = rendezvous("peers", env=env).stdout
