@@ -26,7 +26,6 @@ BLOCKING: tuple[tuple[Any, str], ...] = (
     (socket, "gethostbyname"),
     (time, "sleep"),
     (pyroute2, "IPRoute"),
-    (pyroute2, "NDB"),
     (pyroute2, "WireGuard"),
     (pyroute2, "IPRSocket"),
 )

@@ -54,7 +54,20 @@ def test_scale_benchmark_runs() -> None:
 
 def test_footprint_benchmark_runs() -> None:
     output = smoke("footprint.py")
-    assert "median: meshpeer run" in output
+    assert "median: meshpeer run" in output and "anonymous" in output, output
+    assert "largest mappings of the median agent" in output, output
+
+
+def test_footprint_import_costs_run() -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "footprint.py"), "--imports"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    for library in ("cryptography", "aiohttp", "pyroute2", "zeroconf", "dnspython"):
+        assert f"MiB  {library} (" in result.stdout, result.stdout
 
 
 def test_abuse_benchmark_runs() -> None:

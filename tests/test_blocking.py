@@ -24,7 +24,6 @@ BLOCKING_CALLS: dict[str, Callable[[], Any]] = {
     "gethostbyname": lambda: socket.gethostbyname("localhost"),
     "sleep": lambda: time.sleep(0),
     "IPRoute": lambda: pyroute2.IPRoute(),
-    "NDB": lambda: pyroute2.NDB(),
     "WireGuard": lambda: pyroute2.WireGuard(),
     "IPRSocket": lambda: pyroute2.IPRSocket(),
 }

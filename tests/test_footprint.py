@@ -1,0 +1,37 @@
+"""What `meshpeer run` imports: every library it loads stays resident for the agent's life
+(bench/footprint.py --imports says how much each holds), so what the agent never uses must
+not come in with what it does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+# Everything `meshpeer run` imports before its event loop starts, netlink factories included.
+RUN_IMPORTS = """
+import json, sys
+from meshpeer.peer import cli
+from meshpeer.peer.kernel_wg import KernelBackend
+KernelBackend()  # pyroute2's IPRoute and WireGuard, as the agent takes them
+print(json.dumps(sorted(sys.modules)))
+"""
+# pyroute2's full package __init__ loads these for any `import pyroute2.x` (3.3 MiB of the
+# agent's 66 in a 4-peer mesh); pyroute2-minimal, the same modules with a smaller __init__,
+# does not.
+UNUSED = ("pyroute2.ndb", "pyroute2.ipdb", "pyroute2.ethtool", "pyroute2.plan9", "sqlite3")
+
+
+def run_imports() -> list[str]:
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_IMPORTS], capture_output=True, text=True, check=True
+    )
+    modules: list[str] = json.loads(result.stdout)
+    return modules
+
+
+def test_the_agent_loads_only_the_parts_of_pyroute2_it_uses() -> None:
+    modules = run_imports()
+    assert "pyroute2.iproute.linux" in modules and "pyroute2.netlink.generic.wireguard" in modules
+    loaded = [name for name in modules if name.startswith(UNUSED)]
+    assert not loaded, f"pyroute2's full package is installed or imported: {loaded[:5]}"
