@@ -96,10 +96,12 @@ class Mesh:
         self._paths.clear()
 
     def candidates(self, peer: RemotePeer) -> tuple[Candidate, ...]:
-        """Where to reach a peer, best first, each endpoint once: its LAN addresses (mDNS), its
-        mapping as the API observed it, then as DNS-SD published it."""
+        """Where to reach a peer, best first, each endpoint once: its LAN addresses (mDNS, and
+        only those the peer reported itself, paths.lan_to_try says why), its mapping as the API
+        observed it, then as DNS-SD published it."""
         key, found = peer.public_key, []
-        found += [Candidate(endpoint, "lan") for endpoint in self.hints.endpoints("lan", key)]
+        lan = paths.lan_to_try(peer, self.hints.endpoints("lan", key), None, relayed=True)
+        found += [Candidate(endpoint, "lan") for endpoint in lan]
         found += [Candidate(peer.endpoint, "api")] if peer.endpoint is not None else []
         found += [Candidate(endpoint, "dns-sd") for endpoint in self.hints.endpoints("dns-sd", key)]
         unique: dict[Endpoint, Candidate] = {}

@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -288,7 +289,8 @@ def test_lan_candidates_come_first_and_name_the_path() -> None:
     for bad in bad_answers:
         assert parse_sighting(*bad) is None
     mesh = Mesh(OWN)
-    mesh.merge(api_list([remote(KEY_A)]))
+    reported = replace(remote(KEY_A), lan_endpoints=(("192.168.1.5", 51820),))
+    mesh.merge(api_list([reported]))
     mesh.set_own_lan([ipaddress.IPv4Interface("192.168.1.2/24")])
     mesh.merge(sighted("lan", {KEY_A: [("192.168.1.5", 51820)]}))
     [first] = mesh.plan(DeviceStatus(), 100.0).set_peers

@@ -99,7 +99,8 @@ def test_every_source_merges_through_one_method_and_keeps_its_name() -> None:
     mesh = Mesh(OWN)
     mesh.set_own_lan([OUR_LAN])
     mesh.merge(sighted("lan", {KEY_A: [("192.168.1.5", 51820)]}))  # before the API lists it
-    mesh.merge(watch_answer(answer([item(KEY_A), item(OWN)])).discovery())
+    reported = item(KEY_A, lan_endpoints=["192.168.1.5:51820"])
+    mesh.merge(watch_answer(answer([reported, item(OWN)])).discovery())
     assert set(mesh.peers) == {KEY_A}  # never ourselves
     mesh.merge(sighted("dns-sd", {KEY_A: [("198.51.100.1", 5)], KEY_B: [("198.51.100.2", 5)]}))
     [peer] = mesh.peers.values()

@@ -8,6 +8,7 @@ import base64
 import ipaddress
 import itertools
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import dns.name
@@ -149,9 +150,22 @@ def test_a_peer_the_api_lists_later_gets_the_lan_hint_it_was_seen_with_before() 
     mesh.set_own_lan([OUR_LAN])
     mesh.merge(sighted("lan", {KEY_A: [("192.168.1.5", 51820)]}))
     assert mesh.plan(DeviceStatus(), 100.0).set_peers == []  # a sighting adds no peer
-    mesh.merge(api_delta([RemotePeer(KEY_A, "a", "10.77.0.2", (), PUBLIC)]))
+    lan = (("192.168.1.5", 51820),)
+    mesh.merge(api_delta([RemotePeer(KEY_A, "a", "10.77.0.2", (), PUBLIC, lan_endpoints=lan)]))
     [config] = mesh.plan(DeviceStatus(), 101.0).set_peers
     assert config.endpoint == ("192.168.1.5", 51820)
+
+
+def test_a_sighting_the_peer_never_reported_is_not_tried_even_while_coming_up() -> None:
+    """A neighbour announces the peer's key at its own address and relays what reaches it to
+    the peer's public mapping: the answers are the peer's own, so a pair that punched it would
+    come up there, say `lan`, and the neighbour could drop the data (the outside review of
+    the LAN upgrade). Only an endpoint the peer reported over the API is a LAN candidate."""
+    mesh = listed_mesh()
+    mesh.merge(sighted("lan", {KEY_A: [("192.168.1.66", 51820)]}))  # the neighbour's address
+    [peer] = mesh.peers.values()
+    assert [c.source for c in mesh.candidates(peer)] == ["api"]
+    assert all(endpoint == PUBLIC for _, endpoint in punches(mesh, 100, 30))
 
 
 @pytest.mark.parametrize(
@@ -188,9 +202,16 @@ def test_hint_tables_are_bounded() -> None:
     assert len(mesh.hints._found["lan"]) == 1 + MAX_UNLISTED_KEYS
 
 
-def test_30_spoofed_lan_sightings_hold_the_public_endpoint_back_one_turn_at_most() -> None:
+def reporting_mesh(lan: tuple[tuple[str, int], ...]) -> Mesh:
+    """listed_mesh, with KEY_A having reported `lan` as its LAN endpoints."""
     mesh = listed_mesh()
+    mesh.merge(api_list([replace(mesh.peers[KEY_A], lan_endpoints=lan)]))
+    return mesh
+
+
+def test_30_spoofed_lan_sightings_hold_the_public_endpoint_back_one_turn_at_most() -> None:
     spoofed = [(f"192.168.1.{100 + n}", 51820) for n in range(30)]
+    mesh = reporting_mesh((spoofed[0], spoofed[1]))  # the peer's own two: spoofed back at it
     mesh.merge(sighted("lan", {KEY_A: spoofed}))
     tried = punches(mesh, 100, 100)
     first_lan = tried[0][0]
@@ -201,11 +222,11 @@ def test_30_spoofed_lan_sightings_hold_the_public_endpoint_back_one_turn_at_most
 
 
 def test_a_spoofer_that_keeps_changing_its_sightings_cannot_starve_the_public_endpoint() -> None:
-    mesh = listed_mesh()
+    mesh = reporting_mesh((("192.168.1.10", 51820), ("192.168.1.11", 51820)))
     down = DeviceStatus(peers={KEY_A: PeerStatus(KEY_A)})
     public_at, first_lan = [], None
-    for now in range(100, 200):  # new spoofed addresses every second
-        mesh.merge(sighted("lan", {KEY_A: [(f"192.168.1.{10 + now % 200}", 51820)]}))
+    for now in range(100, 200):  # the peer's two reported endpoints, alternating every second
+        mesh.merge(sighted("lan", {KEY_A: [(f"192.168.1.{10 + now % 2}", 51820)]}))
         for config in mesh.plan(down, float(now)).set_peers:
             if config.endpoint == PUBLIC:
                 public_at.append(now)
