@@ -272,6 +272,10 @@ class Mesh:
                 back = paths.try_over(state, status, self.relay_endpoint, config, now)
                 return back or (config if reshaped else None)
             self._asked.discard(peer.public_key)  # direct (or LAN) works: no relay needed
+            stalled = self.liveness.stalled(peer.public_key, now)
+            back = paths.off_a_silent_lan(state, peer.endpoint, stalled, config, now)
+            if back is not None:
+                return back
             # A moved mapping is punched first (below); the LAN can wait for the next round.
             better = paths.while_direct(state, () if moved else lans, status, config, now)
             if better is not None:
@@ -294,42 +298,10 @@ class Mesh:
             return punched(replace(config, endpoint=lan_turn), state, now)
         if paths.punch_again(state, peer.endpoint, now):
             return replace(config, endpoint=state.endpoint, kick=True)
-        endpoint = self._turn(peer, candidates, state, now, public_first=moved)
+        endpoint = paths.next_turn(state, peer.endpoint, candidates, now, public_first=moved)
         if endpoint is not None:
             return punched(replace(config, endpoint=endpoint), state, now)
         return replace(config, endpoint=state.endpoint) if reshaped else None
-
-    def _turn(
-        self,
-        peer: RemotePeer,
-        candidates: tuple[Candidate, ...],
-        state: PathState,
-        now: float,
-        *,
-        public_first: bool,
-    ) -> Endpoint | None:
-        """The endpoint whose turn starts now, or None while the current turn runs.
-
-        Each candidate is tried for a turn of timers.REPUNCH_S. The API's endpoint takes every other
-        turn, so it is tried at most one turn after any hint however many hints arrive (30
-        spoofed mDNS sightings once held it back 300 s), and only news from the API, which is
-        authenticated, cuts a turn short; the first turn goes to the LAN, as DESIGN.md asks."""
-        public = peer.endpoint
-        hints = [candidate.endpoint for candidate in candidates if candidate.source != "api"]
-        if state.turn_started is None or public != state.public:  # the first turn, or news
-            state.public, state.next_hint = public, 0
-            lan_first = candidates[0].source == "lan" and not public_first
-            return public if public is not None and not lan_first else self._hint(state, hints)
-        if now - state.turn_started < timers.REPUNCH_S:
-            return None
-        if public is not None and (state.endpoint != public or not hints):
-            return public
-        return self._hint(state, hints)
-
-    def _hint(self, state: PathState, hints: list[Endpoint]) -> Endpoint:
-        endpoint = hints[state.next_hint % len(hints)]
-        state.next_hint += 1
-        return endpoint
 
     # -- the relay ----------------------------------------------------------------------------
 

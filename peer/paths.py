@@ -13,6 +13,7 @@ from meshpeer.common.endpoints import Endpoint, format_endpoint
 
 from . import timers
 from .discovery import RemotePeer
+from .hints import Candidate
 from .uapi import PeerConfig, PeerStatus
 
 Path = Literal["direct", "lan", "relay", "none"]
@@ -54,6 +55,52 @@ def note(
     elif state.reason:
         events.append(f"path to {name}: {state.reason}")
     state.reason = ""
+
+
+def next_turn(
+    state: PathState,
+    public: Endpoint | None,
+    candidates: tuple[Candidate, ...],
+    now: float,
+    *,
+    public_first: bool,
+) -> Endpoint | None:
+    """Down: the endpoint whose punch turn starts now, or None while the current turn runs.
+
+    Each candidate is tried for a turn of timers.REPUNCH_S. The API's endpoint (`public`) takes
+    every other turn, so it is tried at most one turn after any hint however many hints arrive
+    (30 spoofed mDNS sightings once held it back 300 s), and only news from the API, which is
+    authenticated, cuts a turn short; the first turn goes to the LAN, as DESIGN.md asks."""
+    hints = [candidate.endpoint for candidate in candidates if candidate.source != "api"]
+    if state.turn_started is None or public != state.public:  # the first turn, or news
+        state.public, state.next_hint = public, 0
+        lan_first = candidates[0].source == "lan" and not public_first
+        return public if public is not None and not lan_first else _hint(state, hints)
+    if now - state.turn_started < timers.REPUNCH_S:
+        return None
+    if public is not None and (state.endpoint != public or not hints):
+        return public
+    return _hint(state, hints)
+
+
+def _hint(state: PathState, hints: list[Endpoint]) -> Endpoint:
+    endpoint = hints[state.next_hint % len(hints)]
+    state.next_hint += 1
+    return endpoint
+
+
+def off_a_silent_lan(
+    state: PathState, public: Endpoint | None, stalled: bool, config: PeerConfig, now: float
+) -> PeerConfig | None:
+    """Up on the LAN, and our traffic there unanswered for STALL_S: back to the peer's public
+    mapping, and the LAN again only after LAN_TRY_EVERY_S. Whoever holds the LAN address (a
+    neighbour that relayed the try and now drops the data, or a peer gone off the LAN) can
+    cost the pair a stall a minute, never the path."""
+    if state.path != "lan" or not stalled or public is None:
+        return None
+    state.last_lan_try = now
+    state.reason = f"no answer on the LAN for {timers.STALL_S:g} s: back to its public mapping"
+    return punched(replace(config, endpoint=public), state, now)
 
 
 def punched(config: PeerConfig, state: PathState, now: float) -> PeerConfig:

@@ -225,3 +225,30 @@ def test_no_lan_try_before_the_rendezvous_has_told_us_our_own_mapping() -> None:
     mesh.own_public = None
     mesh.merge(sighted("lan", {PEER: [PEER_LAN]}))
     assert mesh.plan(wire.status(), 102.0).set_peers == []
+
+
+def test_a_lan_path_that_stops_answering_goes_back_to_the_public_mapping() -> None:
+    """Whoever holds the LAN address (a neighbour that passed the handshakes and now drops the
+    data, or a peer gone off the LAN) keeps a `lan` path for STALL_S: then the path goes back
+    to the peer's public mapping, and the LAN is tried again only after LAN_TRY_EVERY_S."""
+    lan = ("192.168.7.3", 51820)
+    mesh = Mesh(OWN)
+    mesh.merge(api_list([RemotePeer(PEER, "nas", "10.77.0.3", (), PUBLIC, lan_endpoints=(lan,))]))
+    mesh.set_own_lan([OUR_LAN])
+    mesh.merge(sighted("lan", {PEER: [lan]}))
+
+    def on(endpoint: Endpoint, rx: int, tx: int) -> DeviceStatus:
+        status = PeerStatus(PEER, endpoint, latest_handshake=100.5, rx_bytes=rx, tx_bytes=tx)
+        return DeviceStatus(peers={PEER: status})
+
+    [first] = mesh.plan(DeviceStatus(), 100.0).set_peers
+    assert first.endpoint == lan
+    mesh.plan(on(lan, 148, 148), 101.0)
+    assert mesh.path(PEER) == "lan"
+    assert not mesh.plan(on(lan, 148, 1000), 101.5).set_peers  # data out, not answered yet
+    [back] = mesh.plan(on(lan, 148, 2000), 102.5).set_peers
+    assert back.endpoint == PUBLIC and back.kick
+    mesh.plan(on(PUBLIC, 300, 2100), 103.0)
+    assert mesh.path(PEER) == "direct"
+    for now in range(104, 104 + int(LAN_TRY_EVERY_S) - 5):  # the LAN waits its minute
+        assert not mesh.plan(on(PUBLIC, 300 + now, 2100 + now), float(now)).set_peers
