@@ -10,6 +10,7 @@
 - AXFR over TCP, for the client networks allowed (none by default).
 Names match in any case. The answer keeps the query's case, because each owner name is written
 as a compression pointer to the question. UDP answers pass the response rate limiter first.
+lookup.py says what an answer holds.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from .lookup import asks_for_instances, find
 from .ratelimit import ResponseRateLimiter, Verdict
 from .records import Zone, ZoneSnapshot
 
@@ -49,11 +51,6 @@ AXFR_CHUNK = 16_384  # bytes of records per AXFR message; the limit is 64 KiB
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-_ADDRESSES = (dns.rdatatype.A, dns.rdatatype.AAAA)
-_ADDITIONAL = {
-    dns.rdatatype.SRV: (*_ADDRESSES, dns.rdatatype.TXT),
-    dns.rdatatype.NS: _ADDRESSES,
-}
 
 
 class Authority:
@@ -100,7 +97,7 @@ class Authority:
             self.counts["slipped"] += 1
             return self._truncated(query)
         answer = self._answer(query, _udp_limit(query, self.max_udp_payload), tcp=False)
-        self._remember(wire, query, answer)
+        self._remember(wire, query.question[0].name if query.question else None, answer)
         return answer
 
     # -- the answer cache ---------------------------------------------------------------------
@@ -154,7 +151,7 @@ class Authority:
         self.cache_hits += 1
         return wire[:2] + hit.answer
 
-    def _remember(self, wire: bytes, query: dns.message.Message, answer: bytes) -> None:
+    def _remember(self, wire: bytes, qname: dns.name.Name | None, answer: bytes) -> None:
         cache = self._current_cache()
         if self.answer_cache <= 0:
             return
@@ -164,7 +161,7 @@ class Authority:
         outcomes: tuple[str, ...] = (dns.rcode.to_text(dns.rcode.from_flags(flags, 0)),)
         if flags & dns.flags.TC:
             outcomes += ("truncated",)
-        name = query.question[0].name if query.question else dns.name.root
+        name = qname or dns.name.root
         key = wire[2:]
         cache[key] = _Cached(answer[2:], outcomes, name)
         self._by_name.setdefault(name, set()).add(key)
@@ -274,19 +271,14 @@ class Authority:
         *,
         tcp: bool,
     ) -> dns.rcode.Rcode:
-        zone = self.zone
-        if qname == zone.service and qtype in (dns.rdatatype.PTR, dns.rdatatype.ANY):
-            if zone.ptr_count:
-                self._answer_ptrs(qname, response, limit, tcp=tcp)
-                return dns.rcode.NOERROR
-        node = zone.node(qname) or {}
-        found = list(node.values()) if qtype == dns.rdatatype.ANY else _present(node.get(qtype))
-        if found:
-            response.answer.extend(found)
-            response.additional.extend(self._additional(found))
+        if asks_for_instances(self.zone, qname, qtype):
+            self._answer_ptrs(qname, response, limit, tcp=tcp)
             return dns.rcode.NOERROR
-        response.authority.append(zone.soa)
-        return dns.rcode.NOERROR if zone.exists(qname) else dns.rcode.NXDOMAIN
+        found = find(self.zone, qname, qtype)
+        response.answer.extend(found.answer)
+        response.authority.extend(found.authority)
+        response.additional.extend(found.additional)
+        return found.rcode
 
     def _answer_ptrs(
         self, qname: dns.name.Name, response: dns.message.Message, limit: int, *, tcp: bool
@@ -308,18 +300,6 @@ class Authority:
             response.flags |= dns.flags.TC
         else:
             response.flags |= dns.flags.TC  # an empty truncated answer: ask again over TCP
-
-    def _additional(self, answer: list[dns.rrset.RRset]) -> Iterator[dns.rrset.RRset]:
-        """For SRV, the target's address and TXT, as wgsd sends them; for NS, the glue."""
-        sent = {(rrset.name, rrset.rdtype) for rrset in answer}
-        for rrset in answer:
-            wanted = _ADDITIONAL.get(rrset.rdtype, ())
-            for rdata in rrset if wanted else ():
-                extra = self.zone.node(rdata.target) or {}
-                for rdtype in wanted:
-                    if rdtype in extra and (rdata.target, rdtype) not in sent:
-                        sent.add((rdata.target, rdtype))
-                        yield extra[rdtype]
 
     def _truncated(self, query: dns.message.Message) -> bytes:
         response = dns.message.make_response(query, our_payload=OUR_EDNS_PAYLOAD)
@@ -372,10 +352,6 @@ class _Cached:
     answer: bytes  # without its ID
     outcomes: tuple[str, ...]  # counted again at every hit
     name: dns.name.Name  # the question's: what a change of the zone must make us forget
-
-
-def _present(rrset: dns.rrset.RRset | None) -> list[dns.rrset.RRset]:
-    return [rrset] if rrset is not None else []
 
 
 def _is_query(wire: bytes) -> bool:
