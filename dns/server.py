@@ -285,11 +285,12 @@ class Authority:
     ) -> None:
         """The PTR set, sized without rendering all of it: it may hold 100,000 instances."""
         zone = self.zone
+        pad, response.pad = response.pad, 0  # padding (RFC 8467) would hide a record's size
         base = len(response.to_wire(max_size=limit))
-        one = zone.ptr_rrset(qname, 1)
-        response.answer.append(one)
+        response.answer.append(zone.ptr_rrset(qname, 1))
         per_record = len(response.to_wire(max_size=TCP_MESSAGE_MAX)) - base
         response.answer.clear()
+        response.pad = pad
         fits = max(0, (limit - base) // per_record)
         if zone.ptr_count <= fits:
             response.answer.append(zone.ptr_rrset(qname))

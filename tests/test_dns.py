@@ -6,6 +6,7 @@ import base64
 import ipaddress
 import os
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.name
@@ -201,6 +202,24 @@ def test_big_answers_truncate_over_udp_and_fill_tcp() -> None:
         small.put(entry(index))
     assert ask(Authority(small), SERVICE, "PTR", payload=None).flags & dns.flags.TC
     assert not ask(Authority(small), SERVICE, "PTR", payload=1232).flags & dns.flags.TC
+
+
+def test_a_padded_query_for_the_instances_is_answered() -> None:
+    """RFC 8467 padding rounds the answer up, so one PTR more may add nothing: the PTR set was
+    sized by dividing by that and raised ZeroDivisionError (found by the fast path's property
+    test)."""
+    zone = make_zone()
+    for index in range(3):
+        zone.put(entry(index))
+    padding = dns.edns.GenericOption(dns.edns.OptionType.PADDING, b"\x00\x00")
+    query = dns.message.make_query(SERVICE, "PTR", use_edns=0, options=[padding])
+    for tcp in (False, True):
+        [wire] = (
+            over_tcp(Authority(zone), query.to_wire())
+            if tcp
+            else [Authority(zone).answer_udp(query.to_wire(), CLIENT, 0.0) or b""]
+        )
+        assert len(dns.message.from_wire(wire).answer[0]) == 3
 
 
 def test_3000_peers_do_not_fit_one_message_so_tcp_says_so_and_axfr_has_them_all() -> None:
