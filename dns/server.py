@@ -230,7 +230,11 @@ class Authority:
         rcode = self._fill(query, response, limit, tcp=tcp)
         response.set_rcode(rcode)
         self.counts[dns.rcode.to_text(rcode)] += 1
-        wire = response.to_wire(max_size=limit, prefer_truncation=True)
+        try:
+            wire = response.to_wire(max_size=limit, prefer_truncation=True)
+        except dns.exception.TooBig:  # padding past the limit: RFC 7830 4 says do not pad then
+            response.pad = 0
+            wire = response.to_wire(max_size=limit, prefer_truncation=True)
         if HEADER.unpack_from(wire)[1] & dns.flags.TC:
             self.counts["truncated"] += 1
         return wire

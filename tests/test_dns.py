@@ -222,6 +222,25 @@ def test_a_padded_query_for_the_instances_is_answered() -> None:
         assert len(dns.message.from_wire(wire).answer[0]) == 3
 
 
+def test_padding_never_pushes_an_answer_past_the_clients_size() -> None:
+    """RFC 7830 4: pad only within the client's UDP size. Answers a little under it, once
+    padded, raised dnspython's TooBig out of the server."""
+    padding = dns.edns.GenericOption(dns.edns.OptionType.PADDING, b"\x00\x00")
+    for routes in range(0, 80, 3):
+        zone = make_zone()
+        allowed = tuple(f"172.16.{n}.0/24" for n in range(routes))
+        zone.put(
+            PeerEntry(bytes(32), "peer1", "10.77.0.2", ("10.77.0.2/32", *allowed), ("192.0.2.1", 1))
+        )
+        question = instance_name(bytes(32), ORIGIN)
+        for payload in (512, 1232):
+            query = dns.message.make_query(
+                question, "TXT", use_edns=0, payload=payload, options=[padding]
+            )
+            wire = Authority(zone).answer_udp(query.to_wire(), CLIENT, 0.0) or b""
+            assert len(wire) <= payload and dns.message.from_wire(wire).id == query.id
+
+
 def test_3000_peers_do_not_fit_one_message_so_tcp_says_so_and_axfr_has_them_all() -> None:
     zone = make_zone()
     for index in range(3000):
