@@ -1,6 +1,6 @@
 """The authoritative DNS server for the mesh zone, sans-I/O: query bytes in, answer bytes out.
 
-`Authority` turns query bytes into answer bytes, with dnspython for the wire format:
+`Authority` turns query bytes into answer bytes:
 - authoritative answers (AA);
 - NXDOMAIN and NODATA with the SOA in the authority section;
 - REFUSED outside the zone (it never recurses);
@@ -10,7 +10,8 @@
 - AXFR over TCP, for the client networks allowed (none by default).
 Names match in any case. The answer keeps the query's case, because each owner name is written
 as a compression pointer to the question. UDP answers pass the response rate limiter first.
-lookup.py says what an answer holds.
+A UDP query is answered from the answer cache, else by the fast path (fastpath.py, simple
+queries straight from the bytes), else by dnspython; lookup.py says what answers hold.
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from .fastpath import FastPath
 from .lookup import asks_for_instances, find
 from .ratelimit import ResponseRateLimiter, Verdict
 from .records import Zone, ZoneSnapshot
+from .wire import Declined
 
 logger = logging.getLogger("meshpeer.dns")
 
@@ -61,6 +64,7 @@ class Authority:
         max_udp_payload: int = DEFAULT_MAX_UDP_PAYLOAD,
         answer_cache: int = ANSWER_CACHE_SIZE,
         axfr_allow: tuple[IPNetwork, ...] = (),
+        fast_path: bool = True,
     ) -> None:
         self.zone = zone
         self.axfr_allow = axfr_allow  # who may transfer the zone; nobody by default
@@ -69,6 +73,10 @@ class Authority:
         self.max_udp_payload = max(CLASSIC_UDP_PAYLOAD, min(max_udp_payload, TCP_MESSAGE_MAX))
         self.counts: collections.Counter[str] = collections.Counter()
         self.cache_hits = 0
+        self.fast_answers = 0  # UDP answers written by the fast path
+        self._fast_path = (
+            FastPath(zone, self.max_udp_payload, OUR_EDNS_PAYLOAD) if fast_path else None
+        )
         self._cache: dict[bytes, _Cached] = {}
         self._by_name: dict[dns.name.Name, set[bytes]] = {}  # owner name -> cache keys
         self._volatile: set[bytes] = set()  # answers that carry the SOA: every change ends them
@@ -87,7 +95,7 @@ class Authority:
             self.counts["rate_limited"] += 1
             return None
         if verdict is Verdict.SEND:
-            cached = self._cached(wire)
+            cached = self._cached(wire) or self._fast(wire)
             if cached is not None:
                 return cached
         query = self._parse(wire)
@@ -99,6 +107,21 @@ class Authority:
         answer = self._answer(query, _udp_limit(query, self.max_udp_payload), tcp=False)
         self._remember(wire, query.question[0].name if query.question else None, answer)
         return answer
+
+    def _fast(self, wire: bytes) -> bytes | None:
+        """The fast path's answer, counted and cached alike; None if it leaves it to dnspython."""
+        if self._fast_path is None:
+            return None
+        try:
+            found = self._fast_path.answer(wire)
+        except Declined:
+            return None
+        self.fast_answers += 1
+        self.counts[dns.rcode.to_text(found.rcode)] += 1
+        if found.truncated:
+            self.counts["truncated"] += 1
+        self._remember(wire, found.qname, found.wire)
+        return found.wire
 
     # -- the answer cache ---------------------------------------------------------------------
     # Parsing and rendering with dnspython costs about 200 us a query; most queries repeat. An
