@@ -45,12 +45,14 @@ _SOA_NUMBERS = struct.Struct("!IIIII")  # serial, refresh, retry, expire, minimu
 # Rdata that holds no name to compress: its bytes are the same in every answer.
 _NO_NAMES = frozenset({dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.TXT, dns.rdatatype.SRV})
 _ONE_NAME = frozenset({dns.rdatatype.PTR, dns.rdatatype.NS, dns.rdatatype.CNAME})
+_RCODE_NAMES = {rcode: dns.rcode.to_text(rcode) for rcode in dns.rcode.Rcode}  # 1 us each else
 
 
 @dataclass(frozen=True, slots=True)
 class FastAnswer:
     wire: bytes
     rcode: dns.rcode.Rcode
+    outcome: str  # the rcode's name, as the server counts it
     truncated: bool
     qname: dns.name.Name  # as asked: what the answer cache files it under
 
@@ -76,7 +78,7 @@ class FastPath:
         else:
             rcode = self._records(qname, query.qtype, writer)
         answer = writer.finish(AA, rcode, self.our_payload)
-        return FastAnswer(answer, rcode, writer.truncated, qname)
+        return FastAnswer(answer, rcode, _RCODE_NAMES[rcode], writer.truncated, qname)
 
     def _udp_limit(self, query: SimpleQuery) -> int:
         """RFC 6891 6.2.5: 512 without EDNS; the client's size, capped by ours, with it."""
@@ -122,7 +124,7 @@ def rrset_wire(rrset: dns.rrset.RRset) -> RRsetWire:
     """An RRset as pieces to write; `Declined` for a type this path does not write."""
     head = struct.pack("!HHI", rrset.rdtype, rrset.rdclass, rrset.ttl)
     rdatas = tuple(_rdata_wire(rdata) for rdata in rrset)
-    return RRsetWire(wire_name(rrset.name), head, rdatas)
+    return RRsetWire.of(wire_name(rrset.name), head, rdatas)
 
 
 def wire_name(name: dns.name.Name) -> WireName:

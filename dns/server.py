@@ -117,7 +117,7 @@ class Authority:
         except Declined:
             return None
         self.fast_answers += 1
-        self.counts[dns.rcode.to_text(found.rcode)] += 1
+        self.counts[found.outcome] += 1
         if found.truncated:
             self.counts["truncated"] += 1
         self._remember(wire, found.qname, found.wire)

@@ -87,6 +87,14 @@ class RRsetWire:
     owner: WireName
     head: bytes  # type, class and TTL, shared by every record of the set
     rdatas: tuple[RdataWire, ...]
+    # Per record, what follows the owner when it holds no name to compress (head and rdata
+    # in one piece: one copy a record), else None.
+    tails: tuple[bytes | None, ...]
+
+    @classmethod
+    def of(cls, owner: WireName, head: bytes, rdatas: tuple[RdataWire, ...]) -> RRsetWire:
+        tails = tuple(head + rdata if isinstance(rdata, bytes) else None for rdata in rdatas)
+        return cls(owner, head, rdatas, tails)
 
 
 # -- reading a query ----------------------------------------------------------------------------
@@ -202,10 +210,7 @@ class AnswerWriter:
         if self._full:
             return False
         start = len(self._out)
-        for rdata in rrset.rdatas:
-            self._name(rrset.owner)
-            self._out += rrset.head
-            self._rdata(rdata)
+        self._records(rrset)
         if len(self._out) > self._room:
             self._rollback(start)
             self._full = True
@@ -217,10 +222,7 @@ class AnswerWriter:
     def cost(self, rrset: RRsetWire) -> int:
         """What the RRset would add here, without adding it."""
         start = len(self._out)
-        for rdata in rrset.rdatas:
-            self._name(rrset.owner)
-            self._out += rrset.head
-            self._rdata(rdata)
+        self._records(rrset)
         cost = len(self._out) - start
         self._rollback(start)
         return cost
@@ -239,10 +241,23 @@ class AnswerWriter:
         HEADER.pack_into(self._out, 0, *header)
         return bytes(self._out)
 
+    def _records(self, rrset: RRsetWire) -> None:
+        for rdata, tail in zip(rrset.rdatas, rrset.tails, strict=True):
+            self._name(rrset.owner)
+            if tail is not None:
+                self._out += tail
+            else:
+                self._out += rrset.head
+                self._rdata(rdata)
+
     def _name(self, name: WireName) -> None:
         """Write a name, ending in a pointer to the longest suffix written before; remember
         where its other suffixes start (dnspython's compression, so the sizes agree)."""
         out, table = self._out, self._table
+        whole = table.get(name.suffixes[0]) if name.suffixes else None
+        if whole is not None:  # the usual case: the owner is the question's name
+            out += POINTER.pack(0xC000 | whole)
+            return
         for label, suffix in zip(name.labels, name.suffixes, strict=True):
             pointer = table.get(suffix)
             if pointer is not None:
