@@ -52,6 +52,8 @@ SOA_REFRESH_S, SOA_RETRY_S, SOA_EXPIRE_S = 3600, 600, 86400
 BUILT_NODES = 8192  # peers' record sets kept built; others are rebuilt when asked for
 CHANGES_KEPT = 4096  # serials whose changed names are remembered (answer caches catch up)
 
+NameKey = tuple[bytes, ...]
+
 __all__ = ["PeerEntry", "Zone", "ZoneConfig", "ZoneSnapshot"]
 
 
@@ -73,7 +75,11 @@ class Zone:
         self._changes: collections.deque[tuple[int, tuple[dns.name.Name, ...]]] = collections.deque(
             maxlen=CHANGES_KEPT
         )
-        self._fixed: dict[dns.name.Name, Node] = {}  # the apex, ns, rendezvous, enumeration
+        # Keyed by lower-case labels, not by dns.name.Name: hashing a Name walks every
+        # character in Python (6 us for an instance name), several times a query.
+        self._fixed: dict[NameKey, Node] = {}  # the apex, ns, rendezvous, enumeration
+        self._origin_key = name_key(config.origin)
+        self._service_key = name_key(self.service)
         self._entries: dict[bytes, PeerEntry] = {}
         # Peers are found by their lower-case label; their records are built when first asked
         # for (a bounded cache keeps the busy ones), so loading 100,000 peers stays cheap.
@@ -82,32 +88,34 @@ class Zone:
         self._built: collections.OrderedDict[tuple[bool, bytes], Node] = collections.OrderedDict()
         # Names that exist without records of their own (RFC 8020: NODATA, not NXDOMAIN).
         self._structural = {
-            config.origin,
-            self.service,
-            self.service.parent(),
-            enumeration_name(config.origin),
-            enumeration_name(config.origin).parent(),
+            name_key(config.origin),
+            name_key(self.service),
+            name_key(self.service.parent()),
+            name_key(enumeration_name(config.origin)),
+            name_key(enumeration_name(config.origin).parent()),
         }
         self._build_fixed()
 
     # -- reading ------------------------------------------------------------------------------
 
     def node(self, name: dns.name.Name) -> Node | None:
-        if name == self.origin:
+        key = name_key(name)
+        if key == self._origin_key:
             self._refresh_soa()
-        fixed = self._fixed.get(name)
+        fixed = self._fixed.get(key)
         if fixed is not None:
             return fixed
-        found = self._peer_of(name)
+        found = self._peer_of(key, name)
         return self._peer_node(*found) if found else None
 
     def exists(self, name: dns.name.Name) -> bool:
-        return name in self._fixed or name in self._structural or self._peer_of(name) is not None
+        key = name_key(name)
+        return key in self._fixed or key in self._structural or self._peer_of(key, name) is not None
 
     @property
     def soa(self) -> dns.rrset.RRset:
         self._refresh_soa()
-        return self._fixed[self.origin][dns.rdatatype.SOA]
+        return self._fixed[self._origin_key][dns.rdatatype.SOA]
 
     @property
     def ptr_count(self) -> int:
@@ -201,14 +209,15 @@ class Zone:
 
     # -- peers' records, built on demand ------------------------------------------------------
 
-    def _peer_of(self, name: dns.name.Name) -> tuple[bool, bytes, dns.name.Name] | None:
+    def _peer_of(
+        self, labels: NameKey, name: dns.name.Name
+    ) -> tuple[bool, bytes, dns.name.Name] | None:
         """(is an instance, key, name) for a peer's name, by a dictionary lookup."""
-        depth = len(name.labels)
-        if depth == len(self.service.labels) + 1 and name.is_subdomain(self.service):
-            key = self._by_instance.get(name.labels[0].lower())
+        if labels[1:] == self._service_key:
+            key = self._by_instance.get(labels[0])
             return (True, key, name) if key is not None else None
-        if depth == len(self.origin.labels) + 1 and name.is_subdomain(self.origin):
-            key = self._by_name.get(name.labels[0].lower())
+        if labels[1:] == self._origin_key:
+            key = self._by_name.get(labels[0])
             return (False, key, name) if key is not None else None
         return None
 
@@ -242,7 +251,7 @@ class Zone:
             self._soa_serial = self.serial
 
     def _set(self, rrset: dns.rrset.RRset) -> None:
-        self._fixed.setdefault(rrset.name, {})[rrset.rdtype] = rrset
+        self._fixed.setdefault(name_key(rrset.name), {})[rrset.rdtype] = rrset
 
     def _build_fixed(self) -> None:
         config, ttl = self.config, self.config.ttl
@@ -320,6 +329,11 @@ def _unpickle_snapshot(
         for key, public_key, name, address, allowed, endpoint in entries
     )
     return ZoneSnapshot(serial, soa, fixed, rebuilt, origin, service, ttl)
+
+
+def name_key(name: dns.name.Name) -> NameKey:
+    """The name's labels in lower case (RFC 4343: names compare without regard to case)."""
+    return tuple(label.lower() for label in name.labels)
 
 
 def _next(serial: int) -> int:

@@ -1,6 +1,6 @@
 """The authoritative DNS server for the mesh zone, sans-I/O: query bytes in, answer bytes out.
 
-`Authority` turns query bytes into answer bytes, with dnspython for the wire format:
+`Authority` turns query bytes into answer bytes:
 - authoritative answers (AA);
 - NXDOMAIN and NODATA with the SOA in the authority section;
 - REFUSED outside the zone (it never recurses);
@@ -10,6 +10,8 @@
 - AXFR over TCP, for the client networks allowed (none by default).
 Names match in any case. The answer keeps the query's case, because each owner name is written
 as a compression pointer to the question. UDP answers pass the response rate limiter first.
+A UDP query is answered from the answer cache, else by the fast path (fastpath.py, simple
+queries straight from the bytes), else by dnspython; lookup.py says what answers hold.
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from .fastpath import FastPath
+from .lookup import asks_for_instances, find
 from .ratelimit import ResponseRateLimiter, Verdict
 from .records import Zone, ZoneSnapshot
+from .wire import Declined
 
 logger = logging.getLogger("meshpeer.dns")
 
@@ -49,11 +54,6 @@ AXFR_CHUNK = 16_384  # bytes of records per AXFR message; the limit is 64 KiB
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-_ADDRESSES = (dns.rdatatype.A, dns.rdatatype.AAAA)
-_ADDITIONAL = {
-    dns.rdatatype.SRV: (*_ADDRESSES, dns.rdatatype.TXT),
-    dns.rdatatype.NS: _ADDRESSES,
-}
 
 
 class Authority:
@@ -64,6 +64,7 @@ class Authority:
         max_udp_payload: int = DEFAULT_MAX_UDP_PAYLOAD,
         answer_cache: int = ANSWER_CACHE_SIZE,
         axfr_allow: tuple[IPNetwork, ...] = (),
+        fast_path: bool = True,
     ) -> None:
         self.zone = zone
         self.axfr_allow = axfr_allow  # who may transfer the zone; nobody by default
@@ -72,6 +73,10 @@ class Authority:
         self.max_udp_payload = max(CLASSIC_UDP_PAYLOAD, min(max_udp_payload, TCP_MESSAGE_MAX))
         self.counts: collections.Counter[str] = collections.Counter()
         self.cache_hits = 0
+        self.fast_answers = 0  # UDP answers written by the fast path
+        self._fast_path = (
+            FastPath(zone, self.max_udp_payload, OUR_EDNS_PAYLOAD) if fast_path else None
+        )
         self._cache: dict[bytes, _Cached] = {}
         self._by_name: dict[dns.name.Name, set[bytes]] = {}  # owner name -> cache keys
         self._volatile: set[bytes] = set()  # answers that carry the SOA: every change ends them
@@ -90,7 +95,7 @@ class Authority:
             self.counts["rate_limited"] += 1
             return None
         if verdict is Verdict.SEND:
-            cached = self._cached(wire)
+            cached = self._cached(wire) or self._fast(wire)
             if cached is not None:
                 return cached
         query = self._parse(wire)
@@ -100,8 +105,23 @@ class Authority:
             self.counts["slipped"] += 1
             return self._truncated(query)
         answer = self._answer(query, _udp_limit(query, self.max_udp_payload), tcp=False)
-        self._remember(wire, query, answer)
+        self._remember(wire, query.question[0].name if query.question else None, answer)
         return answer
+
+    def _fast(self, wire: bytes) -> bytes | None:
+        """The fast path's answer, counted and cached alike; None if it leaves it to dnspython."""
+        if self._fast_path is None:
+            return None
+        try:
+            found = self._fast_path.answer(wire)
+        except Declined:
+            return None
+        self.fast_answers += 1
+        self.counts[found.outcome] += 1
+        if found.truncated:
+            self.counts["truncated"] += 1
+        self._remember(wire, found.qname, found.wire)
+        return found.wire
 
     # -- the answer cache ---------------------------------------------------------------------
     # Parsing and rendering with dnspython costs about 200 us a query; most queries repeat. An
@@ -154,7 +174,7 @@ class Authority:
         self.cache_hits += 1
         return wire[:2] + hit.answer
 
-    def _remember(self, wire: bytes, query: dns.message.Message, answer: bytes) -> None:
+    def _remember(self, wire: bytes, qname: dns.name.Name | None, answer: bytes) -> None:
         cache = self._current_cache()
         if self.answer_cache <= 0:
             return
@@ -164,7 +184,7 @@ class Authority:
         outcomes: tuple[str, ...] = (dns.rcode.to_text(dns.rcode.from_flags(flags, 0)),)
         if flags & dns.flags.TC:
             outcomes += ("truncated",)
-        name = query.question[0].name if query.question else dns.name.root
+        name = qname or dns.name.root
         key = wire[2:]
         cache[key] = _Cached(answer[2:], outcomes, name)
         self._by_name.setdefault(name, set()).add(key)
@@ -233,7 +253,11 @@ class Authority:
         rcode = self._fill(query, response, limit, tcp=tcp)
         response.set_rcode(rcode)
         self.counts[dns.rcode.to_text(rcode)] += 1
-        wire = response.to_wire(max_size=limit, prefer_truncation=True)
+        try:
+            wire = response.to_wire(max_size=limit, prefer_truncation=True)
+        except dns.exception.TooBig:  # padding past the limit: RFC 7830 4 says do not pad then
+            response.pad = 0
+            wire = response.to_wire(max_size=limit, prefer_truncation=True)
         if HEADER.unpack_from(wire)[1] & dns.flags.TC:
             self.counts["truncated"] += 1
         return wire
@@ -274,30 +298,26 @@ class Authority:
         *,
         tcp: bool,
     ) -> dns.rcode.Rcode:
-        zone = self.zone
-        if qname == zone.service and qtype in (dns.rdatatype.PTR, dns.rdatatype.ANY):
-            if zone.ptr_count:
-                self._answer_ptrs(qname, response, limit, tcp=tcp)
-                return dns.rcode.NOERROR
-        node = zone.node(qname) or {}
-        found = list(node.values()) if qtype == dns.rdatatype.ANY else _present(node.get(qtype))
-        if found:
-            response.answer.extend(found)
-            response.additional.extend(self._additional(found))
+        if asks_for_instances(self.zone, qname, qtype):
+            self._answer_ptrs(qname, response, limit, tcp=tcp)
             return dns.rcode.NOERROR
-        response.authority.append(zone.soa)
-        return dns.rcode.NOERROR if zone.exists(qname) else dns.rcode.NXDOMAIN
+        found = find(self.zone, qname, qtype)
+        response.answer.extend(found.answer)
+        response.authority.extend(found.authority)
+        response.additional.extend(found.additional)
+        return found.rcode
 
     def _answer_ptrs(
         self, qname: dns.name.Name, response: dns.message.Message, limit: int, *, tcp: bool
     ) -> None:
         """The PTR set, sized without rendering all of it: it may hold 100,000 instances."""
         zone = self.zone
+        pad, response.pad = response.pad, 0  # padding (RFC 8467) would hide a record's size
         base = len(response.to_wire(max_size=limit))
-        one = zone.ptr_rrset(qname, 1)
-        response.answer.append(one)
+        response.answer.append(zone.ptr_rrset(qname, 1))
         per_record = len(response.to_wire(max_size=TCP_MESSAGE_MAX)) - base
         response.answer.clear()
+        response.pad = pad
         fits = max(0, (limit - base) // per_record)
         if zone.ptr_count <= fits:
             response.answer.append(zone.ptr_rrset(qname))
@@ -308,18 +328,6 @@ class Authority:
             response.flags |= dns.flags.TC
         else:
             response.flags |= dns.flags.TC  # an empty truncated answer: ask again over TCP
-
-    def _additional(self, answer: list[dns.rrset.RRset]) -> Iterator[dns.rrset.RRset]:
-        """For SRV, the target's address and TXT, as wgsd sends them; for NS, the glue."""
-        sent = {(rrset.name, rrset.rdtype) for rrset in answer}
-        for rrset in answer:
-            wanted = _ADDITIONAL.get(rrset.rdtype, ())
-            for rdata in rrset if wanted else ():
-                extra = self.zone.node(rdata.target) or {}
-                for rdtype in wanted:
-                    if rdtype in extra and (rdata.target, rdtype) not in sent:
-                        sent.add((rdata.target, rdtype))
-                        yield extra[rdtype]
 
     def _truncated(self, query: dns.message.Message) -> bytes:
         response = dns.message.make_response(query, our_payload=OUR_EDNS_PAYLOAD)
@@ -372,10 +380,6 @@ class _Cached:
     answer: bytes  # without its ID
     outcomes: tuple[str, ...]  # counted again at every hit
     name: dns.name.Name  # the question's: what a change of the zone must make us forget
-
-
-def _present(rrset: dns.rrset.RRset | None) -> list[dns.rrset.RRset]:
-    return [rrset] if rrset is not None else []
 
 
 def _is_query(wire: bytes) -> bool:

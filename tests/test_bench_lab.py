@@ -37,7 +37,8 @@ def test_handshake_benchmark_runs() -> None:
 
 def test_dns_benchmark_runs() -> None:
     output = smoke("dns_answers.py")
-    assert output.count("q/s by dnsperf") == 3 and "ratio meshpeer / NSD" in output
+    assert output.count("q/s by dnsperf") == 5 and "ratio meshpeer / NSD" in output
+    assert "core, uncached, fast path" in output and "under churn" in output
 
 
 def test_convergence_benchmark_runs() -> None:

@@ -6,6 +6,7 @@ import base64
 import ipaddress
 import os
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.name
@@ -201,6 +202,43 @@ def test_big_answers_truncate_over_udp_and_fill_tcp() -> None:
         small.put(entry(index))
     assert ask(Authority(small), SERVICE, "PTR", payload=None).flags & dns.flags.TC
     assert not ask(Authority(small), SERVICE, "PTR", payload=1232).flags & dns.flags.TC
+
+
+def test_a_padded_query_for_the_instances_is_answered() -> None:
+    """RFC 8467 padding rounds the answer up, so one PTR more may add nothing: the PTR set was
+    sized by dividing by that and raised ZeroDivisionError (found by the fast path's property
+    test)."""
+    zone = make_zone()
+    for index in range(3):
+        zone.put(entry(index))
+    padding = dns.edns.GenericOption(dns.edns.OptionType.PADDING, b"\x00\x00")
+    query = dns.message.make_query(SERVICE, "PTR", use_edns=0, options=[padding])
+    for tcp in (False, True):
+        [wire] = (
+            over_tcp(Authority(zone), query.to_wire())
+            if tcp
+            else [Authority(zone).answer_udp(query.to_wire(), CLIENT, 0.0) or b""]
+        )
+        assert len(dns.message.from_wire(wire).answer[0]) == 3
+
+
+def test_padding_never_pushes_an_answer_past_the_clients_size() -> None:
+    """RFC 7830 4: pad only within the client's UDP size. Answers a little under it, once
+    padded, raised dnspython's TooBig out of the server."""
+    padding = dns.edns.GenericOption(dns.edns.OptionType.PADDING, b"\x00\x00")
+    for routes in range(0, 80, 3):
+        zone = make_zone()
+        allowed = tuple(f"172.16.{n}.0/24" for n in range(routes))
+        zone.put(
+            PeerEntry(bytes(32), "peer1", "10.77.0.2", ("10.77.0.2/32", *allowed), ("192.0.2.1", 1))
+        )
+        question = instance_name(bytes(32), ORIGIN)
+        for payload in (512, 1232):
+            query = dns.message.make_query(
+                question, "TXT", use_edns=0, payload=payload, options=[padding]
+            )
+            wire = Authority(zone).answer_udp(query.to_wire(), CLIENT, 0.0) or b""
+            assert len(wire) <= payload and dns.message.from_wire(wire).id == query.id
 
 
 def test_3000_peers_do_not_fit_one_message_so_tcp_says_so_and_axfr_has_them_all() -> None:
