@@ -380,11 +380,14 @@ class Mesh:
         """Whether WireGuard sends to the peer on a LAN: at a sighting, at an endpoint the peer
         reported, or at the LAN endpoint a try left it on. Not the sighting alone: an mDNS
         goodbye (or a record that expired) turned a LAN path `direct`, and a `direct` path is
-        never taken off a LAN that stopped answering (paths.off_a_silent_lan)."""
+        never taken off a LAN that stopped answering (paths.off_a_silent_lan). A host with a
+        public address on its link (a cloud VM) reports it as its LAN endpoint: that one is
+        its public mapping, and `direct`."""
         if seen is None:
             return False
-        sightings = self.hints.endpoints("lan", peer.public_key)
-        return seen in sightings or seen in peer.lan_endpoints or seen == state.lan_tried
+        if seen in self.hints.endpoints("lan", peer.public_key):
+            return True
+        return seen != peer.endpoint and (seen in peer.lan_endpoints or seen == state.lan_tried)
 
     def path(self, key: bytes) -> Path:
         state = self._paths.get(key)

@@ -47,3 +47,16 @@ def test_a_lan_path_whose_sighting_is_withdrawn_still_goes_back_when_it_stops_an
         for config in mesh.plan(on(PEER_LAN, 148, int(2000 * now)), now).set_peers
     ]
     assert back == [PUBLIC], back
+
+
+def test_a_peer_whose_reported_lan_endpoint_is_its_public_mapping_is_direct() -> None:
+    """A cloud VM has its public address on its link and reports it as its LAN endpoint: the
+    path there is its public mapping, `direct` (the fix above must not call it `lan`)."""
+    mesh = Mesh(OWN)
+    peer = RemotePeer(PEER, "cloud", "10.77.0.3", (), PUBLIC, lan_endpoints=(PUBLIC,))
+    mesh.merge(api_list([peer]))
+    mesh.set_own_lan([OUR_LAN])
+    [first] = mesh.plan(DeviceStatus(), 100.0).set_peers
+    assert first.endpoint == PUBLIC
+    mesh.plan(on(PUBLIC, 148, 148), 101.0)
+    assert mesh.path(PEER) == "direct"
