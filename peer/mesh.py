@@ -78,6 +78,7 @@ class Mesh:
         sending from the old source address until then, and every NAT mapping of ours is new:
         the rendezvous publishes the new one, and the peers punch it (`_moved` on their side)."""
         self._roaming = True
+        self.own_public = None  # until the rendezvous sees the new one (no LAN try meanwhile)
         self.hints.replace("lan", {}, self.peers)  # what the old LAN said points nowhere now
         for state in self._paths.values():
             state.roamed = True

@@ -60,3 +60,29 @@ def test_a_peer_whose_reported_lan_endpoint_is_its_public_mapping_is_direct() ->
     assert first.endpoint == PUBLIC
     mesh.plan(on(PUBLIC, 148, 148), 101.0)
     assert mesh.path(PEER) == "direct"
+
+
+def test_after_a_move_no_lan_try_until_the_rendezvous_tells_our_new_mapping() -> None:
+    """Our public address after a move is unknown until the rendezvous has seen the new
+    mapping. With the old one kept, a peer at the site we left still looked 'behind our NAT':
+    a neighbour on the new LAN (most use 192.168.x.0/24) holding the address that peer
+    reported there got a LAN try of the live path, which it could relay to the peer's public
+    mapping and keep."""
+    us = RemotePeer(OWN, "us", "10.77.0.2", (), ("198.51.100.20", 40001))
+    peer = RemotePeer(PEER, "nas", "10.77.0.3", (), PUBLIC, lan_endpoints=(PEER_LAN,))
+    mesh = Mesh(OWN)
+    mesh.merge(api_list([us, peer]))
+    mesh.set_own_lan([OUR_LAN])
+    mesh.plan(DeviceStatus(), 99.0)
+    mesh.plan(on(PUBLIC, 148, 148), 100.0)
+    mesh.plan(on(PUBLIC, 148, 148), 101.0)
+    assert mesh.path(PEER) == "direct"
+    cafe = ipaddress.IPv4Interface("192.168.7.77/24")  # another LAN, the same subnet
+    mesh.set_own_lan([cafe])
+    mesh.roamed()
+    mesh.plan(on(PUBLIC, 148, 148), 102.0)
+    mesh.plan(on(PUBLIC, 400, 400), 103.0)  # the peer answers us at the new address: up
+    mesh.merge(sighted("lan", {PEER: [PEER_LAN]}))  # the neighbour's announcement
+    for now in (104.0, 105.0, 106.0):
+        endpoints = [config.endpoint for config in mesh.plan(on(PUBLIC, 400, 400), now).set_peers]
+        assert PEER_LAN not in endpoints, now
