@@ -258,8 +258,9 @@ class Agent:
             try:
                 watching = client.watch(live.membership, epoch, revision, WATCH_TIMEOUT_S)
                 answer = await waiting.unless(live.presence.moved, watching)
-                if answer is None:
-                    continue  # its connection left from the old address: ask again from the new
+                if answer is None:  # its connection left from the old address: ask again
+                    revision = None  # for the whole list, which names our new mapping
+                    continue  # (the core forgot the old one, and a delta may not name us)
             except client.JoinRefused as error:
                 logger.error("%s: stopping; join again with a new token to come back", error)
                 self.exit_code = 2  # the operator's decision: systemd must not restart us

@@ -78,6 +78,7 @@ class Mesh:
         sending from the old source address until then, and every NAT mapping of ours is new:
         the rendezvous publishes the new one, and the peers punch it (`_moved` on their side)."""
         self._roaming = True
+        self.own_public = None  # until the rendezvous sees the new one (no LAN try meanwhile)
         self.hints.replace("lan", {}, self.peers)  # what the old LAN said points nowhere now
         for state in self._paths.values():
             state.roamed = True
@@ -372,9 +373,22 @@ class Mesh:
             path = state.path  # a try, or an endpoint set just now: the device is a round behind
         elif up:
             seen = device.peers[peer.public_key].endpoint
-            path = "lan" if seen in self.hints.endpoints("lan", peer.public_key) else "direct"
+            path = "lan" if self._on_lan(peer, state, seen) else "direct"
             path = "relay" if seen is not None and seen == self.relay_endpoint else path
         paths.note(state, peer.name, path, self.relay_endpoint, events)
+
+    def _on_lan(self, peer: RemotePeer, state: PathState, seen: Endpoint | None) -> bool:
+        """Whether WireGuard sends to the peer on a LAN: at a sighting, at an endpoint the peer
+        reported, or at the LAN endpoint a try left it on. Not the sighting alone: an mDNS
+        goodbye (or a record that expired) turned a LAN path `direct`, and a `direct` path is
+        never taken off a LAN that stopped answering (paths.off_a_silent_lan). A host with a
+        public address on its link (a cloud VM) reports it as its LAN endpoint: that one is
+        its public mapping, and `direct`."""
+        if seen is None:
+            return False
+        if seen in self.hints.endpoints("lan", peer.public_key):
+            return True
+        return seen != peer.endpoint and (seen in peer.lan_endpoints or seen == state.lan_tried)
 
     def path(self, key: bytes) -> Path:
         state = self._paths.get(key)
