@@ -327,8 +327,13 @@ class Agent:
     async def reconcile(self, live: _Live) -> float:
         """One round: gather what the core needs, let it plan, apply the plan. The seconds
         until the core wants the next one."""
+        moves = live.presence.moves
         device = await live.backend.status()
         table = await live.routes.read_table() if live.mesh.wants_route_table() else None
+        if live.presence.moves != moves:
+            # The host moved while we read: bytes counted since came before the move, and the
+            # core would take them for the peer's answer from the new network (Mesh._is_up).
+            device = await live.backend.status()
         plan = live.mesh.plan(device, time.time(), live.surroundings(table))
         await self._apply(live, plan)
         return plan.next_round_s

@@ -48,7 +48,7 @@ class Presence:
         self.uplinks: Uplinks | None = None
         self._lan: asyncio.Task[LanDiscovery] | None = None
         self.lan_report = LanReport()  # what mDNS announces, for PUT /v1/lan (relaying.py)
-        self._network = 0  # counts roams: sightings from mDNS on an earlier network are late
+        self.moves = 0  # counts roams: what was read before one (mDNS, the device) is stale
 
     def start_lan(self, name: str) -> None:
         """mDNS as `name`. Not awaited: announcing probes the name for about a second, and
@@ -87,7 +87,7 @@ class Presence:
             logger.warning("this host has no network now: waiting for one")
             return
         logger.info("this host's network changed (%s): setting every endpoint again", uplinks)
-        self._network += 1
+        self.moves += 1
         self.mesh.set_own_lan(self._outside_mesh(list(uplinks.interfaces)))
         self.mesh.roamed()
         self._wake()
@@ -103,10 +103,10 @@ class Presence:
         self.mesh.set_own_lan(interfaces)
         addresses = [str(interface.ip) for interface in interfaces]
         self.lan_report.want(addresses, self.listen_port)  # told to the rendezvous, where a
-        network = self._network  # peer behind our public address looks before it tries them
+        network = self.moves  # peer behind our public address looks before it tries them
 
         def on_sightings(sightings: Sightings) -> None:
-            if network == self._network:  # not what the old LAN's mDNS still hears
+            if network == self.moves:  # not what the old LAN's mDNS still hears
                 self.mesh.merge(sighted("lan", sightings))
                 self._wake()
 
