@@ -60,6 +60,16 @@ def live_mesh(relayed: bool) -> tuple[Mesh, Wire]:
     return mesh, wire
 
 
+def stays_public(mesh: Mesh, wire: Wire) -> None:
+    """Five minutes of a live public path, rehandshaking every 120 s: never off its mapping."""
+    for second in range(102, 400):
+        wire.rx += 148
+        wire.handshake = 100.5 + 120 * ((second - 100) // 120)
+        wire.apply(mesh, float(second))
+        assert wire.endpoint == PUBLIC, second
+    assert mesh.path(PEER) == "direct"
+
+
 def test_alternating_spoofed_sightings_keep_a_relayed_path_off_the_relay() -> None:
     """Each new sighting was a try of the LAN, however often the sightings changed: a spoofer
     alternating two (an mDNS record re-announced with another port) kept a live relayed path
@@ -114,12 +124,7 @@ def test_a_neighbour_relaying_a_lan_try_cannot_hold_a_live_public_path() -> None
     pointed at a sighting, however long the sightings stay."""
     mesh, wire = live_mesh(relayed=False)
     mesh.merge(sighted("lan", {PEER: [SPOOF_1, SPOOF_2]}))
-    for second in range(102, 400):
-        wire.rx += 148
-        wire.handshake = 100.5 + 120 * ((second - 100) // 120)
-        wire.apply(mesh, float(second))
-        assert wire.endpoint == PUBLIC, second
-    assert mesh.path(PEER) == "direct"
+    stays_public(mesh, wire)
 
 
 # Both behind one NAT (public address 198.51.100.20): the peer's real LAN endpoint, as it
@@ -199,12 +204,7 @@ def test_a_neighbour_announcing_the_peer_at_its_own_address_gets_no_try() -> Non
     neighbour's own address, or the peer's address at another port) is never tried."""
     mesh, wire = public_path_mesh(OWN_PUBLIC_SAME_NAT, (PEER_LAN,))
     mesh.merge(sighted("lan", {PEER: [SPOOF_1, ("192.168.7.3", 51821)]}))
-    for second in range(102, 400):
-        wire.rx += 148
-        wire.handshake = 100.5 + 120 * ((second - 100) // 120)
-        wire.apply(mesh, float(second))
-        assert wire.endpoint == PUBLIC, second
-    assert mesh.path(PEER) == "direct"
+    stays_public(mesh, wire)
 
 
 def test_a_reported_lan_endpoint_behind_another_public_address_gets_no_try() -> None:
