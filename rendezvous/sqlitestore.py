@@ -10,29 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
-import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from meshpeer.common.endpoints import Endpoint, IPAddress, IPNetwork, format_endpoint, lan_endpoints
-from meshpeer.common.keys import encode_key, parse_key
+from meshpeer.common.endpoints import Endpoint, IPAddress, IPNetwork
 
 from . import sqlschema
-from .model import Conflict, Peer, Token, parse_cidr
+from .model import Conflict, Peer, Token
 from .storage import JoinRecord, StoredPeer, StoredToken, StoreFailure
-from .timers import SQLITE_BUSY_TIMEOUT_S
-
-_PEER_COLUMNS = (
-    "public_key, name, address, routes, endpoint_host, endpoint_port, "
-    "endpoint_confirmed_at, last_handshake, handshake_timestamp, pending_routes, credential_hash, "
-    "relay_partners, lan_endpoints"
+from .storedrows import (
+    PEER_COLUMNS,
+    endpoints_text,
+    observation_row,
+    partners_text,
+    routes_from_text,
+    routes_text,
+    stored_peer,
 )
+from .timers import SQLITE_BUSY_TIMEOUT_S
 
 
 @contextlib.contextmanager
@@ -69,11 +69,11 @@ class _SqliteReader:
 
     async def stored_peer(self, public_key: bytes) -> StoredPeer | None:
         rows = await self._rows(
-            f"SELECT {_PEER_COLUMNS} FROM peers WHERE public_key = ? AND network_id = ?",  # noqa: S608
+            f"SELECT {PEER_COLUMNS} FROM peers WHERE public_key = ? AND network_id = ?",  # noqa: S608
             public_key,
             self.network_id,
         )
-        return _stored_peer(rows[0]) if rows else None
+        return stored_peer(rows[0]) if rows else None
 
 
 class SqliteTransaction(_SqliteReader):
@@ -117,7 +117,7 @@ class SqliteTransaction(_SqliteReader):
                 token.uses_left,
                 token.expires_at,
                 token.created_at,
-                _routes_text(token.allowed_routes),
+                routes_text(token.allowed_routes),
                 token.label,
             ),
         )
@@ -140,7 +140,7 @@ class SqliteTransaction(_SqliteReader):
             return None
         token_id, uses_left, expires_at, revoked, allowed = rows[0]
         return StoredToken(
-            str(token_id), int(uses_left), expires_at, bool(revoked), _routes_from_text(allowed)
+            str(token_id), int(uses_left), expires_at, bool(revoked), routes_from_text(allowed)
         )
 
     async def spend_token_use(self, token_id: str) -> None:
@@ -186,9 +186,9 @@ class SqliteTransaction(_SqliteReader):
                     self.network_id,
                     peer.name,
                     str(peer.address),
-                    _routes_text(peer.routes),
+                    routes_text(peer.routes),
                     created_at,
-                    _routes_text(peer.pending_routes),
+                    routes_text(peer.pending_routes),
                 ),
             )
         except sqlite3.IntegrityError:
@@ -202,21 +202,21 @@ class SqliteTransaction(_SqliteReader):
     ) -> None:
         await self._db.execute(
             "UPDATE peers SET routes = ?, pending_routes = ? WHERE public_key = ?",
-            (_routes_text(routes), _routes_text(pending), public_key),
+            (routes_text(routes), routes_text(pending), public_key),
         )
         await self._log_change(public_key)
 
     async def set_relay_partners(self, public_key: bytes, partners: tuple[bytes, ...]) -> None:
         await self._db.execute(
             "UPDATE peers SET relay_partners = ? WHERE public_key = ?",
-            (json.dumps([encode_key(key) for key in partners]), public_key),
+            (partners_text(partners), public_key),
         )
         await self._log_change(public_key)
 
     async def set_lan_endpoints(self, public_key: bytes, endpoints: tuple[Endpoint, ...]) -> None:
         await self._db.execute(
             "UPDATE peers SET lan_endpoints = ? WHERE public_key = ?",
-            (json.dumps([format_endpoint(endpoint) for endpoint in endpoints]), public_key),
+            (endpoints_text(endpoints), public_key),
         )
         await self._log_change(public_key)
 
@@ -239,7 +239,7 @@ class SqliteTransaction(_SqliteReader):
         await self._db.executemany(
             "UPDATE peers SET endpoint_host = ?, endpoint_port = ?, endpoint_confirmed_at = ?,"
             " last_handshake = ?, handshake_timestamp = ? WHERE public_key = ?",
-            [_observation_row(peer) for peer in peers],
+            [observation_row(peer) for peer in peers],
         )
 
     async def _log_change(self, public_key: bytes) -> None:
@@ -291,10 +291,10 @@ class SqliteStore(_SqliteReader):
     async def load_peers(self) -> list[StoredPeer]:
         with _failures():
             rows = await self._rows(
-                f"SELECT {_PEER_COLUMNS} FROM peers WHERE network_id = ?",  # noqa: S608
+                f"SELECT {PEER_COLUMNS} FROM peers WHERE network_id = ?",  # noqa: S608
                 self.network_id,
             )
-        return [_stored_peer(row) for row in rows]
+        return [stored_peer(row) for row in rows]
 
     async def list_tokens(self) -> list[Token]:
         with _failures():
@@ -304,7 +304,7 @@ class SqliteStore(_SqliteReader):
                 self.network_id,
             )
         return [
-            Token(row[0], row[1], row[2], row[3], bool(row[4]), _routes_from_text(row[5]), row[6])
+            Token(row[0], row[1], row[2], row[3], bool(row[4]), routes_from_text(row[5]), row[6])
             for row in rows
         ]
 
@@ -330,41 +330,3 @@ async def _prepare(db: aiosqlite.Connection) -> None:
     ):
         await db.execute(pragma)
     await db.executescript(sqlschema.SCHEMA)
-
-
-def _routes_text(routes: Iterable[Any]) -> str:
-    return json.dumps([str(route) for route in routes])
-
-
-def _routes_from_text(text: str) -> tuple[IPNetwork, ...]:
-    return tuple(parse_cidr(route, "stored route") for route in json.loads(text))
-
-
-def _stored_peer(row: Any) -> StoredPeer:
-    key, name, address, routes, host, port, confirmed_at, handshake, timestamp, pending = row[:10]
-    peer = Peer(
-        public_key=bytes(key),
-        name=str(name),
-        address=ipaddress.ip_address(address),
-        routes=_routes_from_text(routes),
-        pending_routes=_routes_from_text(pending),
-        endpoint=(str(host), int(port)) if host is not None and port is not None else None,
-        endpoint_confirmed_at=confirmed_at,
-        last_handshake=handshake,
-        handshake_timestamp=bytes(timestamp),
-        relay_partners=tuple(parse_key(key, "stored relay partner") for key in json.loads(row[11])),
-        lan_endpoints=lan_endpoints(json.loads(row[12])),
-    )
-    return StoredPeer(peer, bytes(row[10]) if row[10] is not None else None)
-
-
-def _observation_row(peer: Peer) -> tuple[object, ...]:
-    host, port = peer.endpoint if peer.endpoint else (None, None)
-    return (
-        host,
-        port,
-        peer.endpoint_confirmed_at,
-        peer.last_handshake,
-        peer.handshake_timestamp,
-        peer.public_key,
-    )
