@@ -24,7 +24,7 @@ from meshpeer.common import tokens
 from meshpeer.common.endpoints import Endpoint, IPNetwork
 from meshpeer.common.proof import JoinKeys, JoinRequest
 
-from . import datadir
+from . import datadir, engines
 from . import settings as config
 from .damping import EndpointDamper
 from .datadir import ADMIN_TOKEN_NAME, DATABASE_NAME
@@ -32,7 +32,6 @@ from .joining import Admission
 from .model import NotFound, Peer, Token
 from .observations import Observations
 from .peerindex import ChangeKind, Listener, PeerIndex
-from .sqlitestore import SqliteStore
 from .storage import Reader, Store, StoreFailure
 from .timers import FOREIGN_POLL_S
 from .tls import TlsFiles
@@ -84,24 +83,26 @@ class Registry:
         *,
         store: bool = True,
         served: bool = False,
+        database: str | None = None,
     ) -> Registry:
         """Open (or create) the data folder. `given` are serve's flags: stored for the other
         commands now, or with `store=False` only once `keep_settings()` says serving began
         (a serve that fails must change nothing `token create` reads). `served=True`: the
-        folder must hold the settings of a serve (the admin commands), else InvalidInput."""
-        if served:
-            datadir.check_served(data_dir)
+        folder must hold the settings of a serve (the admin commands), else InvalidInput.
+        `database`: a postgresql:// URL (engines.py); None: SQLite in the data folder."""
+        if served and database is None:
+            datadir.check_served(data_dir)  # PostgreSQL's meta says so instead (prepare)
         datadir.make_private_dir(data_dir)
-        database = await SqliteStore.open(data_dir / DATABASE_NAME)
+        opened = await engines.open_store(data_dir, database)
         try:
-            async with database.transaction() as db:
+            async with opened.transaction() as db:
                 prepared = datadir.prepare(db, data_dir, given, store=store, served=served)
-                identity, database.network_id = await prepared
+                identity, opened.network_id = await prepared
             datadir.prepare_tls(identity, data_dir)
-            registry = cls(database, data_dir, identity)
+            registry = cls(opened, data_dir, identity)
             await registry._load_peers()
         except BaseException:
-            await database.close()
+            await opened.close()
             raise
         return registry
 

@@ -84,6 +84,15 @@ FOREIGN_POLL_S = 0.05
 # How long a writer waits for another process's SQLite lock before failing: a CLI write while
 # the server flushes waits, a wedged process is reported (SQLite's default is 0: fail at once).
 SQLITE_BUSY_TIMEOUT_S = 10.0
+# PostgreSQL (--database): at most this many connections per rendezvous. Its transactions run one
+# at a time, as SQLite's; the others serve the follow loop's polls and the API's reads beside one.
+PG_POOL_SIZE = 4
+# How long connecting may take before the server counts as unreachable (asyncpg's own default is
+# 60 s: too long for a `rendezvous token create` to sit silent).
+PG_CONNECT_TIMEOUT_S = 10.0
+# The longest one statement may wait (on another instance's row lock, say): as SQLite's busy
+# timeout above.
+PG_COMMAND_TIMEOUT_S = 10.0
 # The longest a join token may live: long enough for a fleet's provisioning images, short enough
 # that a forgotten token does not outlive the deployment.
 MAX_TOKEN_LIFETIME_S = 10 * 365 * 86_400.0

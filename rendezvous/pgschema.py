@@ -1,0 +1,84 @@
+"""The PostgreSQL tables of a registry shared by several rendezvous, created at the current
+schema directly (no older PostgreSQL registry exists to bring forward).
+
+The tables mirror SQLite's schema 4 (sqlschema.py) in PostgreSQL's types, plus `change_clock`:
+one row whose counter numbers the changes, so that they commit in the order of their numbers
+(pgstore.py says why that matters to the processes following them).
+"""
+
+from __future__ import annotations
+
+from meshpeer.common.errors import InvalidInput
+
+# PostgreSQL's own schema counter, apart from SQLite's: the two engines migrate separately.
+SCHEMA_VERSION = 1
+
+# Two instances starting at once would race on CREATE TABLE IF NOT EXISTS (it is not atomic
+# against a concurrent creator): the schema is created under this transaction-scoped lock.
+SCHEMA_LOCK_ID = 0x6D657368  # "mesh"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS networks (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name text NOT NULL UNIQUE,
+    cidr text NOT NULL,
+    zone text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS peers (
+    public_key bytea PRIMARY KEY,
+    network_id bigint NOT NULL REFERENCES networks(id),
+    name text NOT NULL,
+    address text NOT NULL,
+    routes text NOT NULL DEFAULT '[]',
+    endpoint_host text,
+    endpoint_port integer,
+    endpoint_confirmed_at double precision,
+    last_handshake double precision,
+    handshake_timestamp bytea NOT NULL DEFAULT ''::bytea,
+    credential_hash bytea UNIQUE,
+    created_at double precision NOT NULL,
+    pending_routes text NOT NULL DEFAULT '[]',
+    token_id text,
+    last_join_ms bigint NOT NULL DEFAULT 0,
+    relay_partners text NOT NULL DEFAULT '[]',
+    lan_endpoints text NOT NULL DEFAULT '[]',
+    UNIQUE (network_id, name),
+    UNIQUE (network_id, address)
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id text PRIMARY KEY,
+    network_id bigint NOT NULL REFERENCES networks(id),
+    secret_hash bytea NOT NULL UNIQUE,
+    uses_left integer NOT NULL CHECK (uses_left >= 0),
+    expires_at double precision NOT NULL,
+    created_at double precision NOT NULL,
+    revoked boolean NOT NULL DEFAULT false,
+    allowed_routes text NOT NULL DEFAULT '[]',
+    label text NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS removed_keys (
+    public_key bytea PRIMARY KEY,
+    last_join_ms bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS changes (
+    seq bigint PRIMARY KEY,
+    public_key bytea NOT NULL
+);
+CREATE TABLE IF NOT EXISTS change_clock (
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    seq bigint NOT NULL
+);
+INSERT INTO change_clock (seq) VALUES (0) ON CONFLICT DO NOTHING;
+"""
+
+
+def needs_version(meta: dict[str, str]) -> bool:
+    """True when the schema's version must be written; InvalidInput if a newer one wrote it."""
+    version = int(meta.get("schema", SCHEMA_VERSION))  # no version yet: a new database
+    if version > SCHEMA_VERSION:
+        raise InvalidInput(
+            f"the database was written by a newer rendezvous (PostgreSQL schema {version}); "
+            "upgrade this one"
+        )
+    return version != SCHEMA_VERSION or "schema" not in meta
