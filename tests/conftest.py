@@ -6,7 +6,7 @@ import pytest
 
 from tests import blocking
 
-pytest_plugins = ["tests.lab.fixtures", "tests.nameserver"]
+pytest_plugins = ["tests.lab.fixtures", "tests.nameserver", "tests.postgres"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

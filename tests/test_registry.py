@@ -1,4 +1,5 @@
-"""The registry on a real SQLite file: tokens, joins, addresses, durability and followers."""
+"""The registry on both engines (a real SQLite file, a real PostgreSQL database): tokens, joins,
+addresses, durability and followers. Schema migrations are SQLite's alone."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from meshpeer.rendezvous.model import Conflict, NotFound, Peer, TokenRejected, p
 from meshpeer.rendezvous.noise import public_bytes
 from meshpeer.rendezvous.registry import ADMIN_TOKEN_NAME, DATABASE_NAME, Registration, Registry
 from tests.joining import Joiner
+from tests.postgres import RegistryOpener
 
 T = TypeVar("T")
 SMALL = config.Overrides(network="10.9.0.0/29", public_endpoint="192.0.2.10:51820")
@@ -59,11 +61,13 @@ def unsigned(token: str, public_key: bytes, name: str) -> JoinRequest:
     return JoinRequest(token, public_key, name, (), 1, bytes(32))
 
 
-def test_the_data_folder_is_private_and_keeps_its_key(tmp_path: Path) -> None:
+def test_the_data_folder_is_private_and_keeps_its_key(
+    tmp_path: Path, open_registry: RegistryOpener
+) -> None:
     async def scenario() -> tuple[bytes, bytes]:
-        first = await Registry.open(tmp_path / "data", SMALL)
+        first = await open_registry(tmp_path / "data", SMALL)
         await first.close()
-        again = await Registry.open(tmp_path / "data")
+        again = await open_registry(tmp_path / "data")
         key = again.public_key
         await again.close()
         return first.public_key, key
@@ -72,14 +76,17 @@ def test_the_data_folder_is_private_and_keeps_its_key(tmp_path: Path) -> None:
     assert first_key == second_key
     data = tmp_path / "data"
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
-    assert stat.S_IMODE((data / DATABASE_NAME).stat().st_mode) == 0o600
+    if open_registry.database(data) is None:  # SQLite: the database is a file in the folder
+        assert stat.S_IMODE((data / DATABASE_NAME).stat().st_mode) == 0o600
     assert stat.S_IMODE((data / ADMIN_TOKEN_NAME).stat().st_mode) == 0o600
 
 
-def test_settings_given_once_are_kept_for_the_cli(tmp_path: Path) -> None:
+def test_settings_given_once_are_kept_for_the_cli(
+    tmp_path: Path, open_registry: RegistryOpener
+) -> None:
     async def scenario() -> config.Settings:
-        await (await Registry.open(tmp_path, SMALL)).close()
-        registry = await Registry.open(tmp_path)
+        await (await open_registry(tmp_path, SMALL)).close()
+        registry = await open_registry(tmp_path)
         await registry.close()
         return registry.settings
 
@@ -89,16 +96,18 @@ def test_settings_given_once_are_kept_for_the_cli(tmp_path: Path) -> None:
     assert kept.public_api_url == "https://192.0.2.10:51821"
 
 
-def test_join_gives_an_address_and_is_durable(tmp_path: Path) -> None:
+def test_join_gives_an_address_and_is_durable(
+    tmp_path: Path, open_registry: RegistryOpener
+) -> None:
     async def scenario() -> None:
-        registry = await Registry.open(tmp_path, SMALL)
+        registry = await open_registry(tmp_path, SMALL)
         token = await registry.create_token(uses=1, lifetime_s=60)
         registration = await join(registry, token, "laptop")
         assert registration.created and registration.credential
         assert registration.peer.address == ipaddress.ip_address("10.9.0.2")
         assert registry.authenticate(registration.credential) == registration.peer
         await registry.close()
-        reopened = await Registry.open(tmp_path)
+        reopened = await open_registry(tmp_path)
         assert [peer.name for peer in reopened.peers()] == ["laptop"]
         assert reopened.authenticate(registration.credential) is not None
         assert reopened.authenticate("not-a-credential") is None
@@ -107,9 +116,11 @@ def test_join_gives_an_address_and_is_durable(tmp_path: Path) -> None:
     run(scenario)
 
 
-def test_tokens_enforce_uses_expiry_and_revocation(tmp_path: Path) -> None:
+def test_tokens_enforce_uses_expiry_and_revocation(
+    tmp_path: Path, open_registry: RegistryOpener
+) -> None:
     async def scenario() -> None:
-        registry = await Registry.open(tmp_path, SMALL)
+        registry = await open_registry(tmp_path, SMALL)
         twice = await registry.create_token(uses=2, lifetime_s=60)
         await join(registry, twice, "one")
         await join(registry, twice, "two")
@@ -128,7 +139,7 @@ def test_tokens_enforce_uses_expiry_and_revocation(tmp_path: Path) -> None:
         with pytest.raises(NotFound):
             await registry.revoke_token("nosuchtoken")
 
-        other = await Registry.open(tmp_path / "elsewhere", SMALL)
+        other = await open_registry(tmp_path / "elsewhere", SMALL)
         foreign = await other.create_token(uses=1, lifetime_s=60)
         await other.close()
         with pytest.raises(TokenRejected, match="unknown"):
@@ -141,11 +152,13 @@ def test_tokens_enforce_uses_expiry_and_revocation(tmp_path: Path) -> None:
     run(scenario)
 
 
-def test_a_retried_join_gets_the_same_registration_without_spending_a_use(tmp_path: Path) -> None:
+def test_a_retried_join_gets_the_same_registration_without_spending_a_use(
+    tmp_path: Path, open_registry: RegistryOpener
+) -> None:
     laptop = Joiner("laptop")
 
     async def scenario() -> None:
-        registry = await Registry.open(tmp_path, SMALL)
+        registry = await open_registry(tmp_path, SMALL)
         token = await registry.create_token(uses=1, lifetime_s=60)
         first = await join(registry, token, laptop)
         again = await join(registry, token, laptop)  # the token is used up by now
@@ -163,9 +176,9 @@ def test_a_retried_join_gets_the_same_registration_without_spending_a_use(tmp_pa
     run(scenario)
 
 
-def test_bad_keys_and_routes_are_refused(tmp_path: Path) -> None:
+def test_bad_keys_and_routes_are_refused(tmp_path: Path, open_registry: RegistryOpener) -> None:
     async def scenario() -> None:
-        registry = await Registry.open(tmp_path, SMALL)
+        registry = await open_registry(tmp_path, SMALL)
         token = await registry.create_token(uses=5, lifetime_s=60)
         with pytest.raises(InvalidInput, match="own public key"):
             await registry.join(unsigned(token, registry.public_key, "mirror"))
@@ -186,9 +199,11 @@ def test_bad_keys_and_routes_are_refused(tmp_path: Path) -> None:
         parse_routes(["192.168.1.5/24"], ipaddress.ip_network("10.9.0.0/29"))
 
 
-def test_addresses_never_collide_and_come_back_after_removal(tmp_path: Path) -> None:
+def test_addresses_never_collide_and_come_back_after_removal(
+    tmp_path: Path, open_registry: RegistryOpener
+) -> None:
     async def scenario() -> None:
-        registry = await Registry.open(tmp_path, SMALL)
+        registry = await open_registry(tmp_path, SMALL)
         token = await registry.create_token(uses=10, lifetime_s=60)
         for index in range(5):
             await join(registry, token, f"peer{index}")
@@ -207,18 +222,22 @@ def test_addresses_never_collide_and_come_back_after_removal(tmp_path: Path) -> 
     run(scenario)
 
 
-def test_the_network_cannot_move_under_registered_peers(tmp_path: Path) -> None:
+def test_the_network_cannot_move_under_registered_peers(
+    tmp_path: Path, open_registry: RegistryOpener
+) -> None:
     async def scenario() -> None:
-        registry = await Registry.open(tmp_path, SMALL)
+        registry = await open_registry(tmp_path, SMALL)
         await registry.add_peer(new_key(), "phone")
         await registry.close()
         with pytest.raises(InvalidInput, match="remove them first"):
-            await Registry.open(tmp_path, config.Overrides(network="10.10.0.0/16"))
+            await open_registry(tmp_path, config.Overrides(network="10.10.0.0/16"))
 
     run(scenario)
 
 
-def test_two_processes_racing_for_a_last_use_one_wins(tmp_path: Path) -> None:
+def test_two_processes_racing_for_a_last_use_one_wins(
+    tmp_path: Path, open_registry: RegistryOpener
+) -> None:
     async def attempt(registry: Registry, token: str, name: str) -> bool:
         try:
             await join(registry, token, name)
@@ -227,8 +246,8 @@ def test_two_processes_racing_for_a_last_use_one_wins(tmp_path: Path) -> None:
         return True
 
     async def scenario() -> None:
-        server = await Registry.open(tmp_path, SMALL)
-        cli = await Registry.open(tmp_path)  # a second connection, as a second process has
+        server = await open_registry(tmp_path, SMALL)
+        cli = await open_registry(tmp_path)  # a second connection, as a second process has
         for round_ in range(10):
             token = await server.create_token(uses=1, lifetime_s=60)
             wins = await asyncio.gather(
@@ -245,13 +264,15 @@ def test_two_processes_racing_for_a_last_use_one_wins(tmp_path: Path) -> None:
     run(scenario)
 
 
-def test_the_server_follows_writes_from_other_processes(tmp_path: Path) -> None:
+def test_the_server_follows_writes_from_other_processes(
+    tmp_path: Path, open_registry: RegistryOpener
+) -> None:
     async def scenario() -> None:
-        server = await Registry.open(tmp_path, SMALL)
+        server = await open_registry(tmp_path, SMALL)
         server.start_background()
         seen: list[tuple[str, str]] = []
         server.subscribe(lambda kind, peer: seen.append((kind, peer.name)))
-        cli = await Registry.open(tmp_path)
+        cli = await open_registry(tmp_path)
         await cli.add_peer(new_key(), "phone")
         await wait_for(lambda: ("added", "phone") in seen)
         laptop = await cli.add_peer(new_key(), "laptop")
@@ -269,22 +290,22 @@ def test_the_server_follows_writes_from_other_processes(tmp_path: Path) -> None:
     run(scenario)
 
 
-def test_observations_survive_a_restart(tmp_path: Path) -> None:
+def test_observations_survive_a_restart(tmp_path: Path, open_registry: RegistryOpener) -> None:
     key = new_key()
     timestamp = bytes.fromhex("400000006553f1000000000a")
 
     async def scenario() -> None:
-        server = await Registry.open(tmp_path, SMALL)
+        server = await open_registry(tmp_path, SMALL)
         server.start_background()
         await server.add_peer(key, "phone")
         server.observe_handshake(key, timestamp, 1000.0)
         server.observe_endpoint(key, ("198.51.100.7", 40001), 1000.5)
-        cli = await Registry.open(tmp_path)
-        peer = await wait_for_peer(cli, "phone", lambda p: p.endpoint is not None)
+        cli = await open_registry(tmp_path)
+        peer = await wait_for_peer(open_registry, cli, "phone", lambda p: p.endpoint is not None)
         assert peer.endpoint == ("198.51.100.7", 40001)
         await cli.close()
         await server.close()  # flushes the rest
-        again = await Registry.open(tmp_path)
+        again = await open_registry(tmp_path)
         [stored] = again.peers()
         assert stored.handshake_timestamp == timestamp
         assert stored.last_handshake == 1000.0
@@ -294,9 +315,9 @@ def test_observations_survive_a_restart(tmp_path: Path) -> None:
     run(scenario)
 
 
-def test_a_watcher_hears_of_a_change_at_once(tmp_path: Path) -> None:
+def test_a_watcher_hears_of_a_change_at_once(tmp_path: Path, open_registry: RegistryOpener) -> None:
     async def scenario() -> None:
-        server = await Registry.open(tmp_path, SMALL)
+        server = await open_registry(tmp_path, SMALL)
         snapshot = await server.watch(None, None, 0)
         assert snapshot.full and snapshot.peers == []
         key = new_key()
@@ -332,12 +353,16 @@ async def wait_for(condition: Callable[[], bool], timeout_s: float = 2.0) -> Non
 
 
 async def wait_for_peer(
-    registry: Registry, name: str, condition: Callable[[Peer], bool], timeout_s: float = 2.0
+    open_registry: RegistryOpener,
+    registry: Registry,
+    name: str,
+    condition: Callable[[Peer], bool],
+    timeout_s: float = 2.0,
 ) -> Peer:
     deadline = time.monotonic() + timeout_s
     while True:
         await registry.sync()
-        fresh = await Registry.open(registry.data_dir)
+        fresh = await open_registry(registry.data_dir)
         peers = {peer.name: peer for peer in fresh.peers()}
         await fresh.close()
         if name in peers and condition(peers[name]):
@@ -346,9 +371,11 @@ async def wait_for_peer(
         await asyncio.sleep(0.01)
 
 
-def test_many_peers_register_in_one_transaction_or_none_do(tmp_path: Path) -> None:
+def test_many_peers_register_in_one_transaction_or_none_do(
+    tmp_path: Path, open_registry: RegistryOpener
+) -> None:
     async def scenario() -> None:
-        registry = await Registry.open(tmp_path, SMALL)
+        registry = await open_registry(tmp_path, SMALL)
         added = await registry.add_peers([(new_key(), "a"), (new_key(), "b")])
         assert [str(peer.address) for peer in added] == ["10.9.0.2", "10.9.0.3"]
         with pytest.raises(Conflict, match="taken"):
@@ -356,7 +383,7 @@ def test_many_peers_register_in_one_transaction_or_none_do(tmp_path: Path) -> No
         with pytest.raises(InvalidInput, match="not a usable X25519 key"):
             await registry.add_peers([(new_key(), "d"), (bytes(32), "zero")])
         await registry.close()
-        reopened = await Registry.open(tmp_path, SMALL)
+        reopened = await open_registry(tmp_path, SMALL)
         assert sorted(peer.name for peer in reopened.peers()) == ["a", "b"]
         await reopened.close()
 
@@ -367,14 +394,14 @@ def test_many_peers_register_in_one_transaction_or_none_do(tmp_path: Path) -> No
 
 
 def test_a_join_not_signed_by_the_key_it_names_gets_nothing_and_changes_nothing(
-    tmp_path: Path,
+    tmp_path: Path, open_registry: RegistryOpener
 ) -> None:
     """The re-join takeover: the victim's key and name are public (TXT, /v1/peers), and the
     attacker holds a token, even a used-up one."""
     victim = Joiner("laptop")
 
     async def scenario() -> None:
-        registry = await Registry.open(tmp_path, SMALL)
+        registry = await open_registry(tmp_path, SMALL)
         token = await registry.create_token(uses=1, lifetime_s=60)
         registered = await join(registry, token, victim)
         attacker = Joiner("laptop")  # another private key
@@ -392,11 +419,11 @@ def test_a_join_not_signed_by_the_key_it_names_gets_nothing_and_changes_nothing(
     run(scenario)
 
 
-def test_a_replayed_join_is_refused(tmp_path: Path) -> None:
+def test_a_replayed_join_is_refused(tmp_path: Path, open_registry: RegistryOpener) -> None:
     victim = Joiner("laptop")
 
     async def scenario() -> None:
-        registry = await Registry.open(tmp_path, SMALL)
+        registry = await open_registry(tmp_path, SMALL)
         token = await registry.create_token(uses=2, lifetime_s=60)
         request = victim.request(token, registry.public_key)
         registered = await registry.join(request)
@@ -408,11 +435,11 @@ def test_a_replayed_join_is_refused(tmp_path: Path) -> None:
     run(scenario)
 
 
-def test_a_used_up_token_does_nothing(tmp_path: Path) -> None:
+def test_a_used_up_token_does_nothing(tmp_path: Path, open_registry: RegistryOpener) -> None:
     first, second = Joiner("first"), Joiner("second")
 
     async def scenario() -> None:
-        registry = await Registry.open(tmp_path, SMALL)
+        registry = await open_registry(tmp_path, SMALL)
         spent = await registry.create_token(uses=1, lifetime_s=60)
         await join(registry, spent, first)
         with pytest.raises(TokenRejected, match="used up"):
@@ -428,11 +455,13 @@ def test_a_used_up_token_does_nothing(tmp_path: Path) -> None:
     run(scenario)
 
 
-def test_routes_are_granted_by_the_operator_not_claimed(tmp_path: Path) -> None:
+def test_routes_are_granted_by_the_operator_not_claimed(
+    tmp_path: Path, open_registry: RegistryOpener
+) -> None:
     office, laptop = Joiner("office"), Joiner("laptop")
 
     async def scenario() -> None:
-        registry = await Registry.open(tmp_path, SMALL)
+        registry = await open_registry(tmp_path, SMALL)
         plain = await registry.create_token(uses=5, lifetime_s=60)
         claimed = await join(registry, plain, laptop, ("192.168.1.0/24", "198.18.0.0/15"))
         assert claimed.peer.routes == ()
@@ -533,16 +562,18 @@ def test_a_schema_2_folder_gains_relay_partners_and_keeps_its_peers(tmp_path: Pa
     run(scenario)
 
 
-def test_relay_partners_are_registered_peers_and_survive_a_restart(tmp_path: Path) -> None:
+def test_relay_partners_are_registered_peers_and_survive_a_restart(
+    tmp_path: Path, open_registry: RegistryOpener
+) -> None:
     async def scenario() -> None:
-        registry = await Registry.open(tmp_path, SMALL)
+        registry = await open_registry(tmp_path, SMALL)
         laptop = await registry.add_peer(new_key(), "laptop")
         phone = await registry.add_peer(new_key(), "phone")
         partners = (phone.public_key, new_key(), laptop.public_key)
         changed = await registry.set_relay_partners(laptop, partners)
         assert changed.relay_partners == (phone.public_key,)
         await registry.close()
-        registry = await Registry.open(tmp_path)
+        registry = await open_registry(tmp_path)
         try:
             stored = registry.find("laptop")
             assert stored.relay_partners == (phone.public_key,)

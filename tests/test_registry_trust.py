@@ -20,13 +20,20 @@ from meshpeer.rendezvous import settings as config
 from meshpeer.rendezvous.model import TokenRejected, parse_routes
 from meshpeer.rendezvous.registry import DATABASE_NAME, Registry
 from tests.joining import Joiner
+from tests.postgres import RegistryOpener
 from tests.test_registry import SMALL, SMALL_NET, _downgrade_to_schema_1, join, run
 
 
 @contextlib.asynccontextmanager
-async def opened(data_dir: Path, given: config.Overrides | None = None) -> AsyncIterator[Registry]:
-    """Closed even when an assertion fails: a left-open aiosqlite thread hangs pytest's exit."""
-    registry = await Registry.open(data_dir, given)
+async def opened(
+    open_registry: RegistryOpener | None, data_dir: Path, given: config.Overrides | None = None
+) -> AsyncIterator[Registry]:
+    """Closed even when an assertion fails: a left-open aiosqlite thread hangs pytest's exit.
+    `open_registry` None: SQLite (the tests of its migrations)."""
+    if open_registry is None:
+        registry = await Registry.open(data_dir, given)
+    else:
+        registry = await open_registry(data_dir, given)
     try:
         yield registry
     finally:
@@ -34,14 +41,14 @@ async def opened(data_dir: Path, given: config.Overrides | None = None) -> Async
 
 
 def test_a_route_the_operator_revoked_does_not_come_back_with_a_used_up_token(
-    tmp_path: Path,
+    tmp_path: Path, open_registry: RegistryOpener
 ) -> None:
     """README: a token holder cannot "change anything with a used-up ... token", and the
     operator can "revoke routes". A rejoin with the spent token re-grants the revoked route."""
     office = Joiner("office")
 
     async def scenario() -> None:
-        async with opened(tmp_path, SMALL) as registry:
+        async with opened(open_registry, tmp_path, SMALL) as registry:
             grant = parse_routes("192.168.0.0/16", SMALL_NET)
             token = await registry.create_token(uses=1, lifetime_s=3600, allowed_routes=grant)
             joined = await join(registry, token, office, ("192.168.1.0/24",))
@@ -57,14 +64,16 @@ def test_a_route_the_operator_revoked_does_not_come_back_with_a_used_up_token(
     run(scenario)
 
 
-def test_a_member_cannot_take_a_tokens_grant_without_spending_its_use(tmp_path: Path) -> None:
+def test_a_member_cannot_take_a_tokens_grant_without_spending_its_use(
+    tmp_path: Path, open_registry: RegistryOpener
+) -> None:
     """A one-use token with --allow-routes is meant for one new machine (the office router).
     A registered member that learns it rejoins with it: it gets the grant, the token keeps its
     use, and the router the token was made for is then refused (its route is taken)."""
     member = Joiner("member")
 
     async def scenario() -> None:
-        async with opened(tmp_path, SMALL) as registry:
+        async with opened(open_registry, tmp_path, SMALL) as registry:
             plain = await registry.create_token(uses=1, lifetime_s=3600)
             await join(registry, plain, member)
             grant = parse_routes("192.168.1.0/24", SMALL_NET)
@@ -79,14 +88,16 @@ def test_a_member_cannot_take_a_tokens_grant_without_spending_its_use(tmp_path: 
     run(scenario)
 
 
-def test_a_captured_join_does_not_bring_back_a_removed_peer(tmp_path: Path) -> None:
+def test_a_captured_join_does_not_bring_back_a_removed_peer(
+    tmp_path: Path, open_registry: RegistryOpener
+) -> None:
     """README: a replayed join is refused. Once the operator removes a peer its replay floor
     goes with it, so a captured join body (a TLS proxy's log, say) re-registers the removed
     key and spends a use of the token."""
     victim = Joiner("laptop")
 
     async def scenario() -> None:
-        async with opened(tmp_path, SMALL) as registry:
+        async with opened(open_registry, tmp_path, SMALL) as registry:
             token = await registry.create_token(uses=3, lifetime_s=3600)
             captured = victim.request(token, registry.public_key)
             await registry.join(captured)
@@ -106,11 +117,11 @@ def test_credentials_issued_before_the_upgrade_stop_working(tmp_path: Path) -> N
     victim = Joiner("old")
 
     async def scenario() -> None:
-        async with opened(tmp_path, SMALL) as registry:
+        async with opened(None, tmp_path, SMALL) as registry:
             token = await registry.create_token(uses=1, lifetime_s=3600)
             old_credential = (await join(registry, token, victim)).credential
         _downgrade_to_schema_1(tmp_path / DATABASE_NAME)
-        async with opened(tmp_path) as upgraded:
+        async with opened(None, tmp_path) as upgraded:
             assert upgraded.authenticate(old_credential) is None, (
                 "a schema-1 credential still works"
             )
@@ -145,12 +156,12 @@ def test_a_damaged_token_is_a_one_line_error_not_a_crash() -> None:
         tokens.decode(tokens.PREFIX + nested)
 
 
-def test_a_revoked_token_changes_nothing(tmp_path: Path) -> None:
+def test_a_revoked_token_changes_nothing(tmp_path: Path, open_registry: RegistryOpener) -> None:
     """(Holds.) A key that joined with a token cannot rejoin with it once revoked."""
     peer = Joiner("peer")
 
     async def scenario() -> None:
-        async with opened(tmp_path, SMALL) as registry:
+        async with opened(open_registry, tmp_path, SMALL) as registry:
             token = await registry.create_token(uses=1, lifetime_s=3600)
             await join(registry, token, peer)
             [listed] = await registry.list_tokens()
@@ -169,7 +180,7 @@ def test_a_token_from_before_tls_cannot_be_rewrapped_as_mp2(tmp_path: Path) -> N
     newcomer = Joiner("newcomer")
 
     async def scenario() -> None:
-        async with opened(tmp_path, SMALL) as registry:
+        async with opened(None, tmp_path, SMALL) as registry:
             issued = tokens.decode(await registry.create_token(uses=5, lifetime_s=86_400))
         _downgrade_to_schema_1(tmp_path / DATABASE_NAME)  # the token dates from schema 1
         payload = {
@@ -184,14 +195,16 @@ def test_a_token_from_before_tls_cannot_be_rewrapped_as_mp2(tmp_path: Path) -> N
         inside = json.loads(tokens._unb64url(mp1[len("mp1_") :]))
         secret = tokens._unb64url(inside["secret"])
         rewrapped = tokens.JoinToken(issued.api_url, secret, issued.rendezvous_key, None).encode()
-        async with opened(tmp_path) as upgraded:
+        async with opened(None, tmp_path) as upgraded:
             with pytest.raises(TokenRejected):
                 await join(upgraded, rewrapped, newcomer)
 
     run(scenario)
 
 
-def test_a_default_route_in_pieces_is_refused_like_a_default_route(tmp_path: Path) -> None:
+def test_a_default_route_in_pieces_is_refused_like_a_default_route(
+    tmp_path: Path, open_registry: RegistryOpener
+) -> None:
     """README: no peer carries "a default route ... even with an operator's grant", and
     128.0.0.0/1 (issue 12) is refused only because it happens to cover link-local space.
     49 CIDRs (under MAX_ROUTES) that skip each forbidden space cover 86% of IPv4; a peer asks
@@ -210,7 +223,7 @@ def test_a_default_route_in_pieces_is_refused_like_a_default_route(tmp_path: Pat
     greedy = Joiner("greedy")
 
     async def scenario() -> None:
-        async with opened(tmp_path, SMALL) as registry:
+        async with opened(open_registry, tmp_path, SMALL) as registry:
             token = await registry.create_token(uses=1, lifetime_s=3600)
             try:
                 await join(registry, token, greedy, tuple(str(n) for n in everything))
