@@ -34,7 +34,7 @@ from meshpeer.common.errors import Failure, UsageError
 from meshpeer.common.keys import encode_key
 from meshpeer.common.pinning import PinnedKey
 
-from . import peercommands
+from . import engines, peercommands
 from . import settings as config
 from .model import (
     parse_duration,
@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="the rendezvous's data folder (env RENDEZVOUS_DATA_DIR; "
         f"default {config.default_data_dir()})",
+    )
+    common.add_argument(
+        "--database",
+        metavar="URL",
+        help="postgresql://USER:PASSWORD@HOST/DATABASE shared by several rendezvous (env "
+        f"{engines.DATABASE_VARIABLE}; default SQLite in the data folder)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser("serve", parents=[common], help="run the rendezvous")
@@ -170,7 +176,8 @@ async def _command(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return await _serve(args, data_dir)
     action = _ACTIONS[_action_name(args)]
-    registry = await Registry.open(data_dir, served=True)
+    database = engines.database_from(args.database)
+    registry = await Registry.open(data_dir, served=True, database=database)
     try:
         await action(registry, args)
     finally:
@@ -191,11 +198,13 @@ async def _serve(args: argparse.Namespace, data_dir: Path) -> int:
         {name: getattr(args, name) for name in (*_SERVE_FLAGS, "behind_tls_proxy")}
     )
     given = config.merge(flags, config.from_environment())
-    service = Rendezvous(await Registry.open(data_dir, given, store=False))
+    database = engines.database_from(args.database)
+    service = Rendezvous(await Registry.open(data_dir, given, store=False, database=database))
     try:
         await service.start()
+        same_database = " and the same --database" if database else ""
         print(
-            f"make a join token with: {PROG} token create --data-dir {data_dir}",
+            f"make a join token with: {PROG} token create --data-dir {data_dir}{same_database}",
             file=sys.stderr,
             flush=True,
         )

@@ -27,8 +27,17 @@ _REFUSALS = (
 )
 
 
-def is_database_url(text: str) -> bool:
-    return urllib.parse.urlsplit(text).scheme in SCHEMES
+def check_url(url: str) -> None:
+    """InvalidInput unless `url` parses as a postgresql:// URL."""
+    try:
+        scheme = urllib.parse.urlsplit(url).scheme
+    except ValueError as error:
+        raise InvalidInput(
+            f"--database is not a URL ({error}): give postgresql://USER:PASSWORD@HOST/DATABASE"
+        ) from None
+    if scheme not in SCHEMES:
+        shown = redacted(url)
+        raise InvalidInput(f"--database {shown!r} must be a postgresql://USER@HOST/DATABASE URL")
 
 
 def redacted(url: str) -> str:
@@ -40,19 +49,28 @@ def redacted(url: str) -> str:
         host = parts.netloc.rpartition("@")[2]
         return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
     except ValueError:
-        return "the --database URL"  # unparsable: nothing of it is shown
+        return "(not a URL)"  # unparsable: nothing of it is shown
 
 
-def one_line(error: BaseException) -> str:
+def one_line(error: BaseException, url: str = "") -> str:
+    """The error's first line, with the URL's password masked should a driver quote it."""
     text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+    line = text[0] if text else type(error).__name__
+    password = _password(url)
+    return line.replace(password, "***") if password else line
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urllib.parse.urlsplit(url).password
+    except ValueError:
+        return None
 
 
 async def connect_pool(url: str) -> asyncpg.Pool:
     """A pool of at most PG_POOL_SIZE connections to `url`, one of them opened now."""
+    check_url(url)
     shown = redacted(url)
-    if not is_database_url(url):
-        raise InvalidInput(f"--database {shown!r} must be a postgresql://USER@HOST/DATABASE URL")
     try:
         return await asyncpg.create_pool(
             url,
@@ -62,8 +80,10 @@ async def connect_pool(url: str) -> asyncpg.Pool:
             command_timeout=PG_COMMAND_TIMEOUT_S,
         )
     except _REFUSALS as error:
-        raise InvalidInput(f"--database {shown}: {one_line(error)}") from None
+        raise InvalidInput(f"--database {shown}: {one_line(error, url)}") from None
     except (ValueError, asyncpg.ClientConfigurationError) as error:
-        raise InvalidInput(f"--database {shown} is not a usable URL: {one_line(error)}") from None
+        raise InvalidInput(
+            f"--database {shown} is not a usable URL: {one_line(error, url)}"
+        ) from None
     except (*CONNECTION_ERRORS, asyncpg.PostgresError) as error:
-        raise StoreFailure(f"cannot reach PostgreSQL at {shown}: {one_line(error)}") from None
+        raise StoreFailure(f"cannot reach PostgreSQL at {shown}: {one_line(error, url)}") from None

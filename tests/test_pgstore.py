@@ -1,0 +1,99 @@
+"""The PostgreSQL engine's own promises, on the private cluster (tests/postgres.py): changes
+commit in the order of their numbers, and `--database` mistakes are one line, never a password."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from meshpeer.rendezvous import settings as config
+from meshpeer.rendezvous.pgstore import PgStore
+from meshpeer.rendezvous.registry import Registry
+from tests.postgres import Cluster
+from tests.test_rendezvous_cli import assert_one_line_error, rendezvous
+
+SERVED = config.Overrides(public_endpoint="192.0.2.10:51820", network="10.9.0.0/29")
+PASSWORD = "hunter2-not-shown"  # noqa: S105 (a test's fake password, checked to stay hidden)
+
+
+def test_a_later_change_never_commits_before_an_earlier_one(postgres_cluster: Cluster) -> None:
+    """A follower that saw change n must have seen every change before it (registry.sync):
+    the second writer waits for the first to commit before it takes its number."""
+
+    async def scenario() -> None:
+        url = await postgres_cluster.new_database()
+        first, second = await PgStore.open(url), await PgStore.open(url)
+        try:
+            async with first.transaction() as db:
+                await db._log_change(b"a" * 32)
+                racing = asyncio.create_task(_log_one(second, b"b" * 32))
+                await asyncio.sleep(0.2)
+                assert not racing.done(), "a second change was numbered while the first was open"
+                assert await second.changes_since(0) == []
+            await racing
+            assert await second.changes_since(0) == [(1, b"a" * 32), (2, b"b" * 32)]
+            assert await second.commit_marker() == await second.latest_change() == 2
+        finally:
+            await first.close()
+            await second.close()
+
+    asyncio.run(scenario())
+
+
+async def _log_one(store: PgStore, public_key: bytes) -> None:
+    async with store.transaction() as db:
+        await db._log_change(public_key)
+
+
+def test_the_admin_commands_use_the_database_from_the_environment(
+    tmp_path: Path, postgres_cluster: Cluster
+) -> None:
+    url = asyncio.run(_served_on_postgres(tmp_path, postgres_cluster))
+    env = {"RENDEZVOUS_DATABASE": url}
+    created = rendezvous("token", "create", "--data-dir", str(tmp_path), env=env)
+    assert created.returncode == 0, created.stderr
+    listed = rendezvous("token", "list", "--data-dir", str(tmp_path), "--json", env=env)
+    assert listed.returncode == 0 and '"uses_left": 1' in listed.stdout, listed
+    assert not (tmp_path / "rendezvous.sqlite3").exists()
+
+
+async def _served_on_postgres(data_dir: Path, cluster: Cluster) -> str:
+    url = await cluster.new_database()
+    registry = await Registry.open(data_dir, SERVED, store=False, database=url)
+    await registry.keep_settings()
+    await registry.close()
+    return url
+
+
+def test_a_database_never_served_says_so(tmp_path: Path, postgres_cluster: Cluster) -> None:
+    url = asyncio.run(postgres_cluster.new_database())
+    result = rendezvous("peers", "--data-dir", str(tmp_path), "--database", url)
+    assert_one_line_error(result, 2, "has never served")
+
+
+@pytest.mark.parametrize(
+    ("database", "code", "words"),
+    [
+        (f"mysql://admin:{PASSWORD}@db.example/registry", 2, "must be a postgresql://"),
+        (f"postgresql://admin:{PASSWORD}@[db/registry", 2, "is not a URL"),
+        (f"postgresql://admin:{PASSWORD}@db:port/registry", 2, "not a usable URL"),
+        (f"postgresql://meshpeer:{PASSWORD}@127.0.0.1:1/registry", 1, "cannot reach PostgreSQL"),
+    ],
+)
+def test_a_bad_or_unreachable_database_is_one_line_without_its_password(
+    tmp_path: Path, database: str, code: int, words: str
+) -> None:
+    for command in (["serve", "--public-endpoint", "192.0.2.10:51820"], ["peers"]):
+        result = rendezvous(*command, "--data-dir", str(tmp_path), "--database", database)
+        assert_one_line_error(result, code, words)
+        assert PASSWORD not in result.stderr + result.stdout
+
+
+def test_a_database_that_does_not_exist_is_the_users_mistake(
+    tmp_path: Path, postgres_cluster: Cluster
+) -> None:
+    missing = postgres_cluster.url("no_such_registry")
+    result = rendezvous("peers", "--data-dir", str(tmp_path), "--database", missing)
+    assert_one_line_error(result, 2, "does not exist")
