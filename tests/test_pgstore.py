@@ -1,14 +1,18 @@
 """The PostgreSQL engine's own promises, on the private cluster (tests/postgres.py): changes
-commit in the order of their numbers, and `--database` mistakes are one line, never a password."""
+commit in the order of their numbers, allocators take turns, and `--database` mistakes are one
+line, never a password."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from pathlib import Path
 
 import pytest
 
+from meshpeer.common.endpoints import IPAddress
 from meshpeer.rendezvous import settings as config
+from meshpeer.rendezvous.model import Peer
 from meshpeer.rendezvous.pgstore import PgStore
 from meshpeer.rendezvous.registry import Registry
 from tests.postgres import Cluster
@@ -45,6 +49,39 @@ def test_a_later_change_never_commits_before_an_earlier_one(postgres_cluster: Cl
 async def _log_one(store: PgStore, public_key: bytes) -> None:
     async with store.transaction() as db:
         await db._log_change(public_key)
+
+
+def test_an_address_is_chosen_only_once_the_last_choice_committed(
+    postgres_cluster: Cluster,
+) -> None:
+    """Two instances' allocators ask about the same address: the second waits for the first's
+    insert to commit and is told the address is taken (not a unique violation at insert)."""
+    address = ipaddress.ip_address("10.9.0.2")
+
+    async def scenario() -> None:
+        url = await postgres_cluster.new_database()
+        first, second = await PgStore.open(url), await PgStore.open(url)
+        try:
+            async with first.transaction() as db:
+                first.network_id = await db.add_network("10.9.0.0/29", "mesh.internal.")
+            second.network_id = first.network_id
+            async with first.transaction() as db:
+                assert not await db.address_taken(address)
+                await db.insert_peer(Peer(b"a" * 32, "a", address), 0.0)
+                asking = asyncio.create_task(_address_taken(second, address))
+                await asyncio.sleep(0.2)
+                assert not asking.done(), "a second allocator chose while the first was open"
+            assert await asking
+        finally:
+            await first.close()
+            await second.close()
+
+    asyncio.run(scenario())
+
+
+async def _address_taken(store: PgStore, address: IPAddress) -> bool:
+    async with store.transaction() as db:
+        return await db.address_taken(address)
 
 
 def test_the_admin_commands_use_the_database_from_the_environment(

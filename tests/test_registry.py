@@ -264,6 +264,28 @@ def test_two_processes_racing_for_a_last_use_one_wins(
     run(scenario)
 
 
+def test_two_processes_joining_at_once_never_share_an_address(
+    tmp_path: Path, open_registry: RegistryOpener
+) -> None:
+    """Each process's allocator starts from the same next address; the store decides."""
+
+    async def scenario() -> None:
+        server = await open_registry(tmp_path, SMALL)
+        cli = await open_registry(tmp_path)
+        token = await server.create_token(uses=5, lifetime_s=60)
+        joined = await asyncio.gather(
+            *(
+                join(registry, token, f"p{index}")
+                for index, registry in enumerate([server, cli] * 2)
+            )
+        )
+        assert len({registration.peer.address for registration in joined}) == 4
+        await cli.close()
+        await server.close()
+
+    run(scenario)
+
+
 def test_the_server_follows_writes_from_other_processes(
     tmp_path: Path, open_registry: RegistryOpener
 ) -> None:
