@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -15,6 +16,7 @@ from tests.lab.process import LabProcess
 from tests.lab.rendezvous import RendezvousServer
 from tests.lab.wait import wait_until
 from tests.lab.wireguard import WireGuardGo
+from tests.postgres import Cluster
 
 pytestmark = pytest.mark.lab
 LAB = Path(__file__).with_name("lab")
@@ -181,8 +183,16 @@ def test_under_a_flood_the_rendezvous_asks_for_cookies_and_a_peer_still_gets_in(
     print(f"cookie replies sent during the flood: {int(metrics['meshpeer_cookie_replies_total'])}")
 
 
-def test_kill_9_during_a_burst_of_joins_loses_no_acknowledged_registration(lab: Lab) -> None:
-    server = RendezvousServer(lab.add_public_host("rendezvous")).start()
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_kill_9_during_a_burst_of_joins_loses_no_acknowledged_registration(
+    lab: Lab, engine: str, request: pytest.FixtureRequest
+) -> None:
+    database = None
+    if engine == "postgresql":  # the cluster's unix socket reaches into the lab's namespaces
+        cluster: Cluster = request.getfixturevalue("postgres_cluster")
+        database = asyncio.run(cluster.new_database())
+    host = lab.add_public_host("rendezvous")
+    server = RendezvousServer(host, database=database).start()
     client = lab.add_public_host("client")
     token = server.token(1000)
     burst = client.spawn(
@@ -201,7 +211,8 @@ def test_kill_9_during_a_burst_of_joins_loses_no_acknowledged_registration(lab: 
     assert not lost, f"acknowledged but lost: {sorted(lost)}"
     assert all(stored[name]["address"] == promised[name] for name in promised)
     assert len({peer["address"] for peer in stored.values()}) == len(stored)
-    print(f"{len(promised)} joins acknowledged before kill -9; all {len(stored)} on disk after")
+    assert (server.data_dir / "rendezvous.sqlite3").exists() == (database is None)
+    print(f"{len(promised)} joins acknowledged before kill -9; all {len(stored)} stored after")
 
 
 def acked(burst: LabProcess) -> dict[str, str]:

@@ -29,10 +29,12 @@ _FETCH = (
 class RendezvousServer:
     """One rendezvous on `host`, its data folder in the host's lab folder."""
 
-    def __init__(self, host: Host, *extra_flags: str) -> None:
+    def __init__(self, host: Host, *extra_flags: str, database: str | None = None) -> None:
+        """`database`: a postgresql:// URL that serve and every command here use."""
         self.host = host
         self.data_dir = host.dir / "rendezvous-data"
-        self.extra_flags = list(extra_flags)
+        self.database_flags = ["--database", database] if database else []
+        self.extra_flags = [*self.database_flags, *extra_flags]
         self.process: LabProcess | None = None
         self.starts = 0
 
@@ -77,7 +79,7 @@ class RendezvousServer:
         self.process.popen.wait(5)
 
     def cli(self, *argv: str) -> str:
-        command = [RENDEZVOUS, *argv, "--data-dir", str(self.data_dir)]
+        command = [RENDEZVOUS, *argv, "--data-dir", str(self.data_dir), *self.database_flags]
         return self.host.run(command).stdout
 
     def token(self, uses: int = 1, *flags: str) -> str:
