@@ -8,7 +8,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_MODULE_LINES = 400
-SQL_ENGINE = {"sqlitestore.py", "sqlschema.py"}  # a second engine joins this set
+SQL_ENGINE = {"sqlitestore.py", "sqlschema.py", "pgstore.py", "pgschema.py"}
 SQL = re.compile(r"\b(SELECT|INSERT INTO|UPDATE \w+ SET|DELETE FROM|BEGIN IMMEDIATE|PRAGMA)\b")
 TIME_CONSTANT = re.compile(r"^[A-Z][A-Z0-9_]*_(S|MS)\s*[:=]", re.MULTILINE)
 
