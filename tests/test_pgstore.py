@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from meshpeer.common.endpoints import IPAddress
+from meshpeer.common.errors import InvalidInput
+from meshpeer.rendezvous import pgschema
 from meshpeer.rendezvous import settings as config
 from meshpeer.rendezvous.model import Peer
 from meshpeer.rendezvous.pgstore import PgStore
@@ -82,6 +84,21 @@ def test_an_address_is_chosen_only_once_the_last_choice_committed(
 async def _address_taken(store: PgStore, address: IPAddress) -> bool:
     async with store.transaction() as db:
         return await db.address_taken(address)
+
+
+def test_a_database_of_a_newer_rendezvous_is_refused(
+    tmp_path: Path, postgres_cluster: Cluster
+) -> None:
+    async def scenario() -> None:
+        url = await _served_on_postgres(tmp_path, postgres_cluster)
+        store = await PgStore.open(url)
+        async with store.transaction() as db:
+            await db.set_meta("schema", str(pgschema.SCHEMA_VERSION + 1))
+        await store.close()
+        with pytest.raises(InvalidInput, match="newer rendezvous"):
+            await Registry.open(tmp_path, database=url)
+
+    asyncio.run(scenario())
 
 
 def test_the_admin_commands_use_the_database_from_the_environment(
