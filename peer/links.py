@@ -76,21 +76,35 @@ class Links:
         to tell which sightings lie on a subnet we are on): not loopback, not ours."""
         with self._factory() as ip:
             skip = set(ip.link_lookup(ifname=skip_ifname))
-            found = []
-            for item in ip.get_addr(family=2):  # AF_INET
-                address = item.get_attr("IFA_ADDRESS")
-                interface = ipaddress.IPv4Interface(f"{address}/{item['prefixlen']}")
-                if item["index"] not in skip and not interface.ip.is_loopback:
-                    found.append(interface)
+            return [i for index, i in self._ipv4_addresses(ip) if index not in skip]
+
+    @staticmethod
+    def _ipv4_addresses(ip: Any) -> list[tuple[int, ipaddress.IPv4Interface]]:
+        """Every IPv4 address but loopback, with its prefix and its link's index."""
+        found = []
+        for item in ip.get_addr(family=socket.AF_INET):
+            address = item.get_attr("IFA_ADDRESS")
+            interface = ipaddress.IPv4Interface(f"{address}/{item['prefixlen']}")
+            if not interface.ip.is_loopback:
+                found.append((int(item["index"]), interface))
         return found
 
     def uplinks(self, skip_ifname: str) -> Uplinks:
-        """Where this host is on the network now: its LAN addresses and default gateways. Two
-        equal views are one network; a new one means the host moved (netwatch.py)."""
-        interfaces = self.lan_interfaces(skip_ifname)
+        """Where this host is on the network now: its default gateways, and its addresses on
+        the links they go out of (all of them on a host without a default route). Two equal
+        views are one network; a new one means the host moved (netwatch.py). A link that
+        carries no default route (docker0, a VPN's tun0, a bridge for VMs) is not a move."""
         with self._factory() as ip:
+            skip = set(ip.link_lookup(ifname=skip_ifname))
             routes = ip.get_routes(family=socket.AF_INET, table=RT_TABLE_MAIN)
-            gateways = [g for r in routes if r["dst_len"] == 0 for g in _gateways(r)]
+            defaults = [route for route in routes if route["dst_len"] == 0]
+            uplinks = {route.get_attr("RTA_OIF") for route in defaults} - skip
+            interfaces = [
+                interface
+                for index, interface in self._ipv4_addresses(ip)
+                if index not in skip and (not uplinks or index in uplinks)
+            ]
+        gateways = [gateway for route in defaults for gateway in _gateways(route)]
         return Uplinks(tuple(sorted(interfaces)), tuple(sorted(gateways, key=str)))
 
     def create_wireguard(self, ifname: str) -> None:

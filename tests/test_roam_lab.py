@@ -7,8 +7,11 @@ not flake on a busy machine."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from meshpeer.peer.timers import RELAY_AFTER_S
 from tests.lab import Lab, NatType
 from tests.lab.agents import MeshAgent, all_direct
 from tests.lab.rendezvous import RendezvousServer
@@ -78,3 +81,18 @@ def test_a_host_moved_behind_a_symmetric_nat_goes_through_the_relay_where_it_mus
     pings_every_peer(laptop, peers)
     expected = {"officebox": "relay", "cloud": "direct"}
     assert wait_until(lambda: laptop.paths() == expected, 10), laptop.paths()
+
+
+def test_a_new_local_interface_is_not_a_move(lab: Lab) -> None:
+    """docker0, a VPN's tun0, a bridge for VMs: an address on a link that carries no default
+    route is not a new network. Taken for a move, it sent every idle pair to the relay: a
+    keepalive is not answered, so nothing came back from the peers, whose view of us had not
+    changed."""
+    laptop, _ = mesh_at_home(lab)
+    bridge = ["ip", "link", "add", "docker0", "type", "bridge"]
+    laptop.host.run(bridge)
+    laptop.host.run(["ip", "addr", "add", "172.17.0.1/16", "dev", "docker0"])
+    laptop.host.run(["ip", "link", "set", "docker0", "up"])
+    time.sleep(RELAY_AFTER_S + 3)
+    assert "network changed" not in laptop.output()
+    assert laptop.paths() == {"officebox": "direct", "cloud": "direct"}
