@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -40,6 +40,7 @@ from .storedrows import (
     routes_text,
     stored_peer,
 )
+from .timers import FOREIGN_POLL_S
 
 
 @contextlib.contextmanager
@@ -341,6 +342,12 @@ class PgStore(_PgReader):
         """The change clock: it moves with every committed change of any instance (what a
         follower acts on); observations, which log no change, leave it as it is."""
         return await self.latest_change()
+
+    async def follow_changes(self, nudge: Callable[[], None]) -> None:
+        """Polled: the commit marker is cheap to read, and SQLite cannot announce a commit."""
+        while True:
+            await asyncio.sleep(FOREIGN_POLL_S)
+            nudge()
 
     async def close(self) -> None:
         with contextlib.suppress(*CONNECTION_ERRORS, asyncpg.PostgresError):

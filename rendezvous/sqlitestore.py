@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from .storedrows import (
     routes_text,
     stored_peer,
 )
-from .timers import SQLITE_BUSY_TIMEOUT_S
+from .timers import FOREIGN_POLL_S, SQLITE_BUSY_TIMEOUT_S
 
 
 @contextlib.contextmanager
@@ -315,6 +315,12 @@ class SqliteStore(_SqliteReader):
     async def commit_marker(self) -> int:
         with _failures():
             return await self._number("PRAGMA data_version")
+
+    async def follow_changes(self, nudge: Callable[[], None]) -> None:
+        """Polled: the commit marker is cheap to read, and SQLite cannot announce a commit."""
+        while True:
+            await asyncio.sleep(FOREIGN_POLL_S)
+            nudge()
 
     async def close(self) -> None:
         await self._db.close()

@@ -11,6 +11,7 @@ No SQL leaves the engine: the registry speaks only in the methods below.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -141,6 +142,11 @@ class Store(Reader, Protocol):
 
     async def commit_marker(self) -> int:
         """A number that differs once another process committed: cheap to poll."""
+        ...
+
+    async def follow_changes(self, nudge: Callable[[], None]) -> None:
+        """Until cancelled: call `nudge` whenever another process may have committed a change
+        (following.py reads them from its last number, so a spurious nudge costs one read)."""
         ...
 
     async def close(self) -> None: ...
