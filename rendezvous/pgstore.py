@@ -27,7 +27,7 @@ import asyncpg
 
 from meshpeer.common.endpoints import Endpoint, IPAddress, IPNetwork
 
-from . import pgschema
+from . import pglisten, pgschema
 from .model import Conflict, Peer, Token
 from .pgconnect import CONNECTION_ERRORS, connect_pool, one_line
 from .storage import JoinRecord, StoredPeer, StoredToken, StoreFailure
@@ -40,7 +40,6 @@ from .storedrows import (
     routes_text,
     stored_peer,
 )
-from .timers import FOREIGN_POLL_S
 
 
 @contextlib.contextmanager
@@ -264,20 +263,25 @@ class PgTransaction(_PgReader):
         )
 
     async def _log_change(self, public_key: bytes) -> None:
-        """Number the change from the clock row, locked until commit (module docstring)."""
+        """Number the change from the clock row, locked until commit (module docstring), and
+        announce it at commit. The empty payload makes a transaction's announcements one:
+        PostgreSQL folds identical notifications of a transaction."""
         await self._db.execute(
-            "WITH tick AS (UPDATE change_clock SET seq = seq + 1 RETURNING seq) "
-            "INSERT INTO changes (seq, public_key) SELECT seq, $1 FROM tick",
+            "WITH tick AS (UPDATE change_clock SET seq = seq + 1 RETURNING seq), "
+            "logged AS (INSERT INTO changes (seq, public_key) SELECT seq, $1 FROM tick "
+            "RETURNING seq) SELECT pg_notify($2, '') FROM logged",
             public_key,
+            pglisten.CHANNEL,
         )
 
 
 class PgStore(_PgReader):
     """Open with `await PgStore.open(url)`; the URL is the operator's `--database`."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, url: str) -> None:
         super().__init__(pool)
         self._pool = pool
+        self._url = url  # the listening connection is opened apart from the pool
         # As SQLite's engine: this process's transactions, and its catch-up reads, one at a time.
         self._lock = asyncio.Lock()
 
@@ -290,7 +294,7 @@ class PgStore(_PgReader):
         except BaseException:
             await pool.close()
             raise
-        return cls(pool)
+        return cls(pool, url)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[PgTransaction]:
@@ -344,10 +348,8 @@ class PgStore(_PgReader):
         return await self.latest_change()
 
     async def follow_changes(self, nudge: Callable[[], None]) -> None:
-        """Polled: the commit marker is cheap to read, and SQLite cannot announce a commit."""
-        while True:
-            await asyncio.sleep(FOREIGN_POLL_S)
-            nudge()
+        """Announced: every change's transaction sends NOTIFY (pglisten.py)."""
+        await pglisten.follow_notifications(self._url, nudge)
 
     async def close(self) -> None:
         with contextlib.suppress(*CONNECTION_ERRORS, asyncpg.PostgresError):
