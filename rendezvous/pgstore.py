@@ -34,7 +34,6 @@ from .storage import JoinRecord, StoredPeer, StoredToken, StoreFailure
 from .storedrows import (
     PEER_COLUMNS,
     endpoints_text,
-    observation_row,
     partners_text,
     routes_from_text,
     routes_text,
@@ -255,12 +254,32 @@ class PgTransaction(_PgReader):
         await self._db.execute("DELETE FROM peers WHERE public_key = $1", public_key)
         await self._log_change(public_key)
 
-    async def write_observations(self, peers: list[Peer]) -> None:
+    async def write_observations(self, peers: list[Peer], moved: list[Peer]) -> None:
+        # Another instance may have seen a later handshake: times and floors never go back.
         await self._db.executemany(
-            "UPDATE peers SET endpoint_host = $1, endpoint_port = $2, endpoint_confirmed_at = $3,"
-            " last_handshake = $4, handshake_timestamp = $5 WHERE public_key = $6",
-            [observation_row(peer) for peer in peers],
+            "UPDATE peers SET last_handshake = greatest(last_handshake, $1), "
+            "handshake_timestamp = greatest(handshake_timestamp, $2) WHERE public_key = $3",
+            [(peer.last_handshake, peer.handshake_timestamp, peer.public_key) for peer in peers],
         )
+        if moved:
+            await self._write_moves(moved)
+
+    async def _write_moves(self, moved: list[Peer]) -> None:
+        """The latest confirmed endpoint wins; every move is logged, won or lost (storage.py)."""
+        rows = [(peer.public_key, *(peer.endpoint or (None, None))) for peer in moved]
+        await self._db.execute(
+            "UPDATE peers AS p SET endpoint_host = o.host, endpoint_port = o.port, "
+            "endpoint_confirmed_at = o.confirmed FROM unnest($1::bytea[], $2::text[], "
+            "$3::integer[], $4::float8[]) AS o(public_key, host, port, confirmed) "
+            "WHERE p.public_key = o.public_key "
+            "AND coalesce(p.endpoint_confirmed_at, 0) < o.confirmed",
+            [key for key, _host, _port in rows],
+            [host for _key, host, _port in rows],
+            [port for _key, _host, port in rows],
+            [peer.endpoint_confirmed_at for peer in moved],
+        )
+        for peer in moved:
+            await self._log_change(peer.public_key)
 
     async def _log_change(self, public_key: bytes) -> None:
         """Number the change from the clock row, locked until commit (module docstring), and

@@ -235,7 +235,8 @@ class SqliteTransaction(_SqliteReader):
         await self._db.execute("DELETE FROM peers WHERE public_key = ?", (public_key,))
         await self._log_change(public_key)
 
-    async def write_observations(self, peers: list[Peer]) -> None:
+    async def write_observations(self, peers: list[Peer], moved: list[Peer]) -> None:
+        # One serving process: its endpoint is the only one, and the CLI reads it from here.
         await self._db.executemany(
             "UPDATE peers SET endpoint_host = ?, endpoint_port = ?, endpoint_confirmed_at = ?,"
             " last_handshake = ?, handshake_timestamp = ? WHERE public_key = ?",

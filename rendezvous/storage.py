@@ -120,8 +120,11 @@ class Transaction(Reader, Protocol):
         """Remove the peer, remembering its last join time as a removed key's."""
         ...
 
-    async def write_observations(self, peers: list[Peer]) -> None:
-        """Endpoints, handshake times and replay floors the responder saw."""
+    async def write_observations(self, peers: list[Peer], moved: list[Peer]) -> None:
+        """Handshake times and replay floors the responder saw (`peers`), and the endpoints
+        that moved (`moved`, some of `peers`). A shared store keeps, of two instances' moves,
+        the one confirmed latest, and logs each move as a change so every instance (the
+        writer too, should it lose) reloads the winner."""
         ...
 
 

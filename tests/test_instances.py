@@ -142,3 +142,40 @@ async def _listeners(connection: asyncpg.Connection) -> int:
         pglisten.LISTENER_NAME,
     )
     return int(found)
+
+
+def test_an_endpoint_observed_by_either_instance_is_published_by_both_latest_winning(
+    postgres_cluster: Cluster, tmp_path: Path
+) -> None:
+    moved_from = ("198.51.100.7", 40001)
+    moved_to = ("203.0.113.9", 40002)
+    skewed = ("192.0.2.99", 40003)
+
+    async def scenario() -> None:
+        _url, first, second = await _two_instances(postgres_cluster, tmp_path)
+        key = new_key()
+        await first.add_peer(key, "phone")
+        await wait_for(lambda: second.peer(key) is not None)
+        first.observe_endpoint(key, moved_from, 1000.0)
+        await wait_for(lambda: _endpoint(second, key) == moved_from)
+        second.observe_endpoint(key, moved_to, 1001.0)
+        await wait_for(lambda: _endpoint(first, key) == moved_to)
+        # An instance whose clock is behind confirms an older time: it loses, and takes the
+        # winner back (it published its own for a moment).
+        first.observe_endpoint(key, skewed, 1000.5)
+        await asyncio.sleep(0.2)
+        assert _endpoint(first, key) == _endpoint(second, key) == moved_to
+        await first.close()
+        await second.close()
+        again = await Registry.open(tmp_path / "third", SMALL, database=_url)
+        stored = again.peer(key)
+        assert stored is not None and stored.endpoint == moved_to
+        assert stored.endpoint_confirmed_at == 1001.0
+        await again.close()
+
+    run(scenario)
+
+
+def _endpoint(registry: Registry, key: bytes) -> object:
+    peer = registry.peer(key)
+    return peer.endpoint if peer is not None else None
