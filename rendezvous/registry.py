@@ -90,11 +90,17 @@ class Registry:
             datadir.check_served(data_dir)  # PostgreSQL's meta says so instead (prepare)
         datadir.make_private_dir(data_dir)
         opened = await engines.open_store(data_dir, database)
+        shared = database is not None  # other instances may serve from it too
         try:
             async with opened.transaction() as db:
-                prepared = datadir.prepare(db, data_dir, given, store=store, served=served)
+                prepared = datadir.prepare(
+                    db, data_dir, given, store=store, served=served, shared=shared
+                )
                 identity, opened.network_id = await prepared
             datadir.prepare_tls(identity, data_dir)
+            if shared:
+                async with opened.transaction() as db:
+                    await datadir.check_shared_tls(db, identity)
             registry = cls(opened, data_dir, identity)
             await registry._load_peers()
         except BaseException:

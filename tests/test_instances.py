@@ -5,16 +5,19 @@ listens for it was lost, and a second instance adopts what the database holds.""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import statistics
 import time
 from pathlib import Path
 
 import asyncpg
+import pytest
 
+from meshpeer.common.errors import InvalidInput
 from meshpeer.rendezvous import pglisten
 from meshpeer.rendezvous import settings as config
 from meshpeer.rendezvous.model import Peer
-from meshpeer.rendezvous.registry import Registry
+from meshpeer.rendezvous.registry import ADMIN_TOKEN_NAME, Registry
 from meshpeer.rendezvous.service import Rendezvous
 from tests.joining import Joiner
 from tests.postgres import Cluster
@@ -22,15 +25,28 @@ from tests.test_registry import new_key, run, wait_for
 
 SMALL = config.Overrides(network="10.9.0.0/24", public_endpoint="192.0.2.10:51820")
 CROSS_INSTANCE_BOUND_S = 0.2  # issue 18's promise
+TLS_FILES = ("tls.crt", "tls.key")
 
 
 async def _two_instances(cluster: Cluster, tmp_path: Path) -> tuple[str, Registry, Registry]:
     url = await cluster.new_database()
     first = await Registry.open(tmp_path / "first", SMALL, database=url)
-    second = await Registry.open(tmp_path / "second", SMALL, database=url)
+    second = await _another_instance(url, tmp_path / "first", tmp_path / "second")
     for instance in (first, second):
         instance.start_background()
     return url, first, second
+
+
+async def _another_instance(url: str, first_dir: Path, data_dir: Path) -> Registry:
+    """As the README says to start one: with the first's TLS files in its new data folder."""
+    _copy_tls(first_dir, data_dir)
+    return await Registry.open(data_dir, SMALL, database=url)
+
+
+def _copy_tls(first_dir: Path, data_dir: Path) -> None:
+    data_dir.mkdir(mode=0o700)
+    for name in TLS_FILES:
+        shutil.copy2(first_dir / name, data_dir / name)
 
 
 def test_a_join_through_one_instance_reaches_the_others_zone_and_watch(
@@ -167,7 +183,7 @@ def test_an_endpoint_observed_by_either_instance_is_published_by_both_latest_win
         assert _endpoint(first, key) == _endpoint(second, key) == moved_to
         await first.close()
         await second.close()
-        again = await Registry.open(tmp_path / "third", SMALL, database=_url)
+        again = await _another_instance(_url, tmp_path / "first", tmp_path / "third")
         stored = again.peer(key)
         assert stored is not None and stored.endpoint == moved_to
         assert stored.endpoint_confirmed_at == 1001.0
@@ -179,3 +195,21 @@ def test_an_endpoint_observed_by_either_instance_is_published_by_both_latest_win
 def _endpoint(registry: Registry, key: bytes) -> object:
     peer = registry.peer(key)
     return peer.endpoint if peer is not None else None
+
+
+def test_a_second_instance_keeps_the_admin_token_and_refuses_another_certificate(
+    postgres_cluster: Cluster, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        url, first, second = await _two_instances(postgres_cluster, tmp_path)
+        admin_token = (tmp_path / "first" / ADMIN_TOKEN_NAME).read_text().strip()
+        assert await first.is_admin(admin_token) and await second.is_admin(admin_token)
+        assert not (tmp_path / "second" / ADMIN_TOKEN_NAME).exists()
+        assert second.public_key == first.public_key and second.tls_pin == first.tls_pin
+        with pytest.raises(InvalidInput, match=r"copy tls\.crt and tls\.key"):
+            await Registry.open(tmp_path / "own-certificate", SMALL, database=url)
+        assert await first.is_admin(admin_token)
+        await first.close()
+        await second.close()
+
+    run(scenario)
