@@ -69,8 +69,10 @@ async def prepare(
     *,
     store: bool,
     served: bool,
+    shared: bool = False,
 ) -> tuple[Identity, int]:
-    """The folder's identity, made on first use, and the id of the network it serves."""
+    """The folder's identity, made on first use, and the id of the network it serves.
+    `shared`: the database is PostgreSQL, which other instances may serve from too."""
     meta = await db.read_meta()
     if served and "settings" not in meta:
         raise InvalidInput(never_served(data_dir))
@@ -80,7 +82,7 @@ async def prepare(
     settings = config.resolve(merged)
     network_id = await store_settings(db, merged, settings, write=store)
     private_key = await _load_or_make_key(db, meta)
-    await _ensure_admin_token(db, meta, data_dir)
+    await _ensure_admin_token(db, meta, data_dir, shared=shared)
     identity = Identity(
         merged,
         settings,
@@ -140,13 +142,35 @@ async def _load_or_make_key(db: Transaction, meta: dict[str, str]) -> X25519Priv
     return key
 
 
-async def _ensure_admin_token(db: Transaction, meta: dict[str, str], data_dir: Path) -> None:
-    """The admin API's bearer token: its hash in the database, the token in a 0600 file."""
+async def _ensure_admin_token(
+    db: Transaction, meta: dict[str, str], data_dir: Path, *, shared: bool
+) -> None:
+    """The admin API's bearer token: its hash in the database, the token in a 0600 file.
+    A shared database's hash is the first instance's: another instance with a new data
+    folder adopts it (the operator's token keeps working on all) instead of replacing it.
+    A SQLite folder that lost its file gets a new token: nobody else can hold the old one."""
     path = data_dir / ADMIN_TOKEN_NAME
-    if "admin_hash" in meta and path.exists():
+    if "admin_hash" in meta and (shared or path.exists()):
         return
     secret = secrets.token_urlsafe(32)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as file:
         file.write(secret + "\n")
     await db.set_meta("admin_hash", tokens.hash_secret(secret.encode()).hex())
+
+
+async def check_shared_tls(db: Transaction, identity: Identity) -> None:
+    """Instances sharing a database serve one TLS certificate: every token pins it, and an
+    agent fails over to any instance. The first keeps the pin; another whose certificate
+    differs refuses to start (its tokens and its API would be refused by the agents)."""
+    if identity.tls_pin is None:
+        return  # behind the operator's proxy, whose certificate is the operator's business
+    stored = (await db.read_meta()).get("tls_pin")
+    if stored is None:
+        await db.set_meta("tls_pin", identity.tls_pin)
+    elif stored != identity.tls_pin:
+        raise InvalidInput(
+            "this instance's TLS certificate is not the one the other instances on this "
+            "database serve and their tokens pin: copy tls.crt and tls.key from the first "
+            "instance's data folder into this one's (or pass the same --tls-cert/--tls-key)"
+        )

@@ -87,14 +87,17 @@ class Peer:
 
     def observed_as(self, known: Peer | None) -> Peer:
         """This peer as another process stored it, with what only the serving process
-        observes kept from `known` (its endpoint and handshakes, written behind): every other
-        field, one added later included, comes from the store."""
+        observes kept from `known` (its handshakes, written behind, and its endpoint unless
+        the stored one was confirmed later): every other field, one added later included,
+        comes from the store."""
         if known is None:
             return self
+        # Several instances observe endpoints: the one confirmed latest wins (issue 18).
+        latest = self if _confirmed(self) > _confirmed(known) else known
         return replace(
             self,
-            endpoint=known.endpoint,
-            endpoint_confirmed_at=known.endpoint_confirmed_at,
+            endpoint=latest.endpoint,
+            endpoint_confirmed_at=latest.endpoint_confirmed_at,
             last_handshake=known.last_handshake,
             handshake_timestamp=known.handshake_timestamp,
         )
@@ -255,3 +258,7 @@ def parse_duration(text: str) -> float:
     if not 0 < seconds <= MAX_DURATION_S:
         raise InvalidInput(f"duration {text!r} must be longer than zero and at most 100 years")
     return float(seconds)
+
+
+def _confirmed(peer: Peer) -> float:
+    return peer.endpoint_confirmed_at if peer.endpoint_confirmed_at is not None else float("-inf")

@@ -1,7 +1,10 @@
 """What the handshake responder observes (endpoints, handshake times, the TAI64N replay floor),
 published in memory at once and written behind, in batches: an endpoint change within
 ENDPOINT_FLUSH_S, the rest within LAZY_FLUSH_S. The DNS zone's serial is kept at each flush,
-so it never goes backwards, even across a restart."""
+so it never goes backwards, even across a restart. On a shared database each move is also a
+change the other instances follow (storage.py `write_observations`): an endpoint observed by
+any instance is published by all, the latest confirmed one winning; handshake times are
+written behind as before and logged as no change (they arrive at keepalive rate)."""
 
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ class Observations:
         self.zone_serial: Callable[[], int] | None = None  # the DNS zone's, kept at each flush
         self.stored_zone_serial = stored_zone_serial
         self._dirty: set[bytes] = set()
+        self._moved: set[bytes] = set()  # of the dirty: those whose endpoint moved
         self._endpoint_moved = asyncio.Event()
 
     def handshake(self, public_key: bytes, timestamp: bytes, now: float) -> None:
@@ -62,12 +66,14 @@ class Observations:
 
     def forget(self, public_key: bytes) -> None:
         self._dirty.discard(public_key)
+        self._moved.discard(public_key)
         self.damper.forget(public_key)
 
     def _move(self, peer: Peer, endpoint: Endpoint, now: float) -> None:
         moved = replace(peer, endpoint=endpoint, endpoint_confirmed_at=now)
         self._index.observe(moved)
         self._dirty.add(peer.public_key)
+        self._moved.add(peer.public_key)
         self._endpoint_moved.set()
         self._index.publish("updated", moved)
 
@@ -77,9 +83,11 @@ class Observations:
         if not self._dirty and serial == self.stored_zone_serial:
             return
         dirty, self._dirty = self._dirty, set()
+        moved_keys, self._moved = self._moved, set()
         peers = [peer for key in dirty if (peer := self._index.get(key)) is not None]
+        moved = [peer for peer in peers if peer.public_key in moved_keys]
         async with self._store.transaction() as db:
-            await db.write_observations(peers)
+            await db.write_observations(peers, moved)
             if serial != self.stored_zone_serial:
                 await db.set_meta("zone_serial", str(serial))
         self.stored_zone_serial = serial

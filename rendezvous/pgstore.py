@@ -20,21 +20,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import asyncpg
 
 from meshpeer.common.endpoints import Endpoint, IPAddress, IPNetwork
 
-from . import pgschema
+from . import pglisten, pgschema
 from .model import Conflict, Peer, Token
 from .pgconnect import CONNECTION_ERRORS, connect_pool, one_line
 from .storage import JoinRecord, StoredPeer, StoredToken, StoreFailure
 from .storedrows import (
     PEER_COLUMNS,
     endpoints_text,
-    observation_row,
     partners_text,
     routes_from_text,
     routes_text,
@@ -255,28 +254,53 @@ class PgTransaction(_PgReader):
         await self._db.execute("DELETE FROM peers WHERE public_key = $1", public_key)
         await self._log_change(public_key)
 
-    async def write_observations(self, peers: list[Peer]) -> None:
+    async def write_observations(self, peers: list[Peer], moved: list[Peer]) -> None:
+        # Another instance may have seen a later handshake: times and floors never go back.
         await self._db.executemany(
-            "UPDATE peers SET endpoint_host = $1, endpoint_port = $2, endpoint_confirmed_at = $3,"
-            " last_handshake = $4, handshake_timestamp = $5 WHERE public_key = $6",
-            [observation_row(peer) for peer in peers],
+            "UPDATE peers SET last_handshake = greatest(last_handshake, $1), "
+            "handshake_timestamp = greatest(handshake_timestamp, $2) WHERE public_key = $3",
+            [(peer.last_handshake, peer.handshake_timestamp, peer.public_key) for peer in peers],
         )
+        if moved:
+            await self._write_moves(moved)
+
+    async def _write_moves(self, moved: list[Peer]) -> None:
+        """The latest confirmed endpoint wins; every move is logged, won or lost (storage.py)."""
+        rows = [(peer.public_key, *(peer.endpoint or (None, None))) for peer in moved]
+        await self._db.execute(
+            "UPDATE peers AS p SET endpoint_host = o.host, endpoint_port = o.port, "
+            "endpoint_confirmed_at = o.confirmed FROM unnest($1::bytea[], $2::text[], "
+            "$3::integer[], $4::float8[]) AS o(public_key, host, port, confirmed) "
+            "WHERE p.public_key = o.public_key "
+            "AND coalesce(p.endpoint_confirmed_at, 0) < o.confirmed",
+            [key for key, _host, _port in rows],
+            [host for _key, host, _port in rows],
+            [port for _key, _host, port in rows],
+            [peer.endpoint_confirmed_at for peer in moved],
+        )
+        for peer in moved:
+            await self._log_change(peer.public_key)
 
     async def _log_change(self, public_key: bytes) -> None:
-        """Number the change from the clock row, locked until commit (module docstring)."""
+        """Number the change from the clock row, locked until commit (module docstring), and
+        announce it at commit. The empty payload makes a transaction's announcements one:
+        PostgreSQL folds identical notifications of a transaction."""
         await self._db.execute(
-            "WITH tick AS (UPDATE change_clock SET seq = seq + 1 RETURNING seq) "
-            "INSERT INTO changes (seq, public_key) SELECT seq, $1 FROM tick",
+            "WITH tick AS (UPDATE change_clock SET seq = seq + 1 RETURNING seq), "
+            "logged AS (INSERT INTO changes (seq, public_key) SELECT seq, $1 FROM tick "
+            "RETURNING seq) SELECT pg_notify($2, '') FROM logged",
             public_key,
+            pglisten.CHANNEL,
         )
 
 
 class PgStore(_PgReader):
     """Open with `await PgStore.open(url)`; the URL is the operator's `--database`."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, url: str) -> None:
         super().__init__(pool)
         self._pool = pool
+        self._url = url  # the listening connection is opened apart from the pool
         # As SQLite's engine: this process's transactions, and its catch-up reads, one at a time.
         self._lock = asyncio.Lock()
 
@@ -289,7 +313,7 @@ class PgStore(_PgReader):
         except BaseException:
             await pool.close()
             raise
-        return cls(pool)
+        return cls(pool, url)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[PgTransaction]:
@@ -341,6 +365,10 @@ class PgStore(_PgReader):
         """The change clock: it moves with every committed change of any instance (what a
         follower acts on); observations, which log no change, leave it as it is."""
         return await self.latest_change()
+
+    async def follow_changes(self, nudge: Callable[[], None]) -> None:
+        """Announced: every change's transaction sends NOTIFY (pglisten.py)."""
+        await pglisten.follow_notifications(self._url, nudge)
 
     async def close(self) -> None:
         with contextlib.suppress(*CONNECTION_ERRORS, asyncpg.PostgresError):

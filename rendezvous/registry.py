@@ -3,15 +3,14 @@
 One process serves (`rendezvous serve`); the admin CLI writes to the same data folder from
 others. Writes go through the store (storage.py: one durable transaction each, ordered across
 processes), then change the peers in memory (peerindex.py) the responder, DNS and the watch
-read. The serving process follows other processes' writes by polling the store's commit
-marker every FOREIGN_POLL_S; what the responder observes is written behind (observations.py).
+read. The serving process follows other processes' writes (following.py); what the responder
+observes is written behind (observations.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,12 +27,12 @@ from . import datadir, engines
 from . import settings as config
 from .damping import EndpointDamper
 from .datadir import ADMIN_TOKEN_NAME, DATABASE_NAME
+from .following import ChangeFollower
 from .joining import Admission
 from .model import NotFound, Peer, Token
 from .observations import Observations
 from .peerindex import ChangeKind, Listener, PeerIndex
 from .storage import Reader, Store, StoreFailure
-from .timers import FOREIGN_POLL_S
 from .tls import TlsFiles
 from .watchlog import WatchResult
 
@@ -46,8 +45,6 @@ __all__ = [
     "Registry",
     "WatchResult",
 ]
-
-logger = logging.getLogger("meshpeer.rendezvous.registry")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +65,7 @@ class Registry:
         self._index = PeerIndex()
         self._observed = Observations(self._index, store, identity.stored_zone_serial)
         self._admission = Admission(store, self._index, identity)
-        self._seen_change = 0
-        self._commit_marker = -1
+        self._following = ChangeFollower(store, self._index, self._forget)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
@@ -94,11 +90,17 @@ class Registry:
             datadir.check_served(data_dir)  # PostgreSQL's meta says so instead (prepare)
         datadir.make_private_dir(data_dir)
         opened = await engines.open_store(data_dir, database)
+        shared = database is not None  # other instances may serve from it too
         try:
             async with opened.transaction() as db:
-                prepared = datadir.prepare(db, data_dir, given, store=store, served=served)
+                prepared = datadir.prepare(
+                    db, data_dir, given, store=store, served=served, shared=shared
+                )
                 identity, opened.network_id = await prepared
             datadir.prepare_tls(identity, data_dir)
+            if shared:
+                async with opened.transaction() as db:
+                    await datadir.check_shared_tls(db, identity)
             registry = cls(opened, data_dir, identity)
             await registry._load_peers()
         except BaseException:
@@ -110,8 +112,7 @@ class Registry:
         for stored in await self._store.load_peers():
             self._index.remember(stored.peer, stored.credential_hash)
         self._admission.addresses.resume_after(self._index)
-        self._seen_change = await self._store.latest_change()
-        self._commit_marker = await self._store.commit_marker()
+        await self._following.start_from_store()
 
     async def close(self) -> None:
         if self._closed:
@@ -132,7 +133,8 @@ class Registry:
         """Serving only: write observations behind, and follow other processes' writes."""
         flushing = self._observed.write_behind()
         self._tasks.append(asyncio.create_task(flushing, name="registry-flush"))
-        self._tasks.append(asyncio.create_task(self._follow_loop(), name="registry-follow"))
+        following = self._following.run()
+        self._tasks.append(asyncio.create_task(following, name="registry-follow"))
 
     async def keep_settings(self) -> None:
         """Serving began: from now on the other commands read these settings."""
@@ -344,38 +346,12 @@ class Registry:
 
     # -- other processes' writes --------------------------------------------------------------
 
-    async def _follow_loop(self) -> None:
-        while True:
-            await asyncio.sleep(FOREIGN_POLL_S)
-            try:
-                await self.sync()
-            except StoreFailure as error:
-                logger.warning("could not read the registry (%s); retrying", error)
-
     async def sync(self) -> None:
         """Apply what other processes committed since we last looked."""
-        marker = await self._store.commit_marker()
-        if marker == self._commit_marker:
-            return
-        self._commit_marker = marker
-        async with self._store.exclusive() as reader:
-            await self._catch_up(reader)
+        await self._following.sync()
 
     async def _catch_up(self, reader: Reader) -> None:
-        changed: dict[bytes, None] = {}
-        for seq, key in await reader.changes_since(self._seen_change):
-            self._seen_change = max(self._seen_change, seq)
-            changed[key] = None
-        for key in changed:
-            await self._reload(reader, key)
-
-    async def _reload(self, reader: Reader, public_key: bytes) -> None:
-        stored = await reader.stored_peer(public_key)
-        if stored is None:
-            self._forget(public_key)
-            return
-        merged = stored.peer.observed_as(self._index.get(public_key))
-        self._index.remember(merged, stored.credential_hash)
+        await self._following.catch_up(reader)
 
     # -- the watch API ------------------------------------------------------------------------
 

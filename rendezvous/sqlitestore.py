@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from .storedrows import (
     routes_text,
     stored_peer,
 )
-from .timers import SQLITE_BUSY_TIMEOUT_S
+from .timers import FOREIGN_POLL_S, SQLITE_BUSY_TIMEOUT_S
 
 
 @contextlib.contextmanager
@@ -235,7 +235,8 @@ class SqliteTransaction(_SqliteReader):
         await self._db.execute("DELETE FROM peers WHERE public_key = ?", (public_key,))
         await self._log_change(public_key)
 
-    async def write_observations(self, peers: list[Peer]) -> None:
+    async def write_observations(self, peers: list[Peer], moved: list[Peer]) -> None:
+        # One serving process: its endpoint is the only one, and the CLI reads it from here.
         await self._db.executemany(
             "UPDATE peers SET endpoint_host = ?, endpoint_port = ?, endpoint_confirmed_at = ?,"
             " last_handshake = ?, handshake_timestamp = ? WHERE public_key = ?",
@@ -315,6 +316,12 @@ class SqliteStore(_SqliteReader):
     async def commit_marker(self) -> int:
         with _failures():
             return await self._number("PRAGMA data_version")
+
+    async def follow_changes(self, nudge: Callable[[], None]) -> None:
+        """Polled: the commit marker is cheap to read, and SQLite cannot announce a commit."""
+        while True:
+            await asyncio.sleep(FOREIGN_POLL_S)
+            nudge()
 
     async def close(self) -> None:
         await self._db.close()

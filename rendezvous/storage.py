@@ -11,6 +11,7 @@ No SQL leaves the engine: the registry speaks only in the methods below.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -119,8 +120,11 @@ class Transaction(Reader, Protocol):
         """Remove the peer, remembering its last join time as a removed key's."""
         ...
 
-    async def write_observations(self, peers: list[Peer]) -> None:
-        """Endpoints, handshake times and replay floors the responder saw."""
+    async def write_observations(self, peers: list[Peer], moved: list[Peer]) -> None:
+        """Handshake times and replay floors the responder saw (`peers`), and the endpoints
+        that moved (`moved`, some of `peers`). A shared store keeps, of two instances' moves,
+        the one confirmed latest, and logs each move as a change so every instance (the
+        writer too, should it lose) reloads the winner."""
         ...
 
 
@@ -141,6 +145,11 @@ class Store(Reader, Protocol):
 
     async def commit_marker(self) -> int:
         """A number that differs once another process committed: cheap to poll."""
+        ...
+
+    async def follow_changes(self, nudge: Callable[[], None]) -> None:
+        """Until cancelled: call `nudge` whenever another process may have committed a change
+        (following.py reads them from its last number, so a spurious nudge costs one read)."""
         ...
 
     async def close(self) -> None: ...

@@ -81,6 +81,12 @@ LAZY_FLUSH_S = 1.0
 # How soon a CLI write (peer remove, route grant) in another process reaches DNS and watchers:
 # reading the store's commit marker once per poll is cheap, and agents poll every second or so.
 FOREIGN_POLL_S = 0.05
+# However another process's change is announced (following.py), the follower also looks this
+# often: the bound on a change's delay should an announcement be lost.
+FOLLOW_SAFETY_POLL_S = 1.0
+# PostgreSQL: how soon a lost LISTEN connection (pglisten.py) is opened again; the safety poll
+# above carries the changes meanwhile, so there is no hurry that would hammer a failing server.
+PG_LISTEN_RETRY_S = 1.0
 # How long a writer waits for another process's SQLite lock before failing: a CLI write while
 # the server flushes waits, a wedged process is reported (SQLite's default is 0: fail at once).
 SQLITE_BUSY_TIMEOUT_S = 10.0
