@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,9 @@ def test_relay_benchmark_runs() -> None:
     output = smoke("relay.py")
     assert "core datagrams/s" in output and "relayed Mbit/s" in output
     assert "ratio relayed / direct throughput" in output
+
+
+def test_instances_benchmark_runs() -> None:
+    output = smoke("instances.py")
+    for engine in ("postgresql", "sqlite"):
+        assert re.search(rf"^{engine} .* \(10 of 10 arrived\)$", output, re.MULTILINE), output
