@@ -140,7 +140,7 @@ class Registry:
         """Serving began: from now on the other commands read these settings."""
         identity = self._identity
         async with self._store.transaction() as db:
-            await datadir.store_settings(db, identity.given, identity.settings, write=True)
+            await datadir.store_settings(db, self.data_dir, identity, write=True)
 
     # -- who the rendezvous is ----------------------------------------------------------------
 
