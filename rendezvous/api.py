@@ -201,17 +201,20 @@ async def watch(request: web.Request) -> web.Response:
     result = await registry.watch(epoch, since, min(timeout, MAX_WATCH_S))
     if result.full:
         request.app[RATION].take(caller, _now())
-        body = await request.app[SNAPSHOTS].body(result.epoch, result.revision, result.peers)
+        instances = registry.instances.to_json()
+        snapshots = request.app[SNAPSHOTS]
+        body = await snapshots.body(result.epoch, result.revision, result.peers, instances)
         return web.Response(body=body, content_type="application/json")
-    return web.json_response(
-        {
-            "epoch": result.epoch,
-            "revision": result.revision,
-            "full": result.full,
-            "peers": [peer.to_json() for peer in result.peers],
-            "removed": [encode_key(key) for key in result.removed],
-        }
-    )
+    answer = {
+        "epoch": result.epoch,
+        "revision": result.revision,
+        "full": result.full,
+        "peers": [peer.to_json() for peer in result.peers],
+        "removed": [encode_key(key) for key in result.removed],
+    }
+    if result.instances_changed:  # only then: an agent keeps the list it last heard
+        answer["instances"] = registry.instances.to_json()
+    return web.json_response(answer)
 
 
 # -- the operator -----------------------------------------------------------------------------
@@ -296,6 +299,7 @@ def _configuration(registry: Registry, peer: Peer) -> dict[str, Any]:
         },
         "dns": format_endpoint(settings.dns_address),
         "api_url": settings.public_api_url,
+        "instances": registry.instances.to_json(),  # every one serving, this one first
     }
 
 

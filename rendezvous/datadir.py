@@ -1,6 +1,9 @@
 """The data folder: a private directory holding the database, the rendezvous's key, its TLS
 files, the settings serve was given and the admin API's token (its hash in the database, the
-token itself in a 0600 file beside it)."""
+token itself in a 0600 file beside it).
+
+Of serve's settings, the mesh-wide ones live in the database's meta and this instance's own in
+its folder (instancefile.py): instances sharing a PostgreSQL database keep theirs apart."""
 
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ from meshpeer.common import tokens
 from meshpeer.common.errors import InvalidInput
 from meshpeer.common.keys import encode_key, parse_key
 
+from . import instancefile
 from . import settings as config
+from .instancefile import InstanceFile
 from .noise import public_bytes
 from .storage import Transaction
 from .tls import TlsFiles, ensure_self_signed, read_pin
@@ -34,6 +39,7 @@ class Identity:
     private_key: X25519PrivateKey
     public_key: bytes
     stored_zone_serial: int
+    instance_id: str  # this instance's row in the database's list of instances
     tls_files: TlsFiles | None = None  # None: plain HTTP behind the operator's proxy
     tls_pin: str | None = None
 
@@ -77,20 +83,43 @@ async def prepare(
     if served and "settings" not in meta:
         raise InvalidInput(never_served(data_dir))
     await db.upgrade_schema(meta)
-    stored = config.from_mapping(json.loads(meta.get("settings", "{}")))
+    kept = instancefile.read(data_dir)
+    if served and shared and kept is None:
+        raise InvalidInput(never_served_here(data_dir))
+    stored = config.from_mapping(_stored_settings(meta, kept, shared=shared))
     merged = config.merge(given, stored) if given else stored
-    settings = config.resolve(merged)
-    network_id = await store_settings(db, merged, settings, write=store)
     private_key = await _load_or_make_key(db, meta)
-    await _ensure_admin_token(db, meta, data_dir, shared=shared)
     identity = Identity(
         merged,
-        settings,
+        config.resolve(merged),
         private_key,
         public_bytes(private_key),
         int(meta.get("zone_serial", "0")),
+        kept.instance_id if kept else instancefile.new_instance_id(),
     )
+    network_id = await store_settings(db, data_dir, identity, write=store)
+    await _ensure_admin_token(db, meta, data_dir, shared=shared)
     return identity, network_id
+
+
+def never_served_here(data_dir: Path) -> str:
+    return (
+        f"{data_dir} has never served from this database: run the admin commands with the "
+        "--data-dir of an instance that serves (its --public-api-url goes in tokens)"
+    )
+
+
+def _stored_settings(
+    meta: dict[str, str], kept: InstanceFile | None, *, shared: bool
+) -> dict[str, str]:
+    """The mesh's settings from the database, this instance's from its folder. A SQLite folder
+    from before they were apart keeps its own in the database's meta: taken from there (and
+    moved to the folder at the next write). A shared database's are another instance's."""
+    in_database = json.loads(meta.get("settings", "{}"))
+    mesh = config.only(in_database, config.MESH_WIDE)
+    if kept is not None:
+        return mesh | kept.settings
+    return mesh if shared else mesh | config.only(in_database, config.PER_INSTANCE)
 
 
 def prepare_tls(identity: Identity, data_dir: Path) -> None:
@@ -105,14 +134,17 @@ def prepare_tls(identity: Identity, data_dir: Path) -> None:
 
 
 async def store_settings(
-    db: Transaction, given: config.Overrides, settings: config.Settings, *, write: bool
+    db: Transaction, data_dir: Path, identity: Identity, *, write: bool
 ) -> int:
-    """Keep `given` for the other commands (with `write`), and the network; its id."""
+    """Keep the settings for the other commands (with `write`), and the network; its id."""
     known = await db.default_network()
     if not write and known:
         return known[0]
     if write:
-        await db.set_meta("settings", json.dumps(config.to_mapping(given), sort_keys=True))
+        _keep_settings(data_dir, identity)
+        mesh = config.only(config.to_mapping(identity.given), config.MESH_WIDE)
+        await db.set_meta("settings", json.dumps(mesh, sort_keys=True))
+    settings = identity.settings
     network = str(settings.network)
     if not known:
         return await db.add_network(network, settings.zone)
@@ -126,6 +158,11 @@ async def store_settings(
             )
     await db.update_network(network_id, network, settings.zone)
     return network_id
+
+
+def _keep_settings(data_dir: Path, identity: Identity) -> None:
+    own = config.only(config.to_mapping(identity.given), config.PER_INSTANCE)
+    instancefile.write(data_dir, InstanceFile(identity.instance_id, own))
 
 
 def is_admin(meta: dict[str, str], secret: str) -> bool:

@@ -8,6 +8,8 @@ one row whose counter numbers the changes, so that they commit in the order of t
 
 from __future__ import annotations
 
+import asyncpg
+
 from meshpeer.common.errors import InvalidInput
 
 # PostgreSQL's own schema counter, apart from SQLite's: the two engines migrate separately.
@@ -70,6 +72,29 @@ CREATE TABLE IF NOT EXISTS change_clock (
     seq bigint NOT NULL
 );
 INSERT INTO change_clock (seq) VALUES (0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS instances (
+    id text PRIMARY KEY,
+    api_url text NOT NULL,
+    endpoint text NOT NULL,
+    dns text NOT NULL,
+    started_at timestamptz NOT NULL,
+    heartbeat_at timestamptz NOT NULL
+);
+"""
+# The instances table came after schema 1 without a new version: it is created in an existing
+# database by the CREATE above, and an instance not yet upgraded ignores it (a new version
+# would make it refuse the database in the middle of a rolling upgrade).
+
+BEAT_INSTANCE = """
+INSERT INTO instances (id, api_url, endpoint, dns, started_at, heartbeat_at)
+VALUES ($1, $2, $3, $4, clock_timestamp(), clock_timestamp())
+ON CONFLICT (id) DO UPDATE SET api_url = excluded.api_url, endpoint = excluded.endpoint,
+    dns = excluded.dns, heartbeat_at = excluded.heartbeat_at
+"""
+LIVE_INSTANCES = """
+SELECT id, api_url, endpoint, dns FROM instances
+WHERE heartbeat_at > clock_timestamp() - make_interval(secs => $2)
+ORDER BY id = $1 DESC, started_at, id LIMIT $3
 """
 
 
@@ -82,3 +107,10 @@ def needs_version(meta: dict[str, str]) -> bool:
             "upgrade this one"
         )
     return version != SCHEMA_VERSION or "schema" not in meta
+
+
+async def create(pool: asyncpg.Pool) -> None:
+    """The tables, at this version, whoever else starts at the same time."""
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK_ID)
+        await connection.execute(SCHEMA)

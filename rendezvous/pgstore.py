@@ -30,7 +30,7 @@ from meshpeer.common.endpoints import Endpoint, IPAddress, IPNetwork
 from . import pglisten, pgschema
 from .model import Conflict, Peer, Token
 from .pgconnect import CONNECTION_ERRORS, connect_pool, one_line
-from .storage import JoinRecord, StoredPeer, StoredToken, StoreFailure
+from .storage import JoinRecord, ServingInstance, StoredPeer, StoredToken, StoreFailure
 from .storedrows import (
     PEER_COLUMNS,
     endpoints_text,
@@ -309,7 +309,7 @@ class PgStore(_PgReader):
         pool = await connect_pool(url)
         try:
             with _failures():
-                await _create_schema(pool)
+                await pgschema.create(pool)
         except BaseException:
             await pool.close()
             raise
@@ -370,12 +370,23 @@ class PgStore(_PgReader):
         """Announced: every change's transaction sends NOTIFY (pglisten.py)."""
         await pglisten.follow_notifications(self._url, nudge)
 
+    async def beat_instance(
+        self, own: ServingInstance, live_s: float, limit: int
+    ) -> list[ServingInstance]:
+        row = (own.instance_id, own.api_url, own.endpoint, own.dns)
+        # Apart from the lock of peer changes: the list is no change a follower acts on.
+        with _failures():
+            async with self._pool.acquire() as connection, connection.transaction():
+                await connection.execute(pgschema.BEAT_INSTANCE, *row)
+                found = await connection.fetch(
+                    pgschema.LIVE_INSTANCES, own.instance_id, live_s, limit
+                )
+        return [ServingInstance(*map(str, record)) for record in found]
+
+    async def retire_instance(self, instance_id: str) -> None:
+        with _failures():
+            await self._pool.execute("DELETE FROM instances WHERE id = $1", instance_id)
+
     async def close(self) -> None:
         with contextlib.suppress(*CONNECTION_ERRORS, asyncpg.PostgresError):
             await self._pool.close()
-
-
-async def _create_schema(pool: asyncpg.Pool) -> None:
-    async with pool.acquire() as connection, connection.transaction():
-        await connection.execute("SELECT pg_advisory_xact_lock($1)", pgschema.SCHEMA_LOCK_ID)
-        await connection.execute(pgschema.SCHEMA)

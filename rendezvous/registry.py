@@ -28,6 +28,7 @@ from . import settings as config
 from .damping import EndpointDamper
 from .datadir import ADMIN_TOKEN_NAME, DATABASE_NAME
 from .following import ChangeFollower
+from .instances import InstanceList, own_instance
 from .joining import Admission
 from .model import NotFound, Peer, Token
 from .observations import Observations
@@ -66,6 +67,8 @@ class Registry:
         self._observed = Observations(self._index, store, identity.stored_zone_serial)
         self._admission = Admission(store, self._index, identity)
         self._following = ChangeFollower(store, self._index, self._forget)
+        own = own_instance(identity.instance_id, identity.settings)
+        self.instances = InstanceList(store, own, self._index.log)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
@@ -124,23 +127,27 @@ class Registry:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.instances.retire()
         self._observed.publish_all_held(time.time())
         with contextlib.suppress(StoreFailure):
             await self.flush()
         await self._store.close()
 
     def start_background(self) -> None:
-        """Serving only: write observations behind, and follow other processes' writes."""
+        """Serving only: write observations behind, follow other processes' writes, and
+        stamp this instance in the list of those serving."""
         flushing = self._observed.write_behind()
         self._tasks.append(asyncio.create_task(flushing, name="registry-flush"))
         following = self._following.run()
         self._tasks.append(asyncio.create_task(following, name="registry-follow"))
+        heartbeat = self.instances.run()
+        self._tasks.append(asyncio.create_task(heartbeat, name="registry-heartbeat"))
 
     async def keep_settings(self) -> None:
         """Serving began: from now on the other commands read these settings."""
         identity = self._identity
         async with self._store.transaction() as db:
-            await datadir.store_settings(db, identity.given, identity.settings, write=True)
+            await datadir.store_settings(db, self.data_dir, identity, write=True)
 
     # -- who the rendezvous is ----------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -116,6 +117,11 @@ class Overrides:
 
 
 _FIELDS = tuple(field.name for field in fields(Overrides))
+# What every instance serving one database must agree on: the mesh's names and addresses, and
+# what its DNS and relay promise. The database keeps these; the rest (where this instance
+# listens, how it is reached, its TLS files) belongs to its host and stays in its data folder.
+MESH_WIDE = ("zone", "network", "dns_ttl", "dns_axfr_allow", "relay_rate")
+PER_INSTANCE = tuple(name for name in _FIELDS if name not in MESH_WIDE)
 
 
 def resolve(given: Overrides) -> Settings:
@@ -190,12 +196,17 @@ def from_environment(environ: dict[str, str] | None = None) -> Overrides:
     return from_mapping({name: environ.get("RENDEZVOUS_" + name.upper()) for name in _FIELDS})
 
 
-def from_mapping(values: dict[str, str | None]) -> Overrides:
+def from_mapping(values: Mapping[str, str | None]) -> Overrides:
     return Overrides(**{name: values.get(name) or None for name in _FIELDS})
 
 
 def to_mapping(given: Overrides) -> dict[str, str]:
     return {name: value for name in _FIELDS if (value := getattr(given, name)) is not None}
+
+
+def only(values: dict[str, str], names: tuple[str, ...]) -> dict[str, str]:
+    """The entries of `values` (to_mapping's) named in `names`: MESH_WIDE or PER_INSTANCE."""
+    return {name: value for name, value in values.items() if name in names}
 
 
 def merge(high: Overrides, low: Overrides) -> Overrides:

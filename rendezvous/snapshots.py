@@ -64,13 +64,20 @@ class SnapshotCache:
     _fragments: dict[bytes, tuple[Peer, bytes]] = field(default_factory=dict)
     _building: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def body(self, epoch: str, revision: int, peers: Sequence[Peer]) -> bytes:
+    async def body(
+        self,
+        epoch: str,
+        revision: int,
+        peers: Sequence[Peer],
+        instances: list[dict[str, str]] | None = None,
+    ) -> bytes:
+        """The list at (epoch, revision): a change of `instances` is a revision of its own, so
+        a body kept for a revision has the instances it was built with."""
         async with self._building:  # one build at a time; the others then find it made
             if self._key != (epoch, revision):
                 await self._refresh(peers)
-                self._body = _document(
-                    epoch, revision, [self._fragments[p.public_key][1] for p in peers]
-                )
+                fragments = [self._fragments[p.public_key][1] for p in peers]
+                self._body = _document(epoch, revision, fragments, instances)
                 self._key = (epoch, revision)
             return self._body
 
@@ -96,6 +103,11 @@ def _fragments_of(peers: list[Peer]) -> dict[bytes, tuple[Peer, bytes]]:
     }
 
 
-def _document(epoch: str, revision: int, fragments: list[bytes]) -> bytes:
-    head = json.dumps({"epoch": epoch, "revision": revision, "full": True}, separators=(",", ":"))
+def _document(
+    epoch: str, revision: int, fragments: list[bytes], instances: list[dict[str, str]] | None
+) -> bytes:
+    head_fields: dict[str, object] = {"epoch": epoch, "revision": revision, "full": True}
+    if instances is not None:
+        head_fields["instances"] = instances
+    head = json.dumps(head_fields, separators=(",", ":"))
     return head[:-1].encode() + b',"removed":[],"peers":[' + b",".join(fragments) + b"]}"

@@ -22,7 +22,7 @@ from meshpeer.common.endpoints import Endpoint, IPAddress, IPNetwork
 
 from . import sqlschema
 from .model import Conflict, Peer, Token
-from .storage import JoinRecord, StoredPeer, StoredToken, StoreFailure
+from .storage import JoinRecord, ServingInstance, StoredPeer, StoredToken, StoreFailure
 from .storedrows import (
     PEER_COLUMNS,
     endpoints_text,
@@ -323,8 +323,24 @@ class SqliteStore(_SqliteReader):
             await asyncio.sleep(FOREIGN_POLL_S)
             nudge()
 
+    async def beat_instance(
+        self, own: ServingInstance, live_s: float, limit: int
+    ) -> list[ServingInstance]:
+        async with self.transaction():
+            await self._db.execute(sqlschema.BEAT_INSTANCE, _instance_row(own))
+            rows = await self._rows(sqlschema.LIVE_INSTANCES, live_s, own.instance_id, limit)
+        return [ServingInstance(*map(str, row)) for row in rows]
+
+    async def retire_instance(self, instance_id: str) -> None:
+        async with self.transaction():
+            await self._db.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
+
     async def close(self) -> None:
         await self._db.close()
+
+
+def _instance_row(instance: ServingInstance) -> tuple[str, str, str, str]:
+    return (instance.instance_id, instance.api_url, instance.endpoint, instance.dns)
 
 
 async def _prepare(db: aiosqlite.Connection) -> None:

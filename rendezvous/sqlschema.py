@@ -10,7 +10,7 @@ from meshpeer.common.errors import InvalidInput
 
 logger = logging.getLogger("meshpeer.rendezvous.registry")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Each CREATE ... IF NOT EXISTS is idempotent; tables of an older schema stay as they are until
 # `upgrade` brings them forward.
@@ -62,6 +62,27 @@ CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     public_key BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS instances (
+    id TEXT PRIMARY KEY,
+    api_url TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    dns TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL
+);
+"""
+# The database's clock in Unix seconds (julianday: any SQLite version has it), as PostgreSQL's.
+BEAT_INSTANCE = """
+INSERT INTO instances (id, api_url, endpoint, dns, started_at, heartbeat_at)
+VALUES (?, ?, ?, ?, (julianday('now') - 2440587.5) * 86400.0,
+    (julianday('now') - 2440587.5) * 86400.0)
+ON CONFLICT (id) DO UPDATE SET api_url = excluded.api_url, endpoint = excluded.endpoint,
+    dns = excluded.dns, heartbeat_at = excluded.heartbeat_at
+"""
+LIVE_INSTANCES = """
+SELECT id, api_url, endpoint, dns FROM instances
+WHERE heartbeat_at > (julianday('now') - 2440587.5) * 86400.0 - ?
+ORDER BY id = ? DESC, started_at, id LIMIT ?
 """
 
 # Schema 1 to 2: the columns of route grants and signed joins. Routes that peers merely claimed
@@ -81,6 +102,7 @@ _MIGRATIONS = (
 _RELAY_MIGRATIONS = ("ALTER TABLE peers ADD COLUMN relay_partners TEXT NOT NULL DEFAULT '[]'",)
 # Schema 3 to 4: the LAN endpoints each peer reports of itself.
 _LAN_MIGRATIONS = ("ALTER TABLE peers ADD COLUMN lan_endpoints TEXT NOT NULL DEFAULT '[]'",)
+# Schema 4 to 5: the serving instances' list, a new table SCHEMA creates in an older folder too.
 
 
 async def upgrade(db: aiosqlite.Connection, meta: dict[str, str]) -> bool:

@@ -47,6 +47,19 @@ class JoinRecord:
     last_join_ms: int  # the newest signed join time accepted: older ones are replays
 
 
+@dataclass(frozen=True, slots=True)
+class ServingInstance:
+    """One rendezvous serving this database, as members reach it."""
+
+    instance_id: str  # the data folder's (instancefile.py), never shown to members
+    api_url: str
+    endpoint: str  # its public WireGuard endpoint, HOST:PORT
+    dns: str  # where it answers DNS, HOST:PORT
+
+    def to_json(self) -> dict[str, str]:
+        return {"api_url": self.api_url, "endpoint": self.endpoint, "dns": self.dns}
+
+
 class Reader(Protocol):
     """Reads that are consistent inside a transaction, or under `Store.exclusive()`."""
 
@@ -150,6 +163,18 @@ class Store(Reader, Protocol):
     async def follow_changes(self, nudge: Callable[[], None]) -> None:
         """Until cancelled: call `nudge` whenever another process may have committed a change
         (following.py reads them from its last number, so a spurious nudge costs one read)."""
+        ...
+
+    async def beat_instance(
+        self, own: ServingInstance, live_s: float, limit: int
+    ) -> list[ServingInstance]:
+        """Stamp `own` alive by the database's clock (one clock, whatever the hosts' say), and
+        the instances stamped within `live_s`: `own` first, then the longest serving, `limit`
+        at most."""
+        ...
+
+    async def retire_instance(self, instance_id: str) -> None:
+        """A stopping instance leaves the list at once instead of when its stamp ages."""
         ...
 
     async def close(self) -> None: ...

@@ -87,6 +87,15 @@ FOLLOW_SAFETY_POLL_S = 1.0
 # PostgreSQL: how soon a lost LISTEN connection (pglisten.py) is opened again; the safety poll
 # above carries the changes meanwhile, so there is no hurry that would hammer a failing server.
 PG_LISTEN_RETRY_S = 1.0
+# Each serving instance stamps its row in the database's list of instances this often, and is
+# listed to members while its stamp is younger than the second: three missed stamps (a paused
+# or partitioned instance) take it off. Agents fail over in ~10 s (issue 18), so a dead instance
+# lingers in the list about as long as one failover.
+INSTANCE_HEARTBEAT_S = 5.0
+INSTANCE_LIVE_S = 15.0
+# At most this many instances are listed: the join answer and every watch carry the list, and a
+# mesh needs two or three (the agent tries them in turn).
+MAX_LISTED_INSTANCES = 16
 # How long a writer waits for another process's SQLite lock before failing: a CLI write while
 # the server flushes waits, a wedged process is reported (SQLite's default is 0: fail at once).
 SQLITE_BUSY_TIMEOUT_S = 10.0
