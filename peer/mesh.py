@@ -101,7 +101,7 @@ class Mesh:
         only those the peer reported itself, paths.lan_to_try says why), its mapping as the API
         observed it, then as DNS-SD published it."""
         key, found = peer.public_key, []
-        lan = paths.lan_to_try(peer, self.hints.endpoints("lan", key), None, relayed=True)
+        lan = paths.reported_sightings(peer, self.hints.endpoints("lan", key))
         found += [Candidate(endpoint, "lan") for endpoint in lan]
         found += [Candidate(peer.endpoint, "api")] if peer.endpoint is not None else []
         found += [Candidate(endpoint, "dns-sd") for endpoint in self.hints.endpoints("dns-sd", key)]

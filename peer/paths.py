@@ -201,6 +201,12 @@ def while_relayed(
     return _try_direct(state, public, status, config, now)
 
 
+def reported_sightings(peer: RemotePeer, sightings: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    """The sightings of `peer` at an endpoint it reported itself over the API: the only LAN
+    candidates any path may use (lan_to_try says why)."""
+    return tuple(endpoint for endpoint in sightings if endpoint in peer.lan_endpoints)
+
+
 def lan_to_try(
     peer: RemotePeer,
     sightings: tuple[Endpoint, ...],
@@ -216,7 +222,7 @@ def lan_to_try(
     address too (one NAT, where a LAN path can exist); a relayed one without that: a NAT with
     an address pool may give two hosts of one LAN two addresses, and there the LAN is the only
     way off the relay."""
-    reported = tuple(endpoint for endpoint in sightings if endpoint in peer.lan_endpoints)
+    reported = reported_sightings(peer, sightings)
     if relayed:
         return reported
     public = peer.endpoint

@@ -88,8 +88,7 @@ class Presence:
             return
         logger.info("this host's network changed (%s): setting every endpoint again", uplinks)
         self.moves += 1
-        self.mesh.set_own_lan(self._outside_mesh(list(uplinks.interfaces)))
-        self.mesh.roamed()
+        self.mesh.roamed()  # forgets every sighting: mDNS on the new LAN sets our subnets anew
         self._wake()
         self.moved.set()
         self.moved.clear()
@@ -102,8 +101,9 @@ class Presence:
         interfaces = self._outside_mesh(interfaces)
         self.mesh.set_own_lan(interfaces)
         addresses = [str(interface.ip) for interface in interfaces]
-        self.lan_report.want(addresses, self.listen_port)  # told to the rendezvous, where a
-        network = self.moves  # peer behind our public address looks before it tries them
+        # Told to the rendezvous: a peer behind our public address tries only these.
+        self.lan_report.want(addresses, self.listen_port)
+        network = self.moves
 
         def on_sightings(sightings: Sightings) -> None:
             if network == self.moves:  # not what the old LAN's mDNS still hears
