@@ -336,6 +336,7 @@ class Agent:
             device = await live.backend.status()
         plan = live.mesh.plan(device, time.time(), live.surroundings(table))
         await self._apply(live, plan)
+        live.presence.ask_for_neighbours(time.monotonic())
         return plan.next_round_s
 
     async def _apply(self, live: _Live, plan: Plan) -> None:

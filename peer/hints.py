@@ -81,6 +81,10 @@ class Hints:
             else:
                 del lan[key]
 
+    def on_our_lan(self, endpoint: Endpoint) -> bool:
+        """Whether a LAN sighting at `endpoint` would count: on one of our subnets."""
+        return bool(self._usable("lan", (endpoint,)))
+
     def endpoints(self, source: HintSource, key: bytes) -> tuple[Endpoint, ...]:
         return self._found[source].get(key, ())
 

@@ -15,8 +15,10 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import dns.rdataclass
+import dns.rdatatype
 import zeroconf
-from zeroconf import IPVersion, ServiceStateChange
+from zeroconf import IPVersion, ServiceStateChange, current_time_millis
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from meshpeer.common.endpoints import Endpoint
@@ -42,6 +44,10 @@ MAX_PENDING_RESOLVES = 16
 #   what one publish hands the core is at most MAX_SERVICE_NAMES times this.
 MAX_ADDRESSES_PER_NAME = 8
 Sightings = dict[bytes, list[Endpoint]]
+# zeroconf has no public call to ask once more; these are what its own browser asks with,
+# importable from the package but left out of its __all__.
+_Question = zeroconf.DNSQuestion  # type: ignore[attr-defined]
+_Outgoing = zeroconf.DNSOutgoing  # type: ignore[attr-defined]
 
 
 class _OneLine(logging.Filter):
@@ -105,6 +111,24 @@ class LanDiscovery:
         if self._zeroconf is not None:
             await self._zeroconf.async_unregister_all_services()
             await self._zeroconf.async_close()
+
+    def ask_again(self) -> None:
+        """One more multicast question for our service type (neighbours.py says when). The
+        services we already know go with it as known answers (RFC 6762 §7.1): only the others
+        answer. What answers reaches the browser as any announcement does."""
+        if self._zeroconf is None:
+            return
+        zc = self._zeroconf.zeroconf
+        ptr, internet = int(dns.rdatatype.PTR), int(dns.rdataclass.IN)
+        query = _Outgoing(0)  # flags 0: a standard query (mDNS's id is 0 as well)
+        query.add_question(_Question(SERVICE_TYPE, ptr, internet))
+        now = current_time_millis()
+        for known in zc.cache.async_all_by_details(SERVICE_TYPE, ptr, internet):
+            query.add_answer_at_time(known, now)
+        try:
+            zc.async_send(query)
+        except (OSError, zeroconf.Error) as error:  # stopping, or the address just went
+            logger.debug("mDNS: cannot ask again: %s", error)
 
     def _on_service_state_change(
         self, zeroconf: Any, service_type: str, name: str, state_change: ServiceStateChange

@@ -223,11 +223,13 @@ def lan_to_try(
     an address pool may give two hosts of one LAN two addresses, and there the LAN is the only
     way off the relay."""
     reported = reported_sightings(peer, sightings)
-    if relayed:
-        return reported
+    return reported if relayed or behind_our_nat(peer, own_public) else ()
+
+
+def behind_our_nat(peer: RemotePeer, own_public: Endpoint | None) -> bool:
+    """The peer's mapping has our own public address: one NAT, where a LAN path can exist."""
     public = peer.endpoint
-    behind_our_nat = own_public is not None and public is not None and public[0] == own_public[0]
-    return reported if behind_our_nat else ()
+    return own_public is not None and public is not None and public[0] == own_public[0]
 
 
 def while_direct(

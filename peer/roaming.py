@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import netwatch
+from . import neighbours, netwatch
 from .discovery import sighted
 from .lan import LanDiscovery, Sightings
 from .lanreport import LanReport
@@ -49,12 +49,21 @@ class Presence:
         self._lan: asyncio.Task[LanDiscovery] | None = None
         self.lan_report = LanReport()  # what mDNS announces, for PUT /v1/lan (relaying.py)
         self.moves = 0  # counts roams: what was read before one (mDNS, the device) is stale
+        self._asking = neighbours.Asking()
 
     def start_lan(self, name: str) -> None:
         """mDNS as `name`. Not awaited: announcing probes the name for about a second, and
         the punch to the other peers must not wait for it (it did: new pairs took 1.3 s)."""
         self.name = name
         self._lan = asyncio.create_task(self._announce(), name="mdns")
+
+    def ask_for_neighbours(self, now: float) -> None:
+        """Ask mDNS again, when due, for the peers that should be on our LAN (neighbours.py)."""
+        lan = self._lan
+        if lan is None or not lan.done() or lan.cancelled() or lan.exception() is not None:
+            return  # mDNS is starting: its browser's own first questions are on their way
+        if self._asking.due(neighbours.unsighted(self.mesh), now):
+            lan.result().ask_again()
 
     async def stop(self) -> None:
         """Stop mDNS, started or still starting, within a bounded wait."""
@@ -93,6 +102,7 @@ class Presence:
         self.moved.set()
         self.moved.clear()
         await self.stop()
+        self._asking = neighbours.Asking()  # the new LAN's browser starts with its own questions
         self.start_lan(self.name)
 
     async def _announce(self) -> LanDiscovery:

@@ -121,6 +121,11 @@ DNS_QUERY_TIMEOUT_S = 3.0
 # Resolving one mDNS service: RFC 6762 section 5.2 retries after 1 s, then 2 s; zeroconf takes
 # milliseconds.
 MDNS_RESOLVE_TIMEOUT_S = 3.0
+# mDNS is asked again for a peer that should be on our LAN and is not sighted (neighbours.py):
+# this long after one appears (never more often, however the API's list churns), then at
+# doubling intervals up to RFC 6762 §5.2's cap of an hour.
+MDNS_ASK_FIRST_S = 2.0
+MDNS_ASK_MAX_S = 3600.0
 # resolvectl answers in milliseconds; a hung systemd-resolved must not hold the start up.
 RESOLVECTL_TIMEOUT_S = 5.0
 # wireguard-go opens its UAPI socket within milliseconds; past 5 s it is not going to.

@@ -13,6 +13,8 @@ import time
 import pytest
 
 from tests.lab import Lab, NatType
+from tests.lab.netns import run
+from tests.lab.topology import Router
 from tests.lab.agents import MeshAgent
 from tests.lab.mdns import hold_mdns
 from tests.lab.rendezvous import RendezvousServer
@@ -64,6 +66,46 @@ def test_a_public_path_moves_to_the_lan_when_the_sightings_arrive(lab: Lab) -> N
     after = [stamp for stamp in stamps if stamp > opened]
     gaps = [b - a for a, b in itertools.pairwise(after)]
     assert after and max(gaps) < LONGEST_GAP_S, max(gaps, default=None)
+
+
+def test_a_pair_that_came_back_from_the_relay_still_moves_to_the_lan(lab: Lab) -> None:
+    """The same site, with the NAT's hairpin held back at first: the pair's punch fails, it goes
+    through the relay, and comes back `direct` at the relay's first direct try once the hairpin
+    works. A pair that got to `direct` that way must take the LAN as well when it appears."""
+    server = RendezvousServer(lab.add_public_host("rendezvous")).start()
+    token = server.token(2)
+    site = lab.add_nat("site", NatType.PORT_RESTRICTED, hairpin=True)
+    hosts = [site.add_host(f"pc{n}") for n in (0, 1)]
+    for host in hosts:
+        hold_mdns(host, True)
+    _hold_hairpin(site, True)
+    agents = [MeshAgent(host, host.name) for host in hosts]
+    for agent in agents:
+        agent.start(token)
+    pairs = list(zip(agents, ("pc1", "pc0"), strict=True))
+    assert wait_until(lambda: all(a.paths() == {o: "relay"} for a, o in pairs), 30), [
+        agent.paths() for agent in agents
+    ]
+    _hold_hairpin(site, False)
+    # The relay's first direct try comes DIRECT_FIRST_TRY_S (10 s) after the pair relayed.
+    assert wait_until(lambda: all(a.paths() == {o: "direct"} for a, o in pairs), 30), [
+        agent.paths() for agent in agents
+    ]
+    for host in hosts:
+        hold_mdns(host, False)
+    on_lan = wait_until(lambda: all(a.paths() == {o: "lan"} for a, o in pairs), ON_LAN_S)
+    first, second = agents
+    assert on_lan, ([agent.paths() for agent in agents], first.output(), second.output())
+
+
+def _hold_hairpin(site: Router, hold: bool) -> None:
+    """Drop (or let through again) what the NAT would forward from its LAN back into it."""
+    if hold:
+        rules = "add table ip hold\nadd chain ip hold forward { type filter hook forward priority -10; }\n"
+        rules += 'add rule ip hold forward iifname "lan" oifname "lan" drop\n'
+    else:
+        rules = "delete table ip hold\n"
+    run(["ip", "netns", "exec", site.ns, "nft", "-f", "-"], stdin=rules)
 
 
 def _listed_lan(server: RendezvousServer) -> list[str]:
