@@ -47,7 +47,10 @@ class LoopbackPeer:
 async def relaying(tmp_path: Path) -> AsyncIterator[tuple[Rendezvous, LoopbackPeer, LoopbackPeer]]:
     wg_port = free_port(socket.SOCK_DGRAM)
     given = config.Overrides(
-        wg_listen=f"127.0.0.1:{wg_port}", api_listen=f"127.0.0.1:{free_port(socket.SOCK_STREAM)}"
+        wg_listen=f"127.0.0.1:{wg_port}",
+        api_listen=f"127.0.0.1:{free_port(socket.SOCK_STREAM)}",
+        # Not the default port 53: two runs on one machine (or a resolver there) would collide.
+        dns_listen=f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
     )
     service = Rendezvous(await Registry.open(tmp_path, given))
     await service.start()

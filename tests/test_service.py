@@ -34,7 +34,10 @@ async def exchange(client: socket.socket, datagram: bytes, to: tuple[str, int]) 
 def test_a_recorded_initiation_stays_refused_after_a_restart(tmp_path: Path) -> None:
     wg_port = free_port(socket.SOCK_DGRAM)
     given = config.Overrides(
-        wg_listen=f"127.0.0.1:{wg_port}", api_listen=f"127.0.0.1:{free_port(socket.SOCK_STREAM)}"
+        wg_listen=f"127.0.0.1:{wg_port}",
+        api_listen=f"127.0.0.1:{free_port(socket.SOCK_STREAM)}",
+        # Not the default port 53: two runs on one machine (or a resolver there) would collide.
+        dns_listen=f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
     )
     rendezvous = ("127.0.0.1", wg_port)
     peer_key = X25519PrivateKey.generate()
