@@ -13,11 +13,11 @@ import time
 import pytest
 
 from tests.lab import Lab, NatType
-from tests.lab.netns import run
-from tests.lab.topology import Router
 from tests.lab.agents import MeshAgent
 from tests.lab.mdns import hold_mdns
+from tests.lab.netns import run
 from tests.lab.rendezvous import RendezvousServer
+from tests.lab.topology import Router
 from tests.lab.wait import wait_until
 
 pytestmark = pytest.mark.lab
@@ -101,7 +101,8 @@ def test_a_pair_that_came_back_from_the_relay_still_moves_to_the_lan(lab: Lab) -
 def _hold_hairpin(site: Router, hold: bool) -> None:
     """Drop (or let through again) what the NAT would forward from its LAN back into it."""
     if hold:
-        rules = "add table ip hold\nadd chain ip hold forward { type filter hook forward priority -10; }\n"
+        rules = "add table ip hold\n"
+        rules += "add chain ip hold forward { type filter hook forward priority -10; }\n"
         rules += 'add rule ip hold forward iifname "lan" oifname "lan" drop\n'
     else:
         rules = "delete table ip hold\n"
