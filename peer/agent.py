@@ -7,7 +7,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import random
 import re
 import socket
 import time
@@ -19,14 +18,15 @@ from typing import Any, TypeVar
 import dns.exception
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from meshpeer.common.endpoints import IPAddress, format_endpoint, parse_host_port
+from meshpeer.common.endpoints import parse_host_port
 from meshpeer.common.keys import encode_key
 from meshpeer.common.tokens import decode as decode_token
 
-from . import client, dnssd, relaying, resolved, waiting
+from . import client, dnssd, relaying, resolved, waiting, watching
 from .discovery import sighted
 from .errors import AgentError, AgentFailed, BackendError, Stopped
 from .host_routes import HostRoutes, rendezvous_addresses
+from .instances import Failover
 from .interface import (
     choose_backend,
     enable_forwarding,
@@ -36,11 +36,11 @@ from .interface import (
 )
 from .interface import tear_down as tear_down_interface
 from .links import Links
+from .live import Live
 from .mesh import Mesh
-from .plan import Plan, Surroundings
+from .plan import Plan
 from .prechecks import check_port_free, check_same_mesh
 from .roaming import Presence
-from .routes import RouteTable
 from .state import Membership, StateDir, process_start
 from .status import Identity, RendezvousState
 from .supervise import supervised
@@ -49,9 +49,8 @@ from .timers import (
     DNS_SD_POLL_S,
     RECONCILE_S,
     RELAY_RETRY_S,
-    WATCH_TIMEOUT_S,
 )
-from .uapi import PeerConfig, UapiError
+from .uapi import UapiError
 from .wireguard import Backend
 
 logger = logging.getLogger("meshpeer.peer")
@@ -70,28 +69,6 @@ class Options:
     dns_sd_poll_s: float = DNS_SD_POLL_S
     force: bool = False  # join another rendezvous's mesh even though this machine is in one
     accept_routes: bool = False  # install the routes other peers advertise (host_routes.py)
-
-
-@dataclass(slots=True)
-class _Live:
-    """What a running agent works with, once it has joined and made its interface."""
-
-    membership: Membership
-    mesh: Mesh
-    backend: Backend
-    routes: HostRoutes
-    rendezvous_addresses: frozenset[IPAddress]
-    rendezvous: RendezvousState
-    identity: Identity
-    presence: Presence  # mDNS, and following the host to other networks
-    rendezvous_peer: PeerConfig  # as the interface has it: kicked when a path stalls
-    last_status: dict[str, Any] | None = None
-    relay_retry_at: float = 0.0  # after a refused or failed PUT /v1/relay, not before this
-
-    def surroundings(self, route_table: RouteTable | None) -> Surroundings:
-        network = ipaddress.ip_network(self.membership.network)
-        addresses = self.rendezvous_addresses
-        return Surroundings(self.identity, self.rendezvous, network, addresses, route_table)
 
 
 class Agent:
@@ -140,7 +117,7 @@ class Agent:
 
     async def _live(
         self, membership: Membership, own_key: bytes, backend: Backend, routes: HostRoutes
-    ) -> _Live:
+    ) -> Live:
         rendezvous = await asyncio.to_thread(rendezvous_addresses, membership)
         pid_start = await asyncio.to_thread(process_start, os.getpid())
         ifname = self.options.interface
@@ -152,7 +129,7 @@ class Agent:
         network = ipaddress.ip_network(membership.network)
         port = self.options.listen_port
         presence = Presence(self.links, ifname, port, mesh, network, self._wake.set)
-        return _Live(
+        return Live(
             membership,
             mesh,
             backend,
@@ -162,9 +139,10 @@ class Agent:
             identity,
             presence,
             rendezvous_config,
+            Failover(membership.instance(), membership.instances),
         )
 
-    async def _run_loops(self, live: _Live) -> None:
+    async def _run_loops(self, live: Live) -> None:
         """The loops, until a stop; then mDNS said goodbye to, within a bounded wait."""
         loops = {
             "watch": lambda: self._follow_rendezvous(live),
@@ -172,7 +150,7 @@ class Agent:
             "dns-sd": lambda: self._poll_dns_sd(live),
             "network": live.presence.follow,
             "lan-report": lambda: relaying.report_lan_forever(
-                live.membership, live.presence.lan_report
+                lambda: live.membership, live.presence.lan_report
             ),
         }
         tasks = [
@@ -249,43 +227,15 @@ class Agent:
 
     # -- following the rendezvous -------------------------------------------------------------
 
-    async def _follow_rendezvous(self, live: _Live) -> None:
-        """The watch API, long-polled; on failure, back off and keep the tunnels as they are."""
-        epoch: str | None = None
-        revision: int | None = None
-        backoff = 1.0
-        while True:
-            try:
-                watching = client.watch(live.membership, epoch, revision, WATCH_TIMEOUT_S)
-                answer = await waiting.unless(live.presence.moved, watching)
-                if answer is None:  # its connection left from the old address: ask again
-                    revision = None  # for the whole list, which names our new mapping
-                    continue  # (the core forgot the old one, and a delta may not name us)
-            except client.JoinRefused as error:
-                logger.error("%s: stopping; join again with a new token to come back", error)
-                self.exit_code = 2  # the operator's decision: systemd must not restart us
-                self.stop()
-                return
-            except client.Unreachable as error:
-                live.rendezvous.failed(time.time())
-                logger.warning("%s; retrying in %.0f s", error, backoff)
-                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
-                continue
-            backoff = 1.0
-            silent_for = live.rendezvous.answered(time.time())
-            if silent_for is not None:
-                logger.info("the rendezvous answers again (after %.0f s)", silent_for)
-            mapping = answer.endpoint_of(live.mesh.own_key)
-            if mapping is not None:  # a delta lists us only when our mapping moved
-                live.rendezvous.own_endpoint = format_endpoint(mapping)
-            live.mesh.merge(answer.discovery())
-            if epoch is not None and answer.epoch != epoch:
-                await relaying.renew_after_restart(live.rendezvous_peer, live.backend, live.mesh)
-            epoch, revision = answer.epoch, answer.revision
-            self._wake.set()
+    async def _follow_rendezvous(self, live: Live) -> None:
+        await watching.follow_rendezvous(live, self.state, self._wake.set, self._removed)
 
-    async def _poll_dns_sd(self, live: _Live) -> None:
+    def _removed(self, why: str) -> None:
+        logger.error("%s: stopping; join again with a new token to come back", why)
+        self.exit_code = 2  # the operator's decision: systemd must not restart us
+        self.stop()
+
+    async def _poll_dns_sd(self, live: Live) -> None:
         """DNS-SD from the rendezvous's zone: a second endpoint for each peer the API lists,
         tried after the API's own when a path is down (plain DNS proves nothing more)."""
         server = parse_host_port(live.membership.dns, "the rendezvous's DNS address")
@@ -300,7 +250,7 @@ class Agent:
 
     # -- reconciling --------------------------------------------------------------------------
 
-    async def _reconcile_forever(self, live: _Live) -> None:
+    async def _reconcile_forever(self, live: Live) -> None:
         while True:
             next_round_s = RECONCILE_S
             try:
@@ -313,7 +263,7 @@ class Agent:
                 await asyncio.wait_for(self._wake.wait(), next_round_s)
             self._wake.clear()
 
-    async def _remake_interface(self, live: _Live) -> None:
+    async def _remake_interface(self, live: Live) -> None:
         """wireguard-go died (or someone deleted the link): make it again, peers and all."""
         logger.warning("interface %s is gone; making it again", self.options.interface)
         await live.backend.destroy()
@@ -324,7 +274,7 @@ class Agent:
             await live.backend.destroy()  # not alive: the next round tries again from scratch
             raise
 
-    async def reconcile(self, live: _Live) -> float:
+    async def reconcile(self, live: Live) -> float:
         """One round: gather what the core needs, let it plan, apply the plan. The seconds
         until the core wants the next one."""
         moves = live.presence.moves
@@ -339,7 +289,7 @@ class Agent:
         live.presence.ask_for_neighbours(time.monotonic())
         return plan.next_round_s
 
-    async def _apply(self, live: _Live, plan: Plan) -> None:
+    async def _apply(self, live: Live, plan: Plan) -> None:
         if plan.kick_rendezvous:
             # First: the rendezvous publishes our new mapping while the peers are punched.
             await live.backend.apply([replace(live.rendezvous_peer, kick=True)], [])

@@ -19,6 +19,7 @@ from meshpeer.common.keys import parse_key
 from meshpeer.common.limits import MAX_RELAY_PARTNERS, MAX_ROUTES
 
 from .discovery import Discovery, RemotePeer, api_delta, api_list
+from .instances import Instance, parse_instances
 from .uapi import UapiError, checked_cidr
 
 # A /16 mesh (the usual network) holds 65,534 peers: an answer that lists more is not the API's.
@@ -40,6 +41,9 @@ class WatchAnswer:
     full: bool  # the whole list (replaces), or what changed since `revision`
     peers: tuple[RemotePeer, ...]  # ourselves included, when listed
     removed: tuple[bytes, ...]
+    # The live rendezvous instances, the answering one first: in a full answer, and in a delta
+    # only when the list changed (None: no news of it).
+    instances: tuple[Instance, ...] | None = None
 
     def discovery(self) -> Discovery:
         return api_list(self.peers) if self.full else api_delta(self.peers, self.removed)
@@ -63,6 +67,7 @@ def watch_answer(answer: dict[str, Any]) -> WatchAnswer:
         bool(answer["full"]),
         tuple(filter(None, map(remote_peer, peers))),
         tuple(filter(None, map(_key, removed))),
+        parse_instances(answer["instances"]) if "instances" in answer else None,
     )
 
 

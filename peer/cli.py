@@ -232,7 +232,10 @@ def _rendezvous_line(rendezvous: dict[str, Any], now: float) -> str:
     since = rendezvous.get("since")
     how_long = f" for {_ago(since, now).removesuffix(' ago')}" if since else ""
     state = "answers" if rendezvous.get("answering") else "does not answer"
-    return f"rendezvous {rendezvous.get('url', '?')} {state}{how_long}"
+    others = rendezvous.get("others")
+    listed = [str(url) for url in others] if isinstance(others, list) else []
+    also = f"; it lists as live too: {', '.join(listed)}" if listed else ""
+    return f"rendezvous {rendezvous.get('url', '?')} {state}{how_long}{also}"
 
 
 def _ago(moment: object, now: float) -> str:

@@ -181,6 +181,14 @@ class Mesh:
             leads = self.own_key < key
             state.fresh = state.fresh or (state.path == "relay" and leads)
 
+    def relay_moved(self, relay: Endpoint) -> None:
+        """The agent moved to another rendezvous instance (watching.py): relayed paths move to
+        its relay as after a roam (paths.after_roaming), each up again once the peer answers."""
+        self.relay_endpoint = relay
+        for state in self._paths.values():
+            if state.path == "relay":
+                state.roamed, state.reason = True, "the rendezvous moved: relaying there"
+
     def relay_stored(self, partners: frozenset[bytes]) -> None:
         """The rendezvous holds these as the peers we relay with (its answer to PUT /v1/relay)."""
         self._stored = partners

@@ -126,7 +126,8 @@ def after_roaming(
     target = relay if state.path == "relay" and relay is not None else public or state.endpoint
     if target is None:
         return None
-    state.public, state.reason = public, "this host's network changed: punching again"
+    state.public = public
+    state.reason = state.reason or "this host's network changed: punching again"
     return punched(replace(config, endpoint=target), state, now)
 
 

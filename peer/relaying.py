@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from meshpeer.common.endpoints import Endpoint, format_endpoint
@@ -33,14 +34,15 @@ async def tell_relay(membership: Membership, mesh: Mesh, partners: frozenset[byt
     return True
 
 
-async def report_lan_forever(membership: Membership, report: LanReport) -> None:
+async def report_lan_forever(membership: Callable[[], Membership], report: LanReport) -> None:
     """Our LAN endpoints to the rendezvous whenever they are not what it holds (lanreport.py);
-    a loop of its own, so an unreachable rendezvous never holds up a reconcile round."""
+    a loop of its own, so an unreachable rendezvous never holds up a reconcile round. The
+    membership is asked for each time: the agent may have moved to another instance."""
     while True:
         endpoints = report.due(time.monotonic())
         if endpoints is not None:
             try:
-                report.told(await client.set_lan(membership, endpoints))
+                report.told(await client.set_lan(membership(), endpoints))
                 logger.info("told the rendezvous our LAN endpoints: %s", _listed(endpoints))
             except (client.Unreachable, client.JoinRefused) as error:  # removed: the watch says
                 logger.warning("could not tell the rendezvous our LAN endpoints: %s", error)

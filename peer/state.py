@@ -13,7 +13,7 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from meshpeer.common.errors import UsageError
 from meshpeer.common.files import write_atomically
 from meshpeer.common.keys import encode_key, parse_key
 from meshpeer.common.tokens import JoinToken
+
+from .instances import Instance, parse_instances
 
 DEFAULT_STATE_DIR = Path("/var/lib/meshpeer")
 
@@ -45,6 +47,9 @@ class Membership:
     rendezvous_address: str  # its mesh address
     routes: tuple[str, ...] = ()
     tls_pin: str | None = None  # the API's key, from the token; None: CA-checked (a TLS proxy)
+    # Every rendezvous instance serving the mesh, as last listed (instances.py): where to go
+    # when the one above stops answering, after a restart too.
+    instances: tuple[Instance, ...] = ()
 
     @classmethod
     def from_join(cls, answer: dict[str, Any], token: JoinToken, credential: str) -> Membership:
@@ -62,6 +67,16 @@ class Membership:
             rendezvous_endpoint=str(rendezvous["endpoint"]),
             rendezvous_address=str(rendezvous["address"]),
             routes=tuple(str(route) for route in peer.get("routes", [])),
+            instances=parse_instances(answer.get("instances")),
+        )
+
+    def instance(self) -> Instance:
+        """The instance this membership talks to, as the list would name it."""
+        return Instance(self.api_url, self.rendezvous_endpoint, self.dns)
+
+    def moved_to(self, instance: Instance) -> Membership:
+        return replace(
+            self, api_url=instance.api_url, rendezvous_endpoint=instance.endpoint, dns=instance.dns
         )
 
 
@@ -118,6 +133,7 @@ class StateDir:
         try:
             data = json.loads(path.read_text())
             data["routes"] = tuple(data.get("routes", ()))
+            data["instances"] = parse_instances(data.get("instances", []))
             membership = Membership(**data)
         except (ValueError, TypeError) as error:
             raise StateError(f"{path} is damaged ({error}); remove it and join again") from None

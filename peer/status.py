@@ -29,6 +29,9 @@ class RendezvousState:
     answering: bool = False
     since: float | None = None  # when it started answering, or stopped
     own_endpoint: str | None = None  # this machine's NAT mapping, as the rendezvous sees it
+    # The other instances serving the mesh, as this one lists them live (instances.py): where
+    # the agent goes if this one stops answering.
+    others: tuple[str, ...] = ()
 
     def answered(self, now: float) -> float | None:
         """Record an answer; how long it had not answered, if it had not."""
@@ -74,6 +77,7 @@ def document(
             "url": rendezvous.url,
             "answering": rendezvous.answering,
             "since": _seconds(rendezvous.since),
+            "others": list(rendezvous.others),
         },
         "pid": os.getpid(),
         "pid_start": identity.pid_start,

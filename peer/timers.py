@@ -116,6 +116,10 @@ REQUEST_TIMEOUT_S = 15.0
 # The watch's long poll: the server answers by then even when nothing changed, and 25 s stays
 # under the 30 s idle timeouts of common HTTP proxies and NATs' TCP mappings.
 WATCH_TIMEOUT_S = 25.0
+# The rendezvous instance in use failed every request for this long: move to the next one
+# (instances.py). The watch retries after 1, 2 and 4 s, so the move comes at the 4th failure,
+# about 7 s after the first; a silent host (no reset, no refusal) costs the long poll's timeout.
+FAILOVER_AFTER_S = 5.0
 # One DNS-SD query: a resolver's usual retry budget; the next poll tries again anyway.
 DNS_QUERY_TIMEOUT_S = 3.0
 # Resolving one mDNS service: RFC 6762 section 5.2 retries after 1 s, then 2 s; zeroconf takes

@@ -1,0 +1,135 @@
+"""The rendezvous instances of a mesh as this agent knows them, and which one it uses (issue 18).
+
+Several `rendezvous serve` on one PostgreSQL database share one WireGuard key and one TLS
+certificate, and any of them answers the API, DNS and the relay for the whole mesh. The join
+answer and the watch list the live ones (the answering one first). The agent talks to one at a
+time and moves to the next when the one it uses has not answered for FAILOVER_AFTER_S. Why one
+at a time, rather than each instance as a WireGuard peer with a keepalive: one key is one
+WireGuard peer, which has one endpoint; and a relayed pair needs both its sides at the same
+instance, which a common order of failover gives (every agent of a dead instance moves to the
+same next one).
+
+The list comes from the network: bounded, and each field checked before it reaches a URL, a
+WireGuard endpoint or a resolver. A new URL is still only used under the token's TLS pin, so a
+listed instance must hold the mesh's certificate to learn anything from us.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from dataclasses import dataclass
+
+from meshpeer.common.endpoints import format_endpoint, ip_literal, parse_host_port
+from meshpeer.common.errors import InvalidInput
+
+from .timers import FAILOVER_AFTER_S
+
+MAX_INSTANCES = 16  # the rendezvous lists at most this many (its MAX_LISTED_INSTANCES)
+MAX_URL_LENGTH = 2048
+_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Instance:
+    api_url: str  # https://HOST[:PORT][/PATH], no trailing slash
+    endpoint: str  # HOST:PORT of its WireGuard (and relay)
+    dns: str  # HOST:PORT of its DNS server
+
+    def to_json(self) -> dict[str, str]:
+        return {"api_url": self.api_url, "endpoint": self.endpoint, "dns": self.dns}
+
+
+def parse_instances(raw: object) -> tuple[Instance, ...]:
+    """The instances an API answer lists; malformed ones are skipped, never fatal."""
+    if not isinstance(raw, list):
+        return ()
+    found: list[Instance] = []
+    for item in raw[:MAX_INSTANCES]:
+        instance = parse_instance(item)
+        if instance is not None and instance not in found:
+            found.append(instance)
+    return tuple(found)
+
+
+def parse_instance(item: object) -> Instance | None:
+    if not isinstance(item, dict):
+        return None
+    try:
+        url = _api_url(item.get("api_url"))
+        endpoint = _host_port(item.get("endpoint"))
+        dns = _host_port(item.get("dns"))
+    except InvalidInput:
+        return None
+    return Instance(url, endpoint, dns)
+
+
+def _api_url(value: object) -> str:
+    if not isinstance(value, str) or len(value) > MAX_URL_LENGTH or not value.isascii():
+        raise InvalidInput("not an API URL")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        port = parts.port  # ValueError when out of range
+    except ValueError:
+        raise InvalidInput("not an API URL") from None
+    # https only: the token's pin (or the CA check) protects every request, this one too.
+    if parts.scheme != "https" or parts.username or parts.password or parts.query:
+        raise InvalidInput("not an API URL")
+    if parts.fragment or not parts.hostname or any(c in value for c in " \t\r\n\\"):
+        raise InvalidInput("not an API URL")
+    _host(parts.hostname)
+    del port
+    return value.rstrip("/")
+
+
+def _host_port(value: object) -> str:
+    if not isinstance(value, str) or len(value) > 260:
+        raise InvalidInput("not HOST:PORT")
+    host, port = parse_host_port(value, "an instance's address")
+    return format_endpoint((_host(host), port))
+
+
+def _host(host: str) -> str:
+    """An IP literal or a DNS name: nothing a resolver or a URL would read otherwise."""
+    try:
+        return ip_literal(host)
+    except InvalidInput:
+        # Label by label: one pattern over the whole name backtracks exponentially on a long
+        # name that fails at its end.
+        labels = host.removesuffix(".").split(".")
+        if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+            raise
+        return host.lower()
+
+
+@dataclass(slots=True)
+class Failover:
+    """Which instance the agent uses, and when to move to the next."""
+
+    current: Instance
+    known: tuple[Instance, ...] = ()
+    silent_since: float | None = None  # the current one's first failure since it last answered
+
+    def heard(self, listed: tuple[Instance, ...]) -> None:
+        """The live instances, as the one we use lists them (a watch or join answer): itself
+        first, as it names itself (our URL may be another name for it), for the order."""
+        if listed:
+            self.current, self.known = listed[0], listed
+
+    def answered(self) -> None:
+        self.silent_since = None
+
+    def failed(self, now: float) -> Instance | None:
+        """The current instance failed a request: the one to move to, once it has been silent
+        for FAILOVER_AFTER_S and another is known. Every agent takes the same order (by URL),
+        so the agents of a dead instance all meet at the same next one."""
+        if self.silent_since is None:
+            self.silent_since = now
+        if now - self.silent_since < FAILOVER_AFTER_S:
+            return None
+        others = sorted(set(self.known) | {self.current})
+        if len(others) < 2:
+            return None
+        following = others[(others.index(self.current) + 1) % len(others)]
+        self.current, self.silent_since = following, None
+        return following

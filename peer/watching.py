@@ -1,0 +1,130 @@
+"""Following the rendezvous: the watch API, long-polled, and moving to another rendezvous
+instance when the one in use stops answering (instances.py says when and which)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from meshpeer.common.endpoints import IPAddress, format_endpoint, unicast
+
+from . import client, relaying, resolved, waiting
+from .errors import BackendError
+from .host_routes import rendezvous_addresses
+from .instances import Instance
+from .interface import rendezvous_peer
+from .live import Live
+from .state import StateDir
+from .status import RendezvousState
+from .timers import BACKOFF_MAX_S, FAILOVER_AFTER_S, WATCH_TIMEOUT_S
+from .uapi import UapiError
+
+logger = logging.getLogger("meshpeer.peer")
+
+
+async def follow_rendezvous(
+    live: Live, state: StateDir, wake: Callable[[], None], removed: Callable[[str], None]
+) -> None:
+    """The watch API, long-polled; on failure, back off and keep the tunnels as they are, and
+    move to the next instance once this one has been silent for FAILOVER_AFTER_S."""
+    epoch: str | None = None
+    revision: int | None = None
+    backoff = 1.0
+    while True:
+        try:
+            watching = client.watch(live.membership, epoch, revision, WATCH_TIMEOUT_S)
+            answer = await waiting.unless(live.presence.moved, watching)
+            if answer is None:  # its connection left from the old address: ask again
+                revision = None  # for the whole list, which names our new mapping
+                continue  # (the core forgot the old one, and a delta may not name us)
+        except client.JoinRefused as error:
+            removed(str(error))
+            return
+        except client.Unreachable as error:
+            live.rendezvous.failed(time.time())
+            following = live.failover.failed(time.monotonic())
+            if following is not None and await move_to(live, state, following):
+                epoch = revision = None  # another instance: its epoch, and the whole list
+                backoff = 1.0
+                continue
+            logger.warning("%s; retrying in %.0f s", error, backoff)
+            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            continue
+        backoff = 1.0
+        live.failover.answered()
+        silent_for = live.rendezvous.answered(time.time())
+        if silent_for is not None:
+            logger.info("the rendezvous answers again (after %.0f s)", silent_for)
+        if answer.instances is not None:
+            await _heard(live, state, answer.instances)
+        mapping = answer.endpoint_of(live.mesh.own_key)
+        if mapping is not None:  # a delta lists us only when our mapping moved
+            live.rendezvous.own_endpoint = format_endpoint(mapping)
+        live.mesh.merge(answer.discovery())
+        if epoch is not None and answer.epoch != epoch:
+            await relaying.renew_after_restart(live.rendezvous_peer, live.backend, live.mesh)
+        epoch, revision = answer.epoch, answer.revision
+        wake()
+
+
+async def _heard(live: Live, state: StateDir, listed: tuple[Instance, ...]) -> None:
+    """The instance list as the one in use lists it: kept, with the membership (a restart
+    starts from it), and every instance's addresses kept out of accepted routes."""
+    live.failover.heard(listed)
+    live.rendezvous.others = tuple(instance.api_url for instance in listed[1:])
+    if listed == live.membership.instances:
+        return
+    live.membership = replace(live.membership, instances=listed)
+    await asyncio.to_thread(state.save_membership, live.membership)
+    found = await asyncio.to_thread(_addresses_of, live, listed)
+    live.rendezvous_addresses = live.rendezvous_addresses | found
+
+
+def _addresses_of(live: Live, listed: tuple[Instance, ...]) -> frozenset[IPAddress]:
+    found: set[IPAddress] = set()
+    for instance in listed:
+        found |= rendezvous_addresses(live.membership.moved_to(instance))
+    return frozenset(found)
+
+
+async def move_to(live: Live, state: StateDir, instance: Instance) -> bool:
+    """Use `instance` from now on: its API, its WireGuard endpoint (the same rendezvous key,
+    so the same WireGuard peer, pointed elsewhere), its relay and its DNS. False, and nothing
+    changed, when its endpoint does not resolve to a unicast address."""
+    before = live.membership.api_url
+    membership = live.membership.moved_to(instance)
+    try:
+        peer = await rendezvous_peer(membership)
+    except OSError as error:
+        logger.warning("cannot move to the rendezvous at %s: %s", instance.api_url, error)
+        return False
+    if peer.endpoint is None or not unicast(ipaddress.ip_address(peer.endpoint[0])):
+        logger.warning("cannot move to the rendezvous at %s: not a unicast address", instance)
+        return False
+    logger.warning(
+        "the rendezvous at %s has not answered for %.0f s: moving to %s",
+        before,
+        FAILOVER_AFTER_S,
+        instance.api_url,
+    )
+    live.membership, live.rendezvous_peer = membership, peer
+    others = tuple(known.api_url for known in live.failover.known if known != instance)
+    live.rendezvous = RendezvousState(instance.api_url, others=others)
+    live.mesh.relay_moved(peer.endpoint)
+    try:
+        # Removed and set again: a new session at once. The old one's keys are the dead
+        # instance's; the new one knows nothing of them (it would take our data for a relay's).
+        await live.backend.apply([replace(peer, kick=True)], [peer.public_key])
+    except (BackendError, UapiError, OSError) as error:  # the next round's kick sets it again
+        logger.warning("could not point WireGuard at the rendezvous yet: %s", error)
+    await asyncio.to_thread(state.save_membership, membership)
+    live.rendezvous_addresses |= await asyncio.to_thread(rendezvous_addresses, membership)
+    if await asyncio.to_thread(resolved.available):
+        await resolved.point_zone(live.identity.interface, membership.dns, membership.zone)
+    return True

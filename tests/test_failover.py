@@ -1,0 +1,131 @@
+"""The rendezvous instances an agent knows (peer/instances.py): the list from the API is
+hostile input, bounded and checked field by field; and the failover order every agent takes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from meshpeer.peer.api_decode import watch_answer
+from meshpeer.peer.instances import MAX_INSTANCES, Failover, Instance, parse_instances
+from meshpeer.peer.state import Membership, StateDir
+from meshpeer.peer.timers import FAILOVER_AFTER_S
+
+FIRST = Instance("https://203.0.113.2:51821", "203.0.113.2:51820", "203.0.113.2:53")
+SECOND = Instance("https://203.0.113.3:51821", "203.0.113.3:51820", "203.0.113.3:53")
+THIRD = Instance("https://rv3.example.net", "rv3.example.net:51820", "rv3.example.net:53")
+
+
+def listed(*instances: Instance) -> list[dict[str, str]]:
+    return [instance.to_json() for instance in instances]
+
+
+def test_a_well_formed_list_is_kept_in_order() -> None:
+    assert parse_instances(listed(SECOND, FIRST, THIRD)) == (SECOND, FIRST, THIRD)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("api_url", "http://203.0.113.9:51821"),  # not TLS: the pin would protect nothing
+        ("api_url", "https://user:pw@203.0.113.9"),
+        ("api_url", "https://203.0.113.9:99999"),
+        ("api_url", "https://203.0.113.9/?x=1"),
+        ("api_url", "https://bad host/"),
+        ("api_url", "https://203.0.113.9/\r\nX-Evil: 1"),
+        ("api_url", "https://" + "a" * 3000),
+        ("api_url", 7),
+        ("endpoint", "203.0.113.9"),  # no port
+        ("endpoint", "203.0.113.9:0"),
+        ("endpoint", "bad_host!:51820"),
+        ("endpoint", "fe80::1%eth0\nremove=true:51820"),
+        ("dns", ["203.0.113.9:53"]),
+        ("dns", "x" * 300 + ":53"),
+    ],
+)
+def test_an_instance_with_a_bad_field_is_skipped(field: str, value: object) -> None:
+    bad = FIRST.to_json() | {field: value}
+    assert parse_instances([bad, SECOND.to_json()]) == (SECOND,)
+
+
+@pytest.mark.parametrize("raw", [None, "list", {"api_url": FIRST.api_url}, [1, "x", None]])
+def test_anything_but_a_list_of_objects_gives_nothing(raw: object) -> None:
+    assert parse_instances(raw) == ()
+
+
+def test_a_long_list_is_cut_and_duplicates_dropped() -> None:
+    many = [
+        Instance(f"https://203.0.113.{n}:51821", f"203.0.113.{n}:51820", f"203.0.113.{n}:53")
+        for n in range(1, 40)
+    ]
+    raw = listed(FIRST, FIRST, *many)
+    assert len(parse_instances(raw)) <= MAX_INSTANCES
+    assert parse_instances(raw).count(FIRST) == 1
+
+
+def test_a_watch_answer_carries_the_list_only_when_it_names_one() -> None:
+    base = {"epoch": "e", "revision": 3, "full": False, "peers": [], "removed": []}
+    assert watch_answer(base).instances is None
+    assert watch_answer(base | {"instances": listed(FIRST, SECOND)}).instances == (FIRST, SECOND)
+
+
+def test_failover_waits_for_silence_then_moves_to_the_next_by_url() -> None:
+    failover = Failover(FIRST)
+    failover.heard((FIRST, THIRD, SECOND))  # the one answering lists itself first
+    assert failover.failed(100.0) is None
+    assert failover.failed(100.0 + FAILOVER_AFTER_S - 0.1) is None
+    assert failover.failed(100.0 + FAILOVER_AFTER_S) == SECOND  # sorted by URL: .2, .3, rv3
+    assert failover.current == SECOND
+    assert failover.failed(200.0) is None  # a fresh wait for the new one
+    assert failover.failed(200.0 + FAILOVER_AFTER_S) == THIRD
+    assert failover.failed(300.0) is None
+    assert failover.failed(300.0 + FAILOVER_AFTER_S) == FIRST  # and round again
+
+
+def test_an_answer_ends_the_silence() -> None:
+    failover = Failover(FIRST, (FIRST, SECOND))
+    failover.failed(100.0)
+    failover.answered()
+    assert failover.failed(100.0 + FAILOVER_AFTER_S) is None
+
+
+def test_alone_there_is_nowhere_to_go() -> None:
+    failover = Failover(FIRST)
+    failover.heard((FIRST,))
+    assert failover.failed(0.0) is None
+    assert failover.failed(1000.0) is None
+
+
+def test_the_token_may_name_an_instance_otherwise_than_its_own_list() -> None:
+    """The token says https://rv.example:51821; the instance lists itself by address. The
+    first answer makes them one, so the list does not hold the same instance twice."""
+    by_name = Instance("https://rv.example:51821", "rv.example:51820", "rv.example:53")
+    failover = Failover(by_name)
+    failover.heard((FIRST, SECOND))
+    failover.failed(0.0)
+    assert failover.failed(FAILOVER_AFTER_S) == SECOND
+
+
+def test_the_list_is_kept_with_the_membership(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.prepare()
+    membership = Membership(
+        FIRST.api_url, "cred", "laptop", "10.77.0.2", "10.77.0.0/16", "mesh.internal",
+        FIRST.dns, "a" * 43 + "=", FIRST.endpoint, "10.77.0.1", instances=(FIRST, SECOND),
+    )  # fmt: skip
+    state.save_membership(membership)
+    assert state.membership() == membership
+    assert state.membership().moved_to(SECOND).instance() == SECOND  # type: ignore[union-attr]
+    stored = json.loads((tmp_path / "membership.json").read_text())
+    stored["instances"].append({"api_url": "http://evil", "endpoint": "x", "dns": "y"})
+    (tmp_path / "membership.json").write_text(json.dumps(stored))
+    assert state.membership().instances == (FIRST, SECOND)  # type: ignore[union-attr]
+
+
+def test_a_long_name_that_fails_at_its_end_is_refused_at_once() -> None:
+    """A pattern over the whole name backtracked exponentially on this (a ReDoS)."""
+    name = "a" * 250 + "!"
+    bad = FIRST.to_json() | {"endpoint": f"{name}:51820"}
+    assert parse_instances([bad]) == ()
