@@ -34,19 +34,10 @@ def compose(lab: Lab, image: str) -> Iterator[Compose]:
         deployment.run("down", "-v", check=False)
 
 
-def start(compose: Compose) -> None:
-    compose.run("up", "-d")
-    healthy = wait_until(
-        lambda: compose.exec("rendezvous", "health", check=False).returncode == 0, 30
-    )
-    logs = compose.podman("logs", compose.container, check=False)
-    assert healthy, logs.stdout + logs.stderr
-
-
 def test_two_agents_behind_port_restricted_nats_mesh_through_the_container(
     lab: Lab, compose: Compose
 ) -> None:
-    start(compose)
+    compose.start()
     token = compose.exec("rendezvous", "token", "create", "--uses", "2").stdout.strip()
     agents = [
         MeshAgent(lab.add_nat(f"site{n}", NatType.PORT_RESTRICTED).add_host(f"p{n}"), f"p{n}")
@@ -66,7 +57,7 @@ def test_two_agents_behind_port_restricted_nats_mesh_through_the_container(
 def test_the_container_runs_unprivileged_checks_health_and_keeps_its_data(
     lab: Lab, compose: Compose
 ) -> None:
-    start(compose)
+    compose.start()
     assert compose.exec("id", "-u").stdout.strip() == IMAGE_USER_ID
     # The image's own HEALTHCHECK, as the engine runs it.
     assert compose.podman("healthcheck", "run", compose.container, check=False).returncode == 0
@@ -74,7 +65,7 @@ def test_the_container_runs_unprivileged_checks_health_and_keeps_its_data(
     compose.exec("rendezvous", "token", "create")
 
     compose.run("down")  # the container goes, the named volume stays
-    start(compose)
+    compose.start()
     info = json.loads(compose.exec("rendezvous", "info", "--json").stdout)
     assert info["public_key"] == key
     assert info["endpoint"] == compose.env["RENDEZVOUS_PUBLIC_ENDPOINT"]

@@ -14,6 +14,7 @@ import meshpeer.dns.naming
 
 REPO = Path(__file__).resolve().parent.parent
 SITE_DNS = "site-packages/dns/message.py"
+COMPOSE_FILE = REPO / "docker" / "compose.yaml"
 
 
 def test_dnspython_wins_under_pytest() -> None:
@@ -71,13 +72,34 @@ def test_setup_waits_for_another_apt_instead_of_failing() -> None:
 def test_compose_passes_every_setting_serve_knows() -> None:
     """README tells users to set RENDEZVOUS_* variables when they run compose: each must reach
     the container (three of eight once did not, so a TLS proxy's URL had no effect)."""
-    from meshpeer.rendezvous import settings
 
-    compose = (Path(__file__).parent.parent / "docker" / "compose.yaml").read_text()
+    from meshpeer.rendezvous import engines, settings
+
+    compose = COMPOSE_FILE.read_text()
     passed = set(re.findall(r"^\s+(RENDEZVOUS_[A-Z_]+):", compose, re.MULTILINE))
     known = {"RENDEZVOUS_" + name.upper() for name in settings.Overrides.__dataclass_fields__}
+    known.add(engines.DATABASE_VARIABLE)  # where a second host finds the shared database
     assert known <= passed, known - passed
     assert "stop_grace_period:" in compose
+
+
+def test_compose_without_a_profile_is_the_rendezvous_alone() -> None:
+    """`docker compose up` stays one rendezvous on SQLite: every other service (PostgreSQL for
+    several instances) waits for its profile."""
+    services = compose_services(COMPOSE_FILE.read_text())
+    assert "rendezvous" in services and "postgres" in services
+    default = [name for name, block in services.items() if "    profiles:" not in block]
+    assert default == ["rendezvous"]
+    assert "profiles: [postgres]" in services["postgres"]
+
+
+def compose_services(compose: str) -> dict[str, str]:
+    """Each service's block of lines, by name (two-space keys under `services:`)."""
+    found = re.search(r"^services:\n(.*?)(?=^\S)", compose, re.MULTILINE | re.DOTALL)
+    assert found, "compose.yaml has no services: section"
+    section = found.group(1)
+    parts = re.split(r"^  ([a-z][a-z0-9-]*):\n", section, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
 
 
 # Who may import whom: common/ is the shared vocabulary and imports none of the others; dns/ is
