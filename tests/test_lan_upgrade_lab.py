@@ -17,7 +17,7 @@ from tests.lab.agents import MeshAgent
 from tests.lab.mdns import hold_mdns
 from tests.lab.netns import run
 from tests.lab.rendezvous import RendezvousServer
-from tests.lab.topology import Router
+from tests.lab.topology import Host, Router
 from tests.lab.wait import wait_until
 
 pytestmark = pytest.mark.lab
@@ -32,15 +32,7 @@ LONGEST_GAP_S = 3.0
 
 
 def test_a_public_path_moves_to_the_lan_when_the_sightings_arrive(lab: Lab) -> None:
-    server = RendezvousServer(lab.add_public_host("rendezvous")).start()
-    token = server.token(2)
-    site = lab.add_nat("site", NatType.PORT_RESTRICTED, hairpin=True)
-    hosts = [site.add_host(f"pc{n}") for n in (0, 1)]
-    for host in hosts:
-        hold_mdns(host, True)
-    agents = [MeshAgent(host, host.name) for host in hosts]
-    for agent in agents:
-        agent.start(token)
+    server, _, hosts, agents = _hairpinned_pair(lab, hold_hairpin=False)
     pairs = list(zip(agents, ("pc1", "pc0"), strict=True))
     assert wait_until(lambda: all(a.paths() == {o: "direct"} for a, o in pairs), 30), [
         agent.paths() for agent in agents
@@ -72,16 +64,7 @@ def test_a_pair_that_came_back_from_the_relay_still_moves_to_the_lan(lab: Lab) -
     """The same site, with the NAT's hairpin held back at first: the pair's punch fails, it goes
     through the relay, and comes back `direct` at the relay's first direct try once the hairpin
     works. A pair that got to `direct` that way must take the LAN as well when it appears."""
-    server = RendezvousServer(lab.add_public_host("rendezvous")).start()
-    token = server.token(2)
-    site = lab.add_nat("site", NatType.PORT_RESTRICTED, hairpin=True)
-    hosts = [site.add_host(f"pc{n}") for n in (0, 1)]
-    for host in hosts:
-        hold_mdns(host, True)
-    _hold_hairpin(site, True)
-    agents = [MeshAgent(host, host.name) for host in hosts]
-    for agent in agents:
-        agent.start(token)
+    _, site, hosts, agents = _hairpinned_pair(lab, hold_hairpin=True)
     pairs = list(zip(agents, ("pc1", "pc0"), strict=True))
     assert wait_until(lambda: all(a.paths() == {o: "relay"} for a, o in pairs), 30), [
         agent.paths() for agent in agents
@@ -96,6 +79,23 @@ def test_a_pair_that_came_back_from_the_relay_still_moves_to_the_lan(lab: Lab) -
     on_lan = wait_until(lambda: all(a.paths() == {o: "lan"} for a, o in pairs), ON_LAN_S)
     first, second = agents
     assert on_lan, ([agent.paths() for agent in agents], first.output(), second.output())
+
+
+def _hairpinned_pair(
+    lab: Lab, *, hold_hairpin: bool
+) -> tuple[RendezvousServer, Router, list[Host], list[MeshAgent]]:
+    """A rendezvous, and two agents behind one hairpinning NAT with their mDNS held back (and
+    the hairpin too, if asked), started."""
+    server = RendezvousServer(lab.add_public_host("rendezvous")).start()
+    token = server.token(2)
+    site = lab.add_nat("site", NatType.PORT_RESTRICTED, hairpin=True)
+    hosts = [site.add_host(f"pc{n}") for n in (0, 1)]
+    for host in hosts:
+        hold_mdns(host, True)
+    if hold_hairpin:
+        _hold_hairpin(site, True)
+    agents = [MeshAgent(host, host.name).start(token) for host in hosts]
+    return server, site, hosts, agents
 
 
 def _hold_hairpin(site: Router, hold: bool) -> None:
