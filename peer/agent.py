@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 import dns.exception
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from meshpeer.common.endpoints import parse_host_port
 from meshpeer.common.keys import encode_key
 from meshpeer.common.tokens import decode as decode_token
 
@@ -129,7 +128,7 @@ class Agent:
         network = ipaddress.ip_network(membership.network)
         port = self.options.listen_port
         presence = Presence(self.links, ifname, port, mesh, network, self._wake.set)
-        return Live(
+        live = Live(
             membership,
             mesh,
             backend,
@@ -141,6 +140,8 @@ class Agent:
             rendezvous_config,
             Failover(membership.instance(), membership.instances),
         )
+        live.protect(rendezvous)
+        return live
 
     async def _run_loops(self, live: Live) -> None:
         """The loops, until a stop; then mDNS said goodbye to, within a bounded wait."""
@@ -238,12 +239,13 @@ class Agent:
     async def _poll_dns_sd(self, live: Live) -> None:
         """DNS-SD from the rendezvous's zone: a second endpoint for each peer the API lists,
         tried after the API's own when a path is down (plain DNS proves nothing more)."""
-        server = parse_host_port(live.membership.dns, "the rendezvous's DNS address")
         while True:
+            membership = live.membership  # read each round: the agent may have moved
             try:
-                found = await dnssd.discover(server, live.membership.zone, live.mesh.peers)
-            except (dns.exception.DNSException, OSError) as error:
-                logger.debug("DNS-SD from %s failed: %s", live.membership.dns, error)
+                server = await watching.dns_server(membership)
+                found = await dnssd.discover(server, membership.zone, live.mesh.peers)
+            except (dns.exception.DNSException, OSError, ValueError) as error:
+                logger.debug("DNS-SD from %s failed: %s", membership.dns, error)
             else:
                 live.mesh.merge(sighted("dns-sd", found))
             await asyncio.sleep(self.options.dns_sd_poll_s)

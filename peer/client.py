@@ -188,6 +188,8 @@ async def _request(
         ) from None
     except (aiohttp.ClientError, TimeoutError, OSError) as error:
         raise Unreachable(f"cannot reach {_origin(url)}: {_reason(error)}") from None
+    except ValueError as error:  # a URL aiohttp will not send to: never a loop's crash
+        raise Unreachable(f"cannot ask {_origin(url)}: {error}") from None
 
 
 def _origin(url: str) -> str:

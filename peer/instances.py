@@ -16,17 +16,29 @@ listed instance must hold the mesh's certificate to learn anything from us.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import re
+import string
 import urllib.parse
 from dataclasses import dataclass
 
-from meshpeer.common.endpoints import format_endpoint, ip_literal, parse_host_port
+from meshpeer.common.endpoints import (
+    IPAddress,
+    format_endpoint,
+    host_of,
+    ip_literal,
+    parse_host_port,
+)
 from meshpeer.common.errors import InvalidInput
 
 from .timers import FAILOVER_AFTER_S
 
 MAX_INSTANCES = 16  # the rendezvous lists at most this many (its MAX_LISTED_INSTANCES)
 MAX_URL_LENGTH = 2048
+# RFC 3986's unreserved and sub-delims, ":", "/" and "%" (a percent-escape in the path): no
+# "?", "#" or "@", no spaces, quotes or controls.
+_URL_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-._~!$&'()*+,;=:/%[]")
 _LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
@@ -44,19 +56,19 @@ def parse_instances(raw: object) -> tuple[Instance, ...]:
     """The instances an API answer lists; malformed ones are skipped, never fatal."""
     if not isinstance(raw, list):
         return ()
-    found: list[Instance] = []
+    found: dict[str, Instance] = {}  # by URL: one instance, one entry
     for item in raw[:MAX_INSTANCES]:
         instance = parse_instance(item)
-        if instance is not None and instance not in found:
-            found.append(instance)
-    return tuple(found)
+        if instance is not None:
+            found.setdefault(instance.api_url, instance)
+    return tuple(found.values())
 
 
 def parse_instance(item: object) -> Instance | None:
     if not isinstance(item, dict):
         return None
     try:
-        url = _api_url(item.get("api_url"))
+        url = api_url(item.get("api_url"))
         endpoint = _host_port(item.get("endpoint"))
         dns = _host_port(item.get("dns"))
     except InvalidInput:
@@ -64,8 +76,14 @@ def parse_instance(item: object) -> Instance | None:
     return Instance(url, endpoint, dns)
 
 
-def _api_url(value: object) -> str:
+def api_url(value: object) -> str:
+    """An instance's API URL in one canonical spelling (`https://host[:port][/path]`, the host
+    in lower case without a trailing dot, no :443), or InvalidInput. Nothing a request would
+    read otherwise: no credentials (aiohttp refuses a request whose URL has `@` at all), no
+    query or fragment (the API's own query would go after them), no controls or spaces."""
     if not isinstance(value, str) or len(value) > MAX_URL_LENGTH or not value.isascii():
+        raise InvalidInput("not an API URL")
+    if not _URL_CHARACTERS.issuperset(value):
         raise InvalidInput("not an API URL")
     try:
         parts = urllib.parse.urlsplit(value)
@@ -73,13 +91,14 @@ def _api_url(value: object) -> str:
     except ValueError:
         raise InvalidInput("not an API URL") from None
     # https only: the token's pin (or the CA check) protects every request, this one too.
-    if parts.scheme != "https" or parts.username or parts.password or parts.query:
+    if parts.scheme.lower() != "https" or "@" in parts.netloc or not parts.hostname:
         raise InvalidInput("not an API URL")
-    if parts.fragment or not parts.hostname or any(c in value for c in " \t\r\n\\"):
+    if parts.netloc.endswith(":") or port == 0:
         raise InvalidInput("not an API URL")
-    _host(parts.hostname)
-    del port
-    return value.rstrip("/")
+    host = _host(parts.hostname).removesuffix(".")
+    host = f"[{host}]" if ":" in host else host
+    authority = host if port in (None, 443) else f"{host}:{port}"
+    return f"https://{authority}{parts.path.rstrip('/')}"
 
 
 def _host_port(value: object) -> str:
@@ -102,6 +121,17 @@ def _host(host: str) -> str:
         return host.lower()
 
 
+def literal_addresses(listed: tuple[Instance, ...]) -> frozenset[IPAddress]:
+    """The IP literals among the instances' hosts (endpoint, DNS, API): no resolver asked."""
+    found: set[IPAddress] = set()
+    for instance in listed:
+        hosts = (host_of(instance.endpoint), host_of(instance.dns))
+        for host in (*hosts, urllib.parse.urlsplit(instance.api_url).hostname or ""):
+            with contextlib.suppress(InvalidInput):
+                found.add(ipaddress.ip_address(ip_literal(host)))
+    return frozenset(found)
+
+
 @dataclass(slots=True)
 class Failover:
     """Which instance the agent uses, and when to move to the next."""
@@ -111,10 +141,16 @@ class Failover:
     silent_since: float | None = None  # the current one's first failure since it last answered
 
     def heard(self, listed: tuple[Instance, ...]) -> None:
-        """The live instances, as the one we use lists them (a watch or join answer): itself
-        first, as it names itself (our URL may be another name for it), for the order."""
-        if listed:
-            self.current, self.known = listed[0], listed
+        """The live instances, as the one we use lists them (a watch or join answer). Our own
+        entry is found by URL or WireGuard endpoint (the token may name the instance otherwise
+        than it names itself) and taken as its spelling; never by its place in the list."""
+        if not listed:
+            return  # an empty or unreadable list is no news: the one we had stays
+        own = self.current
+        self.current = next(
+            (i for i in listed if i.api_url == own.api_url or i.endpoint == own.endpoint), own
+        )
+        self.known = listed
 
     def answered(self) -> None:
         self.silent_since = None

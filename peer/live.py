@@ -10,7 +10,7 @@ from typing import Any
 from meshpeer.common.endpoints import IPAddress
 
 from .host_routes import HostRoutes
-from .instances import Failover
+from .instances import Failover, literal_addresses
 from .mesh import Mesh
 from .plan import Surroundings
 from .roaming import Presence
@@ -29,6 +29,8 @@ class Live:
     mesh: Mesh
     backend: Backend
     routes: HostRoutes
+    # Kept out of accepted routes (routes.py): the instance in use's addresses, resolved, and
+    # every listed instance's IP literals (instances.py); replaced, never only added to.
     rendezvous_addresses: frozenset[IPAddress]
     rendezvous: RendezvousState
     identity: Identity
@@ -37,6 +39,17 @@ class Live:
     failover: Failover  # which rendezvous instance we use, and the next (instances.py)
     last_status: dict[str, Any] | None = None
     relay_retry_at: float = 0.0  # after a refused or failed PUT /v1/relay, not before this
+    in_use_addresses: frozenset[IPAddress] = frozenset()  # the instance in use's, resolved
+    list_saved_at: float = float("-inf")  # when the instance list was last written to disk
+
+    def protect(self, in_use: frozenset[IPAddress] | None = None) -> None:
+        """The rendezvous addresses again: the instance in use's (`in_use`, when it changed)
+        and the IP literals of the instances listed. A listed name is not resolved until the
+        agent moves to it: the list must not make the agent ask resolvers about any name."""
+        if in_use is not None:
+            self.in_use_addresses = in_use
+        listed = literal_addresses(self.failover.known)
+        self.rendezvous_addresses = self.in_use_addresses | listed
 
     def surroundings(self, route_table: RouteTable | None) -> Surroundings:
         network = ipaddress.ip_network(self.membership.network)

@@ -8,17 +8,21 @@ never sighted each other, and their pair stayed on the NAT's hairpin for good. S
 rendezvous lists a peer that reported a LAN endpoint on one of our subnets, behind our public
 address or relayed (where paths.lan_to_try would take its sighting), and mDNS has not sighted it
 there, the agent asks again: MDNS_ASK_FIRST_S after such a peer appears, then at doubling
-intervals (RFC 6762 §5.2) up to an hour, from the start when another one appears. However the
-API's list churns, no two questions come closer than MDNS_ASK_FIRST_S.
+intervals (RFC 6762 §5.2) up to an hour, each peer on its own series. However the API's list
+churns, no two questions come closer than MDNS_ASK_FIRST_S.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import paths
 from .mesh import Mesh
 from .timers import MDNS_ASK_FIRST_S, MDNS_ASK_MAX_S
+
+# Peers whose series are kept: far more than a LAN holds, and a bound on what the API's list
+# can make us keep.
+MAX_ASKED = 4096
 
 
 def unsighted(mesh: Mesh) -> frozenset[bytes]:
@@ -37,25 +41,30 @@ def unsighted(mesh: Mesh) -> frozenset[bytes]:
 
 @dataclass(slots=True)
 class Asking:
-    """When to ask mDNS again for the peers `unsighted` names."""
+    """When to ask mDNS again for the peers `unsighted` names: each peer's own series (2 s
+    after it is first wanted, then doubling to an hour), kept while it comes and goes from the
+    list, so that a list that swaps or flips its peers never resets a series; and never two
+    questions within MDNS_ASK_FIRST_S, whatever the list does."""
 
-    wanted: frozenset[bytes] = frozenset()
-    next_at: float | None = None
-    interval: float = MDNS_ASK_FIRST_S
+    # By peer key: when it is next due, and the interval after that. Bounded: MAX_ASKED.
+    _series: dict[bytes, tuple[float, float]] = field(default_factory=dict)
+    last_at: float = float("-inf")
 
     def due(self, wanted: frozenset[bytes], now: float) -> bool:
         """Whether to ask now, for `wanted` (this round's `unsighted`)."""
-        someone_new = not wanted <= self.wanted
-        self.wanted = wanted
-        if not wanted:
-            self.next_at, self.interval = None, MDNS_ASK_FIRST_S
+        due = []
+        for key in wanted:
+            series = self._series.get(key)
+            if series is None:
+                self._series[key] = (now + MDNS_ASK_FIRST_S, MDNS_ASK_FIRST_S)
+            elif now >= series[0]:
+                due.append(key)
+        if not due or now - self.last_at < MDNS_ASK_FIRST_S:
             return False
-        if someone_new or self.next_at is None:
-            self.interval = MDNS_ASK_FIRST_S
-            soon = now + MDNS_ASK_FIRST_S  # the last question was at least this long ago
-            self.next_at = soon if self.next_at is None else min(self.next_at, soon)
-        if now < self.next_at:
-            return False
-        self.next_at = now + self.interval
-        self.interval = min(2 * self.interval, MDNS_ASK_MAX_S)
+        self.last_at = now
+        for key in due:
+            interval = self._series[key][1]
+            self._series[key] = (now + interval, min(2 * interval, MDNS_ASK_MAX_S))
+        if len(self._series) > MAX_ASKED:  # a list of ever new keys: the wanted ones stay
+            self._series = {key: self._series[key] for key in list(wanted)[:MAX_ASKED]}
         return True

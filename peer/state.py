@@ -19,12 +19,12 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from meshpeer.common.errors import UsageError
+from meshpeer.common.errors import InvalidInput, UsageError
 from meshpeer.common.files import write_atomically
 from meshpeer.common.keys import encode_key, parse_key
 from meshpeer.common.tokens import JoinToken
 
-from .instances import Instance, parse_instances
+from .instances import Instance, api_url, parse_instances
 
 DEFAULT_STATE_DIR = Path("/var/lib/meshpeer")
 
@@ -135,6 +135,8 @@ class StateDir:
             data["routes"] = tuple(data.get("routes", ()))
             data["instances"] = parse_instances(data.get("instances", []))
             membership = Membership(**data)
+            if not isinstance(membership.api_url, str) or not isinstance(membership.dns, str):
+                raise TypeError("the API URL and the DNS address must be text")
         except (ValueError, TypeError) as error:
             raise StateError(f"{path} is damaged ({error}); remove it and join again") from None
         if not membership.api_url.startswith("https://"):
@@ -142,6 +144,10 @@ class StateDir:
                 f"{path} is from before the API used TLS: join again with a new token "
                 "(`rendezvous token create`)"
             )
+        try:  # a URL moved to from a list (instances.py) is checked as when it was listed
+            api_url(membership.api_url)
+        except InvalidInput:
+            raise StateError(f"{path} holds an unusable API URL; remove it, join again") from None
         return membership
 
     def save_membership(self, membership: Membership) -> None:

@@ -120,6 +120,9 @@ WATCH_TIMEOUT_S = 25.0
 # (instances.py). The watch retries after 1, 2 and 4 s, so the move comes at the 4th failure,
 # about 7 s after the first; a silent host (no reset, no refusal) costs the long poll's timeout.
 FAILOVER_AFTER_S = 5.0
+# A changed instance list is written to membership.json at most this often (a move writes at
+# once): what a restart needs, without a disk write per answer of a churning list.
+LIST_SAVE_EVERY_S = 60.0
 # One DNS-SD query: a resolver's usual retry budget; the next poll tries again anyway.
 DNS_QUERY_TIMEOUT_S = 3.0
 # Resolving one mDNS service: RFC 6762 section 5.2 retries after 1 s, then 2 s; zeroconf takes

@@ -7,11 +7,12 @@ import asyncio
 import ipaddress
 import logging
 import random
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from meshpeer.common.endpoints import IPAddress, format_endpoint, unicast
+from meshpeer.common.endpoints import Endpoint, format_endpoint, parse_host_port, unicast
 
 from . import client, relaying, resolved, waiting
 from .errors import BackendError
@@ -19,9 +20,9 @@ from .host_routes import rendezvous_addresses
 from .instances import Instance
 from .interface import rendezvous_peer
 from .live import Live
-from .state import StateDir
+from .state import Membership, StateDir
 from .status import RendezvousState
-from .timers import BACKOFF_MAX_S, FAILOVER_AFTER_S, WATCH_TIMEOUT_S
+from .timers import BACKOFF_MAX_S, FAILOVER_AFTER_S, LIST_SAVE_EVERY_S, WATCH_TIMEOUT_S
 from .uapi import UapiError
 
 logger = logging.getLogger("meshpeer.peer")
@@ -81,16 +82,29 @@ async def _heard(live: Live, state: StateDir, listed: tuple[Instance, ...]) -> N
     if listed == live.membership.instances:
         return
     live.membership = replace(live.membership, instances=listed)
-    await asyncio.to_thread(state.save_membership, live.membership)
-    found = await asyncio.to_thread(_addresses_of, live, listed)
-    live.rendezvous_addresses = live.rendezvous_addresses | found
+    live.protect()
+    now = time.monotonic()
+    if now - live.list_saved_at >= LIST_SAVE_EVERY_S:  # a churning list is not a disk's work
+        live.list_saved_at = now
+        await asyncio.to_thread(state.save_membership, live.membership)
 
 
-def _addresses_of(live: Live, listed: tuple[Instance, ...]) -> frozenset[IPAddress]:
-    found: set[IPAddress] = set()
-    for instance in listed:
-        found |= rendezvous_addresses(live.membership.moved_to(instance))
-    return frozenset(found)
+def outside_mesh(host: str, network: str) -> bool:
+    """An address the rendezvous may have: unicast (not loopback, multicast, link-local ...),
+    and not in the mesh, where packets to it would go into the tunnel they carry."""
+    address = ipaddress.ip_address(host)
+    return unicast(address) and address not in ipaddress.ip_network(network)
+
+
+async def dns_server(membership: Membership) -> Endpoint:
+    """The rendezvous's DNS server as an address (it may be listed by name), outside the mesh;
+    ValueError otherwise."""
+    host, port = parse_host_port(membership.dns, "the rendezvous's DNS address")
+    found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    address = str(found[0][4][0])
+    if not outside_mesh(address, membership.network):
+        raise ValueError(f"{address} is not an address the rendezvous's DNS may have")
+    return address, port
 
 
 async def move_to(live: Live, state: StateDir, instance: Instance) -> bool:
@@ -104,8 +118,9 @@ async def move_to(live: Live, state: StateDir, instance: Instance) -> bool:
     except OSError as error:
         logger.warning("cannot move to the rendezvous at %s: %s", instance.api_url, error)
         return False
-    if peer.endpoint is None or not unicast(ipaddress.ip_address(peer.endpoint[0])):
-        logger.warning("cannot move to the rendezvous at %s: not a unicast address", instance)
+    if peer.endpoint is None or not outside_mesh(peer.endpoint[0], membership.network):
+        where = format_endpoint(peer.endpoint) if peer.endpoint else instance.endpoint
+        logger.warning("cannot move to the rendezvous at %s: %s is not usable", instance, where)
         return False
     logger.warning(
         "the rendezvous at %s has not answered for %.0f s: moving to %s",
@@ -124,7 +139,12 @@ async def move_to(live: Live, state: StateDir, instance: Instance) -> bool:
     except (BackendError, UapiError, OSError) as error:  # the next round's kick sets it again
         logger.warning("could not point WireGuard at the rendezvous yet: %s", error)
     await asyncio.to_thread(state.save_membership, membership)
-    live.rendezvous_addresses |= await asyncio.to_thread(rendezvous_addresses, membership)
+    live.protect(await asyncio.to_thread(rendezvous_addresses, membership))
     if await asyncio.to_thread(resolved.available):
-        await resolved.point_zone(live.identity.interface, membership.dns, membership.zone)
+        try:
+            server = format_endpoint(await dns_server(membership))
+        except (OSError, ValueError) as error:
+            logger.warning("not pointing the zone at %s: %s", membership.dns, error)
+        else:
+            await resolved.point_zone(live.identity.interface, server, membership.zone)
     return True

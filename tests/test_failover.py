@@ -3,15 +3,25 @@ hostile input, bounded and checked field by field; and the failover order every 
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
 from pathlib import Path
 
 import pytest
 
+from meshpeer.peer import client
 from meshpeer.peer.api_decode import watch_answer
-from meshpeer.peer.instances import MAX_INSTANCES, Failover, Instance, parse_instances
-from meshpeer.peer.state import Membership, StateDir
+from meshpeer.peer.instances import (
+    MAX_INSTANCES,
+    Failover,
+    Instance,
+    literal_addresses,
+    parse_instances,
+)
+from meshpeer.peer.state import Membership, StateDir, StateError
 from meshpeer.peer.timers import FAILOVER_AFTER_S
+from meshpeer.peer.watching import dns_server, outside_mesh
 
 FIRST = Instance("https://203.0.113.2:51821", "203.0.113.2:51820", "203.0.113.2:53")
 SECOND = Instance("https://203.0.113.3:51821", "203.0.113.3:51820", "203.0.113.3:53")
@@ -37,6 +47,12 @@ def test_a_well_formed_list_is_kept_in_order() -> None:
         ("api_url", "https://203.0.113.9/\r\nX-Evil: 1"),
         ("api_url", "https://" + "a" * 3000),
         ("api_url", 7),
+        ("api_url", "https://:@203.0.113.9"),  # empty credentials: aiohttp raised on every request
+        ("api_url", "https://203.0.113.9/p?"),  # an empty query: the API's went after it
+        ("api_url", "https://203.0.113.9/p#"),
+        ("api_url", "https://203.0.113.9:0"),
+        ("api_url", "https://203.0.113.9:"),
+        ("api_url", "https://203.0.113.9/a\x7fb"),
         ("endpoint", "203.0.113.9"),  # no port
         ("endpoint", "203.0.113.9:0"),
         ("endpoint", "bad_host!:51820"),
@@ -91,6 +107,29 @@ def test_an_answer_ends_the_silence() -> None:
     assert failover.failed(100.0 + FAILOVER_AFTER_S) is None
 
 
+def test_our_entry_is_found_wherever_it_stands_and_a_bad_list_is_no_news() -> None:
+    """A list whose first entry is not the instance we talk to (a hostile one, or ours failed
+    to parse) does not make another one 'current': the order would skip or go back."""
+    failover = Failover(FIRST)
+    failover.heard((SECOND, THIRD, FIRST))
+    assert failover.current == FIRST
+    failover.heard(())
+    assert failover.known == (SECOND, THIRD, FIRST)
+    failover.failed(0.0)
+    assert failover.failed(FAILOVER_AFTER_S) == SECOND
+
+
+def test_spellings_of_one_url_are_one_instance() -> None:
+    spellings = [
+        "https://A.example",
+        "https://a.example.",
+        "https://a.example:443",
+        "HTTPS://a.example/",
+    ]
+    raw = [FIRST.to_json() | {"api_url": url} for url in spellings]
+    assert [i.api_url for i in parse_instances(raw)] == ["https://a.example"]
+
+
 def test_alone_there_is_nowhere_to_go() -> None:
     failover = Failover(FIRST)
     failover.heard((FIRST,))
@@ -99,9 +138,10 @@ def test_alone_there_is_nowhere_to_go() -> None:
 
 
 def test_the_token_may_name_an_instance_otherwise_than_its_own_list() -> None:
-    """The token says https://rv.example:51821; the instance lists itself by address. The
-    first answer makes them one, so the list does not hold the same instance twice."""
-    by_name = Instance("https://rv.example:51821", "rv.example:51820", "rv.example:53")
+    """The token says https://rv.example:51821; the instance lists itself by address. The join
+    answer's WireGuard endpoint is the one it lists: by it the first answer makes them one, so
+    the list does not hold the same instance twice."""
+    by_name = Instance("https://rv.example:51821", FIRST.endpoint, FIRST.dns)
     failover = Failover(by_name)
     failover.heard((FIRST, SECOND))
     failover.failed(0.0)
@@ -129,3 +169,47 @@ def test_a_long_name_that_fails_at_its_end_is_refused_at_once() -> None:
     name = "a" * 250 + "!"
     bad = FIRST.to_json() | {"endpoint": f"{name}:51820"}
     assert parse_instances([bad]) == ()
+
+
+def membership_at(api: str, dns: str = FIRST.dns, network: str = "10.77.0.0/16") -> Membership:
+    return Membership(
+        api, "cred", "laptop", "10.77.0.2", network, "mesh.internal",
+        dns, "a" * 43 + "=", FIRST.endpoint, "10.77.0.1",
+    )  # fmt: skip
+
+
+def test_a_url_aiohttp_refuses_is_unreachable_not_a_crash() -> None:
+    """The review: `https://:@host` passed the list's check, and aiohttp's ValueError on every
+    request escaped the watch loop until the agent exited, again at every restart."""
+    membership = membership_at("https://:@127.0.0.1:9")
+    with pytest.raises(client.Unreachable):
+        asyncio.run(client.watch(membership, None, None, 1.0))
+
+
+def test_a_stored_membership_with_an_unusable_url_is_refused(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    state.prepare()
+    state.save_membership(membership_at("https://:@203.0.113.2:51821"))
+    with pytest.raises(StateError, match="unusable API URL"):
+        state.membership()
+
+
+@pytest.mark.parametrize(
+    "dns", ["localhost:53", "127.0.0.53:53", "10.77.0.1:53", "224.0.0.251:5353"]
+)
+def test_the_dns_server_must_be_outside_the_mesh_and_unicast(dns: str) -> None:
+    with pytest.raises(ValueError):
+        asyncio.run(dns_server(membership_at(FIRST.api_url, dns)))
+
+
+def test_a_dns_server_listed_by_name_is_resolved() -> None:
+    """The review: a name in `dns` reached dnspython's nameservers, whose ValueError ended the
+    DNS-SD loop and then the agent. A name that resolves to a usable address works."""
+    membership = membership_at(FIRST.api_url, "203.0.113.2:53")
+    assert asyncio.run(dns_server(membership)) == ("203.0.113.2", 53)
+    assert not outside_mesh("10.77.3.4", "10.77.0.0/16")
+    assert outside_mesh("203.0.113.2", "10.77.0.0/16")
+
+
+def test_only_listed_ip_literals_are_protected_and_no_name_is_resolved() -> None:
+    assert literal_addresses((FIRST, THIRD)) == {ipaddress.ip_address("203.0.113.2")}

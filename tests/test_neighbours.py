@@ -98,21 +98,34 @@ def test_another_wanted_peer_starts_the_series_again() -> None:
     assert asks(asking, frozenset({PEER, FAR}), range(60, 70)) == [62, 64, 68]
 
 
-def test_nobody_wanted_means_no_question_and_a_fresh_series_later() -> None:
+def test_a_peer_that_leaves_the_list_and_comes_back_keeps_its_series() -> None:
     asking = Asking()
-    asks(asking, frozenset({PEER}), range(0, 40))
-    assert asks(asking, frozenset(), range(40, 100)) == []
-    assert asks(asking, frozenset({PEER}), range(100, 105)) == [102, 104]
+    asks(asking, frozenset({PEER}), range(0, 40))  # asked at 2, 4, 8, 16, 32; next at 64
+    assert asks(asking, frozenset(), range(40, 60)) == []
+    assert asks(asking, frozenset({PEER}), range(60, 130)) == [64, 128]
+
+
+def test_a_list_that_flips_its_peers_does_not_reset_their_series() -> None:
+    """The review of the first version: swapping two peers each round kept it asking every
+    2 s for an hour (1,799 questions), and listing and unlisting one each round asked never."""
+    hour = range(3600)
+    steady = len(asks(Asking(), frozenset({PEER}), hour))
+    swapping = Asking()
+    swaps = [s for s in hour if swapping.due(frozenset({(PEER, FAR)[s % 2]}), float(s))]
+    flipping = Asking()
+    flips = [s for s in hour if flipping.due(frozenset({PEER} if s % 2 else ()), float(s))]
+    assert len(swaps) <= 2 * steady + 2
+    assert 0 < len(flips) <= steady + 1
 
 
 def test_a_churning_list_never_buys_more_than_one_question_per_first_interval() -> None:
-    """A hostile API listing a new peer behind our address every round: a new series each
-    time, but never two questions closer than MDNS_ASK_FIRST_S."""
+    """A hostile API listing a new peer behind our address every round, each for 3 s: each
+    new peer gets its first question, but never two questions closer than MDNS_ASK_FIRST_S."""
     asking = Asking()
-    times = [
-        second
-        for second in range(1000)
-        if asking.due(frozenset({second.to_bytes(32, "big")}), float(second))
-    ]
-    assert times
+
+    def keys(second: int) -> frozenset[bytes]:
+        return frozenset(n.to_bytes(32, "big") for n in range(max(0, second - 2), second + 1))
+
+    times = [second for second in range(1000) if asking.due(keys(second), float(second))]
+    assert len(times) > 100
     assert min(b - a for a, b in itertools.pairwise(times)) >= MDNS_ASK_FIRST_S
