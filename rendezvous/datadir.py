@@ -24,6 +24,7 @@ from . import settings as config
 from .instancefile import InstanceFile
 from .noise import public_bytes
 from .storage import Transaction
+from .timers import INSTANCE_LIVE_S
 from .tls import TlsFiles, ensure_self_signed, read_pin
 
 DATABASE_NAME = "rendezvous.sqlite3"
@@ -97,6 +98,8 @@ async def prepare(
         int(meta.get("zone_serial", "0")),
         kept.instance_id if kept else instancefile.new_instance_id(),
     )
+    if shared and given:  # before anything is written: a refused serve changes nothing
+        await check_shared_settings(db, identity)
     network_id = await store_settings(db, data_dir, identity, write=store)
     await _ensure_admin_token(db, meta, data_dir, shared=shared)
     return identity, network_id
@@ -194,6 +197,26 @@ async def _ensure_admin_token(
     with os.fdopen(descriptor, "w") as file:
         file.write(secret + "\n")
     await db.set_meta("admin_hash", tokens.hash_secret(secret.encode()).hex())
+
+
+async def check_shared_settings(db: Transaction, identity: Identity) -> None:
+    """Instances sharing a database serve one mesh: one zone, network, TTL, transfer list and
+    relay rate. One started with other values would rewrite them for all while the others
+    go on serving the old ones (a zone two instances answer differently): refused while
+    another instance serves. With none serving, the new values are the mesh's change."""
+    stored = json.loads((await db.read_meta()).get("settings", "{}"))
+    mine = config.only(config.to_mapping(identity.given), config.MESH_WIDE)
+    differ = [
+        f"{name} {stored[name]} (not {value})"
+        for name, value in sorted(mine.items())
+        if name in stored and stored[name] != value
+    ]
+    if not differ or not await db.other_live_instances(identity.instance_id, INSTANCE_LIVE_S):
+        return
+    raise InvalidInput(
+        f"the instances serving this database use {', '.join(differ)}: start this one with "
+        "the same values, or stop the others first to change them for the whole mesh"
+    )
 
 
 async def check_shared_tls(db: Transaction, identity: Identity) -> None:

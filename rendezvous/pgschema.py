@@ -91,6 +91,10 @@ VALUES ($1, $2, $3, $4, clock_timestamp(), clock_timestamp())
 ON CONFLICT (id) DO UPDATE SET api_url = excluded.api_url, endpoint = excluded.endpoint,
     dns = excluded.dns, heartbeat_at = excluded.heartbeat_at
 """
+OTHER_LIVE_INSTANCES = """
+SELECT count(*) FROM instances
+WHERE id <> $1 AND heartbeat_at > clock_timestamp() - make_interval(secs => $2)
+"""
 LIVE_INSTANCES = """
 SELECT id, api_url, endpoint, dns FROM instances
 WHERE heartbeat_at > clock_timestamp() - make_interval(secs => $2)

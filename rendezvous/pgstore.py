@@ -117,6 +117,10 @@ class PgTransaction(_PgReader):
         )
         return int(count)
 
+    async def other_live_instances(self, own_id: str, live_s: float) -> int:
+        count = await self._db.fetchval(pgschema.OTHER_LIVE_INSTANCES, own_id, live_s)
+        return int(count)
+
     async def insert_token(self, token: Token, secret_hash: bytes) -> None:
         await self._db.execute(
             "INSERT INTO tokens (id, network_id, secret_hash, uses_left, expires_at, "

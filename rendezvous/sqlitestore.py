@@ -106,6 +106,9 @@ class SqliteTransaction(_SqliteReader):
     async def peer_count(self, network_id: int) -> int:
         return await self._number("SELECT count(*) FROM peers WHERE network_id = ?", network_id)
 
+    async def other_live_instances(self, own_id: str, live_s: float) -> int:
+        return await self._number(sqlschema.OTHER_LIVE_INSTANCES, own_id, live_s)
+
     async def insert_token(self, token: Token, secret_hash: bytes) -> None:
         await self._db.execute(
             "INSERT INTO tokens (id, network_id, secret_hash, uses_left, expires_at, "

@@ -79,6 +79,10 @@ VALUES (?, ?, ?, ?, (julianday('now') - 2440587.5) * 86400.0,
 ON CONFLICT (id) DO UPDATE SET api_url = excluded.api_url, endpoint = excluded.endpoint,
     dns = excluded.dns, heartbeat_at = excluded.heartbeat_at
 """
+OTHER_LIVE_INSTANCES = """
+SELECT count(*) FROM instances
+WHERE id <> ? AND heartbeat_at > (julianday('now') - 2440587.5) * 86400.0 - ?
+"""
 LIVE_INSTANCES = """
 SELECT id, api_url, endpoint, dns FROM instances
 WHERE heartbeat_at > (julianday('now') - 2440587.5) * 86400.0 - ?

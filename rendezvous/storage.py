@@ -89,6 +89,10 @@ class Transaction(Reader, Protocol):
 
     async def peer_count(self, network_id: int) -> int: ...
 
+    async def other_live_instances(self, own_id: str, live_s: float) -> int:
+        """How many instances besides `own_id` stamped their heartbeat within `live_s`."""
+        ...
+
     async def insert_token(self, token: Token, secret_hash: bytes) -> None: ...
 
     async def revoke_token(self, token_id: str) -> bool:

@@ -8,6 +8,7 @@ import asyncio
 import shutil
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
@@ -211,5 +212,39 @@ def test_a_second_instance_keeps_the_admin_token_and_refuses_another_certificate
         assert await first.is_admin(admin_token)
         await first.close()
         await second.close()
+
+    run(scenario)
+
+
+def test_another_zone_is_refused_while_an_instance_serves_and_taken_when_none_does(
+    postgres_cluster: Cluster, tmp_path: Path
+) -> None:
+    """The compose profile's review: a second instance started with another zone (compose's
+    default, say) rewrote the mesh's zone in the database while the first went on serving the
+    old one, so the two answered DNS differently. Now it is refused, in one line, while another
+    instance serves; with none serving it is the operator's change for the whole mesh."""
+    corp = replace(SMALL, zone="corp.example")
+
+    async def scenario() -> None:
+        url = await postgres_cluster.new_database()
+        first = await Registry.open(tmp_path / "first", corp, database=url)
+        await first.keep_settings()
+        first.start_background()  # serving: its heartbeat goes into the database
+        await wait_for(lambda: first.instances.listed[0].instance_id != "", 5.0)
+        await first.instances.beat()
+        _copy_tls(tmp_path / "first", tmp_path / "second")
+        with pytest.raises(InvalidInput, match=r"zone corp\.example \(not mesh\.internal\)"):
+            await Registry.open(
+                tmp_path / "second", replace(SMALL, zone="mesh.internal"), database=url
+            )
+        same = await Registry.open(tmp_path / "second", corp, database=url)  # the same: fine
+        await same.close()
+        await first.close()  # a stopping instance leaves the list at once
+        moved = await Registry.open(
+            tmp_path / "second", replace(SMALL, zone="mesh.internal"), database=url
+        )
+        await moved.keep_settings()
+        assert str(moved.settings.zone) == "mesh.internal."
+        await moved.close()
 
     run(scenario)
