@@ -21,7 +21,7 @@ import ipaddress
 import re
 import string
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshpeer.common.endpoints import (
     IPAddress,
@@ -32,10 +32,11 @@ from meshpeer.common.endpoints import (
 )
 from meshpeer.common.errors import InvalidInput
 
-from .timers import FAILOVER_AFTER_S
+from .timers import FAILBACK_AFTER_S, FAILOVER_AFTER_S
 
 MAX_INSTANCES = 16  # the rendezvous lists at most this many (its MAX_LISTED_INSTANCES)
 MAX_URL_LENGTH = 2048
+MAX_SHUN_S = 3600.0  # the longest an instance left for its silence waits to be used again
 # RFC 3986's unreserved and sub-delims, ":", "/" and "%" (a percent-escape in the path): no
 # "?", "#" or "@", no spaces, quotes or controls.
 _URL_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-._~!$&'()*+,;=:/%[]")
@@ -134,13 +135,22 @@ def literal_addresses(listed: tuple[Instance, ...]) -> frozenset[IPAddress]:
 
 @dataclass(slots=True)
 class Failover:
-    """Which instance the agent uses, and when to move to the next."""
+    """Which instance the agent uses, and when to move: to the next when it has been silent
+    for FAILOVER_AFTER_S, and back to the first of all (by URL) once that one has been listed
+    live for FAILBACK_AFTER_S. Every agent takes the same order, so they all use the same
+    instance whenever it is up: a relayed pair meets at one relay, and the agents of a dead
+    instance meet at the same next one. An instance left for its silence (or unusable) is
+    not gone back to before a backoff (FAILBACK_AFTER_S, doubling to an hour): one that its
+    peers see live but this agent cannot reach must not draw it back every half minute."""
 
     current: Instance
     known: tuple[Instance, ...] = ()
     silent_since: float | None = None  # the current one's first failure since it last answered
+    # By URL, each bounded by the list (MAX_INSTANCES): listed live since; not back before.
+    listed_since: dict[str, float] = field(default_factory=dict)
+    shunned: dict[str, tuple[float, float]] = field(default_factory=dict)  # (until, backoff)
 
-    def heard(self, listed: tuple[Instance, ...]) -> None:
+    def heard(self, listed: tuple[Instance, ...], now: float) -> None:
         """The live instances, as the one we use lists them (a watch or join answer). Our own
         entry is found by URL or WireGuard endpoint (the token may name the instance otherwise
         than it names itself) and taken as its spelling; never by its place in the list."""
@@ -151,21 +161,46 @@ class Failover:
             (i for i in listed if i.api_url == own.api_url or i.endpoint == own.endpoint), own
         )
         self.known = listed
+        since = self.listed_since
+        self.listed_since = {i.api_url: since.get(i.api_url, now) for i in listed}
+        urls = set(self.listed_since) | {self.current.api_url}
+        self.shunned = {url: value for url, value in self.shunned.items() if url in urls}
 
     def answered(self) -> None:
         self.silent_since = None
+        self.shunned.pop(self.current.api_url, None)  # it works: a later leave starts afresh
 
     def failed(self, now: float) -> Instance | None:
         """The current instance failed a request: the one to move to, once it has been silent
-        for FAILOVER_AFTER_S and another is known. Every agent takes the same order (by URL),
-        so the agents of a dead instance all meet at the same next one."""
+        for FAILOVER_AFTER_S and another is known (the next by URL, round again)."""
         if self.silent_since is None:
             self.silent_since = now
         if now - self.silent_since < FAILOVER_AFTER_S:
             return None
-        others = sorted(set(self.known) | {self.current})
-        if len(others) < 2:
+        ordered = self._ordered()
+        following = ordered[(ordered.index(self.current) + 1) % len(ordered)]
+        return None if following == self.current else following
+
+    def home(self, now: float) -> Instance | None:
+        """The first instance of all, to move back to: listed live for FAILBACK_AFTER_S and
+        not shunned. None while we use it, or it is not due."""
+        first = self._ordered()[0]
+        since = self.listed_since.get(first.api_url)
+        if first == self.current or since is None or now - since < FAILBACK_AFTER_S:
             return None
-        following = others[(others.index(self.current) + 1) % len(others)]
-        self.current, self.silent_since = following, None
-        return following
+        return None if now < self.shunned.get(first.api_url, (0.0, 0.0))[0] else first
+
+    def moved(self, to: Instance, now: float) -> None:
+        """The agent uses `to` now; the one it left is shunned if it had gone silent."""
+        if self.silent_since is not None:
+            self.unusable(self.current, now)
+        self.current, self.silent_since = to, None
+
+    def unusable(self, instance: Instance, now: float) -> None:
+        backoff = min(
+            2 * self.shunned.get(instance.api_url, (0.0, FAILBACK_AFTER_S / 2))[1], MAX_SHUN_S
+        )
+        self.shunned[instance.api_url] = (now + backoff, backoff)
+
+    def _ordered(self) -> list[Instance]:
+        return sorted(set(self.known) | {self.current})

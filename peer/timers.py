@@ -120,6 +120,10 @@ WATCH_TIMEOUT_S = 25.0
 # (instances.py). The watch retries after 1, 2 and 4 s, so the move comes at the 4th failure,
 # about 7 s after the first; a silent host (no reset, no refusal) costs the long poll's timeout.
 FAILOVER_AFTER_S = 5.0
+# The first instance of the list (by URL), listed live this long, gets every agent back: a
+# relayed pair needs both sides at one instance. Also the first wait before going back to an
+# instance left for its silence (doubling to an hour).
+FAILBACK_AFTER_S = 30.0
 # A changed instance list is written to membership.json at most this often (a move writes at
 # once): what a restart needs, without a disk write per answer of a churning list.
 LIST_SAVE_EVERY_S = 60.0

@@ -49,7 +49,8 @@ async def follow_rendezvous(
         except client.Unreachable as error:
             live.rendezvous.failed(time.time())
             following = live.failover.failed(time.monotonic())
-            if following is not None and await move_to(live, state, following):
+            silent = f"has not answered for {FAILOVER_AFTER_S:.0f} s"
+            if following is not None and await _move(live, state, following, silent):
                 epoch = revision = None  # another instance: its epoch, and the whole list
                 backoff = 1.0
                 continue
@@ -72,12 +73,25 @@ async def follow_rendezvous(
             await relaying.renew_after_restart(live.rendezvous_peer, live.backend, live.mesh)
         epoch, revision = answer.epoch, answer.revision
         wake()
+        home = live.failover.home(time.monotonic())
+        if home is not None and await _move(live, state, home, "is not the first instance, which is live again"):
+            epoch = revision = None
+
+
+async def _move(live: Live, state: StateDir, instance: Instance, why: str) -> bool:
+    """move_to, and the failover's state told of how it went."""
+    moved = await move_to(live, state, instance, why)
+    if moved:
+        live.failover.moved(instance, time.monotonic())
+    else:
+        live.failover.unusable(instance, time.monotonic())
+    return moved
 
 
 async def _heard(live: Live, state: StateDir, listed: tuple[Instance, ...]) -> None:
     """The instance list as the one in use lists it: kept, with the membership (a restart
     starts from it), and every instance's addresses kept out of accepted routes."""
-    live.failover.heard(listed)
+    live.failover.heard(listed, time.monotonic())
     live.rendezvous.others = tuple(instance.api_url for instance in listed[1:])
     if listed == live.membership.instances:
         return
@@ -107,7 +121,7 @@ async def dns_server(membership: Membership) -> Endpoint:
     return address, port
 
 
-async def move_to(live: Live, state: StateDir, instance: Instance) -> bool:
+async def move_to(live: Live, state: StateDir, instance: Instance, why: str) -> bool:
     """Use `instance` from now on: its API, its WireGuard endpoint (the same rendezvous key,
     so the same WireGuard peer, pointed elsewhere), its relay and its DNS. False, and nothing
     changed, when its endpoint does not resolve to a unicast address."""
@@ -122,12 +136,7 @@ async def move_to(live: Live, state: StateDir, instance: Instance) -> bool:
         where = format_endpoint(peer.endpoint) if peer.endpoint else instance.endpoint
         logger.warning("cannot move to the rendezvous at %s: %s is not usable", instance, where)
         return False
-    logger.warning(
-        "the rendezvous at %s has not answered for %.0f s: moving to %s",
-        before,
-        FAILOVER_AFTER_S,
-        instance.api_url,
-    )
+    logger.warning("the rendezvous at %s %s: moving to %s", before, why, instance.api_url)
     live.membership, live.rendezvous_peer = membership, peer
     others = tuple(known.api_url for known in live.failover.known if known != instance)
     live.rendezvous = RendezvousState(instance.api_url, others=others)

@@ -20,7 +20,7 @@ from meshpeer.peer.instances import (
     parse_instances,
 )
 from meshpeer.peer.state import Membership, StateDir, StateError
-from meshpeer.peer.timers import FAILOVER_AFTER_S
+from meshpeer.peer.timers import FAILBACK_AFTER_S, FAILOVER_AFTER_S
 from meshpeer.peer.watching import dns_server, outside_mesh
 
 FIRST = Instance("https://203.0.113.2:51821", "203.0.113.2:51820", "203.0.113.2:53")
@@ -89,15 +89,56 @@ def test_a_watch_answer_carries_the_list_only_when_it_names_one() -> None:
 
 def test_failover_waits_for_silence_then_moves_to_the_next_by_url() -> None:
     failover = Failover(FIRST)
-    failover.heard((FIRST, THIRD, SECOND))  # the one answering lists itself first
+    failover.heard((FIRST, THIRD, SECOND), 0.0)  # the one answering lists itself first
     assert failover.failed(100.0) is None
     assert failover.failed(100.0 + FAILOVER_AFTER_S - 0.1) is None
     assert failover.failed(100.0 + FAILOVER_AFTER_S) == SECOND  # sorted by URL: .2, .3, rv3
+    failover.moved(SECOND, 100.0 + FAILOVER_AFTER_S)
     assert failover.current == SECOND
     assert failover.failed(200.0) is None  # a fresh wait for the new one
     assert failover.failed(200.0 + FAILOVER_AFTER_S) == THIRD
+    failover.moved(THIRD, 200.0 + FAILOVER_AFTER_S)
     assert failover.failed(300.0) is None
     assert failover.failed(300.0 + FAILOVER_AFTER_S) == FIRST  # and round again
+
+
+def test_every_agent_goes_back_to_the_first_instance_once_it_is_listed_live_long_enough() -> None:
+    """A relayed pair needs both sides at one instance: an agent that joined through the second
+    (or left the first while it was down) goes back to the first by URL."""
+    failover = Failover(SECOND)
+    failover.heard((SECOND, FIRST), 100.0)
+    assert failover.home(100.0 + FAILBACK_AFTER_S - 1) is None
+    assert failover.home(100.0 + FAILBACK_AFTER_S) == FIRST
+    failover.moved(FIRST, 130.0)
+    failover.heard((FIRST, SECOND), 131.0)
+    assert failover.home(1000.0) is None  # home already
+
+
+def test_an_instance_left_for_its_silence_waits_a_doubling_backoff_before_it_draws_us_back() -> (
+    None
+):
+    """Its peers list it live, this agent cannot reach it: without the backoff the agent went
+    back every FAILBACK_AFTER_S, and lost the API for FAILOVER_AFTER_S each time."""
+    failover = Failover(FIRST, (FIRST, SECOND))
+    failover.heard((FIRST, SECOND), 0.0)
+    now, waits = 0.0, []
+    for _ in range(4):
+        failover.failed(now)
+        now += FAILOVER_AFTER_S
+        assert failover.failed(now) == SECOND
+        failover.moved(SECOND, now)
+        left = now
+        failover.heard((SECOND, FIRST), now)
+        while failover.home(now) is None:
+            now += 1.0
+        waits.append(now - left)
+        failover.moved(FIRST, now)  # back, and it is silent again
+    assert waits == [
+        FAILBACK_AFTER_S,
+        2 * FAILBACK_AFTER_S,
+        4 * FAILBACK_AFTER_S,
+        8 * FAILBACK_AFTER_S,
+    ]
 
 
 def test_an_answer_ends_the_silence() -> None:
@@ -111,9 +152,9 @@ def test_our_entry_is_found_wherever_it_stands_and_a_bad_list_is_no_news() -> No
     """A list whose first entry is not the instance we talk to (a hostile one, or ours failed
     to parse) does not make another one 'current': the order would skip or go back."""
     failover = Failover(FIRST)
-    failover.heard((SECOND, THIRD, FIRST))
+    failover.heard((SECOND, THIRD, FIRST), 0.0)
     assert failover.current == FIRST
-    failover.heard(())
+    failover.heard((), 0.0)
     assert failover.known == (SECOND, THIRD, FIRST)
     failover.failed(0.0)
     assert failover.failed(FAILOVER_AFTER_S) == SECOND
@@ -132,7 +173,7 @@ def test_spellings_of_one_url_are_one_instance() -> None:
 
 def test_alone_there_is_nowhere_to_go() -> None:
     failover = Failover(FIRST)
-    failover.heard((FIRST,))
+    failover.heard((FIRST,), 0.0)
     assert failover.failed(0.0) is None
     assert failover.failed(1000.0) is None
 
@@ -143,7 +184,7 @@ def test_the_token_may_name_an_instance_otherwise_than_its_own_list() -> None:
     the list does not hold the same instance twice."""
     by_name = Instance("https://rv.example:51821", FIRST.endpoint, FIRST.dns)
     failover = Failover(by_name)
-    failover.heard((FIRST, SECOND))
+    failover.heard((FIRST, SECOND), 0.0)
     failover.failed(0.0)
     assert failover.failed(FAILOVER_AFTER_S) == SECOND
 

@@ -3,7 +3,8 @@ five agents behind their own NATs; `kill -9` the rendezvous their token named. T
 working; every agent moves to the other instance (its API, WireGuard endpoint, relay and DNS)
 within a loose bound; a NAT mapping reset still heals; a new peer joins through the survivor
 and reaches all; `dig` against the survivor shows every peer; the killed one, restarted,
-catches up without losing or duplicating anything."""
+catches up without losing or duplicating anything, and every agent goes back to it (the first
+by URL), so that relayed pairs meet at one instance."""
 
 from __future__ import annotations
 
@@ -74,10 +75,17 @@ def test_agents_move_to_the_surviving_rendezvous_after_kill_9(
     names = {agent.name for agent in everyone}
     assert _dig_names(site0, second, names) == names
     first.start()
+    restarted = time.time()
     assert wait_until(lambda: _dig_names(site0, first, names) == names, 20)
     stored = first.peers()
     assert set(stored) == names
     assert len({peer["address"] for peer in stored.values()}) == len(names)
+    # Back to the first by URL once it is listed live for FAILBACK_AFTER_S (30 s), at the next
+    # watch answer (a long poll: up to 25 s more): every agent at one instance, one relay.
+    back = wait_until(lambda: all(_uses(a) == (first.api_url, True) for a in everyone), 90)
+    assert back, [(_uses(a), a.output()[-1500:]) for a in everyone]
+    print(f"all 5 agents back on the first {time.time() - restarted:.1f} s after its restart")
+    assert all_direct(everyone)
 
 
 def _second_instance(host: Host, first: RendezvousServer, database: str) -> RendezvousServer:
