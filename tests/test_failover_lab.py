@@ -1,7 +1,7 @@
 """Two rendezvous on one PostgreSQL database, and agents that outlive one of them (issue 18):
 five agents behind their own NATs; `kill -9` the rendezvous their token named. Tunnels keep
 working; every agent moves to the other instance (its API, WireGuard endpoint, relay and DNS)
-within a loose bound; a NAT mapping reset still heals; a new peer joins through the survivor
+within a loose bound; a NAT mapping reset still heals; a sixth peer joins through the survivor
 and reaches all; `dig` against the survivor shows every peer; the killed one, restarted,
 catches up without losing or duplicating anything, and every agent goes back to it (the first
 by URL), so that relayed pairs meet at one instance."""
@@ -35,8 +35,8 @@ def test_agents_move_to_the_surviving_rendezvous_after_kill_9(
     database = asyncio.run(postgres_cluster.new_database())
     first = RendezvousServer(lab.add_public_host("rv1"), database=database).start()
     second = _second_instance(lab.add_public_host("rv2"), first, database)
-    token = first.token(4)
-    routers = [lab.add_nat(f"site{n}", NatType.PORT_RESTRICTED) for n in range(4)]
+    token = first.token(5)
+    routers = [lab.add_nat(f"site{n}", NatType.PORT_RESTRICTED) for n in range(5)]
     agents = [MeshAgent(router.add_host(f"p{n}"), f"p{n}") for n, router in enumerate(routers)]
     for agent in agents:
         agent.start(token)
@@ -53,7 +53,7 @@ def test_agents_move_to_the_surviving_rendezvous_after_kill_9(
     )
     moved = wait_until(lambda: all(_uses(a) == (second.api_url, True) for a in agents), MOVED_S)
     assert moved, [(_uses(a), a.output()[-2000:]) for a in agents]
-    print(f"all 4 agents on the second rendezvous {time.time() - killed:.1f} s after kill -9")
+    print(f"all 5 agents on the second rendezvous {time.time() - killed:.1f} s after kill -9")
     assert all(f"moving to {second.api_url}" in a.output() for a in agents)
 
     # A NAT that forgets its mappings still heals: the survivor publishes the new mapping.
@@ -67,7 +67,7 @@ def test_agents_move_to_the_surviving_rendezvous_after_kill_9(
     print(f"healed {time.time() - reset:.1f} s after the mapping reset")
 
     # A new peer joins through the survivor and reaches every one.
-    late = MeshAgent(lab.add_nat("site4", NatType.PORT_RESTRICTED).add_host("p4"), "p4")
+    late = MeshAgent(lab.add_nat("site5", NatType.PORT_RESTRICTED).add_host("p5"), "p5")
     late.start(second.token(1))
     everyone = [*agents, late]
     assert wait_until(lambda: all_direct(everyone), 60), [a.paths() for a in everyone]
@@ -84,8 +84,31 @@ def test_agents_move_to_the_surviving_rendezvous_after_kill_9(
     # watch answer (a long poll: up to 25 s more): every agent at one instance, one relay.
     back = wait_until(lambda: all(_uses(a) == (first.api_url, True) for a in everyone), 90)
     assert back, [(_uses(a), a.output()[-1500:]) for a in everyone]
-    print(f"all 5 agents back on the first {time.time() - restarted:.1f} s after its restart")
+    print(f"all 6 agents back on the first {time.time() - restarted:.1f} s after its restart")
     assert all_direct(everyone)
+
+
+def test_a_symmetric_pair_joined_through_two_instances_meets_at_the_first_and_relays(
+    lab: Lab, postgres_cluster: Cluster
+) -> None:
+    """Found by the compose profile's lab: two peers behind symmetric NATs, one joined through
+    each instance, each asked its own instance for the relay and never connected (the relay
+    matches a pair in one process). The one that joined through the second goes back to the
+    first by URL, and the pair relays there."""
+    database = asyncio.run(postgres_cluster.new_database())
+    first = RendezvousServer(lab.add_public_host("rv1"), database=database).start()
+    second = _second_instance(lab.add_public_host("rv2"), first, database)
+    hosts = [lab.add_nat(f"sym{n}", NatType.SYMMETRIC).add_host(f"s{n}") for n in (0, 1)]
+    agents = [
+        MeshAgent(host, host.name).start(server.token(1))
+        for host, server in zip(hosts, (first, second), strict=True)
+    ]
+    pairs = list(zip(agents, ("s1", "s0"), strict=True))
+    # The second's agent is back on the first after FAILBACK_AFTER_S (30 s) and a watch answer.
+    relayed = wait_until(lambda: all(a.paths() == {o: "relay"} for a, o in pairs), 90)
+    assert relayed, [(a.paths(), _uses(a), a.output()[-1500:]) for a in agents]
+    assert all(_uses(agent)[0] == first.api_url for agent in agents)
+    assert hosts[0].ping(agents[1].address())
 
 
 def _second_instance(host: Host, first: RendezvousServer, database: str) -> RendezvousServer:
