@@ -74,7 +74,9 @@ async def follow_rendezvous(
         epoch, revision = answer.epoch, answer.revision
         wake()
         home = live.failover.home(time.monotonic())
-        if home is not None and await _move(live, state, home, "is not the first instance, which is live again"):
+        if home is not None and await _move(
+            live, state, home, "is not the first instance, which is live again"
+        ):
             epoch = revision = None
 
 

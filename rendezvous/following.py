@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from .peerindex import PeerIndex
 from .storage import Reader, Store, StoreFailure
-from .timers import FOLLOW_SAFETY_POLL_S
+from .timers import FOLLOW_SAFETY_POLL_S, TIDY_EVERY_S
 
 logger = logging.getLogger("meshpeer.rendezvous.registry")
 
@@ -80,3 +80,16 @@ class ChangeFollower:
             return
         merged = stored.peer.observed_as(self._index.get(public_key))
         self._index.remember(merged, stored.credential_hash)
+
+
+async def tidy_forever(tidy: Callable[[], Awaitable[int]]) -> None:
+    """Serving only, until cancelled: keep the change log and the instance list bounded
+    (Store.tidy). Every instance does it; one doing it after another deletes nothing."""
+    while True:
+        await asyncio.sleep(TIDY_EVERY_S)
+        try:
+            deleted = await tidy()
+        except StoreFailure as error:
+            logger.warning("could not tidy the registry (%s); trying again later", error)
+        else:
+            logger.debug("tidied the registry: %d rows", deleted)

@@ -91,6 +91,13 @@ VALUES ($1, $2, $3, $4, clock_timestamp(), clock_timestamp())
 ON CONFLICT (id) DO UPDATE SET api_url = excluded.api_url, endpoint = excluded.endpoint,
     dns = excluded.dns, heartbeat_at = excluded.heartbeat_at
 """
+COMPACT_CHANGES = """
+DELETE FROM changes older USING changes newer
+WHERE newer.public_key = older.public_key AND newer.seq > older.seq
+"""
+FORGET_INSTANCES = """
+DELETE FROM instances WHERE heartbeat_at < clock_timestamp() - make_interval(secs => $1)
+"""
 OTHER_LIVE_INSTANCES = """
 SELECT count(*) FROM instances
 WHERE id <> $1 AND heartbeat_at > clock_timestamp() - make_interval(secs => $2)

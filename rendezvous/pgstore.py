@@ -391,6 +391,15 @@ class PgStore(_PgReader):
         with _failures():
             await self._pool.execute("DELETE FROM instances WHERE id = $1", instance_id)
 
+    async def tidy(self, forget_instances_after_s: float) -> int:
+        with _failures():
+            async with self._pool.acquire() as connection, connection.transaction():
+                changes = await connection.execute(pgschema.COMPACT_CHANGES)
+                instances = await connection.execute(
+                    pgschema.FORGET_INSTANCES, forget_instances_after_s
+                )
+        return sum(int(status.rsplit(" ", 1)[-1]) for status in (changes, instances))
+
     async def close(self) -> None:
         with contextlib.suppress(*CONNECTION_ERRORS, asyncpg.PostgresError):
             await self._pool.close()

@@ -23,7 +23,7 @@ from meshpeer.common import tokens
 from meshpeer.common.endpoints import Endpoint, IPNetwork
 from meshpeer.common.proof import JoinKeys, JoinRequest
 
-from . import datadir, engines
+from . import datadir, engines, following
 from . import settings as config
 from .damping import EndpointDamper
 from .datadir import ADMIN_TOKEN_NAME, DATABASE_NAME
@@ -34,6 +34,7 @@ from .model import NotFound, Peer, Token
 from .observations import Observations
 from .peerindex import ChangeKind, Listener, PeerIndex
 from .storage import Reader, Store, StoreFailure
+from .timers import FORGET_INSTANCE_AFTER_S
 from .tls import TlsFiles
 from .watchlog import WatchResult
 
@@ -138,10 +139,16 @@ class Registry:
         stamp this instance in the list of those serving."""
         flushing = self._observed.write_behind()
         self._tasks.append(asyncio.create_task(flushing, name="registry-flush"))
-        following = self._following.run()
-        self._tasks.append(asyncio.create_task(following, name="registry-follow"))
+        follow = self._following.run()
+        self._tasks.append(asyncio.create_task(follow, name="registry-follow"))
         heartbeat = self.instances.run()
         self._tasks.append(asyncio.create_task(heartbeat, name="registry-heartbeat"))
+        tidying = following.tidy_forever(self.tidy)
+        self._tasks.append(asyncio.create_task(tidying, name="registry-tidy"))
+
+    async def tidy(self) -> int:
+        """The change log compacted and unused instances forgotten (Store.tidy): rows deleted."""
+        return await self._store.tidy(FORGET_INSTANCE_AFTER_S)
 
     async def keep_settings(self) -> None:
         """Serving began: from now on the other commands read these settings."""

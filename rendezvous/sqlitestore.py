@@ -338,6 +338,14 @@ class SqliteStore(_SqliteReader):
         async with self.transaction():
             await self._db.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
 
+    async def tidy(self, forget_instances_after_s: float) -> int:
+        async with self.transaction():
+            changes = await self._db.execute(sqlschema.COMPACT_CHANGES)
+            instances = await self._db.execute(
+                sqlschema.FORGET_INSTANCES, (forget_instances_after_s,)
+            )
+        return changes.rowcount + instances.rowcount
+
     async def close(self) -> None:
         await self._db.close()
 

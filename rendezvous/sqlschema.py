@@ -79,6 +79,12 @@ VALUES (?, ?, ?, ?, (julianday('now') - 2440587.5) * 86400.0,
 ON CONFLICT (id) DO UPDATE SET api_url = excluded.api_url, endpoint = excluded.endpoint,
     dns = excluded.dns, heartbeat_at = excluded.heartbeat_at
 """
+COMPACT_CHANGES = """
+DELETE FROM changes WHERE seq NOT IN (SELECT max(seq) FROM changes GROUP BY public_key)
+"""
+FORGET_INSTANCES = """
+DELETE FROM instances WHERE heartbeat_at < (julianday('now') - 2440587.5) * 86400.0 - ?
+"""
 OTHER_LIVE_INSTANCES = """
 SELECT count(*) FROM instances
 WHERE id <> ? AND heartbeat_at > (julianday('now') - 2440587.5) * 86400.0 - ?

@@ -181,4 +181,11 @@ class Store(Reader, Protocol):
         """A stopping instance leaves the list at once instead of when its stamp ages."""
         ...
 
+    async def tidy(self, forget_instances_after_s: float) -> int:
+        """Keep the bookkeeping bounded; the rows deleted. The change log keeps each key's
+        latest change only: a follower needs which keys changed after its number, and a key's
+        latest change is after it whenever any of its changes is. Instances not stamped for
+        `forget_instances_after_s` (data folders no longer used) leave the table."""
+        ...
+
     async def close(self) -> None: ...

@@ -93,6 +93,10 @@ PG_LISTEN_RETRY_S = 1.0
 # lingers in the list about as long as one failover.
 INSTANCE_HEARTBEAT_S = 5.0
 INSTANCE_LIVE_S = 15.0
+# How often a serving instance compacts the change log (one row per peer key) and forgets
+# instances not stamped for FORGET_INSTANCE_AFTER_S (data folders no longer used).
+TIDY_EVERY_S = 600.0
+FORGET_INSTANCE_AFTER_S = 86400.0
 # At most this many instances are listed: the join answer and every watch carry the list, and a
 # mesh needs two or three (the agent tries them in turn).
 MAX_LISTED_INSTANCES = 16
