@@ -8,6 +8,7 @@ rendezvous the operator meant.
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 import aiohttp
@@ -23,7 +24,14 @@ from meshpeer.common.tokens import JoinToken
 
 from .api_decode import WatchAnswer, pending_routes, watch_answer
 from .state import Membership
-from .timers import REQUEST_TIMEOUT_S
+from .timers import (
+    CONNECT_TIMEOUT_S,
+    DEAD_CONNECTION_S,
+    KEEPALIVE_IDLE_S,
+    KEEPALIVE_INTERVAL_S,
+    KEEPALIVE_PROBES,
+    REQUEST_TIMEOUT_S,
+)
 
 
 class JoinRefused(UsageError):
@@ -168,10 +176,14 @@ async def _request(
     timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> tuple[int, dict[str, Any]]:
     headers = {"Authorization": f"Bearer {credential}"} if credential else {}
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    # A silent host (down, or its network cut: no refusal, no reset) fails a connection within
+    # CONNECT_TIMEOUT_S, and an open one (the watch's long poll) within DEAD_CONNECTION_S
+    # (TCP keepalives), not at the end of the request's whole timeout: the failover waits on it.
+    timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=CONNECT_TIMEOUT_S)
+    connector = aiohttp.TCPConnector(socket_factory=_probing_socket)
     try:
         async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
+            aiohttp.ClientSession(timeout=timeout, connector=connector) as session,
             session.request(
                 method, url, json=body, headers=headers, ssl=client_ssl(tls_pin)
             ) as response,
@@ -190,6 +202,20 @@ async def _request(
         raise Unreachable(f"cannot reach {_origin(url)}: {_reason(error)}") from None
     except ValueError as error:  # a URL aiohttp will not send to: never a loop's crash
         raise Unreachable(f"cannot ask {_origin(url)}: {error}") from None
+
+
+def _probing_socket(address: tuple[Any, ...]) -> socket.socket:
+    """A TCP socket that gives up on a silent peer: keepalive probes after KEEPALIVE_IDLE_S
+    of quiet, KEEPALIVE_PROBES of them KEEPALIVE_INTERVAL_S apart, and unacknowledged data
+    (probes included) aborts it after DEAD_CONNECTION_S."""
+    family, kind, protocol = address[0], address[1], address[2]
+    sock = socket.socket(family, kind, protocol)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(DEAD_CONNECTION_S * 1000))
+    return sock
 
 
 def _origin(url: str) -> str:

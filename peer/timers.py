@@ -113,6 +113,14 @@ FAILURE_WINDOW_S = 60.0
 
 # One API request (join, leave), TLS handshake included, over a slow mobile link.
 REQUEST_TIMEOUT_S = 15.0
+# A silent rendezvous host: a connection to it fails within CONNECT_TIMEOUT_S, and an open one
+# within DEAD_CONNECTION_S (keepalive probes after KEEPALIVE_IDLE_S of quiet, KEEPALIVE_PROBES
+# of them KEEPALIVE_INTERVAL_S apart): the long poll would otherwise hold for 40 s.
+CONNECT_TIMEOUT_S = 5.0
+KEEPALIVE_IDLE_S = 5
+KEEPALIVE_INTERVAL_S = 2
+KEEPALIVE_PROBES = 3
+DEAD_CONNECTION_S = KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_PROBES
 # The watch's long poll: the server answers by then even when nothing changed, and 25 s stays
 # under the 30 s idle timeouts of common HTTP proxies and NATs' TCP mappings.
 WATCH_TIMEOUT_S = 25.0

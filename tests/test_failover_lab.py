@@ -16,6 +16,7 @@ import pytest
 
 from tests.lab import Lab, NatType
 from tests.lab.agents import MeshAgent, all_direct
+from tests.lab.netns import run
 from tests.lab.rendezvous import DNS_PORT, RendezvousServer
 from tests.lab.topology import Host
 from tests.lab.wait import wait_until
@@ -109,6 +110,43 @@ def test_a_symmetric_pair_joined_through_two_instances_meets_at_the_first_and_re
     assert relayed, [(a.paths(), _uses(a), a.output()[-1500:]) for a in agents]
     assert all(_uses(agent)[0] == first.api_url for agent in agents)
     assert hosts[0].ping(agents[1].address())
+
+
+def test_agents_leave_a_rendezvous_host_that_went_silent(
+    lab: Lab, postgres_cluster: Cluster
+) -> None:
+    """A host that is down, or cut off, answers nothing: no refusal, no reset. The watch's long
+    poll held on for its whole 40 s before it failed, and each retry's connect as long; TCP
+    keepalives and a connect timeout end them within about 11 and 5 s."""
+    database = asyncio.run(postgres_cluster.new_database())
+    first = RendezvousServer(lab.add_public_host("rv1"), database=database).start()
+    second = _second_instance(lab.add_public_host("rv2"), first, database)
+    token = first.token(2)
+    agents = [
+        MeshAgent(lab.add_nat(f"site{n}", NatType.PORT_RESTRICTED).add_host(f"p{n}"), f"p{n}")
+        for n in (0, 1)
+    ]
+    for agent in agents:
+        agent.start(token)
+    assert wait_until(lambda: all_direct(agents), 30), [a.paths() for a in agents]
+    assert wait_until(lambda: all(_others(a) == [second.api_url] for a in agents), 20)
+    time.sleep(1.0)  # the watch's long poll is open again, idle
+
+    _silence(first.host)
+    silenced = time.time()
+    moved = wait_until(lambda: all(_uses(a) == (second.api_url, True) for a in agents), 35)
+    assert moved, [(_uses(a), a.output()[-1500:]) for a in agents]
+    print(f"both agents on the second {time.time() - silenced:.1f} s after the first went silent")
+    assert agents[0].host.ping(agents[1].address())
+
+
+def _silence(host: Host) -> None:
+    """Drop everything the host sends or receives: a machine switched off, or cut off."""
+    rules = "add table inet silence\n"
+    for hook in ("input", "output"):
+        chain = f"type filter hook {hook} priority -300; policy drop;"
+        rules += f"add chain inet silence {hook} {{ {chain} }}\n"
+    run(["ip", "netns", "exec", host.ns, "nft", "-f", "-"], stdin=rules)
 
 
 def _second_instance(host: Host, first: RendezvousServer, database: str) -> RendezvousServer:
