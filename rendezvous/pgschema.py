@@ -91,12 +91,17 @@ VALUES ($1, $2, $3, $4, clock_timestamp(), clock_timestamp())
 ON CONFLICT (id) DO UPDATE SET api_url = excluded.api_url, endpoint = excluded.endpoint,
     dns = excluded.dns, heartbeat_at = excluded.heartbeat_at
 """
-COMPACT_CHANGES = """
-DELETE FROM changes older USING changes newer
-WHERE newer.public_key = older.public_key AND newer.seq > older.seq
-"""
-FORGET_INSTANCES = """
-DELETE FROM instances WHERE heartbeat_at < clock_timestamp() - make_interval(secs => $1)
+# One statement, so one transaction: the change log keeps each key's latest row, and instances
+# not stamped for $1 seconds leave the list; the rows deleted.
+TIDY = """
+WITH compacted AS (
+    DELETE FROM changes older USING changes newer
+    WHERE newer.public_key = older.public_key AND newer.seq > older.seq RETURNING 1
+), forgotten AS (
+    DELETE FROM instances
+    WHERE heartbeat_at < clock_timestamp() - make_interval(secs => $1) RETURNING 1
+)
+SELECT (SELECT count(*) FROM compacted) + (SELECT count(*) FROM forgotten)
 """
 OTHER_LIVE_INSTANCES = """
 SELECT count(*) FROM instances

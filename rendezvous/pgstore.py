@@ -393,12 +393,7 @@ class PgStore(_PgReader):
 
     async def tidy(self, forget_instances_after_s: float) -> int:
         with _failures():
-            async with self._pool.acquire() as connection, connection.transaction():
-                changes = await connection.execute(pgschema.COMPACT_CHANGES)
-                instances = await connection.execute(
-                    pgschema.FORGET_INSTANCES, forget_instances_after_s
-                )
-        return sum(int(status.rsplit(" ", 1)[-1]) for status in (changes, instances))
+            return int(await self._pool.fetchval(pgschema.TIDY, forget_instances_after_s))
 
     async def close(self) -> None:
         with contextlib.suppress(*CONNECTION_ERRORS, asyncpg.PostgresError):
