@@ -7,6 +7,7 @@ rendezvous the operator meant.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from typing import Any
@@ -207,14 +208,20 @@ async def _request(
 def _probing_socket(address: tuple[Any, ...]) -> socket.socket:
     """A TCP socket that gives up on a silent peer: keepalive probes after KEEPALIVE_IDLE_S
     of quiet, KEEPALIVE_PROBES of them KEEPALIVE_INTERVAL_S apart, and unacknowledged data
-    (probes included) aborts it after DEAD_CONNECTION_S."""
+    (probes included) aborts it after DEAD_CONNECTION_S. Each option is best effort: a kernel
+    without one (a sandbox) still gets a working socket, with the long poll's own timeout."""
     family, kind, protocol = address[0], address[1], address[2]
     sock = socket.socket(family, kind, protocol)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(DEAD_CONNECTION_S * 1000))
+    options = [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S),
+        (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES),
+        (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(DEAD_CONNECTION_S * 1000)),
+    ]
+    for level, option, value in options:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(level, option, value)
     return sock
 
 

@@ -37,6 +37,7 @@ from .timers import FAILBACK_AFTER_S, FAILOVER_AFTER_S
 MAX_INSTANCES = 16  # the rendezvous lists at most this many (its MAX_LISTED_INSTANCES)
 MAX_URL_LENGTH = 2048
 MAX_SHUN_S = 3600.0  # the longest an instance left for its silence waits to be used again
+MAX_SHUNNED = 2 * MAX_INSTANCES  # instances with a backoff kept, listed or not
 # RFC 3986's unreserved and sub-delims, ":", "/" and "%" (a percent-escape in the path): no
 # "?", "#" or "@", no spaces, quotes or controls.
 _URL_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-._~!$&'()*+,;=:/%[]")
@@ -146,9 +147,11 @@ class Failover:
     current: Instance
     known: tuple[Instance, ...] = ()
     silent_since: float | None = None  # the current one's first failure since it last answered
-    # By URL, each bounded by the list (MAX_INSTANCES): listed live since; not back before.
+    answering_since: float | None = None  # ... and since when it has answered every request
+    # By URL, bounded: listed live since (the list's, MAX_INSTANCES); not back before, with
+    # the backoff (kept until it expires, whether listed or not: MAX_SHUNNED).
     listed_since: dict[str, float] = field(default_factory=dict)
-    shunned: dict[str, tuple[float, float]] = field(default_factory=dict)  # (until, backoff)
+    shunned: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def heard(self, listed: tuple[Instance, ...], now: float) -> None:
         """The live instances, as the one we use lists them (a watch or join answer). Our own
@@ -163,23 +166,31 @@ class Failover:
         self.known = listed
         since = self.listed_since
         self.listed_since = {i.api_url: since.get(i.api_url, now) for i in listed}
-        urls = set(self.listed_since) | {self.current.api_url}
-        self.shunned = {url: value for url, value in self.shunned.items() if url in urls}
 
-    def answered(self) -> None:
+    def answered(self, now: float) -> None:
+        """The current instance answered. Its backoff goes only once it has answered every
+        request for FAILBACK_AFTER_S: one that answers a first watch and then fails must not
+        draw the agent back every half minute."""
         self.silent_since = None
-        self.shunned.pop(self.current.api_url, None)  # it works: a later leave starts afresh
+        if self.answering_since is None:
+            self.answering_since = now
+        elif now - self.answering_since >= FAILBACK_AFTER_S:
+            self.shunned.pop(self.current.api_url, None)
 
     def failed(self, now: float) -> Instance | None:
         """The current instance failed a request: the one to move to, once it has been silent
-        for FAILOVER_AFTER_S and another is known (the next by URL, round again)."""
+        for FAILOVER_AFTER_S and another is known: the next by URL that is not shunned (an
+        unusable one is skipped), or the next at all when every other one is."""
+        self.answering_since = None
         if self.silent_since is None:
             self.silent_since = now
         if now - self.silent_since < FAILOVER_AFTER_S:
             return None
         ordered = self._ordered()
-        following = ordered[(ordered.index(self.current) + 1) % len(ordered)]
-        return None if following == self.current else following
+        at = ordered.index(self.current)
+        others = [ordered[(at + step) % len(ordered)] for step in range(1, len(ordered))]
+        usable = [other for other in others if not self._shunned(other, now)]
+        return next(iter(usable or others), None)
 
     def home(self, now: float) -> Instance | None:
         """The first instance of all, to move back to: listed live for FAILBACK_AFTER_S and
@@ -188,19 +199,24 @@ class Failover:
         since = self.listed_since.get(first.api_url)
         if first == self.current or since is None or now - since < FAILBACK_AFTER_S:
             return None
-        return None if now < self.shunned.get(first.api_url, (0.0, 0.0))[0] else first
+        return None if self._shunned(first, now) else first
 
     def moved(self, to: Instance, now: float) -> None:
         """The agent uses `to` now; the one it left is shunned if it had gone silent."""
         if self.silent_since is not None:
             self.unusable(self.current, now)
-        self.current, self.silent_since = to, None
+        self.current, self.silent_since, self.answering_since = to, None, None
 
     def unusable(self, instance: Instance, now: float) -> None:
-        backoff = min(
-            2 * self.shunned.get(instance.api_url, (0.0, FAILBACK_AFTER_S / 2))[1], MAX_SHUN_S
-        )
+        _, last = self.shunned.get(instance.api_url, (0.0, FAILBACK_AFTER_S / 2))
+        backoff = min(2 * last, MAX_SHUN_S)
         self.shunned[instance.api_url] = (now + backoff, backoff)
+        if len(self.shunned) > MAX_SHUNNED:  # the ones whose wait ends first go first
+            kept = sorted(self.shunned.items(), key=lambda item: item[1][0])[-MAX_SHUNNED:]
+            self.shunned = dict(kept)
+
+    def _shunned(self, instance: Instance, now: float) -> bool:
+        return now < self.shunned.get(instance.api_url, (0.0, 0.0))[0]
 
     def _ordered(self) -> list[Instance]:
         return sorted(set(self.known) | {self.current})

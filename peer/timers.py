@@ -118,7 +118,7 @@ REQUEST_TIMEOUT_S = 15.0
 # of them KEEPALIVE_INTERVAL_S apart): the long poll would otherwise hold for 40 s.
 CONNECT_TIMEOUT_S = 5.0
 KEEPALIVE_IDLE_S = 5
-KEEPALIVE_INTERVAL_S = 2
+KEEPALIVE_INTERVAL_S = 3  # 14 s in all: a Wi-Fi handover's gap should not cost a move
 KEEPALIVE_PROBES = 3
 DEAD_CONNECTION_S = KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_PROBES
 # The watch's long poll: the server answers by then even when nothing changed, and 25 s stays

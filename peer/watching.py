@@ -59,7 +59,7 @@ async def follow_rendezvous(
             backoff = min(backoff * 2, BACKOFF_MAX_S)
             continue
         backoff = 1.0
-        live.failover.answered()
+        live.failover.answered(time.monotonic())
         silent_for = live.rendezvous.answered(time.time())
         if silent_for is not None:
             logger.info("the rendezvous answers again (after %.0f s)", silent_for)
@@ -93,6 +93,11 @@ async def _move(live: Live, state: StateDir, instance: Instance, why: str) -> bo
 async def _heard(live: Live, state: StateDir, listed: tuple[Instance, ...]) -> None:
     """The instance list as the one in use lists it: kept, with the membership (a restart
     starts from it), and every instance's addresses kept out of accepted routes."""
+    if live.membership.tls_pin is None:
+        # Behind the operator's TLS proxy (no pin): any listed URL with a certificate some CA
+        # signed would get our credential, and its 401 would stop us. The proxy's URL, the
+        # token's, is the way in; failing over is the proxy's business.
+        return
     live.failover.heard(listed, time.monotonic())
     live.rendezvous.others = tuple(instance.api_url for instance in listed[1:])
     if listed == live.membership.instances:

@@ -203,13 +203,18 @@ async def check_shared_settings(db: Transaction, identity: Identity) -> None:
     """Instances sharing a database serve one mesh: one zone, network, TTL, transfer list and
     relay rate. One started with other values would rewrite them for all while the others
     go on serving the old ones (a zone two instances answer differently): refused while
-    another instance serves. With none serving, the new values are the mesh's change."""
-    stored = json.loads((await db.read_meta()).get("settings", "{}"))
-    mine = config.only(config.to_mapping(identity.given), config.MESH_WIDE)
+    another instance serves. With none serving, the new values are the mesh's change. The
+    values compared are the ones served, defaults filled in and spellings parsed: a zone the
+    first took by default is the mesh's as much as one it was given."""
+    meta = await db.read_meta()
+    if "settings" not in meta:
+        return  # the first instance on this database
+    stored = config.only(json.loads(meta["settings"]), config.MESH_WIDE)
+    theirs = config.resolve(config.merge(config.from_mapping(stored), _own_only(identity)))
     differ = [
-        f"{name} {stored[name]} (not {value})"
-        for name, value in sorted(mine.items())
-        if name in stored and stored[name] != value
+        f"{name} {_shown(getattr(theirs, field))} (not {_shown(getattr(identity.settings, field))})"
+        for name, field in _MESH_WIDE_FIELDS
+        if _canonical(getattr(theirs, field)) != _canonical(getattr(identity.settings, field))
     ]
     if not differ or not await db.other_live_instances(identity.instance_id, INSTANCE_LIVE_S):
         return
@@ -217,6 +222,35 @@ async def check_shared_settings(db: Transaction, identity: Identity) -> None:
         f"the instances serving this database use {', '.join(differ)}: start this one with "
         "the same values, or stop the others first to change them for the whole mesh"
     )
+
+
+# The mesh-wide settings' names (as flags and the database say them) and their Settings fields.
+_MESH_WIDE_FIELDS = (
+    ("zone", "zone"),
+    ("network", "network"),
+    ("dns_ttl", "dns_ttl"),
+    ("dns_axfr_allow", "dns_axfr_allow"),
+    ("relay_rate", "relay_mbit_s"),
+)
+
+
+def _own_only(identity: Identity) -> config.Overrides:
+    """This instance's own settings alone: the mesh's are left to the stored ones."""
+    own = config.only(config.to_mapping(identity.given), config.PER_INSTANCE)
+    return config.from_mapping(own)
+
+
+def _canonical(value: object) -> object:
+    """A setting as the mesh serves it: names in any case are one, a list in any order one."""
+    if isinstance(value, tuple):
+        return frozenset(value)
+    return value.lower() if isinstance(value, str) else value
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
 
 
 async def check_shared_tls(db: Transaction, identity: Identity) -> None:

@@ -95,8 +95,11 @@ ON CONFLICT (id) DO UPDATE SET api_url = excluded.api_url, endpoint = excluded.e
 # not stamped for $1 seconds leave the list; the rows deleted.
 TIDY = """
 WITH compacted AS (
-    DELETE FROM changes older USING changes newer
-    WHERE newer.public_key = older.public_key AND newer.seq > older.seq RETURNING 1
+    -- Against each key's latest: a self-join on "a newer row exists" made k*k/2 pairs for a
+    -- key with k rows (8,000 rows of one key: 15 s).
+    DELETE FROM changes older
+    USING (SELECT public_key, max(seq) AS latest FROM changes GROUP BY public_key) newest
+    WHERE older.public_key = newest.public_key AND older.seq < newest.latest RETURNING 1
 ), forgotten AS (
     DELETE FROM instances
     WHERE heartbeat_at < clock_timestamp() - make_interval(secs => $1) RETURNING 1

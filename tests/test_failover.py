@@ -144,7 +144,7 @@ def test_an_instance_left_for_its_silence_waits_a_doubling_backoff_before_it_dra
 def test_an_answer_ends_the_silence() -> None:
     failover = Failover(FIRST, (FIRST, SECOND))
     failover.failed(100.0)
-    failover.answered()
+    failover.answered(100.0)
     assert failover.failed(100.0 + FAILOVER_AFTER_S) is None
 
 
@@ -254,3 +254,42 @@ def test_a_dns_server_listed_by_name_is_resolved() -> None:
 
 def test_only_listed_ip_literals_are_protected_and_no_name_is_resolved() -> None:
     assert literal_addresses((FIRST, THIRD)) == {ipaddress.ip_address("203.0.113.2")}
+
+
+def test_an_unusable_next_instance_is_skipped_for_the_one_after() -> None:
+    """The review: the next by URL did not resolve; every later failure chose it again, and the
+    healthy third was never reached."""
+    failover = Failover(FIRST)
+    failover.heard((FIRST, SECOND, THIRD), 0.0)
+    failover.failed(0.0)
+    assert failover.failed(FAILOVER_AFTER_S) == SECOND
+    failover.unusable(SECOND, FAILOVER_AFTER_S)
+    assert failover.failed(FAILOVER_AFTER_S + 1) == THIRD
+
+
+def test_a_backoff_holds_when_the_instance_leaves_the_list_or_answers_once() -> None:
+    """The review: an instance missing from one list started its backoff again at 30 s, and one
+    that answered a first watch and then failed cleared it: back every minute, for ever."""
+    failover = Failover(FIRST, (FIRST, SECOND))
+    failover.heard((FIRST, SECOND), 0.0)
+    now, waits = 0.0, []
+    for _ in range(4):
+        failover.answered(now)  # it answers once, then goes silent for this agent
+        failover.failed(now + 1)
+        now += 1 + FAILOVER_AFTER_S
+        assert failover.failed(now) == SECOND
+        failover.moved(SECOND, now)
+        left = now
+        failover.heard((SECOND,), now)  # gone from the list for an answer
+        failover.heard((SECOND, FIRST), now + 1)
+        while failover.home(now) is None:
+            now += 1.0
+        waits.append(now - left)
+        failover.moved(FIRST, now)
+    # Listed live again from 1 s after the move: the first wait is that and FAILBACK_AFTER_S.
+    assert waits == [
+        FAILBACK_AFTER_S + 1,
+        2 * FAILBACK_AFTER_S,
+        4 * FAILBACK_AFTER_S,
+        8 * FAILBACK_AFTER_S,
+    ]

@@ -233,7 +233,7 @@ def test_another_zone_is_refused_while_an_instance_serves_and_taken_when_none_do
         await wait_for(lambda: first.instances.listed[0].instance_id != "", 5.0)
         await first.instances.beat()
         _copy_tls(tmp_path / "first", tmp_path / "second")
-        with pytest.raises(InvalidInput, match=r"zone corp\.example \(not mesh\.internal\)"):
+        with pytest.raises(InvalidInput, match=r"zone corp\.example\. \(not mesh\.internal\.\)"):
             await Registry.open(
                 tmp_path / "second", replace(SMALL, zone="mesh.internal"), database=url
             )
@@ -246,5 +246,29 @@ def test_another_zone_is_refused_while_an_instance_serves_and_taken_when_none_do
         await moved.keep_settings()
         assert str(moved.settings.zone) == "mesh.internal."
         await moved.close()
+
+    run(scenario)
+
+
+def test_a_default_zone_is_the_meshs_too_and_spellings_of_one_value_are_one(
+    postgres_cluster: Cluster, tmp_path: Path
+) -> None:
+    """The review of the check: a first instance that took the default zone stored none, and a
+    second with another zone passed; and `Mesh.Internal.` against `mesh.internal` was refused."""
+
+    async def scenario() -> None:
+        url = await postgres_cluster.new_database()
+        first = await Registry.open(tmp_path / "first", SMALL, database=url)  # default zone
+        await first.keep_settings()
+        first.start_background()
+        await first.instances.beat()
+        _copy_tls(tmp_path / "first", tmp_path / "second")
+        evil = replace(SMALL, zone="evil.example")
+        with pytest.raises(InvalidInput, match=r"zone mesh\.internal\. \(not evil\.example\.\)"):
+            await Registry.open(tmp_path / "second", evil, database=url)
+        spelled = replace(SMALL, zone="Mesh.Internal.", network="10.9.0.0/24 ")
+        same = await Registry.open(tmp_path / "second", spelled, database=url)
+        await same.close()
+        await first.close()
 
     run(scenario)
