@@ -18,7 +18,7 @@ from tests.lab.agents import MeshAgent, all_direct
 from tests.lab.rendezvous import DNS_PORT, RendezvousServer
 from tests.lab.topology import Host
 from tests.lab.wait import wait_until
-from tests.postgres import Cluster
+from tests.pgcluster import Cluster
 
 pytestmark = pytest.mark.lab
 

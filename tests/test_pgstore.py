@@ -17,7 +17,7 @@ from meshpeer.rendezvous import settings as config
 from meshpeer.rendezvous.model import Peer
 from meshpeer.rendezvous.pgstore import PgStore
 from meshpeer.rendezvous.registry import Registry
-from tests.postgres import Cluster
+from tests.pgcluster import Cluster
 from tests.test_rendezvous_cli import assert_one_line_error, rendezvous
 
 SERVED = config.Overrides(public_endpoint="192.0.2.10:51820", network="10.9.0.0/29")
