@@ -51,7 +51,12 @@ def test_convergence_benchmark_runs() -> None:
 
 def test_scale_benchmark_runs() -> None:
     output = smoke("scale.py")
-    assert "CPU share" in output and "resident memory" in output and "during the load" in output
+    for engine in ("sqlite", "postgresql"):
+        figures = output.split(f"== {engine}\n", 1)[1].split("== ", 1)[0]
+        assert "CPU share" in figures and "resident memory" in figures, output
+        assert "during the load" in figures and "warnings or errors" not in figures, output
+    assert "PostgreSQL, its " in output and "memory (PSS)" in output, output
+    assert "== PostgreSQL / SQLite" in output and "rendezvous and its database" in output, output
 
 
 def test_footprint_benchmark_runs() -> None:
