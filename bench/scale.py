@@ -2,7 +2,7 @@
 rendezvous's CPU share, memory and DNS latency, and PostgreSQL's own processes' apart.
 
     .venv/bin/python bench/scale.py [--peers 100000] [--seconds 30] [--slice 5]
-        [--engine sqlite,postgresql] [--smoke]
+        [--engine sqlite,postgresql] [--pg-top N] [--smoke]
 
 In a network namespace of the benchmark's own, `rendezvous serve` runs on core 0 with every peer
 registered. With PostgreSQL its registry is a private cluster (tests/pgcluster.py: Debian's
@@ -16,7 +16,9 @@ Reported per engine: the time to register the peers and for the server to come u
 handshakes (with the CPU seconds each side spent on them), the CPU share of one core (median of
 --slice slices, with the range) and memory of the rendezvous (resident) and of PostgreSQL's
 processes (PSS summed, so its shared buffers count once), and the latency of DNS SRV queries
-(a separate prober process, 20 a second) idle and during the load. Then PostgreSQL / SQLite.
+(a separate prober process, 20 a second) idle and during the load, the time from SIGTERM to
+exit (the last flush), and what the server logged as warnings. Then PostgreSQL / SQLite.
+--pg-top N loads pg_stat_statements and prints PostgreSQL's N costliest statements while serving.
 """
 
 from __future__ import annotations
@@ -27,22 +29,22 @@ import contextlib
 import os
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import asyncpg
 import dns.name
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from bench import loadgen
-from bench.scalepeers import KEEPALIVE_S, REKEY_S, WG_PORT, Simulation
+from bench.scalepeers import WG_PORT, Simulation
+from bench.scalereport import Figures, report, report_ratios
 from meshpeer.dns.naming import instance_name
 from meshpeer.rendezvous import settings
 from meshpeer.rendezvous.registry import Registry
@@ -54,30 +56,13 @@ ZONE = "mesh.internal."
 ENGINES = ("sqlite", "postgresql")
 SERVING_LINE = b"make a join token with"  # what serve prints once it listens
 START_TIMEOUT_S = 600.0
-
-
-@dataclass(slots=True)
-class Figures:
-    engine: str
-    registering_s: float = 0.0
-    serving_s: float = 0.0
-    handshaken_s: float = 0.0
-    handshake_cpu_s: dict[str, float] = field(default_factory=dict)  # side -> CPU seconds
-    steady_s: float = 0.0
-    keepalives: int = 0
-    handshakes: int = 0
-    cookies: int = 0
-    cpu: dict[str, list[float]] = field(default_factory=dict)  # side -> share per slice
-    rendezvous_rss: int = 0
-    database_pss: int = 0
-    database_processes: int = 0
-    dns_idle: list[float] = field(default_factory=list)  # p50, p99 in us
-    dns_loaded: list[float] = field(default_factory=list)
-    log_lines: list[str] = field(default_factory=list)  # the server's warnings and errors
-
-    def server_cpu(self) -> list[float]:
-        """Rendezvous and database together, slice by slice."""
-        return [sum(shares) for shares in zip(*self.cpu.values(), strict=True)]
+STOP_TIMEOUT_S = 120.0
+WITH_STATEMENTS = "-c shared_preload_libraries=pg_stat_statements"  # --pg-top only
+TOP_STATEMENTS = """
+SELECT calls, total_exec_time, rows, query FROM pg_stat_statements
+WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+ORDER BY total_exec_time DESC LIMIT $1
+"""
 
 
 class CpuMeter:
@@ -157,6 +142,8 @@ def run_engine(
         data_dir, log = Path(scratch) / "data", Path(scratch) / "serve.log"
         database = asyncio.run(cluster.new_database()) if cluster else None
         rendezvous_key, figures.registering_s = register(data_dir, keys, database)
+        if database and args.pg_top:
+            asyncio.run(count_statements(database))
         with log.open("wb") as log_file:
             server = serve(data_dir, database, log_file)
         try:
@@ -166,10 +153,48 @@ def run_engine(
                 roots["database"] = cluster.postmaster_pid()
             drive(figures, Simulation(keys, rendezvous_key), CpuMeter(roots), prober, args)
         finally:
-            server.terminate()
-            server.wait(60)
+            figures.stopping_s = stop(server)
         figures.log_lines = log.read_text().splitlines()
+        if database and args.pg_top:
+            figures.statements = asyncio.run(top_statements(database, args.pg_top))
     return figures
+
+
+def stop(server: subprocess.Popen[bytes]) -> float | None:
+    """Seconds from SIGTERM to exit (the last write-behind flush is in it), or None when it
+    had to be killed."""
+    started = time.monotonic()
+    server.terminate()
+    try:
+        server.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+        return None
+    return time.monotonic() - started
+
+
+async def count_statements(url: str) -> None:
+    """From now on: what registering cost is left out."""
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        await connection.execute("SELECT pg_stat_statements_reset()")
+    finally:
+        await connection.close()
+
+
+async def top_statements(url: str, count: int) -> list[str]:
+    connection = await asyncpg.connect(url)
+    try:
+        rows = await connection.fetch(TOP_STATEMENTS, count)
+    finally:
+        await connection.close()
+    return [
+        f"{total_ms / 1000:6.1f} s in {calls:9,} calls ({total_ms * 1000 / calls:5.0f} us each), "
+        f"{rows:9,} rows: {' '.join(query.split())[:100]}"
+        for calls, total_ms, rows, query in rows
+    ]
 
 
 def drive(
@@ -259,81 +284,6 @@ def probe(prober: subprocess.Popen[str], count: int) -> list[float]:
     return answer(prober)
 
 
-# -- the report ----------------------------------------------------------------------------------
-
-
-def spread(shares: list[float]) -> str:
-    """Median (min-max) of a few slices' CPU shares."""
-    return f"{statistics.median(shares):.2f} ({min(shares):.2f}-{max(shares):.2f})"
-
-
-def report(figures: Figures, peers: int) -> None:
-    rates = (peers / KEEPALIVE_S, peers / REKEY_S)
-    spent = ", ".join(f"{side} {seconds:.1f}" for side, seconds in figures.handshake_cpu_s.items())
-    print(f"== {figures.engine}")
-    print(
-        f"{peers:,} peers registered in {figures.registering_s:.1f} s; serving "
-        f"{figures.serving_s:.1f} s after start; all handshaken in {figures.handshaken_s:.1f} s "
-        f"(CPU seconds: {spent})"
-    )
-    print(
-        f"steady state for {figures.steady_s:.0f} s: {rates[0]:,.0f} keepalives/s and "
-        f"{rates[1]:,.0f} rekeys/s offered; {figures.keepalives:,} keepalives sent, "
-        f"{figures.handshakes:,} handshakes completed in all, {figures.cookies:,} cookie replies"
-    )
-    slices = len(figures.cpu["rendezvous"])
-    print(
-        f"rendezvous: CPU share {spread(figures.cpu['rendezvous'])} of one core, median of "
-        f"{slices} slices (goal: under 0.5), resident memory "
-        f"{figures.rendezvous_rss / 2**20:,.0f} MiB (goal: under 1,024)"
-    )
-    if "database" in figures.cpu:
-        print(
-            f"PostgreSQL, its {figures.database_processes} processes: CPU share "
-            f"{spread(figures.cpu['database'])} of one core, memory (PSS) "
-            f"{figures.database_pss / 2**20:,.0f} MiB; with the rendezvous: CPU "
-            f"{spread(figures.server_cpu())}, memory {server_memory(figures) / 2**20:,.0f} MiB"
-        )
-    print(
-        f"DNS SRV latency: idle p50 {figures.dns_idle[0]:.0f} us, p99 {figures.dns_idle[1]:.0f} "
-        f"us; during the load p50 {figures.dns_loaded[0]:.0f} us, p99 "
-        f"{figures.dns_loaded[1]:.0f} us"
-    )
-    complaints = [line for line in figures.log_lines if "WARNING" in line or "ERROR" in line]
-    if complaints:
-        print(f"the server logged {len(complaints)} warnings or errors, first: {complaints[0]}")
-
-
-def server_memory(figures: Figures) -> int:
-    return figures.rendezvous_rss + figures.database_pss
-
-
-def report_ratios(sqlite: Figures, postgresql: Figures) -> None:
-    def ratio(ours: float, theirs: float) -> str:
-        return f"{ours / theirs:.2f}" if theirs else "n/a"
-
-    def cpu(shares: list[float]) -> float:
-        return statistics.median(shares)
-
-    print("== PostgreSQL / SQLite")
-    print(
-        f"registering {ratio(postgresql.registering_s, sqlite.registering_s)}, serving after "
-        f"start {ratio(postgresql.serving_s, sqlite.serving_s)}, all handshaken "
-        f"{ratio(postgresql.handshaken_s, sqlite.handshaken_s)}"
-    )
-    rendezvous = ratio(cpu(postgresql.cpu["rendezvous"]), cpu(sqlite.cpu["rendezvous"]))
-    server = ratio(cpu(postgresql.server_cpu()), cpu(sqlite.server_cpu()))
-    print(f"CPU share: rendezvous {rendezvous}, rendezvous and its database {server}")
-    print(
-        f"memory: rendezvous {ratio(postgresql.rendezvous_rss, sqlite.rendezvous_rss)}, "
-        f"rendezvous and its database {ratio(server_memory(postgresql), server_memory(sqlite))}"
-    )
-    print(
-        f"DNS during the load: p50 {ratio(postgresql.dns_loaded[0], sqlite.dns_loaded[0])}, "
-        f"p99 {ratio(postgresql.dns_loaded[1], sqlite.dns_loaded[1])}"
-    )
-
-
 # -- the run -------------------------------------------------------------------------------------
 
 
@@ -351,6 +301,9 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--slice", type=float, default=5.0, help="seconds per CPU reading")
     parser.add_argument("--engine", type=engines, default=list(ENGINES), help="sqlite,postgresql")
+    parser.add_argument(
+        "--pg-top", type=int, default=0, help="print PostgreSQL's N costliest statements"
+    )
     parser.add_argument("--smoke", action="store_true", help="200 peers for 3 s: for the tests")
     args = parser.parse_args()
     if args.smoke:
@@ -370,7 +323,8 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         cluster = None
         if "postgresql" in args.engine:
-            cluster = stack.enter_context(private_cluster(NO_TCP))
+            options = f"{NO_TCP} {WITH_STATEMENTS}" if args.pg_top else NO_TCP
+            cluster = stack.enter_context(private_cluster(options))
             for pid in loadgen.process_tree(cluster.postmaster_pid()):
                 os.sched_setaffinity(pid, {loadgen.SERVER_CORE})  # its later backends inherit it
         stack.enter_context(loadgen.private_namespace())
