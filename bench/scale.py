@@ -29,10 +29,12 @@ import contextlib
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -47,6 +49,7 @@ from bench.scalepeers import WG_PORT, Simulation
 from bench.scalereport import Figures, report, report_ratios
 from meshpeer.dns.naming import instance_name
 from meshpeer.rendezvous import settings
+from meshpeer.rendezvous.datadir import DATABASE_NAME
 from meshpeer.rendezvous.registry import Registry
 from tests.pgcluster import NO_TCP, Cluster, private_cluster
 
@@ -57,6 +60,7 @@ ENGINES = ("sqlite", "postgresql")
 SERVING_LINE = b"make a join token with"  # what serve prints once it listens
 START_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 120.0
+SETTLE_TIMEOUT_S = 600.0
 WITH_STATEMENTS = "-c shared_preload_libraries=pg_stat_statements"  # --pg-top only
 TOP_STATEMENTS = """
 SELECT calls, total_exec_time, rows, query FROM pg_stat_statements
@@ -151,13 +155,46 @@ def run_engine(
             roots = {"rendezvous": server.pid}
             if cluster:
                 roots["database"] = cluster.postmaster_pid()
-            drive(figures, Simulation(keys, rendezvous_key), CpuMeter(roots), prober, args)
+            simulation, meter = Simulation(keys, rendezvous_key), CpuMeter(roots)
+            counter = endpoint_counter(data_dir, database)
+            drive(figures, simulation, meter, prober, counter, args)
         finally:
             figures.stopping_s = stop(server)
         figures.log_lines = log.read_text().splitlines()
         if database and args.pg_top:
             figures.statements = asyncio.run(top_statements(database, args.pg_top))
     return figures
+
+
+def settle(simulation: Simulation, stored_endpoints: Callable[[], int]) -> float | None:
+    """Seconds, under the steady load, until the store holds every peer's endpoint (the first
+    handshakes' write-behind caught up), so that the steady state measured next is steady;
+    None if it did not within SETTLE_TIMEOUT_S."""
+    started = time.monotonic()
+    while stored_endpoints() < len(simulation.peers):
+        if time.monotonic() - started > SETTLE_TIMEOUT_S:
+            return None
+        simulation.steady(0.25, 1.0, lambda: None)
+    return time.monotonic() - started
+
+
+def endpoint_counter(data_dir: Path, database: str | None) -> Callable[[], int]:
+    """How many peers' endpoints the store holds, read apart from the server."""
+    query = "SELECT count(*) FROM peers WHERE endpoint_host IS NOT NULL"
+
+    async def on_postgresql(url: str) -> int:
+        connection = await asyncpg.connect(url)
+        try:
+            return int(await connection.fetchval(query))
+        finally:
+            await connection.close()
+
+    def on_sqlite() -> int:
+        uri = f"file:{data_dir / DATABASE_NAME}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            return int(db.execute(query).fetchone()[0])
+
+    return (lambda: asyncio.run(on_postgresql(database))) if database else on_sqlite
 
 
 def stop(server: subprocess.Popen[bytes]) -> float | None:
@@ -202,11 +239,13 @@ def drive(
     simulation: Simulation,
     meter: CpuMeter,
     prober: subprocess.Popen[str],
+    stored_endpoints: Callable[[], int],
     args: argparse.Namespace,
 ) -> None:
     try:
         figures.handshaken_s = simulation.bootstrap()
         figures.handshake_cpu_s = meter.restart()
+        figures.settling_s = settle(simulation, stored_endpoints)
         figures.dns_idle = probe(prober, 100)
         started = time.monotonic()
         ask(prober, max(int(args.seconds * 20 * 0.8), 20))  # answered while the load runs

@@ -34,6 +34,8 @@ class Simulation:
         self.sock.setblocking(False)
         self.target = ("127.0.0.1", WG_PORT)
         self.completed = self.cookies = self.keepalives = 0
+        self.order = random.sample(range(len(keys)), len(keys))  # whose turn it is, steadily
+        self.turns = (0, 0)  # keepalives and rekeys sent so far in that order
 
     def close(self) -> None:
         self.sock.close()
@@ -102,11 +104,9 @@ class Simulation:
     def steady(self, seconds: float, slice_s: float, on_slice: Callable[[], None]) -> None:
         """Keepalives every 25 s and rekeys every 120 s per peer, spread evenly; `on_slice`
         runs every `slice_s` (the benchmark reads the servers' CPU there)."""
-        count = len(self.peers)
-        order = list(range(count))
-        random.shuffle(order)
+        count, order = len(self.peers), self.order
         keepalive_due = rekey_due = 0.0
-        keepalive_turn = rekey_turn = 0
+        keepalive_turn, rekey_turn = self.turns
         started = last = time.monotonic()
         sliced = started
         while (now := time.monotonic()) - started < seconds:
@@ -127,6 +127,7 @@ class Simulation:
             self.receive(0.005)
         if time.monotonic() - sliced > slice_s / 2:  # a last sliver would be all noise
             on_slice()
+        self.turns = (keepalive_turn, rekey_turn)  # the next call goes on where this one ends
 
 
 def _source(number: int) -> bytes:

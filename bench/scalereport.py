@@ -15,6 +15,7 @@ class Figures:
     serving_s: float = 0.0
     handshaken_s: float = 0.0
     handshake_cpu_s: dict[str, float] = field(default_factory=dict)  # side -> CPU seconds
+    settling_s: float | None = None  # until every endpoint was stored; None: not in time
     steady_s: float = 0.0
     keepalives: int = 0
     handshakes: int = 0
@@ -48,6 +49,9 @@ def report(figures: Figures, peers: int) -> None:
         f"{figures.serving_s:.1f} s after start; all handshaken in {figures.handshaken_s:.1f} s "
         f"(CPU seconds: {spent})"
     )
+    settling = figures.settling_s
+    settled = "not in time (gave up)" if settling is None else f"{settling:.1f} s"
+    print(f"every endpoint stored (under the steady load) after: {settled}")
     print(
         f"steady state for {figures.steady_s:.0f} s: {rates[0]:,.0f} keepalives/s and "
         f"{rates[1]:,.0f} rekeys/s offered; {figures.keepalives:,} keepalives sent, "
