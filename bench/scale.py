@@ -45,6 +45,7 @@ import dns.name
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from bench import loadgen
+from bench.pgstatements import WITH_STATEMENTS, count_statements, top_statements
 from bench.scalepeers import WG_PORT, Simulation
 from bench.scalereport import Figures, report, report_ratios
 from meshpeer.dns.naming import instance_name
@@ -61,12 +62,7 @@ SERVING_LINE = b"make a join token with"  # what serve prints once it listens
 START_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 120.0
 SETTLE_TIMEOUT_S = 600.0
-WITH_STATEMENTS = "-c shared_preload_libraries=pg_stat_statements"  # --pg-top only
-TOP_STATEMENTS = """
-SELECT calls, total_exec_time, rows, query FROM pg_stat_statements
-WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-ORDER BY total_exec_time DESC LIMIT $1
-"""
+CALM_SHARE = 0.9  # the server side's CPU share under which its one core is not saturated
 
 
 class CpuMeter:
@@ -168,13 +164,29 @@ def run_engine(
 
 def settle(simulation: Simulation, stored_endpoints: Callable[[], int]) -> float | None:
     """Seconds, under the steady load, until the store holds every peer's endpoint (the first
-    handshakes' write-behind caught up), so that the steady state measured next is steady;
-    None if it did not within SETTLE_TIMEOUT_S."""
+    handshakes' write-behind caught up); None if not within SETTLE_TIMEOUT_S."""
     started = time.monotonic()
     while stored_endpoints() < len(simulation.peers):
         if time.monotonic() - started > SETTLE_TIMEOUT_S:
             return None
         simulation.steady(0.25, 1.0, lambda: None)
+    return time.monotonic() - started
+
+
+def calm_down(simulation: Simulation, meter: CpuMeter) -> float | None:
+    """Seconds, under the steady load, until two 1 s slices of the server side's CPU share (the
+    rendezvous and its database) are both under CALM_SHARE and within 0.1 of each other: what
+    the first handshakes left queued (on PostgreSQL, the follower reading back 100,000 changes)
+    is done, so the steady state measured next is steady. None if not within SETTLE_TIMEOUT_S."""
+    started = time.monotonic()
+    shares: list[float] = []
+    while len(shares) < 2 or max(shares[-2:]) >= CALM_SHARE or abs(shares[-1] - shares[-2]) > 0.1:
+        if time.monotonic() - started > SETTLE_TIMEOUT_S:
+            return None
+        meter.restart()
+        sliced = time.monotonic()
+        simulation.steady(1.0, 1.0, lambda: None)
+        shares.append(sum(meter.restart().values()) / (time.monotonic() - sliced))
     return time.monotonic() - started
 
 
@@ -211,29 +223,6 @@ def stop(server: subprocess.Popen[bytes]) -> float | None:
     return time.monotonic() - started
 
 
-async def count_statements(url: str) -> None:
-    """From now on: what registering cost is left out."""
-    connection = await asyncpg.connect(url)
-    try:
-        await connection.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        await connection.execute("SELECT pg_stat_statements_reset()")
-    finally:
-        await connection.close()
-
-
-async def top_statements(url: str, count: int) -> list[str]:
-    connection = await asyncpg.connect(url)
-    try:
-        rows = await connection.fetch(TOP_STATEMENTS, count)
-    finally:
-        await connection.close()
-    return [
-        f"{total_ms / 1000:6.1f} s in {calls:9,} calls ({total_ms * 1000 / calls:5.0f} us each), "
-        f"{rows:9,} rows: {' '.join(query.split())[:100]}"
-        for calls, total_ms, rows, query in rows
-    ]
-
-
 def drive(
     figures: Figures,
     simulation: Simulation,
@@ -246,6 +235,8 @@ def drive(
         figures.handshaken_s = simulation.bootstrap()
         figures.handshake_cpu_s = meter.restart()
         figures.settling_s = settle(simulation, stored_endpoints)
+        figures.calming_s = calm_down(simulation, meter)
+        before = (simulation.keepalives, simulation.completed, simulation.cookies)
         figures.dns_idle = probe(prober, 100)
         started = time.monotonic()
         ask(prober, max(int(args.seconds * 20 * 0.8), 20))  # answered while the load runs
@@ -258,8 +249,9 @@ def drive(
             pss = loadgen.tree_pss_bytes(meter.roots["database"])
             figures.database_pss, figures.database_processes = pss
         figures.dns_loaded = answer(prober)
-        figures.keepalives, figures.cookies = simulation.keepalives, simulation.cookies
-        figures.handshakes = simulation.completed
+        figures.keepalives = simulation.keepalives - before[0]
+        figures.handshakes = simulation.completed - before[1]
+        figures.cookies = simulation.cookies - before[2]
     finally:
         simulation.close()
 

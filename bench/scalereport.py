@@ -16,6 +16,7 @@ class Figures:
     handshaken_s: float = 0.0
     handshake_cpu_s: dict[str, float] = field(default_factory=dict)  # side -> CPU seconds
     settling_s: float | None = None  # until every endpoint was stored; None: not in time
+    calming_s: float | None = None  # then until the server's CPU was steady; None: not in time
     steady_s: float = 0.0
     keepalives: int = 0
     handshakes: int = 0
@@ -35,6 +36,10 @@ class Figures:
         return [sum(shares) for shares in zip(*self.cpu.values(), strict=True)]
 
 
+def seconds(value: float | None) -> str:
+    return "never (gave up)" if value is None else f"{value:.1f} s"
+
+
 def spread(shares: list[float]) -> str:
     """Median (min-max) of a few slices' CPU shares."""
     return f"{statistics.median(shares):.2f} ({min(shares):.2f}-{max(shares):.2f})"
@@ -49,13 +54,14 @@ def report(figures: Figures, peers: int) -> None:
         f"{figures.serving_s:.1f} s after start; all handshaken in {figures.handshaken_s:.1f} s "
         f"(CPU seconds: {spent})"
     )
-    settling = figures.settling_s
-    settled = "not in time (gave up)" if settling is None else f"{settling:.1f} s"
-    print(f"every endpoint stored (under the steady load) after: {settled}")
+    print(
+        f"then, under the steady load: every endpoint stored after {seconds(figures.settling_s)}, "
+        f"the server's CPU steady {seconds(figures.calming_s)} later"
+    )
     print(
         f"steady state for {figures.steady_s:.0f} s: {rates[0]:,.0f} keepalives/s and "
         f"{rates[1]:,.0f} rekeys/s offered; {figures.keepalives:,} keepalives sent, "
-        f"{figures.handshakes:,} handshakes completed in all, {figures.cookies:,} cookie replies"
+        f"{figures.handshakes:,} handshakes completed, {figures.cookies:,} cookie replies"
     )
     slices = len(figures.cpu["rendezvous"])
     print(
