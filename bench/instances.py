@@ -3,7 +3,7 @@ join takes to reach the other's peers (what its DNS zone and watchers publish).
 
     .venv/bin/python bench/instances.py [--joins 200] [--smoke]
 
-PostgreSQL: a private cluster (Debian's postgresql 15, as the tests start it: tests/postgres.py),
+PostgreSQL: a private cluster (Debian's postgresql 15, as the tests start it: tests/pgcluster.py),
 two instances with their own data folders; the second hears of each commit by LISTEN/NOTIFY.
 SQLite beside it: two registries on one data folder, the second following by its 50 ms poll
 (what a CLI write waits for today). Joins are signed and go one after another through the first
@@ -30,7 +30,7 @@ from meshpeer.rendezvous import settings as config
 from meshpeer.rendezvous.model import Peer
 from meshpeer.rendezvous.registry import Registry
 from tests.joining import Joiner
-from tests.postgres import POSTGRES_BIN, Cluster, _run, _start
+from tests.pgcluster import Cluster, private_cluster
 
 SERVED = config.Overrides(network="10.64.0.0/16", public_endpoint="192.0.2.10:51820")
 
@@ -102,16 +102,12 @@ def main() -> None:
     joins = 10 if options.smoke else options.joins
     print(machine())
     root = Path(tempfile.mkdtemp(prefix="meshpeer-instances-"))
-    cluster_root = Path(tempfile.mkdtemp(prefix="meshpeer-pg-"))  # _start gives it to postgres
-    cluster = _start(cluster_root)
     try:
-        report("postgresql", *asyncio.run(on_postgresql(cluster, root, joins)), joins)
-        report("sqlite", *asyncio.run(on_sqlite(root, joins)), joins)
+        with private_cluster() as cluster:
+            report("postgresql", *asyncio.run(on_postgresql(cluster, root, joins)), joins)
+            report("sqlite", *asyncio.run(on_sqlite(root, joins)), joins)
     finally:
-        _run([str(POSTGRES_BIN / "pg_ctl"), "-D", str(cluster_root / "data"), "-m", "fast",
-              "stop"])  # fmt: skip
         shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(cluster_root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -87,8 +87,7 @@ def uapi_exchange(control: Path, request: bytes) -> bytes:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (and its threads) so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -98,6 +97,47 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and every live descendant of it (a server's workers, a database's backends)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):  # gone since the listing
+                parents[int(entry.name)] = int(_stat_fields(int(entry.name))[1])
+    tree = [root]
+    for pid in tree:  # grows as it goes: breadth first
+        tree.extend(child for child, parent in parents.items() if parent == pid)
+    return tree
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time of `root` and its descendants so far, with that of the children they already
+    reaped (cutime, cstime): a database's short-lived backends count after they exit too."""
+    total = 0
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError):
+            fields = _stat_fields(pid)
+            total += sum(int(fields[index]) for index in (11, 12, 13, 14))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def tree_pss_bytes(root: int) -> tuple[int, int]:
+    """(proportional set size summed over the tree, its process count). PSS, not RSS: memory
+    shared between processes (PostgreSQL's shared buffers) is counted once in all, not in each."""
+    total = count = 0
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup") as rollup:
+            total += sum(int(line.split()[1]) * 1024 for line in rollup if line.startswith("Pss:"))
+            count += 1
+    return total, count
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (which may hold spaces): state is [0], ppid [1]."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()
 
 
 # -- simulated peers -----------------------------------------------------------------------------

@@ -86,10 +86,17 @@ class Observations:
         moved_keys, self._moved = self._moved, set()
         peers = [peer for key in dirty if (peer := self._index.get(key)) is not None]
         moved = [peer for peer in peers if peer.public_key in moved_keys]
-        async with self._store.transaction() as db:
-            await db.write_observations(peers, moved)
-            if serial != self.stored_zone_serial:
-                await db.set_meta("zone_serial", str(serial))
+        try:
+            async with self._store.transaction() as db:
+                await db.write_observations(peers, moved)
+                if serial != self.stored_zone_serial:
+                    await db.set_meta("zone_serial", str(serial))
+        except BaseException:
+            # Rolled back: the next flush writes them (their latest state), or a move would
+            # never reach the store, nor the other instances, until the peer moved again.
+            self._dirty |= dirty
+            self._moved |= moved_keys
+            raise
         self.stored_zone_serial = serial
 
     async def write_behind(self) -> None:

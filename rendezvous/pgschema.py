@@ -106,6 +106,21 @@ WITH compacted AS (
 )
 SELECT (SELECT count(*) FROM compacted) + (SELECT count(*) FROM forgotten)
 """
+# Numbers the changes $1 (in their order) with one update of the clock row, and announces them.
+# One update for all: every update of the row within a transaction leaves a version that the
+# next one steps over until commit, so one update per change made a transaction of n changes
+# cost O(n^2) (64,000 moves in one flush: 31 s, 0.5 ms each at the end). The empty payload
+# makes a transaction's announcements one: PostgreSQL folds identical notifications.
+LOG_CHANGES = """
+WITH tick AS (UPDATE change_clock SET seq = seq + cardinality($1::bytea[]) RETURNING seq),
+logged AS (
+    INSERT INTO changes (seq, public_key)
+    SELECT tick.seq - cardinality($1::bytea[]) + changed.n, changed.public_key
+    FROM tick, unnest($1::bytea[]) WITH ORDINALITY AS changed(public_key, n)
+    RETURNING seq
+)
+SELECT pg_notify($2, '') WHERE EXISTS (SELECT 1 FROM logged)
+"""
 OTHER_LIVE_INSTANCES = """
 SELECT count(*) FROM instances
 WHERE id <> $1 AND heartbeat_at > clock_timestamp() - make_interval(secs => $2)

@@ -282,20 +282,15 @@ class PgTransaction(_PgReader):
             [port for _key, _host, port in rows],
             [peer.endpoint_confirmed_at for peer in moved],
         )
-        for peer in moved:
-            await self._log_change(peer.public_key)
+        await self._log_changes([peer.public_key for peer in moved])
 
     async def _log_change(self, public_key: bytes) -> None:
-        """Number the change from the clock row, locked until commit (module docstring), and
-        announce it at commit. The empty payload makes a transaction's announcements one:
-        PostgreSQL folds identical notifications of a transaction."""
-        await self._db.execute(
-            "WITH tick AS (UPDATE change_clock SET seq = seq + 1 RETURNING seq), "
-            "logged AS (INSERT INTO changes (seq, public_key) SELECT seq, $1 FROM tick "
-            "RETURNING seq) SELECT pg_notify($2, '') FROM logged",
-            public_key,
-            pglisten.CHANNEL,
-        )
+        await self._log_changes([public_key])
+
+    async def _log_changes(self, public_keys: list[bytes]) -> None:
+        """Number the changes from the clock row, locked until commit (module docstring), and
+        announce them at commit, in one statement (pgschema.LOG_CHANGES says why)."""
+        await self._db.execute(pgschema.LOG_CHANGES, public_keys, pglisten.CHANNEL)
 
 
 class PgStore(_PgReader):

@@ -16,10 +16,10 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 pytestmark = pytest.mark.lab
 
 
-def smoke(script: str, timeout: float = 240) -> str:
+def smoke(script: str, *flags: str, timeout: float = 240) -> str:
     require_lab_host()
     result = subprocess.run(
-        [sys.executable, str(BENCH / script), "--smoke"],
+        [sys.executable, str(BENCH / script), "--smoke", *flags],
         capture_output=True,
         text=True,
         check=False,
@@ -50,8 +50,15 @@ def test_convergence_benchmark_runs() -> None:
 
 
 def test_scale_benchmark_runs() -> None:
-    output = smoke("scale.py")
-    assert "CPU share" in output and "resident memory" in output and "during the load" in output
+    output = smoke("scale.py", "--pg-top", "3")
+    for engine in ("sqlite", "postgresql"):
+        figures = output.split(f"== {engine}\n", 1)[1].split("== ", 1)[0]
+        assert "CPU share" in figures and "resident memory" in figures, output
+        assert "during the load" in figures and "warnings or errors" not in figures, output
+        assert "every endpoint stored after 0." in figures and "never" not in figures, output
+    assert "PostgreSQL, its " in output and "memory (PSS)" in output, output
+    assert output.count(" us each), ") == 3, output  # the statements, PostgreSQL's only
+    assert "== PostgreSQL / SQLite" in output and "rendezvous and its database" in output, output
 
 
 def test_footprint_benchmark_runs() -> None:

@@ -20,7 +20,7 @@ from tests.lab.netns import run
 from tests.lab.rendezvous import DNS_PORT, RendezvousServer
 from tests.lab.topology import Host
 from tests.lab.wait import wait_until
-from tests.postgres import Cluster
+from tests.pgcluster import Cluster
 
 pytestmark = pytest.mark.lab
 

@@ -22,7 +22,8 @@ from meshpeer.rendezvous.service import Rendezvous
 from meshpeer.rendezvous.storage import ServingInstance
 from meshpeer.rendezvous.timers import MAX_LISTED_INSTANCES
 from tests.joining import Joiner
-from tests.postgres import Cluster, RegistryOpener
+from tests.pgcluster import Cluster
+from tests.postgres import RegistryOpener
 from tests.test_api import bearer, make_token
 from tests.test_instances import _copy_tls
 from tests.test_registry import run, wait_for

@@ -12,7 +12,8 @@ from pathlib import Path
 from meshpeer.rendezvous import settings as config
 from meshpeer.rendezvous.instancefile import INSTANCE_FILE_NAME
 from meshpeer.rendezvous.registry import DATABASE_NAME, Registry
-from tests.postgres import Cluster, RegistryOpener
+from tests.pgcluster import Cluster
+from tests.postgres import RegistryOpener
 from tests.test_instances import _copy_tls
 from tests.test_registry import run
 from tests.test_rendezvous_cli import rendezvous

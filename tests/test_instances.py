@@ -21,7 +21,7 @@ from meshpeer.rendezvous.model import Peer
 from meshpeer.rendezvous.registry import ADMIN_TOKEN_NAME, Registry
 from meshpeer.rendezvous.service import Rendezvous
 from tests.joining import Joiner
-from tests.postgres import Cluster
+from tests.pgcluster import Cluster
 from tests.test_registry import new_key, run, wait_for
 
 SMALL = config.Overrides(network="10.9.0.0/24", public_endpoint="192.0.2.10:51820")

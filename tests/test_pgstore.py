@@ -15,9 +15,9 @@ from meshpeer.common.errors import InvalidInput
 from meshpeer.rendezvous import pgschema
 from meshpeer.rendezvous import settings as config
 from meshpeer.rendezvous.model import Peer
-from meshpeer.rendezvous.pgstore import PgStore
+from meshpeer.rendezvous.pgstore import PgStore, PgTransaction
 from meshpeer.rendezvous.registry import Registry
-from tests.postgres import Cluster
+from tests.pgcluster import Cluster
 from tests.test_rendezvous_cli import assert_one_line_error, rendezvous
 
 SERVED = config.Overrides(public_endpoint="192.0.2.10:51820", network="10.9.0.0/29")
@@ -51,6 +51,57 @@ def test_a_later_change_never_commits_before_an_earlier_one(postgres_cluster: Cl
 async def _log_one(store: PgStore, public_key: bytes) -> None:
     async with store.transaction() as db:
         await db._log_change(public_key)
+
+
+def test_a_flushs_moves_are_numbered_in_order_by_one_update_of_the_clock(
+    postgres_cluster: Cluster,
+) -> None:
+    """One update of the clock row per flush, not per move: every update of that row within a
+    transaction made the next one slower (pgschema.LOG_CHANGES), so a flush of n moves cost
+    O(n^2) and a 100,000-peer start timed out (bench/scale.py)."""
+    keys = [bytes([number]) * 32 for number in range(1, 6)]
+
+    async def scenario() -> None:
+        url = await postgres_cluster.new_database()
+        store = await PgStore.open(url)
+        try:
+            async with store.transaction() as db:
+                store.network_id = await db.add_network("10.9.0.0/29", "mesh.internal.")
+                db.network_id = store.network_id
+                for number, key in enumerate(keys, start=2):
+                    await db.insert_peer(Peer(key, f"p{number}", _address(number)), 0.0)
+            moved = [_moved_to(key, 40000 + number) for number, key in enumerate(keys[::-1])]
+            async with store.transaction() as db:
+                before = await _clock_updates(db)
+                await db.write_observations(moved, moved)
+                assert await _clock_updates(db) - before == 1
+            assert await store.changes_since(5) == [
+                (6 + n, p.public_key) for n, p in enumerate(moved)
+            ]
+            assert await store.latest_change() == 10
+            stored = await store.stored_peer(keys[0])
+            assert stored is not None and stored.peer.endpoint == ("198.51.100.7", 40004)
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+async def _clock_updates(db: PgTransaction) -> int:
+    """This connection's updates of the clock row (PostgreSQL counts them until it is idle)."""
+    query = "SELECT n_tup_upd FROM pg_stat_xact_user_tables WHERE relname = 'change_clock'"
+    return int(await db._db.fetchval(query))
+
+
+def _address(number: int) -> IPAddress:
+    return ipaddress.ip_address(f"10.9.0.{number}")
+
+
+def _moved_to(key: bytes, port: int) -> Peer:
+    address = _address(key[0] + 1)
+    return Peer(
+        key, f"p{key[0] + 1}", address, endpoint=("198.51.100.7", port), endpoint_confirmed_at=1.0
+    )
 
 
 def test_an_address_is_chosen_only_once_the_last_choice_committed(

@@ -16,7 +16,7 @@ from tests.lab.process import LabProcess
 from tests.lab.rendezvous import RendezvousServer
 from tests.lab.wait import wait_until
 from tests.lab.wireguard import WireGuardGo
-from tests.postgres import Cluster
+from tests.pgcluster import Cluster
 
 pytestmark = pytest.mark.lab
 LAB = Path(__file__).with_name("lab")
