@@ -80,6 +80,16 @@ def _run(command: list[str]) -> None:
 
 def start(root: Path, options: str = TEST_OPTIONS) -> Cluster:
     """initdb and start a cluster in the empty folder `root` (given to the cluster's user)."""
+    cluster = initdb(root)
+    options = f"{options} -k {cluster.socket_dir}"
+    _run([str(POSTGRES_BIN / "pg_ctl"), "-D", str(cluster.data_dir), "-l",
+          str(root / "server.log"), "-o", options, "-w", "start"])  # fmt: skip
+    return cluster
+
+
+def initdb(root: Path) -> Cluster:
+    """A cluster's files in the empty folder `root` (given to the cluster's user), not started:
+    `start` starts it here, a lab host in its own network namespace (tests/lab/database.py)."""
     if not (POSTGRES_BIN / "initdb").exists():
         raise ClusterError("PostgreSQL 15 is not installed: run tests/setup (package postgresql)")
     cluster = Cluster(root)
@@ -90,9 +100,6 @@ def start(root: Path, options: str = TEST_OPTIONS) -> Cluster:
             os.chown(path, owner.pw_uid, owner.pw_gid)
     _run([str(POSTGRES_BIN / "initdb"), "-D", str(cluster.data_dir), "-U", CLUSTER_USER,
           "-A", "trust", "-E", "UTF8", "--no-sync"])  # fmt: skip
-    options = f"{options} -k {cluster.socket_dir}"
-    _run([str(POSTGRES_BIN / "pg_ctl"), "-D", str(cluster.data_dir), "-l",
-          str(root / "server.log"), "-o", options, "-w", "start"])  # fmt: skip
     return cluster
 
 

@@ -1,10 +1,10 @@
-"""Two rendezvous on one PostgreSQL database, and agents that outlive one of them (issue 18):
-five agents behind their own NATs; `kill -9` the rendezvous their token named. Tunnels keep
-working; every agent moves to the other instance (its API, WireGuard endpoint, relay and DNS)
-within a loose bound; a NAT mapping reset still heals; a sixth peer joins through the survivor
-and reaches all; `dig` against the survivor shows every peer; the killed one, restarted,
-catches up without losing or duplicating anything, and every agent goes back to it (the first
-by URL), so that relayed pairs meet at one instance."""
+"""Two rendezvous on one PostgreSQL database (on a third public host), and agents that outlive
+one of them (issue 18): five agents behind their own NATs; `kill -9` the rendezvous their
+token named. Tunnels keep working; every agent moves to the other instance (its API,
+WireGuard endpoint, relay and DNS) within a loose bound; a NAT mapping reset still heals; a
+sixth peer joins through the survivor and reaches all; `dig` against the survivor shows every
+peer; the killed one, restarted, catches up without losing or duplicating anything, and every
+agent goes back to it (the first by URL), so that relayed pairs meet at one instance."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 
 from tests.lab import Lab, NatType
 from tests.lab.agents import MeshAgent, all_direct
+from tests.lab.database import serve_postgres
 from tests.lab.netns import run
 from tests.lab.rendezvous import DNS_PORT, RendezvousServer
 from tests.lab.topology import Host
@@ -30,10 +31,9 @@ MOVED_S = 30.0
 SERVICE = "_wireguard._udp.mesh.internal"
 
 
-def test_agents_move_to_the_surviving_rendezvous_after_kill_9(
-    lab: Lab, postgres_cluster: Cluster
-) -> None:
-    database = asyncio.run(postgres_cluster.new_database())
+def test_agents_move_to_the_surviving_rendezvous_after_kill_9(lab: Lab) -> None:
+    # PostgreSQL on a public host of its own, reached over the lab's internet by both.
+    database = serve_postgres(lab.add_public_host("db"))
     first = RendezvousServer(lab.add_public_host("rv1"), database=database).start()
     second = _second_instance(lab.add_public_host("rv2"), first, database)
     token = first.token(5)
