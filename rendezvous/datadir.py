@@ -213,7 +213,7 @@ async def check_shared_settings(db: Transaction, identity: Identity) -> None:
     theirs = config.resolve(config.merge(config.from_mapping(stored), _own_only(identity)))
     differ = [
         f"{name} {_shown(getattr(theirs, field))} (not {_shown(getattr(identity.settings, field))})"
-        for name, field in _MESH_WIDE_FIELDS
+        for name, field in config.SERVED_AS.items()
         if _canonical(getattr(theirs, field)) != _canonical(getattr(identity.settings, field))
     ]
     if not differ or not await db.other_live_instances(identity.instance_id, INSTANCE_LIVE_S):
@@ -222,16 +222,6 @@ async def check_shared_settings(db: Transaction, identity: Identity) -> None:
         f"the instances serving this database use {', '.join(differ)}: start this one with "
         "the same values, or stop the others first to change them for the whole mesh"
     )
-
-
-# The mesh-wide settings' names (as flags and the database say them) and their Settings fields.
-_MESH_WIDE_FIELDS = (
-    ("zone", "zone"),
-    ("network", "network"),
-    ("dns_ttl", "dns_ttl"),
-    ("dns_axfr_allow", "dns_axfr_allow"),
-    ("relay_rate", "relay_mbit_s"),
-)
 
 
 def _own_only(identity: Identity) -> config.Overrides:

@@ -121,6 +121,8 @@ _FIELDS = tuple(field.name for field in fields(Overrides))
 # what its DNS and relay promise. The database keeps these; the rest (where this instance
 # listens, how it is reached, its TLS files) belongs to its host and stays in its data folder.
 MESH_WIDE = ("zone", "network", "dns_ttl", "dns_axfr_allow", "relay_rate")
+# Each one's field in Settings, as it is served (the relay rate is parsed into Mbit/s).
+SERVED_AS = {name: name for name in MESH_WIDE} | {"relay_rate": "relay_mbit_s"}
 PER_INSTANCE = tuple(name for name in _FIELDS if name not in MESH_WIDE)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -192,10 +193,7 @@ def test_the_token_may_name_an_instance_otherwise_than_its_own_list() -> None:
 def test_the_list_is_kept_with_the_membership(tmp_path: Path) -> None:
     state = StateDir(tmp_path)
     state.prepare()
-    membership = Membership(
-        FIRST.api_url, "cred", "laptop", "10.77.0.2", "10.77.0.0/16", "mesh.internal",
-        FIRST.dns, "a" * 43 + "=", FIRST.endpoint, "10.77.0.1", instances=(FIRST, SECOND),
-    )  # fmt: skip
+    membership = replace(membership_at(FIRST.api_url), instances=(FIRST, SECOND))
     state.save_membership(membership)
     assert state.membership() == membership
     assert state.membership().moved_to(SECOND).instance() == SECOND  # type: ignore[union-attr]
