@@ -1,4 +1,4 @@
-"""The TLS pin a join token carries, and the client side that checks it.
+"""The TLS pin a join token carries, and the check of a server's certificate against it.
 
 A pin is `sha256:<hex>` of the certificate's SubjectPublicKeyInfo, as kubeadm's
 `--discovery-token-ca-cert-hash` is: the agent (and `rendezvous health`) accept exactly that
@@ -7,21 +7,25 @@ key, so a certificate renewed with the same key keeps every token and membership
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
-
-import aiohttp
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from collections.abc import Iterable
 
 from .errors import InvalidInput
 
 PIN_PREFIX = "sha256:"
+# Certificates remembered as holding the pinned key: one per instance serving the mesh
+# (instances.py lists at most 16) and a renewal or two of each.
+MAX_REMEMBERED = 64
 
 
 def pin_of_certificate(pem_or_der: bytes) -> str:
     """`sha256:<hex>` of the certificate's public key (SubjectPublicKeyInfo, DER)."""
+    # Imported here: cryptography's Rust extension is about 9 MiB resident, and an agent needs
+    # it only for a certificate it has not seen before (PinnedCertificates).
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     if pem_or_der.lstrip().startswith(b"-----"):
         certificate = x509.load_pem_x509_certificate(pem_or_der)
     else:
@@ -42,29 +46,37 @@ def parse_pin(text: object) -> bytes:
     raise InvalidInput("a TLS pin is sha256: and 64 hex digits")
 
 
-class PinnedKey(aiohttp.Fingerprint):
-    """For aiohttp's `ssl=`: accept the server whose certificate holds the pinned public key.
+def certificate_digest(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()
 
-    aiohttp checks a Fingerprint right after the TLS handshake, before it sends a byte of the
-    request: a server without the key never sees a token or a credential. (aiohttp's own
-    Fingerprint pins the whole certificate, which a renewal would change.)"""
 
-    def __init__(self, pin: str) -> None:
-        super().__init__(parse_pin(pin))
+class PinnedCertificates:
+    """The pin, and the certificates already seen to hold its key, by their SHA-256.
+
+    A certificate whose digest is remembered holds the key without being parsed again: the
+    digest names those exact bytes. The TLS handshake itself proved the server holds the
+    certificate's private key. So a long-running agent parses (and imports cryptography for)
+    only a certificate it has not seen: a renewal, or another instance's."""
+
+    def __init__(self, pin: str, remembered: Iterable[str] = ()) -> None:
+        parse_pin(pin)
         self.pin = pin
+        self._remembered = dict.fromkeys(list(remembered)[-MAX_REMEMBERED:])
 
-    def check(self, transport: asyncio.Transport) -> None:
-        ssl_object = transport.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-        got = pin_of_certificate(der) if der else "none"
-        if not hmac.compare_digest(got, self.pin):
-            host, port, *_ = transport.get_extra_info("peername")
-            raise aiohttp.ServerFingerprintMismatch(
-                self.fingerprint, bytes.fromhex(got[len(PIN_PREFIX) :] or "00"), host, port
-            )
+    def holds_pinned_key(self, der: bytes) -> bool:
+        digest = certificate_digest(der)
+        if digest in self._remembered:
+            return True
+        try:
+            pin = pin_of_certificate(der)
+        except ValueError:  # not a certificate cryptography can read
+            return False
+        if not hmac.compare_digest(pin, self.pin):
+            return False
+        self._remembered[digest] = None
+        while len(self._remembered) > MAX_REMEMBERED:
+            del self._remembered[next(iter(self._remembered))]
+        return True
 
-
-def client_ssl(pin: str | None) -> PinnedKey | bool:
-    """What the agent (and `rendezvous health`) passes as aiohttp's `ssl=`: the token's pin, or
-    the system's CAs for an API behind a TLS proxy."""
-    return PinnedKey(pin) if pin else True
+    def remembered(self) -> tuple[str, ...]:
+        return tuple(self._remembered)

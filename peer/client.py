@@ -8,11 +8,9 @@ rendezvous the operator meant.
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 from typing import Any
 
-import aiohttp
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshpeer.common import proof
@@ -20,9 +18,10 @@ from meshpeer.common.endpoints import Endpoint, format_endpoint, lan_endpoints
 from meshpeer.common.errors import Failure, InvalidInput, UsageError
 from meshpeer.common.keys import encode_key, parse_key
 from meshpeer.common.limits import MAX_RELAY_PARTNERS
-from meshpeer.common.pinning import client_ssl
+from meshpeer.common.pinning import PinnedCertificates
 from meshpeer.common.tokens import JoinToken
 
+from . import http
 from .api_decode import WatchAnswer, pending_routes, watch_answer
 from .state import Membership
 from .timers import (
@@ -176,41 +175,50 @@ async def _request(
     credential: str | None = None,
     timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> tuple[int, dict[str, Any]]:
-    headers = {"Authorization": f"Bearer {credential}"} if credential else {}
     # A silent host (down, or its network cut: no refusal, no reset) fails a connection within
     # CONNECT_TIMEOUT_S, and an open one (the watch's long poll) within DEAD_CONNECTION_S
     # (TCP keepalives), not at the end of the request's whole timeout: the failover waits on it.
-    timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=CONNECT_TIMEOUT_S)
-    connector = aiohttp.TCPConnector(socket_factory=_probing_socket)
     try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout, connector=connector) as session,
-            session.request(
-                method, url, json=body, headers=headers, ssl=client_ssl(tls_pin)
-            ) as response,
-        ):
-            try:
-                answer = await response.json(content_type=None)
-            except ValueError:
-                answer = {}
-            return response.status, answer if isinstance(answer, dict) else {}
-    except aiohttp.ServerFingerprintMismatch:
+        answer = await http.request(
+            method,
+            url,
+            pinned_certificates(tls_pin) if tls_pin else None,
+            body=body,
+            credential=credential,
+            connect_timeout_s=CONNECT_TIMEOUT_S,
+            timeout_s=timeout_s,
+            make_socket=_probing_socket,
+        )
+    except http.WrongKey:
         raise WrongCertificate(
             f"{url} answered with a TLS key the token does not pin: someone else is in the "
             "path, or the token is from another rendezvous; nothing was sent"
         ) from None
-    except (aiohttp.ClientError, TimeoutError, OSError) as error:
+    except (http.RequestFailed, TimeoutError, OSError) as error:
         raise Unreachable(f"cannot reach {_origin(url)}: {_reason(error)}") from None
-    except ValueError as error:  # a URL aiohttp will not send to: never a loop's crash
-        raise Unreachable(f"cannot ask {_origin(url)}: {error}") from None
+    return answer.status, answer.body
 
 
-def _probing_socket(address: tuple[Any, ...]) -> socket.socket:
+def pinned_certificates(pin: str) -> PinnedCertificates:
+    """The one check per pin in this process, so a certificate is parsed once (pinning.py)."""
+    checked = _PINNED.get(pin)
+    if checked is None:
+        while len(_PINNED) >= MAX_PINS:
+            del _PINNED[next(iter(_PINNED))]
+        checked = _PINNED[pin] = PinnedCertificates(pin)
+    return checked
+
+
+# Pins an agent checks against: its membership's, and a token's while it joins again.
+MAX_PINS = 4
+_PINNED: dict[str, PinnedCertificates] = {}
+
+
+def _probing_socket(family: int, kind: int, protocol: int) -> socket.socket:
     """A TCP socket that gives up on a silent peer: keepalive probes after KEEPALIVE_IDLE_S
     of quiet, KEEPALIVE_PROBES of them KEEPALIVE_INTERVAL_S apart, and unacknowledged data
     (probes included) aborts it after DEAD_CONNECTION_S. Each option is best effort: a kernel
     without one (a sandbox) still gets a working socket, with the long poll's own timeout."""
-    family, kind, protocol = address[0], address[1], address[2]
     sock = socket.socket(family, kind, protocol)
     options = [
         (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
@@ -235,11 +243,8 @@ def _reason(error: BaseException) -> str:
     """Why a request failed, in a few words (the exception's repr is a paragraph)."""
     if isinstance(error, TimeoutError):
         return "no answer in time"
-    if isinstance(error, aiohttp.ClientConnectorError):
-        number = error.os_error.errno
-        return (os.strerror(number) if number else str(error.os_error)).lower()
-    if isinstance(error, aiohttp.ServerDisconnectedError):
-        return "the connection was closed"
+    if isinstance(error, http.RequestFailed):
+        return str(error)
     if isinstance(error, OSError) and error.strerror:
         return error.strerror.lower()
     return type(error).__name__

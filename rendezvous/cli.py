@@ -32,7 +32,7 @@ from meshpeer.common.console import (
 from meshpeer.common.endpoints import format_endpoint
 from meshpeer.common.errors import Failure, UsageError
 from meshpeer.common.keys import encode_key
-from meshpeer.common.pinning import PinnedKey
+from meshpeer.common.aiohttp_pinning import PinnedKey
 
 from . import engines, peercommands
 from . import settings as config

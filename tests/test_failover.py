@@ -217,7 +217,7 @@ def membership_at(api: str, dns: str = FIRST.dns, network: str = "10.77.0.0/16")
     )  # fmt: skip
 
 
-def test_a_url_aiohttp_refuses_is_unreachable_not_a_crash() -> None:
+def test_a_url_with_credentials_is_unreachable_not_a_crash() -> None:
     """The review: `https://:@host` passed the list's check, and aiohttp's ValueError on every
     request escaped the watch loop until the agent exited, again at every restart."""
     membership = membership_at("https://:@127.0.0.1:9")

@@ -27,7 +27,7 @@ ZONE = "mesh.internal."
 # and asks an API for the full watch answer, accepting only the pinned certificate.
 _WATCH = """
 import asyncio, sys, aiohttp
-from meshpeer.common.pinning import PinnedKey
+from meshpeer.common.aiohttp_pinning import PinnedKey
 async def main():
     headers = {"Authorization": "Bearer " + open("admin-token").read().strip()}
     async with aiohttp.ClientSession(headers=headers) as session:

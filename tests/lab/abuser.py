@@ -35,7 +35,7 @@ import dns.message
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshpeer.common import proof, tokens
-from meshpeer.common.pinning import client_ssl
+from meshpeer.common.aiohttp_pinning import client_ssl
 from meshpeer.rendezvous import noise, wire
 from meshpeer.rendezvous.initiator import Initiator
 

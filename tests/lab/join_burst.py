@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshpeer.common import proof, tokens
 from meshpeer.common.keys import encode_key
-from meshpeer.common.pinning import client_ssl
+from meshpeer.common.aiohttp_pinning import client_ssl
 
 
 async def join(session: aiohttp.ClientSession, url: str, token: str, name: str) -> None:
