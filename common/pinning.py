@@ -73,10 +73,13 @@ class PinnedCertificates:
             return False
         if not hmac.compare_digest(pin, self.pin):
             return False
+        self.remember(digest)
+        return True
+
+    def remember(self, digest: str) -> None:
         self._remembered[digest] = None
         while len(self._remembered) > MAX_REMEMBERED:
             del self._remembered[next(iter(self._remembered))]
-        return True
 
     def remembered(self) -> tuple[str, ...]:
         return tuple(self._remembered)

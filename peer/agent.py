@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import dns.exception
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshpeer.common.keys import encode_key
 from meshpeer.common.tokens import decode as decode_token
 
-from . import client, dnssd, relaying, resolved, waiting, watching
+from . import client, dnssd, enrolment, relaying, resolved, waiting, watching
 from .discovery import sighted
 from .errors import AgentError, AgentFailed, BackendError, Stopped
 from .host_routes import HostRoutes, rendezvous_addresses
@@ -91,15 +90,15 @@ class Agent:
                 logger.info("stopped while starting")
 
     async def _run(self) -> None:
-        private_key = self.state.private_key()
-        own_key = private_key.public_key().public_bytes_raw()
         ifname = self.options.interface
         # Checked before joining: a run that cannot make its interface must not spend a token.
         await asyncio.to_thread(check_port_free, self.options.listen_port)
         await free_interface(self.links, ifname)
         backend = choose_backend(self.options.backend, self.links)
         await asyncio.to_thread(backend.check)
-        membership = await self._until_stopped(self._membership(private_key))
+        membership, own_key = await self._until_stopped(self._membership())
+        if membership.tls_pin:  # a certificate seen before is not parsed again (pinning.py)
+            client.remember_certificates(membership.tls_pin, self.state.certificates())
         routes = HostRoutes(self.links, ifname, self.options.accept_routes)
         try:
             await self._until_stopped(self._make_interface(backend, membership))
@@ -182,7 +181,8 @@ class Agent:
             self._failure = AgentFailed(str(error))
             self.stop()
 
-    async def _membership(self, private_key: X25519PrivateKey) -> Membership:
+    async def _membership(self) -> tuple[Membership, bytes]:
+        """Ours and our public key: joined now with the token, or as stored."""
         stored = self.state.membership()
         token_text = self.options.token
         if token_text is None:
@@ -192,37 +192,44 @@ class Agent:
                     "run `meshpeer run --token TOKEN` once "
                     "(make one with `rendezvous token create`)"
                 )
-            return stored
+            known = self.state.public_key()
+            return stored, known or (await enrolment.enrol(self.state.path)).public_key
         token = decode_token(token_text)
         check_same_mesh(stored, token, self.options.force)
         name = self.options.name or (stored.name if stored else default_name())
         backoff = 1.0
         while True:
-            try:
-                membership, pending = await client.join(
-                    token, private_key, name, self.options.routes, int(time.time() * 1000)
-                )
+            time_ms = int(time.time() * 1000)
+            enrolled = await enrolment.enrol(
+                self.state.path, token_text, name, self.options.routes, time_ms
+            )
+            if enrolled.joined:
                 break
-            except client.JoinRefused as error:
+            if enrolled.refused is not None:
                 # A service unit passes the same token at every start; once it has expired or
                 # is used up, a peer that already joined this rendezvous resumes as it was.
                 if stored is None or stored.rendezvous_key != encode_key(token.rendezvous_key):
-                    raise
-                logger.warning("token refused (%s): resuming the stored membership", error)
-                return stored
-            except client.Unreachable as error:
-                logger.warning("%s; retrying in %.0f s", error, backoff)
-                await asyncio.sleep(backoff)  # a stop cancels it (_until_stopped)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
-        self.state.save_membership(membership)
+                    raise client.JoinRefused(enrolled.refused)
+                logger.warning(
+                    "token refused (%s): resuming the stored membership", enrolled.refused
+                )
+                return stored, enrolled.public_key
+            logger.warning("%s; retrying in %.0f s", enrolled.unreachable, backoff)
+            await asyncio.sleep(backoff)  # a stop cancels it (_until_stopped)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+        membership = self.state.membership()  # as the join process saved it
+        if membership is None:
+            raise AgentFailed("the join process joined but saved no membership")
         logger.info(
             "joined as %s (%s) in %s", membership.name, membership.address, membership.network
         )
-        _log_pending_routes(membership.name, pending)
-        return membership
+        _log_pending_routes(membership.name, enrolled.pending)
+        return membership, enrolled.public_key
 
     async def _make_interface(self, backend: Backend, membership: Membership) -> None:
-        private_key = self.state.private_key().private_bytes_raw()
+        private_key = self.state.private_key()
+        if private_key is None:
+            raise AgentError(f"{self.state.path}/key was removed while `run` started; start again")
         ifname, port = self.options.interface, self.options.listen_port
         await make_interface(backend, self.links, membership, private_key, ifname, port)
 

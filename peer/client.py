@@ -1,4 +1,5 @@
-"""The agent's side of the rendezvous HTTP API: join, and the watch (long poll).
+"""The agent's side of the rendezvous HTTP API: the watch (long poll) and its reports (the join,
+which needs our private key, is joining.py's).
 
 Every call goes over TLS checked against the pin the join token carried (or the system's CAs
 for an API behind a TLS proxy), so no secret leaves before the other end proved it is the
@@ -11,18 +12,14 @@ import contextlib
 import socket
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-from meshpeer.common import proof
 from meshpeer.common.endpoints import Endpoint, format_endpoint, lan_endpoints
 from meshpeer.common.errors import Failure, InvalidInput, UsageError
 from meshpeer.common.keys import encode_key, parse_key
 from meshpeer.common.limits import MAX_RELAY_PARTNERS
 from meshpeer.common.pinning import PinnedCertificates
-from meshpeer.common.tokens import JoinToken
 
 from . import http
-from .api_decode import WatchAnswer, pending_routes, watch_answer
+from .api_decode import WatchAnswer, watch_answer
 from .state import Membership
 from .timers import (
     CONNECT_TIMEOUT_S,
@@ -48,41 +45,6 @@ class Unreachable(Failure):
 
 class WrongCertificate(Failure):
     """The API answered with a key the pin does not name: someone else is in the path."""
-
-
-async def join(
-    token: JoinToken,
-    private_key: X25519PrivateKey,
-    name: str,
-    routes: tuple[str, ...],
-    time_ms: int,
-) -> tuple[Membership, tuple[str, ...]]:
-    """Join signed with our key; the credential in the answer is sealed to it. Answers the
-    membership and the routes asked for that wait for the operator."""
-    signed = proof.sign_join(
-        token.encode(), private_key, token.rendezvous_key, name, routes, time_ms
-    )
-    try:
-        status, answer = await _request(
-            "POST", f"{token.api_url}/v1/join", token.tls_pin, body=signed.to_json()
-        )
-    except WrongCertificate as error:
-        raise JoinRefused(str(error)) from None
-    if status >= 400:
-        raise JoinRefused(str(answer.get("error", f"the rendezvous answered {status}")))
-    offered = answer.get("rendezvous", {}).get("public_key")
-    if offered != encode_key(token.rendezvous_key):
-        raise JoinRefused(
-            "the rendezvous at the token's URL has another key than the token names; "
-            "check the URL or make a new token"
-        )
-    keys = proof.peer_keys(private_key, token.rendezvous_key)
-    try:
-        credential = proof.unseal(keys, signed.public_key, answer.get("sealed_credential"))
-        membership = Membership.from_join(answer, token, credential)
-    except (proof.ProofRejected, KeyError, TypeError, ValueError) as error:
-        raise Unreachable(f"the rendezvous's join answer is not usable: {error}") from None
-    return membership, pending_routes(answer)
 
 
 async def watch(
@@ -207,6 +169,13 @@ def pinned_certificates(pin: str) -> PinnedCertificates:
             del _PINNED[next(iter(_PINNED))]
         checked = _PINNED[pin] = PinnedCertificates(pin)
     return checked
+
+
+def remember_certificates(pin: str, digests: tuple[str, ...]) -> None:
+    """Certificates a join process (or an earlier run) saw holding the pin's key."""
+    checked = pinned_certificates(pin)
+    for digest in digests:
+        checked.remember(digest)
 
 
 # Pins an agent checks against: its membership's, and a token's while it joins again.

@@ -1,6 +1,8 @@
 """The agent's state folder: its key (made once, mode 0600), its membership, and its status.
 
 key            the X25519 private key, base64 (as `wg genkey` writes it)
+key.pub        its public key, as joining.py derived it, and which key it was derived from
+tls-certificates.json  SHA-256 of the API certificates seen to hold the pinned key
 membership.json what joining gave us: API URL, credential, mesh address, the rendezvous
 status.json    written by `meshpeer run` for `meshpeer status` and `meshpeer down`
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 import binascii
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -17,11 +20,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from meshpeer.common.errors import InvalidInput, UsageError
 from meshpeer.common.files import write_atomically
 from meshpeer.common.keys import encode_key, parse_key
+from meshpeer.common.pinning import MAX_REMEMBERED
 from meshpeer.common.tokens import JoinToken
 
 from .instances import Instance, api_url, parse_instances
@@ -113,18 +115,51 @@ class StateDir:
         finally:
             os.close(descriptor)  # and with it the lock
 
-    def private_key(self) -> X25519PrivateKey:
-        """Ours, made on first use and kept; the same key is the same peer across restarts."""
+    def private_key(self) -> bytes | None:
+        """Ours (32 bytes), or None until the first start makes it (joining.py). The same key
+        is the same peer across restarts."""
         path = self.path / "key"
-        if path.exists():
-            try:
-                raw = parse_key(path.read_text().strip(), "private key")
-                return X25519PrivateKey.from_private_bytes(raw)
-            except (ValueError, binascii.Error):
-                raise StateError(f"{path} is not a WireGuard private key; remove it") from None
-        key = X25519PrivateKey.generate()
-        _write_private(path, encode_key(key.private_bytes_raw()) + "\n")
-        return key
+        if not path.exists():
+            return None
+        try:
+            return parse_key(path.read_text().strip(), "private key")
+        except (ValueError, UnicodeDecodeError, binascii.Error):
+            raise StateError(f"{path} is not a WireGuard private key; remove it") from None
+
+    def save_private_key(self, private_key: bytes) -> None:
+        _write_private(self.path / "key", encode_key(private_key) + "\n")
+
+    def public_key(self) -> bytes | None:
+        """Ours, as joining.py derived it; None until it has, or once the key file changed
+        (a key put in by hand). Deriving takes X25519, which the agent itself never loads."""
+        private_key = self.private_key()
+        try:
+            stored = json.loads((self.path / "key.pub").read_text())
+            if private_key is not None and stored["of"] == _key_digest(private_key):
+                return parse_key(stored["public_key"])
+        except (OSError, ValueError, TypeError, KeyError):  # InvalidInput is a ValueError
+            pass
+        return None
+
+    def save_public_key(self, private_key: bytes, public_key: bytes) -> None:
+        text = json.dumps({"public_key": encode_key(public_key), "of": _key_digest(private_key)})
+        _write_private(self.path / "key.pub", text)
+
+    def certificates(self) -> tuple[str, ...]:
+        """Digests of the API certificates seen to hold the pinned key (pinning.py), so an
+        agent started again need not parse them again."""
+        try:
+            stored = json.loads((self.path / "tls-certificates.json").read_text())
+        except (OSError, ValueError):
+            return ()
+        if not isinstance(stored, list):
+            return ()
+        digests = [item for item in stored[-MAX_REMEMBERED:] if _is_digest(item)]
+        return tuple(digests)
+
+    def save_certificates(self, digests: tuple[str, ...]) -> None:
+        text = json.dumps(list(digests[-MAX_REMEMBERED:]))
+        _write_private(self.path / "tls-certificates.json", text)
 
     def membership(self) -> Membership | None:
         path = self.path / "membership.json"
@@ -177,6 +212,15 @@ class StateDir:
 def _write_private(path: Path, text: str, *, durable: bool = True) -> None:
     """Whole or not at all, readable by root only, never through a planted link."""
     write_atomically(path, text.encode(), 0o600, durable=durable)
+
+
+def _key_digest(private_key: bytes) -> str:
+    """Names which private key a stored public key belongs to, without holding it."""
+    return hashlib.sha256(b"meshpeer key.pub " + private_key).hexdigest()
+
+
+def _is_digest(item: object) -> bool:
+    return isinstance(item, str) and len(item) == 64 and all(c in "0123456789abcdef" for c in item)
 
 
 def process_start(pid: int) -> int | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import aiohttp
 
 from meshpeer.common import tokens
+from meshpeer.common.aiohttp_pinning import PinnedKey
 from meshpeer.common.console import (
     FAILURE,
     USAGE_ERROR,
@@ -32,7 +33,6 @@ from meshpeer.common.console import (
 from meshpeer.common.endpoints import format_endpoint
 from meshpeer.common.errors import Failure, UsageError
 from meshpeer.common.keys import encode_key
-from meshpeer.common.aiohttp_pinning import PinnedKey
 
 from . import engines, peercommands
 from . import settings as config

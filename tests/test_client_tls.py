@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshpeer.common import pinning, tokens
 from meshpeer.common.errors import InvalidInput
-from meshpeer.peer import client
+from meshpeer.peer import client, joining
 from meshpeer.rendezvous import settings as config
 from meshpeer.rendezvous import tls
 from meshpeer.rendezvous.api import create_app
@@ -59,7 +59,7 @@ def test_the_agent_joins_and_watches_over_pinned_tls(tmp_path: Path) -> None:
             token = tokens.decode(await service.registry.create_token(1, 60))
             assert token.tls_pin == service.registry.tls_pin
             key = X25519PrivateKey.generate()
-            membership, _ = await client.join(token, key, "laptop", (), now_ms())
+            membership, _ = await joining.join(token, key, "laptop", (), now_ms())
             assert membership.tls_pin == token.tls_pin
             assert service.registry.authenticate(membership.credential) is not None
             answer = await client.watch(membership, None, None, 0)
@@ -83,7 +83,7 @@ def test_a_token_pinning_another_key_sends_nothing(tmp_path: Path) -> None:
             other = tls.read_pin(tls.ensure_self_signed(tmp_path / "other", "127.0.0.1"))
             forged = replace(real, tls_pin=other)
             with pytest.raises(client.JoinRefused, match=r"does not pin.*nothing was sent"):
-                await client.join(forged, X25519PrivateKey.generate(), "pc", (), now_ms())
+                await joining.join(forged, X25519PrivateKey.generate(), "pc", (), now_ms())
             assert sum(service.counters.requests.values()) == 0  # no request reached the API
             assert [t.uses_left for t in await service.registry.list_tokens()] == [1]
 
@@ -123,7 +123,7 @@ def test_a_captive_portals_answer_is_unreachable_not_fatal(tmp_path: Path) -> No
     async def scenario() -> None:
         async with served(tmp_path) as service:
             token = tokens.decode(await service.registry.create_token(1, 60))
-            membership, _ = await client.join(
+            membership, _ = await joining.join(
                 token, X25519PrivateKey.generate(), "pc", (), now_ms()
             )
         files = tls.ensure_self_signed(tmp_path, "127.0.0.1")  # the same key: the same pin

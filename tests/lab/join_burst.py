@@ -17,8 +17,8 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshpeer.common import proof, tokens
-from meshpeer.common.keys import encode_key
 from meshpeer.common.aiohttp_pinning import client_ssl
+from meshpeer.common.keys import encode_key
 
 
 async def join(session: aiohttp.ClientSession, url: str, token: str, name: str) -> None:
