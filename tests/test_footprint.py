@@ -15,6 +15,7 @@ RUN_IMPORTS = """
 import json, sys
 from meshpeer.peer import cli
 from meshpeer.peer.kernel_wg import KernelBackend
+cli.build_parser().parse_args(["run"])  # its --version once read the version at every start
 KernelBackend()  # pyroute2's IPRoute and WireGuard, as the agent takes them
 print(json.dumps(sorted(sys.modules)))
 """
@@ -25,6 +26,9 @@ UNUSED = ("pyroute2.ndb", "pyroute2.ipdb", "pyroute2.ethtool", "pyroute2.plan9",
 # dnspython (~2.6 MiB resident) only reads DNS-SD, which an agent does only while a path is
 # down (Agent._poll_dns_sd); it is loaded then, never at import.
 LAZY = ("dns",)
+# importlib.metadata (with csv, zipfile and email) reads the version, for --version alone.
+# (email also comes with aiohttp: not asserted here.)
+ONLY_FOR_VERSION = ("importlib.metadata",)
 
 
 def run_imports(code: str = RUN_IMPORTS) -> list[str]:
@@ -55,3 +59,8 @@ def within(modules: list[str], packages: tuple[str, ...]) -> list[str]:
 def test_the_agent_loads_dnspython_only_when_it_reads_dns_sd(statement: str) -> None:
     loaded = within(imported_by(statement), LAZY)
     assert not loaded, f"{statement} imports {loaded[:5]}"
+
+
+def test_the_agent_reads_its_version_only_for_version() -> None:
+    loaded = within(run_imports(), ONLY_FOR_VERSION)
+    assert not loaded, f"`meshpeer run` imports {loaded}"
