@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import logging
 import sys
-from typing import NoReturn
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 USAGE_ERROR = 2
 FAILURE = 1
@@ -19,8 +19,36 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+class PrintVersion(argparse.Action):
+    """--version, as argparse's own prints it, but the version is read only when asked: a
+    string built with the parser would read it at every start (see version())."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(
+            option_strings,
+            dest=argparse.SUPPRESS,
+            default=argparse.SUPPRESS,
+            nargs=0,
+            help="show program's version number and exit",
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> NoReturn:
+        print(f"{parser.prog} {version()}")  # on stdout, as argparse's own
+        parser.exit()
+
+
 def version() -> str:
     """meshpeer's version as installed (both commands print it with --version)."""
+    # Imported here: importlib.metadata brings email, csv, zipfile and calendar, which would
+    # stay resident in the agent for a version it prints only when asked.
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("meshpeer")
     except importlib.metadata.PackageNotFoundError:

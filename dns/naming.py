@@ -11,11 +11,13 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-
-import dns.name
+from typing import TYPE_CHECKING
 
 from meshpeer.common.errors import InvalidInput
 from meshpeer.common.keys import KEY_SIZE
+
+if TYPE_CHECKING:
+    import dns.name
 
 SERVICE_LABELS: tuple[str, str] = ("_wireguard", "_udp")
 ENUMERATION_LABELS: tuple[str, str, str] = ("_services", "_dns-sd", "_udp")  # RFC 6763 section 9
@@ -31,11 +33,19 @@ class BadLabel(ValueError):
     """The label is not the base32 of a 32-byte key."""
 
 
+# dnspython is imported by the functions that build its names, not above: the agent takes
+# parse_name and key_from_label from here, and loads dnspython (~2.6 MiB) only to read DNS-SD.
+
+
 def service_name(zone: dns.name.Name) -> dns.name.Name:
+    import dns.name
+
     return dns.name.Name(SERVICE_LABELS).concatenate(zone)
 
 
 def enumeration_name(zone: dns.name.Name) -> dns.name.Name:
+    import dns.name
+
     return dns.name.Name(ENUMERATION_LABELS).concatenate(zone)
 
 
@@ -46,6 +56,8 @@ def instance_label(public_key: bytes) -> str:
 
 
 def instance_name(public_key: bytes, zone: dns.name.Name) -> dns.name.Name:
+    import dns.name
+
     return dns.name.Name((instance_label(public_key),)).concatenate(service_name(zone))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import ipaddress
 import logging
 import os
@@ -15,12 +16,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-import dns.exception
-
 from meshpeer.common.keys import encode_key
 from meshpeer.common.tokens import decode as decode_token
 
-from . import client, dnssd, enrolment, relaying, resolved, waiting, watching
+from . import client, enrolment, relaying, resolved, waiting, watching
 from .discovery import sighted
 from .errors import AgentError, AgentFailed, BackendError, Stopped
 from .host_routes import HostRoutes, rendezvous_addresses
@@ -245,17 +244,30 @@ class Agent:
 
     async def _poll_dns_sd(self, live: Live) -> None:
         """DNS-SD from the rendezvous's zone: a second endpoint for each peer the API lists,
-        tried after the API's own when a path is down (plain DNS proves nothing more)."""
+        tried after the API's own when a path is down (plain DNS proves nothing more). So the
+        zone is read only while a path is down, and not at start (paths come up within a
+        second): at 100,000 peers, every agent reading it every 30 s while its paths are up
+        would load the rendezvous's DNS for nothing."""
         while True:
-            membership = live.membership  # read each round: the agent may have moved
-            try:
-                server = await watching.dns_server(membership)
-                found = await dnssd.discover(server, membership.zone, live.mesh.peers)
-            except (dns.exception.DNSException, OSError, ValueError) as error:
-                logger.debug("DNS-SD from %s failed: %s", membership.dns, error)
-            else:
-                live.mesh.merge(sighted("dns-sd", found))
             await asyncio.sleep(self.options.dns_sd_poll_s)
+            if live.mesh.any_path_down():
+                await self._read_dns_sd(live)
+
+    async def _read_dns_sd(self, live: Live) -> None:
+        # Here, not at the top: dnspython holds ~2.6 MiB resident for the agent's life, and an
+        # agent whose paths stay up never reads the zone. Loaded in a thread, as its tens of ms
+        # of file reads would stall the loop; the import below then finds it loaded.
+        await asyncio.to_thread(importlib.import_module, f"{__package__}.dnssd")
+        from . import dnssd
+
+        membership = live.membership  # read each time: the agent may have moved
+        try:
+            server = await watching.dns_server(membership)
+            found = await dnssd.discover(server, membership.zone, live.mesh.peers)
+        except (dnssd.ZoneUnreadable, OSError, ValueError) as error:
+            logger.debug("DNS-SD from %s failed: %s", membership.dns, error)
+        else:
+            live.mesh.merge(sighted("dns-sd", found))
 
     # -- reconciling --------------------------------------------------------------------------
 

@@ -18,9 +18,9 @@ from meshpeer.common.console import (
     FAILURE,
     USAGE_ERROR,
     OneLineParser,
+    PrintVersion,
     configure_logging,
     report,
-    version,
 )
 from meshpeer.common.errors import Failure, UsageError
 from meshpeer.dns.naming import parse_name
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
             "interface and punches through NATs to every other peer."
         ),
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument("--version", action=PrintVersion)
     common = OneLineParser(add_help=False)
     common.add_argument(
         "--state-dir",

@@ -9,6 +9,7 @@ rendezvous the operator meant.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from typing import Any
 
@@ -214,6 +215,8 @@ def _reason(error: BaseException) -> str:
         return "no answer in time"
     if isinstance(error, http.RequestFailed):
         return str(error)
+    if isinstance(error, OSError) and error.errno:  # asyncio's own text names the address
+        return os.strerror(error.errno).lower()
     if isinstance(error, OSError) and error.strerror:
         return error.strerror.lower()
     return type(error).__name__

@@ -36,18 +36,27 @@ PARALLEL_QUERIES = 16
 MAX_INSTANCES = 1024
 
 
+class ZoneUnreadable(Exception):
+    """The instance list did not come: no answer, or one dnspython could not take. Its own
+    type, so the agent can catch it without importing dnspython before its first read."""
+
+
 async def discover(
     server: Endpoint, zone: str, listed: Container[bytes]
 ) -> dict[bytes, list[Endpoint]]:
     """The endpoint the zone publishes for each listed key (as a list, the way the mesh takes
-    every source's hints); undecodable records are skipped."""
+    every source's hints); undecodable records are skipped, a missing instance list raises
+    ZoneUnreadable."""
     resolver = dns.asyncresolver.Resolver(configure=False)
     resolver.nameservers = [server[0]]
     resolver.port = server[1]
     resolver.lifetime = DNS_QUERY_TIMEOUT_S
-    service = dns.name.from_text(f"_wireguard._udp.{zone}")
-    # Over TCP: a mesh of more than a few peers does not fit a UDP answer.
-    ptr = await resolver.resolve(service, dns.rdatatype.PTR, tcp=True, raise_on_no_answer=False)
+    try:
+        service = dns.name.from_text(f"_wireguard._udp.{zone}")
+        # Over TCP: a mesh of more than a few peers does not fit a UDP answer.
+        ptr = await resolver.resolve(service, dns.rdatatype.PTR, tcp=True, raise_on_no_answer=False)
+    except dns.exception.DNSException as error:
+        raise ZoneUnreadable(str(error) or type(error).__name__) from error
     targets = [rdata.target for rdata in ptr.rrset or []][:MAX_INSTANCES]
     instances = [name for name in targets if _instance_key(name) in listed]
     limit = asyncio.Semaphore(PARALLEL_QUERIES)

@@ -192,6 +192,8 @@ async def _answer(connection: h11.Connection, reader: asyncio.StreamReader) -> A
             raise RequestFailed(f"the answer is not HTTP/1.1: {error}") from None
         if event is h11.NEED_DATA:
             data = await reader.read(READ_BYTES)
+            if not data and status == 0:
+                raise RequestFailed("the connection was closed")
             connection.receive_data(data)  # b"": the server closed, and h11 says if too soon
         elif isinstance(event, h11.Response):
             status = event.status_code

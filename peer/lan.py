@@ -15,8 +15,6 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-import dns.rdataclass
-import dns.rdatatype
 import zeroconf
 from zeroconf import IPVersion, ServiceStateChange, current_time_millis
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
@@ -31,6 +29,10 @@ logger = logging.getLogger("meshpeer.peer.lan")
 
 SERVICE_TYPE = "_wireguard._udp.local."
 RESOLVE_TIMEOUT_MS = int(MDNS_RESOLVE_TIMEOUT_S * 1000)  # zeroconf counts in milliseconds
+# What `ask_again` asks for: PTR records (RFC 1035 section 3.2.2) of class IN (section 3.2.4).
+# Numbers, not dnspython's names for them: the agent loads dnspython only to read DNS-SD.
+TYPE_PTR = 12
+CLASS_IN = 1
 # Every table here is keyed by what anyone on the LAN announces, so each has a bound. Service
 # names are DNS names (at most 255 bytes, which zeroconf enforces), so the tables' memory is
 # bounded by their entry counts:
@@ -119,11 +121,10 @@ class LanDiscovery:
         if self._zeroconf is None:
             return
         zc = self._zeroconf.zeroconf
-        ptr, internet = int(dns.rdatatype.PTR), int(dns.rdataclass.IN)
         query = _Outgoing(0)  # flags 0: a standard query (mDNS's id is 0 as well)
-        query.add_question(_Question(SERVICE_TYPE, ptr, internet))
+        query.add_question(_Question(SERVICE_TYPE, TYPE_PTR, CLASS_IN))
         now = current_time_millis()
-        for known in zc.cache.async_all_by_details(SERVICE_TYPE, ptr, internet):
+        for known in zc.cache.async_all_by_details(SERVICE_TYPE, TYPE_PTR, CLASS_IN):
             query.add_answer_at_time(known, now)
         try:
             zc.async_send(query)

@@ -402,6 +402,10 @@ class Mesh:
         state = self._paths.get(key)
         return state.path if state else "none"
 
+    def any_path_down(self) -> bool:
+        """Whether a listed peer has no live path: all that DNS-SD's endpoints can help with."""
+        return any(self.path(key) == "none" for key in self.peers)
+
 
 def host_route(address: str) -> str:
     """A mesh address as the one-address route WireGuard's AllowedIPs and the kernel take."""

@@ -25,10 +25,10 @@ from meshpeer.common.console import (
     FAILURE,
     USAGE_ERROR,
     OneLineParser,
+    PrintVersion,
     configure_logging,
     print_table,
     report,
-    version,
 )
 from meshpeer.common.endpoints import format_endpoint
 from meshpeer.common.errors import Failure, UsageError
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
             "records each NAT-mapped endpoint and publishes it as DNS-SD."
         ),
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument("--version", action=PrintVersion)
     common = OneLineParser(add_help=False)
     common.add_argument(
         "--data-dir",

@@ -128,6 +128,24 @@ def test_the_planner_adds_punches_keeps_up_paths_and_removes() -> None:
     assert gone.remove == [KEY_A] and any("removed" in event for event in gone.events)
 
 
+def test_a_path_is_down_from_its_listing_until_a_handshake_and_once_that_is_stale() -> None:
+    """What the agent reads DNS-SD for (Agent._poll_dns_sd): a listed peer with no live path."""
+    mesh = Mesh(OWN)
+    assert not mesh.any_path_down()  # nobody to reach
+    mesh.merge(api_list([remote(KEY_A)]))
+    assert mesh.any_path_down()  # listed, before any round
+    mesh.plan(device_with(KEY_A, None), 100.0)
+    assert mesh.any_path_down()
+    mesh.plan(device_with(KEY_A, 100.5), 101.0)
+    assert not mesh.any_path_down()
+    mesh.merge(api_delta([remote(KEY_B)]))
+    assert mesh.any_path_down()  # a newcomer, while KEY_A's path stays up
+    mesh.merge(api_delta([], [KEY_B]))
+    assert not mesh.any_path_down()
+    mesh.plan(device_with(KEY_A, 100.5), 100.5 + PATH_FRESH_S + 1)
+    assert mesh.any_path_down()
+
+
 def test_peers_from_the_api_are_checked() -> None:
     good = {
         "public_key": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",

@@ -1,12 +1,15 @@
 """The agent's DNS-SD reader (peer/dnssd.py) against a real DNS server in the test process
-(tests/nameserver.py): wgsd-style records are read, hostile answers are ignored, bounds hold."""
+(tests/nameserver.py): wgsd-style records are read, hostile answers are ignored, bounds hold;
+and when the agent reads it."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
-import dns.exception
 import dns.message
 import dns.name
 import dns.rcode
@@ -18,6 +21,8 @@ from meshpeer.common.keys import encode_key
 from meshpeer.dns.naming import instance_name, service_name
 from meshpeer.dns.records import PeerEntry, Zone, ZoneConfig
 from meshpeer.peer import dnssd
+from meshpeer.peer.agent import Agent, Options
+from meshpeer.peer.live import Live
 from tests.nameserver import Handler, NanoNameserver, zone_handler
 
 ZONE = "mesh.internal"
@@ -105,7 +110,7 @@ def test_a_garbage_answer_to_the_instance_list_is_a_dns_error_the_agent_logs(
 ) -> None:
     monkeypatch.setattr(dnssd, "DNS_QUERY_TIMEOUT_S", 0.5)
     server = nameserver(hostile(mesh_zone(), garbage_for=service_name(ORIGIN)))
-    with pytest.raises(dns.exception.DNSException):  # caught by Agent._poll_dns_sd
+    with pytest.raises(dnssd.ZoneUnreadable):  # caught by Agent._poll_dns_sd
         discover(server, {KEY_A})
 
 
@@ -120,3 +125,35 @@ def test_at_most_max_instances_are_asked_about(
     server = nameserver(zone_handler(zone))
     found = discover(server, set(keys))
     assert len(srv_queries(server)) == 3 and len(found) == 3
+
+
+def test_the_agent_reads_the_zone_only_while_a_path_is_down_and_not_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = iter([False, True, False, True])  # Mesh.any_path_down at each interval's end
+    checks: list[bool] = []
+    reads: list[int] = []  # how many checks came before each read
+
+    def any_path_down() -> bool:
+        checks.append(next(answers))
+        return checks[-1]
+
+    async def scenario() -> tuple[list[bool], list[int]]:
+        done = asyncio.Event()
+
+        async def read(agent: Agent, live: Live) -> None:
+            reads.append(len(checks))
+            if len(checks) == 4:
+                done.set()
+
+        monkeypatch.setattr(Agent, "_read_dns_sd", read)
+        live = cast(Live, SimpleNamespace(mesh=SimpleNamespace(any_path_down=any_path_down)))
+        poll = asyncio.create_task(Agent(Options(tmp_path, dns_sd_poll_s=0.01))._poll_dns_sd(live))
+        await asyncio.sleep(0)  # the loop's first step: nothing read, nothing checked
+        at_start = (list(checks), list(reads))
+        await asyncio.wait_for(done.wait(), 10)
+        poll.cancel()
+        return at_start
+
+    assert asyncio.run(scenario()) == ([], [])
+    assert reads == [2, 4]

@@ -8,11 +8,14 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 # Everything `meshpeer run` imports before its event loop starts, netlink factories included.
 RUN_IMPORTS = """
 import json, sys
 from meshpeer.peer import cli
 from meshpeer.peer.kernel_wg import KernelBackend
+cli.build_parser().parse_args(["run"])  # its --version once read the version at every start
 KernelBackend()  # pyroute2's IPRoute and WireGuard, as the agent takes them
 print(json.dumps(sorted(sys.modules)))
 """
@@ -20,14 +23,24 @@ print(json.dumps(sorted(sys.modules)))
 # agent's 66 in a 4-peer mesh); pyroute2-minimal, the same modules with a smaller __init__,
 # does not.
 UNUSED = ("pyroute2.ndb", "pyroute2.ipdb", "pyroute2.ethtool", "pyroute2.plan9", "sqlite3")
+# dnspython (~2.6 MiB resident) only reads DNS-SD, which an agent does only while a path is
+# down (Agent._poll_dns_sd); it is loaded then, never at import.
+LAZY = ("dns",)
+# importlib.metadata (with csv, zipfile and email) reads the version, for --version alone.
+# (email also comes with aiohttp: not asserted here.)
+ONLY_FOR_VERSION = ("importlib.metadata",)
 
 
-def run_imports() -> list[str]:
+def run_imports(code: str = RUN_IMPORTS) -> list[str]:
     result = subprocess.run(
-        [sys.executable, "-c", RUN_IMPORTS], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     modules: list[str] = json.loads(result.stdout)
     return modules
+
+
+def imported_by(statement: str) -> list[str]:
+    return run_imports(f"import json, sys\n{statement}\nprint(json.dumps(sorted(sys.modules)))")
 
 
 def test_the_agent_loads_only_the_parts_of_pyroute2_it_uses() -> None:
@@ -35,3 +48,19 @@ def test_the_agent_loads_only_the_parts_of_pyroute2_it_uses() -> None:
     assert "pyroute2.iproute.linux" in modules and "pyroute2.netlink.generic.wireguard" in modules
     loaded = [name for name in modules if name.startswith(UNUSED)]
     assert not loaded, f"pyroute2's full package is installed or imported: {loaded[:5]}"
+
+
+def within(modules: list[str], packages: tuple[str, ...]) -> list[str]:
+    """The modules that are one of `packages` or inside one."""
+    return [m for m in modules if any(m == p or m.startswith(f"{p}.") for p in packages)]
+
+
+@pytest.mark.parametrize("statement", ["import meshpeer.peer.cli", "import meshpeer.peer.agent"])
+def test_the_agent_loads_dnspython_only_when_it_reads_dns_sd(statement: str) -> None:
+    loaded = within(imported_by(statement), LAZY)
+    assert not loaded, f"{statement} imports {loaded[:5]}"
+
+
+def test_the_agent_reads_its_version_only_for_version() -> None:
+    loaded = within(run_imports(), ONLY_FOR_VERSION)
+    assert not loaded, f"`meshpeer run` imports {loaded}"

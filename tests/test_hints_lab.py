@@ -78,22 +78,40 @@ def hostile_instance(public_key: str, endpoint: Host, *txt: str) -> dict[str, ob
     }
 
 
+def direct_between(agents: list[MeshAgent]) -> bool:
+    """Each agent's path to every other one is `direct` (other listed peers aside)."""
+    for agent in agents:
+        paths = agent.paths()
+        if any(paths.get(other.name) != "direct" for other in agents if other is not agent):
+            return False
+    return True
+
+
 def test_hostile_dns_sd_answers_add_no_peer_no_route_and_no_uapi_line(lab: Lab) -> None:
     server = RendezvousServer(lab.add_public_host("rendezvous")).start()
-    token = server.token(3)
+    token = server.token(4)
     attacker = lab.add_public_host("attacker")
     home = lab.add_nat("home", NatType.PORT_RESTRICTED)
+    # A listed peer that joined and stopped: the victim's path to it stays down, and an agent
+    # reads DNS-SD only while one is (Agent._poll_dns_sd).
+    gone = MeshAgent(lab.add_nat("away", NatType.PORT_RESTRICTED).add_host("gone"), "gone")
+    gone.start(token)
+    assert wait_until(lambda: gone.status() is not None, 15), gone.output()
+    gone_status = gone.status()
+    assert gone_status is not None and gone.process is not None
+    gone.process.stop()
     victim = MeshAgent(home.add_host("victim"), "victim")
     friend = MeshAgent(lab.add_nat("site", NatType.PORT_RESTRICTED).add_host("friend"), "friend")
     for agent in (victim, friend):
         agent.start(token, "--dns-sd-interval", "1")
-    assert wait_until(lambda: all_direct([victim, friend]), MESH_UP_S), victim.output()
+    assert wait_until(lambda: direct_between([victim, friend]), MESH_UP_S), victim.output()
     friend_status, rendezvous_key = friend.status(), server.public_key()
     assert friend_status is not None
     friend_key, friend_address = friend_status["public_key"], friend_status["address"]
+    listed = {(friend_key, friend_address), (gone_status["public_key"], gone_status["address"])}
     rendezvous_hex = base64.b64decode(rendezvous_key).hex()
     peers_before, routes_before = wg_peers(victim.host), routes(victim.host)
-    assert set(peers_before) == {rendezvous_key, friend_key}
+    assert set(peers_before) == {rendezvous_key, friend_key, gone_status["public_key"]}
 
     spec = {
         "zone": ZONE,
@@ -133,15 +151,13 @@ def test_hostile_dns_sd_answers_add_no_peer_no_route_and_no_uapi_line(lab: Lab) 
     assert asked.count(" SRV") == asked.count(f"{instance_label(friend_key)}."), asked
     status = victim.status()
     assert status is not None, victim.output()
-    assert [(p["public_key"], p["address"]) for p in status["peers"]] == [
-        (friend_key, friend_address)
-    ]
+    assert {(p["public_key"], p["address"]) for p in status["peers"]} == listed
     assert victim.process is not None and victim.process.running()
 
     newcomer = MeshAgent(lab.add_nat("cafe", NatType.PORT_RESTRICTED).add_host("new"), "new")
     newcomer.start(token)
     agents = [victim, friend, newcomer]
-    assert wait_until(lambda: all_direct(agents), MESH_UP_S), victim.output()
+    assert wait_until(lambda: direct_between(agents), MESH_UP_S), victim.output()
     assert victim.host.ping(newcomer.address())
     assert rendezvous_key in wg_peers(victim.host)
     assert routes(victim.host) == routes_before
