@@ -8,8 +8,6 @@ import json
 import os
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -157,13 +155,3 @@ def test_a_stop_while_joining_ends_the_join_process(tmp_path: Path) -> None:
     finally:
         listener.close()
     assert joining_processes(tmp_path) == []
-
-
-def test_the_agent_s_own_imports_hold_no_cryptography() -> None:
-    """What the join process is for: `meshpeer run` itself never loads it."""
-    program = "import sys, meshpeer.peer.cli, meshpeer.peer.agent; print(sorted(sys.modules))"
-    loaded = subprocess.run(
-        [sys.executable, "-c", program], capture_output=True, text=True, check=True
-    ).stdout
-    assert "'cryptography'" not in loaded and "'aiohttp'" not in loaded
-    assert "'h11'" in loaded

@@ -27,8 +27,10 @@ UNUSED = ("pyroute2.ndb", "pyroute2.ipdb", "pyroute2.ethtool", "pyroute2.plan9",
 # down (Agent._poll_dns_sd); it is loaded then, never at import.
 LAZY = ("dns",)
 # importlib.metadata (with csv, zipfile and email) reads the version, for --version alone.
-# (email also comes with aiohttp: not asserted here.)
-ONLY_FOR_VERSION = ("importlib.metadata",)
+ONLY_FOR_VERSION = ("importlib.metadata", "email")
+# Never in `meshpeer run` itself (issue 17: 19 MiB of its 62 together): cryptography is the
+# join process's (joining.py), and the agent's HTTP is h11's (http.py), not aiohttp's client.
+ELSEWHERE = ("cryptography", "aiohttp")
 
 
 def run_imports(code: str = RUN_IMPORTS) -> list[str]:
@@ -64,3 +66,10 @@ def test_the_agent_loads_dnspython_only_when_it_reads_dns_sd(statement: str) -> 
 def test_the_agent_reads_its_version_only_for_version() -> None:
     loaded = within(run_imports(), ONLY_FOR_VERSION)
     assert not loaded, f"`meshpeer run` imports {loaded}"
+
+
+def test_the_agent_holds_neither_cryptography_nor_aiohttp() -> None:
+    modules = run_imports()
+    assert "h11" in modules
+    loaded = within(modules, ELSEWHERE)
+    assert not loaded, f"`meshpeer run` imports {loaded[:5]}"
