@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from .errors import InvalidInput
 
@@ -21,8 +21,8 @@ MAX_REMEMBERED = 64
 
 def pin_of_certificate(pem_or_der: bytes) -> str:
     """`sha256:<hex>` of the certificate's public key (SubjectPublicKeyInfo, DER)."""
-    # Imported here: cryptography's Rust extension is about 9 MiB resident, and an agent needs
-    # it only for a certificate it has not seen before (PinnedCertificates).
+    # Imported here: cryptography's Rust extension is about 9 MiB resident, which the agent
+    # never loads (PinnedCertificates).
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
@@ -50,28 +50,37 @@ def certificate_digest(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+PinOf = Callable[[bytes], Awaitable[str]]
+
+
+async def pin_here(der: bytes) -> str:
+    """pin_of_certificate in this process; "" for bytes that are not a certificate."""
+    try:
+        return pin_of_certificate(der)
+    except ValueError:
+        return ""
+
+
 class PinnedCertificates:
     """The pin, and the certificates already seen to hold its key, by their SHA-256.
 
     A certificate whose digest is remembered holds the key without being parsed again: the
     digest names those exact bytes. The TLS handshake itself proved the server holds the
-    certificate's private key. So a long-running agent parses (and imports cryptography for)
-    only a certificate it has not seen: a renewal, or another instance's."""
+    certificate's private key. So a long-running agent parses only a certificate it has not
+    seen (a renewal, or another instance's), and `pin_of` may do that elsewhere: the agent
+    asks its join process (enrolment.py), so it never loads cryptography itself."""
 
-    def __init__(self, pin: str, remembered: Iterable[str] = ()) -> None:
+    def __init__(self, pin: str, remembered: Iterable[str] = (), pin_of: PinOf = pin_here) -> None:
         parse_pin(pin)
         self.pin = pin
         self._remembered = dict.fromkeys(list(remembered)[-MAX_REMEMBERED:])
+        self._pin_of = pin_of
 
-    def holds_pinned_key(self, der: bytes) -> bool:
+    async def holds_pinned_key(self, der: bytes) -> bool:
         digest = certificate_digest(der)
         if digest in self._remembered:
             return True
-        try:
-            pin = pin_of_certificate(der)
-        except ValueError:  # not a certificate cryptography can read
-            return False
-        if not hmac.compare_digest(pin, self.pin):
+        if not hmac.compare_digest(await self._pin_of(der), self.pin):
             return False
         self.remember(digest)
         return True

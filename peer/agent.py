@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import ipaddress
 import logging
@@ -96,7 +97,12 @@ class Agent:
         backend = choose_backend(self.options.backend, self.links)
         await asyncio.to_thread(backend.check)
         membership, own_key = await self._until_stopped(self._membership())
-        if membership.tls_pin:  # a certificate seen before is not parsed again (pinning.py)
+        # A certificate seen before is not parsed again (pinning.py), and a new one is parsed
+        # by the join process: cryptography stays out of this one.
+        client.check_certificates_with(
+            functools.partial(enrolment.certificate_pin, self.state.path)
+        )
+        if membership.tls_pin:
             client.remember_certificates(membership.tls_pin, self.state.certificates())
         routes = HostRoutes(self.links, ifname, self.options.accept_routes)
         try:

@@ -17,7 +17,7 @@ from meshpeer.common.endpoints import Endpoint, format_endpoint, lan_endpoints
 from meshpeer.common.errors import Failure, InvalidInput, UsageError
 from meshpeer.common.keys import encode_key, parse_key
 from meshpeer.common.limits import MAX_RELAY_PARTNERS
-from meshpeer.common.pinning import PinnedCertificates
+from meshpeer.common.pinning import PinnedCertificates, PinOf, pin_here
 
 from . import http
 from .api_decode import WatchAnswer, watch_answer
@@ -168,8 +168,15 @@ def pinned_certificates(pin: str) -> PinnedCertificates:
     if checked is None:
         while len(_PINNED) >= MAX_PINS:
             del _PINNED[next(iter(_PINNED))]
-        checked = _PINNED[pin] = PinnedCertificates(pin)
+        checked = _PINNED[pin] = PinnedCertificates(pin, pin_of=_pin_of)
     return checked
+
+
+def check_certificates_with(pin_of: PinOf) -> None:
+    """How a certificate not seen before is parsed: the agent asks its join process."""
+    global _pin_of
+    _pin_of = pin_of
+    _PINNED.clear()
 
 
 def remember_certificates(pin: str, digests: tuple[str, ...]) -> None:
@@ -182,6 +189,7 @@ def remember_certificates(pin: str, digests: tuple[str, ...]) -> None:
 # Pins an agent checks against: its membership's, and a token's while it joins again.
 MAX_PINS = 4
 _PINNED: dict[str, PinnedCertificates] = {}
+_pin_of: PinOf = pin_here
 
 
 def _probing_socket(family: int, kind: int, protocol: int) -> socket.socket:

@@ -1,4 +1,5 @@
-"""The agent's side of joining.py: start the key-and-join process, and read how it went.
+"""The agent's side of joining.py: start the key-and-join process, and read how it went (it
+also reads an API certificate the agent has not seen: the pin's check, pinning.py).
 
 The process is ours, but its answer is still read as data: bounded, typed, and anything else is
 a failure with a message, never a crash of `run`. A stop while it runs kills it.
@@ -7,6 +8,7 @@ a failure with a message, never a crash of `run`. A stop while it runs kills it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sys
 from dataclasses import dataclass
@@ -45,6 +47,26 @@ async def enrol(
     """Our public key (the key made first if need be), and with a token, the join's outcome."""
     request: dict[str, Any] = {"state_dir": str(state_dir), "token": token, "name": name}
     request.update(routes=list(routes), time_ms=time_ms)
+    output, exit_code = await _ask(request)
+    return outcome(output, exit_code)
+
+
+async def certificate_pin(state_dir: Path, der: bytes) -> str:
+    """The pin of an API certificate not seen before, as the join process reads it (it also
+    remembers the certificate in the state folder when it holds the membership's pin); ""
+    when it is not a certificate or no answer came."""
+    request = {"state_dir": str(state_dir), "certificate": base64.b64encode(der).decode()}
+    output, _ = await _ask(request)
+    try:
+        pin = json.loads(output).get("pin")
+    except (ValueError, AttributeError):
+        return ""
+    return pin if isinstance(pin, str) else ""
+
+
+async def _ask(request: dict[str, Any]) -> tuple[bytes, int | None]:
+    """The join process's answer to one request, and its exit code; killed if we are
+    cancelled (a stop, or a request's timeout)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -55,10 +77,10 @@ async def enrol(
     try:
         output, _ = await process.communicate(json.dumps(request).encode())
     finally:
-        if process.returncode is None:  # cancelled: a stop, or our own timeout
+        if process.returncode is None:
             process.kill()
             await asyncio.shield(process.wait())
-    return outcome(output[:MAX_OUTCOME_BYTES], process.returncode)
+    return output[:MAX_OUTCOME_BYTES], process.returncode
 
 
 def outcome(output: bytes, exit_code: int | None) -> Enrolled:

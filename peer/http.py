@@ -119,7 +119,7 @@ async def _connect(
     if pinned is not None:
         ssl_object = writer.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-        if not der or not pinned.holds_pinned_key(der):
+        if not der or not await pinned.holds_pinned_key(der):
             writer.close()
             raise WrongKey("its TLS key is not the pinned one")
     return reader, writer

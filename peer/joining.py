@@ -4,12 +4,15 @@ Both need X25519, HKDF and ChaCha20-Poly1305 (cryptography, through proof.py): a
 resident, which a long-running agent would hold for life after a few milliseconds of use (issue
 17: the agent's goal is 40 MiB). So `meshpeer run` starts this process (enrolment.py), which
 makes or reads the key, derives the public key, joins when given a token, writes what it got to
-the state folder as `run` always did, and prints one JSON object saying how it went.
+the state folder as `run` always did, and prints one JSON object saying how it went. It also
+reads an API certificate the agent has not seen before, for the TLS pin's check (pinning.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import signal
 import sys
@@ -21,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from meshpeer.common import proof
 from meshpeer.common.errors import InvalidInput
 from meshpeer.common.keys import encode_key
+from meshpeer.common.pinning import certificate_digest, pin_of_certificate
 from meshpeer.common.tokens import JoinToken
 from meshpeer.common.tokens import decode as decode_token
 
@@ -73,6 +77,20 @@ async def join(
     return membership, pending_routes(answer)
 
 
+def certificate_pin(state: StateDir, der: bytes) -> str:
+    """The certificate's pin ("" if it is none); remembered in the state folder when it is
+    the membership's, so the agent started again need not ask."""
+    try:
+        pin = pin_of_certificate(der)
+    except ValueError:
+        return ""
+    membership = state.membership()
+    if membership is not None and membership.tls_pin == pin:
+        digests = (*state.certificates(), certificate_digest(der))
+        state.save_certificates(tuple(dict.fromkeys(digests)))
+    return pin
+
+
 def own_key(state: StateDir) -> X25519PrivateKey:
     """Ours, made on first use and kept; its public half stored for the agent beside it."""
     raw = state.private_key()
@@ -86,6 +104,8 @@ def own_key(state: StateDir) -> X25519PrivateKey:
 def enrol(request: dict[str, Any]) -> dict[str, Any]:
     """What the agent asked (enrolment.py's request), done; the outcome for it to read."""
     state = StateDir(Path(request["state_dir"]))
+    if "certificate" in request:
+        return {"pin": certificate_pin(state, base64.b64decode(request["certificate"]))}
     key = own_key(state)
     outcome: dict[str, Any] = {"public_key": encode_key(key.public_key().public_bytes_raw())}
     if request.get("token") is None:
@@ -117,7 +137,7 @@ def main() -> int:
         outcome = {"failed": str(error)}
     except OSError as error:
         outcome = {"failed": f"cannot write the state folder: {error.strerror or error}"}
-    except (ValueError, TypeError, KeyError) as error:  # the agent's own request: a bug
+    except (ValueError, TypeError, KeyError, binascii.Error) as error:  # the agent's: a bug
         outcome = {"failed": f"the join process was asked something it cannot do: {error!r}"}
     sys.stdout.write(json.dumps(outcome) + "\n")
     return 0

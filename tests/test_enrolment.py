@@ -19,6 +19,7 @@ from meshpeer.common.keys import encode_key
 from meshpeer.peer import enrolment
 from meshpeer.peer.errors import AgentError, AgentFailed
 from meshpeer.peer.state import StateDir
+from meshpeer.rendezvous import tls
 from tests.test_client_tls import served
 
 
@@ -49,6 +50,35 @@ def test_a_first_join_makes_the_key_and_saves_membership_key_and_certificate(
     der = ssl.PEM_cert_to_DER_cert(files.read_text())
     assert state.certificates() == (pinning.certificate_digest(der),)
     assert (state.path / "key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_certificate_not_seen_before_is_read_by_the_join_process(tmp_path: Path) -> None:
+    """The agent's pin check for a renewed certificate, or another instance's: the join
+    process reads it, and keeps it in the state folder when it holds the membership's pin."""
+    state = StateDir(tmp_path / "state")
+    state.prepare()
+
+    async def scenario() -> None:
+        async with served(tmp_path) as service:
+            token = await service.registry.create_token(1, 60)
+            await enrolment.enrol(state.path, token, "laptop", (), 1)
+
+    asyncio.run(scenario())
+    der = ssl.PEM_cert_to_DER_cert((tmp_path / "tls.crt").read_text())
+    (state.path / "tls-certificates.json").unlink()
+    membership = state.membership()
+    assert membership is not None and membership.tls_pin
+    assert asyncio.run(enrolment.certificate_pin(state.path, der)) == membership.tls_pin
+    assert state.certificates() == (pinning.certificate_digest(der),)
+    other = tmp_path / "other"
+    other.mkdir()
+    other_der = ssl.PEM_cert_to_DER_cert(tls.ensure_self_signed(other, "h").cert.read_text())
+    assert asyncio.run(enrolment.certificate_pin(state.path, other_der)) not in (
+        "",
+        membership.tls_pin,
+    )
+    assert asyncio.run(enrolment.certificate_pin(state.path, b"\x30\x00")) == ""
+    assert state.certificates() == (pinning.certificate_digest(der),)  # only the pinned one
 
 
 def test_a_refused_token_and_a_silent_api_say_so_and_keep_the_key(tmp_path: Path) -> None:

@@ -172,22 +172,24 @@ def test_a_certificate_seen_to_hold_the_key_is_not_parsed_again(
     files = tls.ensure_self_signed(tmp_path, "127.0.0.1")
     der = ssl.PEM_cert_to_DER_cert(files.cert.read_text())
     checked = pinning.PinnedCertificates(tls.read_pin(files))
-    assert checked.holds_pinned_key(der)
+    assert asyncio.run(checked.holds_pinned_key(der))
     assert checked.remembered() == (pinning.certificate_digest(der),)
 
     def unparsable(_: bytes) -> str:
         raise AssertionError("parsed again")
 
     monkeypatch.setattr(pinning, "pin_of_certificate", unparsable)
-    assert checked.holds_pinned_key(der)
-    assert pinning.PinnedCertificates(checked.pin, checked.remembered()).holds_pinned_key(der)
+    assert asyncio.run(checked.holds_pinned_key(der))
+    again = pinning.PinnedCertificates(checked.pin, checked.remembered())
+    assert asyncio.run(again.holds_pinned_key(der))
 
 
 def test_a_certificate_without_the_key_is_not_remembered(tmp_path: Path) -> None:
     other = tls.ensure_self_signed(elsewhere(tmp_path), "127.0.0.1")
     checked = pinning.PinnedCertificates(tls.read_pin(tls.ensure_self_signed(tmp_path, "h")))
-    assert not checked.holds_pinned_key(ssl.PEM_cert_to_DER_cert(other.cert.read_text()))
-    assert not checked.holds_pinned_key(b"\x30\x03\x02\x01\x00")  # not a certificate
+    other_der = ssl.PEM_cert_to_DER_cert(other.cert.read_text())
+    assert not asyncio.run(checked.holds_pinned_key(other_der))
+    assert not asyncio.run(checked.holds_pinned_key(b"\x30\x03\x02\x01\x00"))  # not one
     assert checked.remembered() == ()
 
 
