@@ -4,7 +4,8 @@
     .venv/bin/python bench/footprint.py --imports
 
 A lab of a rendezvous and N agents behind port-restricted NATs. Once all pairs have handshakes,
-the mesh is left alone for --seconds (keepalives, the watch, DNS-SD polls and mDNS go on) and
+the mesh is left alone for --seconds (keepalives, the watch and mDNS go on; DNS-SD is read only
+while a path is down) and
 each agent's process is measured: resident memory at the end, and CPU seconds over wall-clock
 seconds. wireguard-go (the userspace WireGuard here, a child of the agent) is reported apart,
 since with kernel WireGuard it does not exist.
@@ -17,7 +18,8 @@ mappings of the median agent follow.
 
 --imports needs no lab: what each library the agent loads adds to a fresh interpreter's
 resident memory when it is imported last, after all the others (so what is shared, such as
-asyncio, counts once, in the interpreter's line).
+asyncio, counts once, in the interpreter's line); then what loads only on use (dnspython), and
+the join process (cryptography), which lives for the join alone.
 """
 
 from __future__ import annotations
@@ -71,18 +73,16 @@ def largest_mappings(pid: int, count: int = 8) -> list[tuple[str, int]]:
 
 # What `meshpeer run` imports, by library: each group is what the agent's modules name.
 LIBRARIES = {
-    "cryptography": [
-        "cryptography.hazmat.primitives.asymmetric.x25519",
-        "cryptography.hazmat.primitives.ciphers.aead",
-        "cryptography.hazmat.primitives.kdf.hkdf",
-        "cryptography.x509",
-    ],
-    "aiohttp": ["aiohttp"],
+    "h11": ["h11"],
     "pyroute2": ["pyroute2", "pyroute2.netlink.exceptions"],
     "zeroconf": ["zeroconf.asyncio"],
-    "dnspython": ["dns.asyncresolver"],
     "meshpeer's own modules": ["meshpeer.peer.cli"],
 }
+# Loaded by a running agent only when needed: DNS-SD is read while a path is down and the
+# watch does not answer.
+ON_USE = {"dnspython, for DNS-SD while the watch fails": ["meshpeer.peer.dnssd"]}
+# The process that makes the key and joins (joining.py): cryptography, for a second or so.
+JOIN_PROCESS = ["meshpeer.peer.joining"]
 OURS = "meshpeer's own modules"
 INTERPRETER = ["asyncio", "ssl", "argparse", "json", "logging"]
 _MEASURE = """
@@ -132,6 +132,11 @@ def imports() -> None:
         f"  {total - counted:+5.1f} MiB  imported by two or more of them (email, idna, ctypes...)"
     )
     print(f"  {total:5.1f} MiB  after importing meshpeer's command line ({modules} modules)")
+    for what, names in ON_USE.items():
+        before, after, modules = import_cost(["meshpeer.peer.cli"], names)
+        print(f"  {after - before:+5.1f} MiB  on use: {what} ({modules} modules)")
+    _, joining, modules = import_cost(["sys"], JOIN_PROCESS)
+    print(f"  {joining:5.1f} MiB  the join process, at start only ({modules} modules)")
 
 
 def main() -> None:

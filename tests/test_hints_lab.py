@@ -69,6 +69,22 @@ def hijack_dns(router: Router, rendezvous: Host, attacker: Host) -> None:
     run(["ip", "netns", "exec", router.ns, "nft", "-f", "-"], stdin=ruleset)
 
 
+def hold_api(router: Router, rendezvous: Host, port: int) -> None:
+    """The router drops the agent's connections to the rendezvous's API (its DNS still goes
+    through): the watch stops answering, which is when an agent reads DNS-SD."""
+    rule = f'iifname "lan" ip daddr {rendezvous.address} tcp dport {port} drop'
+    ruleset = (
+        "table ip holdapi {\n  chain forward {\n"
+        "    type filter hook forward priority filter - 10; policy accept;\n"
+        f"    {rule}\n  }}\n}}\n"
+    )
+    run(["ip", "netns", "exec", router.ns, "nft", "-f", "-"], stdin=ruleset)
+
+
+def let_api_through(router: Router) -> None:
+    run(["ip", "netns", "exec", router.ns, "nft", "delete", "table", "ip", "holdapi"])
+
+
 def hostile_instance(public_key: str, endpoint: Host, *txt: str) -> dict[str, object]:
     return {
         "public_key": public_key,
@@ -93,7 +109,7 @@ def test_hostile_dns_sd_answers_add_no_peer_no_route_and_no_uapi_line(lab: Lab) 
     attacker = lab.add_public_host("attacker")
     home = lab.add_nat("home", NatType.PORT_RESTRICTED)
     # A listed peer that joined and stopped: the victim's path to it stays down, and an agent
-    # reads DNS-SD only while one is (Agent._poll_dns_sd).
+    # reads DNS-SD only while one is, and its watch does not answer (Agent._poll_dns_sd).
     gone = MeshAgent(lab.add_nat("away", NatType.PORT_RESTRICTED).add_host("gone"), "gone")
     gone.start(token)
     assert wait_until(lambda: gone.status() is not None, 15), gone.output()
@@ -137,10 +153,12 @@ def test_hostile_dns_sd_answers_add_no_peer_no_route_and_no_uapi_line(lab: Lab) 
     )
     assert wait_until(lambda: "serving" in fake.output(), 10), fake.output()
     hijack_dns(home, server.host, attacker)
+    hold_api(home, server.host, int(server.api_url.rsplit(":", 1)[1]))
 
     # Three polls answered: the second one's peers have been through reconcile by then. (Not
     # asserted yet: a default route into the tunnel would swallow the later queries.)
-    polled = wait_until(lambda: fake.output().count(f"_wireguard._udp.{ZONE}. PTR") >= 3, 20)
+    # (The watch is given up on within 14 s of TCP keepalives: timers.DEAD_CONNECTION_S.)
+    polled = wait_until(lambda: fake.output().count(f"_wireguard._udp.{ZONE}. PTR") >= 3, 45)
     time.sleep(2)
 
     assert wg_peers(victim.host) == peers_before, victim.output()
@@ -154,6 +172,7 @@ def test_hostile_dns_sd_answers_add_no_peer_no_route_and_no_uapi_line(lab: Lab) 
     assert {(p["public_key"], p["address"]) for p in status["peers"]} == listed
     assert victim.process is not None and victim.process.running()
 
+    let_api_through(home)
     newcomer = MeshAgent(lab.add_nat("cafe", NatType.PORT_RESTRICTED).add_host("new"), "new")
     newcomer.start(token)
     agents = [victim, friend, newcomer]
