@@ -129,7 +129,7 @@ def imports() -> None:
         counted += after - before
     _, total, modules = import_cost(["sys"], ["meshpeer.peer.cli"])
     print(
-        f"  {total - counted:+5.1f} MiB  imported by two or more of them (email, idna, ctypes...)"
+        f"  {total - counted:+5.1f} MiB  imported by two or more of them (ctypes, uuid, ...)"
     )
     print(f"  {total:5.1f} MiB  after importing meshpeer's command line ({modules} modules)")
     for what, names in ON_USE.items():
