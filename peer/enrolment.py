@@ -59,7 +59,7 @@ async def certificate_pin(state_dir: Path, der: bytes) -> str:
     output, _ = await _ask(request)
     try:
         pin = json.loads(output).get("pin")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return ""
     return pin if isinstance(pin, str) else ""
 
@@ -88,7 +88,7 @@ def outcome(output: bytes, exit_code: int | None) -> Enrolled:
         answer = json.loads(output)
         if not isinstance(answer, dict):
             raise TypeError("not an object")
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise AgentFailed(
             f"the join process ended without an answer (exit code {exit_code}); "
             "run `meshpeer run` again, and report it if it repeats"

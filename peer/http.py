@@ -211,6 +211,6 @@ async def _answer(connection: h11.Connection, reader: asyncio.StreamReader) -> A
 def _json_object(raw: bytes) -> dict[str, Any]:
     try:
         decoded = json.loads(raw)
-    except ValueError:  # UnicodeDecodeError included
+    except (ValueError, RecursionError):  # UnicodeDecodeError included; '[' * 10**5
         return {}
     return decoded if isinstance(decoded, dict) else {}
