@@ -323,7 +323,7 @@ def test_an_epoch_the_server_chose_goes_back_quoted(tmp_path: Path) -> None:
                 assert answer.epoch == "e"
 
     asyncio.run(scenario())
-    assert len(heard) == 3 and all(b"X-Injected" not in request for request in heard)
+    assert len(heard) == 3 and all(b"\r\nX-Injected" not in request for request in heard)
 
 
 def test_a_credential_that_is_not_a_header_value_is_unreachable(tmp_path: Path) -> None:
