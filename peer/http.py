@@ -81,7 +81,10 @@ class _Target:
 
     @classmethod
     def of(cls, url: str) -> _Target:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # "https://[::1", say
+            raise RequestFailed(f"not a URL: {url[:200]!r}") from None
         if parts.scheme != "https" or not parts.hostname or parts.username or parts.password:
             raise RequestFailed(f"not an https URL this agent sends to: {url[:200]!r}")
         try:
@@ -104,7 +107,10 @@ async def _connect(
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout_s):
-        addresses = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+        try:
+            addresses = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+        except UnicodeError:  # the IDNA codec's: a label over 63 characters, say
+            raise RequestFailed(f"not a host name: {target.host[:200]!r}") from None
         sock = await _first_answering(loop, addresses, make_socket)
         try:
             reader, writer = await asyncio.open_connection(
@@ -177,7 +183,11 @@ async def _exchange(
         headers.append(("Content-Type", "application/json"))
     if credential:
         headers.append(("Authorization", f"Bearer {credential}"))
-    writer.write(connection.send(h11.Request(method=method, target=target.path, headers=headers)))
+    try:
+        head = connection.send(h11.Request(method=method, target=target.path, headers=headers))
+    except (h11.LocalProtocolError, UnicodeEncodeError) as error:  # a space, a line break
+        raise RequestFailed(f"not a request HTTP/1.1 can carry: {error}") from None
+    writer.write(head)
     writer.write(connection.send(h11.Data(data=payload)) + connection.send(h11.EndOfMessage()))
     await writer.drain()
     return await _answer(connection, reader)
