@@ -73,6 +73,10 @@ async def _ask(request: dict[str, Any]) -> tuple[bytes, int | None]:
         "meshpeer.peer.joining",
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
+        # A session of its own: a terminal's Ctrl-C reaches the agent only, which kills this
+        # process. Sent to both, it came during the process's imports (a traceback), or ended
+        # it before the agent's stop began ('ended without an answer', exit 1).
+        start_new_session=True,
     )
     try:
         output, _ = await process.communicate(json.dumps(request).encode())
