@@ -12,6 +12,7 @@ import contextlib
 import os
 import socket
 from typing import Any
+from urllib.parse import quote
 
 from meshpeer.common.endpoints import Endpoint, format_endpoint, lan_endpoints
 from meshpeer.common.errors import Failure, InvalidInput, UsageError
@@ -53,7 +54,7 @@ async def watch(
 ) -> WatchAnswer:
     query = f"timeout={timeout_s:g}"
     if epoch is not None and revision is not None:
-        query += f"&epoch={epoch}&since={revision}"
+        query += f"&epoch={quote(epoch, safe='')}&since={revision}"  # the server's text
     url = f"{membership.api_url}/v1/watch?{query}"
     answer = _as_member_answer(
         *await _as_member("GET", url, membership, timeout_s=timeout_s + REQUEST_TIMEOUT_S)

@@ -59,7 +59,7 @@ async def certificate_pin(state_dir: Path, der: bytes) -> str:
     output, _ = await _ask(request)
     try:
         pin = json.loads(output).get("pin")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return ""
     return pin if isinstance(pin, str) else ""
 
@@ -73,6 +73,10 @@ async def _ask(request: dict[str, Any]) -> tuple[bytes, int | None]:
         "meshpeer.peer.joining",
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
+        # A session of its own: a terminal's Ctrl-C reaches the agent only, which kills this
+        # process. Sent to both, it came during the process's imports (a traceback), or ended
+        # it before the agent's stop began ('ended without an answer', exit 1).
+        start_new_session=True,
     )
     try:
         output, _ = await process.communicate(json.dumps(request).encode())
@@ -88,7 +92,7 @@ def outcome(output: bytes, exit_code: int | None) -> Enrolled:
         answer = json.loads(output)
         if not isinstance(answer, dict):
             raise TypeError("not an object")
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise AgentFailed(
             f"the join process ended without an answer (exit code {exit_code}); "
             "run `meshpeer run` again, and report it if it repeats"

@@ -81,7 +81,10 @@ class _Target:
 
     @classmethod
     def of(cls, url: str) -> _Target:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # "https://[::1", say
+            raise RequestFailed(f"not a URL: {url[:200]!r}") from None
         if parts.scheme != "https" or not parts.hostname or parts.username or parts.password:
             raise RequestFailed(f"not an https URL this agent sends to: {url[:200]!r}")
         try:
@@ -104,7 +107,10 @@ async def _connect(
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout_s):
-        addresses = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+        try:
+            addresses = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+        except UnicodeError:  # the IDNA codec's: a label over 63 characters, say
+            raise RequestFailed(f"not a host name: {target.host[:200]!r}") from None
         sock = await _first_answering(loop, addresses, make_socket)
         try:
             reader, writer = await asyncio.open_connection(
@@ -177,14 +183,19 @@ async def _exchange(
         headers.append(("Content-Type", "application/json"))
     if credential:
         headers.append(("Authorization", f"Bearer {credential}"))
-    writer.write(connection.send(h11.Request(method=method, target=target.path, headers=headers)))
+    try:
+        head = connection.send(h11.Request(method=method, target=target.path, headers=headers))
+    except (h11.LocalProtocolError, UnicodeEncodeError) as error:  # a space, a line break
+        raise RequestFailed(f"not a request HTTP/1.1 can carry: {error}") from None
+    writer.write(head)
     writer.write(connection.send(h11.Data(data=payload)) + connection.send(h11.EndOfMessage()))
     await writer.drain()
     return await _answer(connection, reader)
 
 
 async def _answer(connection: h11.Connection, reader: asyncio.StreamReader) -> Answer:
-    status, chunks, size = 0, [], 0
+    # One buffer, not a list of h11's chunks: a 1-byte chunk is a ~60-byte object of its own.
+    status, body = 0, bytearray()
     while True:
         try:
             event = connection.next_event()
@@ -198,19 +209,18 @@ async def _answer(connection: h11.Connection, reader: asyncio.StreamReader) -> A
         elif isinstance(event, h11.Response):
             status = event.status_code
         elif isinstance(event, h11.Data):
-            size += len(event.data)
-            if size > MAX_ANSWER_BYTES:
+            if len(body) + len(event.data) > MAX_ANSWER_BYTES:
                 raise RequestFailed(f"the answer is over {MAX_ANSWER_BYTES} bytes")
-            chunks.append(event.data)
+            body += event.data
         elif isinstance(event, h11.EndOfMessage):
-            return Answer(status, _json_object(b"".join(chunks)))
+            return Answer(status, _json_object(body))
         elif isinstance(event, h11.ConnectionClosed):
             raise RequestFailed("the connection was closed")
 
 
-def _json_object(raw: bytes) -> dict[str, Any]:
+def _json_object(raw: bytes | bytearray) -> dict[str, Any]:
     try:
         decoded = json.loads(raw)
-    except ValueError:  # UnicodeDecodeError included
+    except (ValueError, RecursionError):  # UnicodeDecodeError included; '[' * 10**5
         return {}
     return decoded if isinstance(decoded, dict) else {}

@@ -127,8 +127,9 @@ def enrol(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
-    # The agent ends this process when it is stopped: SIGTERM's default ends it at once, and a
-    # terminal's Ctrl-C (sent to both) must not print a traceback here.
+    # The agent ends this process when it is stopped (it runs in a session of its own, so a
+    # terminal's Ctrl-C goes to the agent only); SIGTERM's default ends it at once, and a
+    # SIGINT sent to it directly must not print a traceback here.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         request = json.loads(sys.stdin.buffer.read(MAX_REQUEST_BYTES))

@@ -137,7 +137,8 @@ class StateDir:
             stored = json.loads((self.path / "key.pub").read_text())
             if private_key is not None and stored["of"] == _key_digest(private_key):
                 return parse_key(stored["public_key"])
-        except (OSError, ValueError, TypeError, KeyError):  # InvalidInput is a ValueError
+        # InvalidInput is a ValueError; RecursionError: a file of "[" nested past the limit
+        except (OSError, ValueError, TypeError, KeyError, RecursionError):
             pass
         return None
 
@@ -150,7 +151,7 @@ class StateDir:
         agent started again need not parse them again."""
         try:
             stored = json.loads((self.path / "tls-certificates.json").read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return ()
         if not isinstance(stored, list):
             return ()

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -133,7 +136,14 @@ def test_a_damaged_key_file_is_one_line_to_fix(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "output",
-    [b"", b"Traceback (most recent call last):", b"[1]", b'{"public_key": "short"}', b"\xff"],
+    [
+        b"",
+        b"Traceback (most recent call last):",
+        b"[1]",
+        b'{"public_key": "short"}',
+        b"\xff",
+        b"[" * 100_000,  # RecursionError, seen in the review of the join process
+    ],
 )
 def test_an_answer_that_is_not_the_join_process_s_is_a_failure(output: bytes) -> None:
     with pytest.raises(AgentFailed, match="join process"):
@@ -185,3 +195,83 @@ def test_a_stop_while_joining_ends_the_join_process(tmp_path: Path) -> None:
     finally:
         listener.close()
     assert joining_processes(tmp_path) == []
+
+
+def test_a_pin_answer_nested_too_deep_is_no_pin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of the join process: its answer to a certificate went through json.loads with
+    ValueError and AttributeError caught; RecursionError left the agent's pin check."""
+
+    async def deep(_: dict[str, object]) -> tuple[bytes, int | None]:
+        return b"[" * 100_000, 0
+
+    monkeypatch.setattr(enrolment, "_ask", deep)
+    assert asyncio.run(enrolment.certificate_pin(Path("/nonexistent"), b"\x30\x00")) == ""
+
+
+def test_state_files_nested_too_deep_read_as_absent(tmp_path: Path) -> None:
+    """Review of the join process: key.pub and tls-certificates.json are read with ValueError
+    caught, and a file of '[' (damaged, or put there) raised RecursionError at every start."""
+    state = StateDir(tmp_path)
+    asyncio.run(enrolment.enrol(state.path))
+    (tmp_path / "key.pub").write_text('{"a":' * 100_000)
+    (tmp_path / "tls-certificates.json").write_text("[" * 100_000)
+    assert state.public_key() is None
+    assert state.certificates() == ()
+
+
+STOPPED_BY_CTRL_C = """
+import asyncio, signal, sys
+from pathlib import Path
+from meshpeer.peer import enrolment
+
+async def main():
+    task = asyncio.create_task(enrolment.enrol(Path(sys.argv[1]), sys.argv[2], "pc", (), 1))
+    loop = asyncio.get_running_loop()  # the agent's stop takes a moment to reach the join
+    loop.add_signal_handler(signal.SIGINT, lambda: loop.call_later(0.5, task.cancel))
+    try:
+        await task
+    except asyncio.CancelledError:
+        print("stopped", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_ctrl_c_as_the_join_process_starts_prints_no_traceback(tmp_path: Path) -> None:
+    """Review of the join process: a terminal's Ctrl-C reaches the whole foreground process
+    group, and the join process set SIGINT's default only once its imports were done (about
+    0.1 s here, far longer on a small board): a KeyboardInterrupt traceback from it, and
+    sometimes `run` ending with 'the join process ended without an answer' (exit 1)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    rendezvous_key = X25519PrivateKey.generate().public_key().public_bytes_raw()
+    token = tokens.JoinToken(f"https://127.0.0.1:{port}", bytes(32), rendezvous_key, None)
+    agent = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_BY_CTRL_C, str(tmp_path), token.encode()],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # a process group of its own, as a terminal's job has
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not [pid for pid in joining_processes(tmp_path) if parent_of(pid) == agent.pid]:
+            assert time.monotonic() < deadline, "the join process never started"
+            time.sleep(0.001)
+        time.sleep(0.03)  # it is importing: its imports take ~0.1 s
+        os.killpg(agent.pid, signal.SIGINT)  # Ctrl-C
+        output, errors = agent.communicate(timeout=10)
+    finally:
+        listener.close()
+        if agent.poll() is None:
+            agent.kill()
+    assert b"Traceback" not in errors, errors.decode()[-2000:]
+    assert output == b"stopped\n" and agent.returncode == 0
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None

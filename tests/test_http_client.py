@@ -4,8 +4,11 @@ server sends, the agent gets an answer or RequestFailed/TimeoutError, bounded in
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from meshpeer.common import pinning
+from meshpeer.common.keys import encode_key
 from meshpeer.peer import client, http
+from meshpeer.peer.state import Membership
 from meshpeer.rendezvous import tls
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -200,3 +205,183 @@ def test_the_agent_keeps_one_check_per_pin_and_a_few_pins() -> None:
     for pin in pins[1:]:
         client.pinned_certificates(pin)
     assert len(client._PINNED) == client.MAX_PINS
+
+
+def test_a_deeply_nested_json_answer_reads_as_empty(tmp_path: Path) -> None:
+    """Review of the h11 client: json.loads raised RecursionError out of http.request (and
+    client._request) for 100,000 '[' from the server, where any other bad body is {}."""
+    body = b"[" * 100_000
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    assert run(tmp_path, answering(raw)) == http.Answer(200, {})
+
+
+def test_one_byte_chunks_cost_no_more_than_the_bytes_they_carry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of the h11 client: each h11 Data event was kept as its own bytearray (about 60
+    bytes of object for a 1-byte chunk), so a server sending 1-byte chunks made the agent hold
+    ~60 times what MAX_ANSWER_BYTES bounds (634 MiB within the watch's 40 s, measured)."""
+    monkeypatch.setattr(http, "MAX_ANSWER_BYTES", 1 << 20)
+    size = 128 * 1024
+
+    async def one_byte_chunks(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(size // 4096):
+            writer.write(b"1\r\n \r\n" * 4096)
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    tracemalloc.start()
+    try:
+        assert run(tmp_path, one_byte_chunks, timeout_s=60) == http.Answer(200, {})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20  # the list of chunks took ~19 MiB for this 128 KiB body
+
+
+def silent_address() -> tuple[tuple[str, int], list[socket.socket]]:
+    """An address on loopback that never answers a SYN: a listener whose queue is full."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    address = listener.getsockname()
+    held = [listener]
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(address)
+        held.append(filler)
+    time.sleep(0.1)
+    return address, held
+
+
+def test_a_name_whose_first_address_is_silent_is_reached_at_its_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of the h11 client: addresses were tried one after another within one connect
+    timeout, so a silent first one (a dead instance's A record, IPv6 dropped by a firewall)
+    spent it all and the second was never tried. aiohttp's client (happy eyeballs, 0.25 s)
+    was answered by the second address in 0.26 s."""
+    silent, held = silent_address()
+
+    async def scenario() -> tuple[http.Answer, float]:
+        async with server(
+            tmp_path, answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        ) as (
+            url,
+            pin,
+        ):
+            port = int(url.split(":")[2].split("/")[0])
+
+            async def both(*_: object, **__: object) -> list[tuple[object, ...]]:
+                stream = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+                return [(*stream, silent), (*stream, ("127.0.0.1", port))]
+
+            monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", both)
+            started = time.monotonic()
+            answer = await http.request(
+                "GET",
+                f"https://rendezvous.test:{port}/v1/watch",
+                pinning.PinnedCertificates(pin),
+                connect_timeout_s=3,
+                timeout_s=5,
+            )
+            return answer, time.monotonic() - started
+
+    try:
+        answer, took = asyncio.run(scenario())
+    finally:
+        for sock in held:
+            sock.close()
+    assert answer == http.Answer(200, {}) and took < 2
+
+
+def test_an_epoch_the_server_chose_goes_back_quoted(tmp_path: Path) -> None:
+    """Review of the h11 client: the watch put the server's epoch in its URL as it came, and
+    h11 refused the request line for a space (LocalProtocolError) or a non-ASCII character
+    (UnicodeEncodeError): a traceback out of the watch loop at each try, then exit 1. aiohttp
+    (yarl) quoted it."""
+    heard: list[bytes] = []
+    listed = b'{"epoch": "e", "revision": 2, "full": false, "peers": [], "removed": []}'
+
+    async def watch_api(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heard.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(listed), listed))
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> None:
+        async with server(tmp_path, watch_api) as (url, pin):
+            membership = member_of(url.split("/v1")[0], pin, "credential")
+            for epoch in ("a b", "caf\u00e9", "x\r\nX-Injected: 1"):
+                answer = await client.watch(membership, epoch, 1, 0.1)
+                assert answer.epoch == "e"
+
+    asyncio.run(scenario())
+    assert len(heard) == 3 and all(b"\r\nX-Injected" not in request for request in heard)
+
+
+def test_a_credential_that_is_not_a_header_value_is_unreachable(tmp_path: Path) -> None:
+    """Review of the h11 client: a credential with a line break (from the rendezvous's sealed
+    answer, or membership.json) raised h11's LocalProtocolError out of every request; the
+    aiohttp client turned aiohttp's ValueError into Unreachable."""
+
+    async def scenario() -> None:
+        async with server(tmp_path, answering(b"HTTP/1.1 200 OK\r\n\r\n")) as (url, pin):
+            membership = member_of(url.split("/v1")[0], pin, "secret\r\nX-Injected: 1")
+            with pytest.raises(client.Unreachable):
+                await client.set_lan(membership, ())
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("host", ["[::1", "a" * 64 + ".example", "b\u00fccher.test"])
+def test_a_url_python_cannot_resolve_or_send_is_request_failed(
+    tmp_path: Path, host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of the h11 client: urlsplit's ValueError, the IDNA codec's UnicodeError (a label
+    over 63 characters) and h11's UnicodeEncodeError (a Host header that is not ASCII) left
+    http.request, which declares RequestFailed for a URL it does not send to. Such a URL comes
+    from a token, which only has to start with https://."""
+
+    async def scenario() -> None:
+        async with server(tmp_path, answering(b"HTTP/1.1 200 OK\r\n\r\n")) as (url, pin):
+            port = int(url.split(":")[2].split("/")[0])
+
+            async def loopback(*_: object, **__: object) -> list[tuple[object, ...]]:
+                stream = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+                return [(*stream, ("127.0.0.1", port))]
+
+            if host.endswith(".test"):  # resolved, so the request is built
+                monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", loopback)
+            await http.request(
+                "GET",
+                f"https://{host}:{port}/",
+                pinning.PinnedCertificates(pin),
+                connect_timeout_s=2,
+                timeout_s=2,
+            )
+
+    with pytest.raises(http.RequestFailed):
+        asyncio.run(scenario())
+
+
+def member_of(api_url: str, pin: str, credential: str) -> Membership:
+    return Membership(
+        api_url=api_url,
+        credential=credential,
+        name="pc",
+        address="100.64.0.2",
+        network="100.64.0.0/16",
+        zone="mesh.test",
+        dns="100.64.0.1:53",
+        rendezvous_key=encode_key(bytes(32)),
+        rendezvous_endpoint="127.0.0.1:51820",
+        rendezvous_address="100.64.0.1",
+        tls_pin=pin,
+    )
