@@ -128,9 +128,7 @@ def imports() -> None:
         print(f"  {after - before:+5.1f} MiB  {library} ({modules} modules)")
         counted += after - before
     _, total, modules = import_cost(["sys"], ["meshpeer.peer.cli"])
-    print(
-        f"  {total - counted:+5.1f} MiB  imported by two or more of them (ctypes, uuid, ...)"
-    )
+    print(f"  {total - counted:+5.1f} MiB  imported by two or more of them (ctypes, uuid, ...)")
     print(f"  {total:5.1f} MiB  after importing meshpeer's command line ({modules} modules)")
     for what, names in ON_USE.items():
         before, after, modules = import_cost(["meshpeer.peer.cli"], names)

@@ -151,7 +151,7 @@ async def _request(
             credential=credential,
             connect_timeout_s=CONNECT_TIMEOUT_S,
             timeout_s=timeout_s,
-            make_socket=_probing_socket,
+            tune_socket=_probing,
         )
     except http.WrongKey:
         raise WrongCertificate(
@@ -193,12 +193,11 @@ _PINNED: dict[str, PinnedCertificates] = {}
 _pin_of: PinOf = pin_here
 
 
-def _probing_socket(family: int, kind: int, protocol: int) -> socket.socket:
-    """A TCP socket that gives up on a silent peer: keepalive probes after KEEPALIVE_IDLE_S
-    of quiet, KEEPALIVE_PROBES of them KEEPALIVE_INTERVAL_S apart, and unacknowledged data
-    (probes included) aborts it after DEAD_CONNECTION_S. Each option is best effort: a kernel
-    without one (a sandbox) still gets a working socket, with the long poll's own timeout."""
-    sock = socket.socket(family, kind, protocol)
+def _probing(sock: Any) -> None:
+    """Make a connected TCP socket give up on a silent peer: keepalive probes after
+    KEEPALIVE_IDLE_S of quiet, KEEPALIVE_PROBES of them KEEPALIVE_INTERVAL_S apart, and
+    unacknowledged data (probes included) aborts it after DEAD_CONNECTION_S. Each option is
+    best effort: a kernel without one (a sandbox) keeps the long poll's own timeout."""
     options = [
         (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
         (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S),
@@ -207,9 +206,8 @@ def _probing_socket(family: int, kind: int, protocol: int) -> socket.socket:
         (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(DEAD_CONNECTION_S * 1000)),
     ]
     for level, option, value in options:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(level, option, value)
-    return sock
 
 
 def _origin(url: str) -> str:
@@ -228,4 +226,6 @@ def _reason(error: BaseException) -> str:
         return os.strerror(error.errno).lower()
     if isinstance(error, OSError) and error.strerror:
         return error.strerror.lower()
+    if isinstance(error, OSError) and str(error):  # several addresses, each its own failure
+        return str(error)[:300]
     return type(error).__name__

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,10 +22,10 @@ import h11
 
 from meshpeer.common.pinning import PinnedCertificates
 
-# The largest answer read: a first watch lists every peer (api_decode.py allows 65,536, each with
-# up to 64 routes and 64 relay partners), so this is room for a large mesh, and all a hostile
-# server can make an agent hold.
-MAX_ANSWER_BYTES = 64 * 1024 * 1024
+# The largest answer read. A first watch lists every peer, about 300 bytes each: room for
+# 100,000. It is not all a server can make an agent hold: JSON of tiny objects (`[{},{},...]`)
+# parses into some 30 times its size. Only the pinned rendezvous gets this far, though.
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
 READ_BYTES = 65536
 USER_AGENT = "meshpeer"
 
@@ -45,7 +44,14 @@ class Answer:
     body: dict[str, Any]  # {} when the body is not a JSON object
 
 
-SocketFactory = Callable[[int, int, int], socket.socket]
+# Options for the connected socket (the agent's TCP keepalives): it takes what asyncio gives.
+SocketTuning = Callable[[Any], None]
+# RFC 8305 §5's recommended Connection Attempt Delay, as aiohttp's client used.
+NEXT_ADDRESS_AFTER_S = 0.25
+
+
+def _untuned(_: Any) -> None:
+    pass
 
 
 async def request(
@@ -57,13 +63,13 @@ async def request(
     credential: str | None = None,
     connect_timeout_s: float,
     timeout_s: float,
-    make_socket: SocketFactory = socket.socket,
+    tune_socket: SocketTuning = _untuned,
 ) -> Answer:
     """One request, its whole answer within timeout_s (a connection within connect_timeout_s).
     `pinned` None: the server must show a certificate the system's CAs sign for its name."""
     async with asyncio.timeout(timeout_s):
         target = _Target.of(url)
-        reader, writer = await _connect(target, pinned, connect_timeout_s, make_socket)
+        reader, writer = await _connect(target, pinned, connect_timeout_s, tune_socket)
         try:
             return await _exchange(reader, writer, target, method, body, credential)
         finally:
@@ -103,25 +109,24 @@ async def _connect(
     target: _Target,
     pinned: PinnedCertificates | None,
     timeout_s: float,
-    make_socket: SocketFactory,
+    tune_socket: SocketTuning,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout_s):
         try:
-            addresses = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
-        except UnicodeError:  # the IDNA codec's: a label over 63 characters, say
-            raise RequestFailed(f"not a host name: {target.host[:200]!r}") from None
-        sock = await _first_answering(loop, addresses, make_socket)
-        try:
             reader, writer = await asyncio.open_connection(
-                sock=sock,
+                target.host,
+                target.port,
                 ssl=_context(pinned),
                 server_hostname=target.host,
                 ssl_handshake_timeout=timeout_s,
+                # A name with several addresses (instances, IPv6 beside IPv4): the next is tried
+                # this long after the one before, not after its whole timeout (RFC 8305 §5).
+                happy_eyeballs_delay=NEXT_ADDRESS_AFTER_S,
+                interleave=1,
             )
-        except BaseException:
-            sock.close()
-            raise
+        except UnicodeError:  # the IDNA codec's: a label over 63 characters, say
+            raise RequestFailed(f"not a host name: {target.host[:200]!r}") from None
+    tune_socket(writer.get_extra_info("socket"))
     if pinned is not None:
         ssl_object = writer.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
@@ -129,28 +134,6 @@ async def _connect(
             writer.close()
             raise WrongKey("its TLS key is not the pinned one")
     return reader, writer
-
-
-async def _first_answering(
-    loop: asyncio.AbstractEventLoop,
-    addresses: list[tuple[Any, ...]],
-    make_socket: SocketFactory,
-) -> socket.socket:
-    """A connected socket to the first address that takes it (a name may have several)."""
-    failure: OSError = OSError("the name has no address")
-    for family, kind, protocol, _, address in addresses:
-        sock = make_socket(family, kind, protocol)
-        try:
-            sock.setblocking(False)
-            await loop.sock_connect(sock, address)
-            return sock
-        except OSError as error:
-            sock.close()
-            failure = error
-        except BaseException:
-            sock.close()
-            raise
-    raise failure
 
 
 def _context(pinned: PinnedCertificates | None) -> ssl.SSLContext:

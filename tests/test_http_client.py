@@ -12,6 +12,7 @@ import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,7 @@ from meshpeer.common import pinning
 from meshpeer.common.keys import encode_key
 from meshpeer.peer import client, http
 from meshpeer.peer.state import Membership
+from meshpeer.peer.timers import DEAD_CONNECTION_S
 from meshpeer.rendezvous import tls
 
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -385,3 +387,33 @@ def member_of(api_url: str, pin: str, credential: str) -> Membership:
         rendezvous_address="100.64.0.1",
         tls_pin=pin,
     )
+
+
+def test_the_agent_s_connection_carries_its_keepalive_options(tmp_path: Path) -> None:
+    """The failover notices a silent host by TCP keepalives (client._probing): they must be
+    on the socket the request really uses."""
+    seen: list[tuple[int, int]] = []
+
+    def probing_and_reading(sock: Any) -> None:
+        client._probing(sock)
+        seen.append(
+            (
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+            )
+        )
+
+    async def scenario() -> http.Answer:
+        ok = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        async with server(tmp_path, ok) as (url, pin):
+            return await http.request(
+                "GET",
+                url,
+                pinning.PinnedCertificates(pin),
+                connect_timeout_s=5,
+                timeout_s=5,
+                tune_socket=probing_and_reading,
+            )
+
+    assert asyncio.run(scenario()).status == 200
+    assert seen == [(1, int(DEAD_CONNECTION_S * 1000))]
