@@ -91,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DNS_SD_POLL_S,
         metavar="SECONDS",
-        help=f"seconds between DNS-SD polls (default {DNS_SD_POLL_S:g}; the lab shortens it)",
+        help=(
+            f"seconds between DNS-SD reads while the watch fails and a path is down "
+            f"(default {DNS_SD_POLL_S:g}; the lab shortens it)"
+        ),
     )
     run.add_argument(
         "--force",
