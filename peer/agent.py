@@ -287,8 +287,11 @@ class Agent:
                 next_round_s = await self.reconcile(live)
             except (BackendError, UapiError, OSError) as error:
                 logger.warning("could not configure the interface yet: %s", error)
+            # asyncio.timeout, not wait_for: 3.11's wait_for returns when the wake and a
+            # cancel (a stop) come in one loop iteration, and the loop went on.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), next_round_s)
+                async with asyncio.timeout(next_round_s):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def _remake_interface(self, live: Live) -> None:

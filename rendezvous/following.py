@@ -42,8 +42,11 @@ class ChangeFollower:
         feed = asyncio.create_task(self._store.follow_changes(self._nudged.set), name="feed")
         try:
             while True:
+                # asyncio.timeout, not wait_for: 3.11's wait_for returns when the event and a
+                # cancel come in one loop iteration, and the loop then never stopped.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._nudged.wait(), FOLLOW_SAFETY_POLL_S)
+                    async with asyncio.timeout(FOLLOW_SAFETY_POLL_S):
+                        await self._nudged.wait()
                 self._nudged.clear()
                 try:
                     await self.sync()

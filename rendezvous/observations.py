@@ -103,7 +103,8 @@ class Observations:
         """Serving only, until cancelled."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._endpoint_moved.wait(), LAZY_FLUSH_S)
+                async with asyncio.timeout(LAZY_FLUSH_S):  # not wait_for: following.py says why
+                    await self._endpoint_moved.wait()
                 await asyncio.sleep(ENDPOINT_FLUSH_S)  # let a burst of moves share one commit
             self._endpoint_moved.clear()
             self.publish_held(time.time())

@@ -68,7 +68,8 @@ class WatchLog:
         when closing. A full answer's peers are in no particular order."""
         if epoch == self.epoch and since == self.revision and not self.closing:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):  # not wait_for: following.py says why
+                    await self.changed.wait()
                 if not self.closing:
                     await asyncio.sleep(WATCH_COALESCE_S)  # a burst of changes: one answer
         oldest = self.entries[0][0] if self.entries else self.revision + 1
