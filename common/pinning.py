@@ -53,12 +53,17 @@ def certificate_digest(der: bytes) -> str:
 PinOf = Callable[[bytes], Awaitable[str]]
 
 
-async def pin_here(der: bytes) -> str:
-    """pin_of_certificate in this process; "" for bytes that are not a certificate."""
+def pin_if_certificate(der: bytes) -> str:
+    """pin_of_certificate, or "" for bytes that are not a certificate."""
     try:
         return pin_of_certificate(der)
     except ValueError:
         return ""
+
+
+async def pin_here(der: bytes) -> str:
+    """pin_if_certificate in this process (the join process's; the agent asks that one)."""
+    return pin_if_certificate(der)
 
 
 class PinnedCertificates:

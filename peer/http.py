@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import ssl
 from collections.abc import Callable
@@ -116,7 +117,7 @@ async def _connect(
             reader, writer = await asyncio.open_connection(
                 target.host,
                 target.port,
-                ssl=_context(pinned),
+                ssl=_context(pinned is not None),
                 server_hostname=target.host,
                 ssl_handshake_timeout=timeout_s,
                 # A name with several addresses (instances, IPv6 beside IPv4): the next is tried
@@ -136,10 +137,11 @@ async def _connect(
     return reader, writer
 
 
-def _context(pinned: PinnedCertificates | None) -> ssl.SSLContext:
+@functools.cache  # one of each per process: the CA store is read once, not per long poll
+def _context(pinned: bool) -> ssl.SSLContext:
     """The pin is the whole check (no CA signs a rendezvous's own certificate); without one,
     the system's CAs and the host name, as a TLS proxy in front of the API presents."""
-    if pinned is None:
+    if not pinned:
         context = ssl.create_default_context()
     else:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from meshpeer.common import proof
 from meshpeer.common.errors import InvalidInput
 from meshpeer.common.keys import encode_key
-from meshpeer.common.pinning import certificate_digest, pin_of_certificate
+from meshpeer.common.pinning import certificate_digest, pin_if_certificate
 from meshpeer.common.tokens import JoinToken
 from meshpeer.common.tokens import decode as decode_token
 
@@ -80,12 +80,9 @@ async def join(
 def certificate_pin(state: StateDir, der: bytes) -> str:
     """The certificate's pin ("" if it is none); remembered in the state folder when it is
     the membership's, so the agent started again need not ask."""
-    try:
-        pin = pin_of_certificate(der)
-    except ValueError:
-        return ""
+    pin = pin_if_certificate(der)
     membership = state.membership()
-    if membership is not None and membership.tls_pin == pin:
+    if pin and membership is not None and membership.tls_pin == pin:
         digests = (*state.certificates(), certificate_digest(der))
         state.save_certificates(tuple(dict.fromkeys(digests)))
     return pin
