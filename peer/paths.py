@@ -31,6 +31,7 @@ class PathState:
     last_lan_try: float | None = None  # when a live path (direct or relayed) last tried the LAN
     last_direct_try: float | None = None
     lan_tried: Endpoint | None = None  # the LAN endpoint a path tried last
+    try_answered: bool = False  # the try above was reached and answered at once (try_over)
     echoed: Endpoint | None = None  # the direct endpoint we answered on, once
     fresh: bool = False  # write the WireGuard peer anew this round (a new session at once)
     punched_again: float | None = None  # the turn (its start) whose second initiation went
@@ -285,7 +286,7 @@ def _try_direct(
     *,
     back: Endpoint | None = None,
 ) -> PeerConfig:
-    state.direct_try, state.try_back = (now, status.rx_bytes), back
+    state.direct_try, state.try_back, state.try_answered = (now, status.rx_bytes), back, False
     return punched(replace(config, endpoint=endpoint), state, now)
 
 
@@ -293,10 +294,21 @@ def try_over(
     state: PathState, status: PeerStatus, relay: Endpoint | None, config: PeerConfig, now: float
 ) -> PeerConfig | None:
     """A try of a better path that nothing answered within DIRECT_TRY_S: back to where it
-    came from (the relay, or the public endpoint a LAN try left)."""
-    if state.direct_try is None or now - state.direct_try[0] < timers.DIRECT_TRY_S:
+    came from (the relay, or the public endpoint a LAN try left).
+
+    A try that the peer reaches is answered at once, not at its end. A try sends a keepalive,
+    which nothing answers, and both sides of a pair try at about the same time: the packet that
+    went out first was dropped by the other NAT, whose pinhole the later one opens. The side
+    that was reached must send back while the other side's try still runs."""
+    if state.direct_try is None:
         return None
     started, rx = state.direct_try
+    if now - started < timers.DIRECT_TRY_S:
+        reached = status.rx_bytes > rx and status.endpoint == state.endpoint
+        if not reached or state.try_answered:
+            return None
+        state.try_answered = True  # once: the try's end answers again if it still must
+        return replace(config, endpoint=state.endpoint, kick=True)
     back, what = (state.try_back, "LAN") if state.try_back else (relay, "direct")
     state.direct_try = state.try_back = None
     if status.endpoint == back or back is None:

@@ -17,6 +17,7 @@ from meshpeer.dns.naming import instance_label as label_of_key
 from meshpeer.peer.timers import REPUNCH_S
 from tests.lab import Host, Lab, NatType, Router
 from tests.lab.agents import MeshAgent, all_direct
+from tests.lab.api_hold import hold_api, let_api_through
 from tests.lab.netns import run
 from tests.lab.rendezvous import DNS_PORT, RendezvousServer
 from tests.lab.wait import wait_until
@@ -67,22 +68,6 @@ def hijack_dns(router: Router, rendezvous: Host, attacker: Host) -> None:
         f"{rules}\n  }}\n}}\n"
     )
     run(["ip", "netns", "exec", router.ns, "nft", "-f", "-"], stdin=ruleset)
-
-
-def hold_api(router: Router, rendezvous: Host, port: int) -> None:
-    """The router drops the agent's connections to the rendezvous's API (its DNS still goes
-    through): the watch stops answering, which is when an agent reads DNS-SD."""
-    rule = f'iifname "lan" ip daddr {rendezvous.address} tcp dport {port} drop'
-    ruleset = (
-        "table ip holdapi {\n  chain forward {\n"
-        "    type filter hook forward priority filter - 10; policy accept;\n"
-        f"    {rule}\n  }}\n}}\n"
-    )
-    run(["ip", "netns", "exec", router.ns, "nft", "-f", "-"], stdin=ruleset)
-
-
-def let_api_through(router: Router) -> None:
-    run(["ip", "netns", "exec", router.ns, "nft", "delete", "table", "ip", "holdapi"])
 
 
 def hostile_instance(public_key: str, endpoint: Host, *txt: str) -> dict[str, object]:
@@ -153,7 +138,7 @@ def test_hostile_dns_sd_answers_add_no_peer_no_route_and_no_uapi_line(lab: Lab) 
     )
     assert wait_until(lambda: "serving" in fake.output(), 10), fake.output()
     hijack_dns(home, server.host, attacker)
-    hold_api(home, server.host, int(server.api_url.rsplit(":", 1)[1]))
+    hold_api(home, server.host)
 
     # Three polls answered: the second one's peers have been through reconcile by then. (Not
     # asserted yet: a default route into the tunnel would swallow the later queries.)

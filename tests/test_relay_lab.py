@@ -11,8 +11,10 @@ import time
 
 import pytest
 
+from meshpeer.peer.timers import DIRECT_FIRST_TRY_S
 from tests.lab import Lab, NatType
-from tests.lab.agents import MeshAgent
+from tests.lab.agents import MeshAgent, all_direct
+from tests.lab.api_hold import hold_api, let_api_through
 from tests.lab.rendezvous import RendezvousServer
 from tests.lab.wait import wait_until
 
@@ -96,3 +98,26 @@ def test_every_pair_connects_and_only_those_that_must_are_relayed(lab: Lab) -> N
     logged = "".join(agent.output() for agent in agents)
     assert re.search(r"punch failed for \d+ s: relaying via", logged), logged
     assert "-> relay (handshake through the relay" in logged, logged
+
+
+def test_a_pair_relayed_while_one_side_was_deaf_goes_direct_at_its_first_try(lab: Lab) -> None:
+    # A late joiner punches a peer that cannot hear of it yet (its API connection held, as on a
+    # rendezvous restart): the punch fails, and the pair, which could go direct, is relayed.
+    # Both sides try the direct path about 10 s later; only the late joiner's NAT has a pinhole
+    # then, so only one side's packet gets in, and the side it reached must answer at once or
+    # the pair stays relayed for 5 minutes (CI saw it; tests/test_relay_paths.py has the round).
+    server = RendezvousServer(lab.add_public_host("rendezvous")).start()
+    token = server.token(2)
+    home = lab.add_nat("home", NatType.PORT_RESTRICTED)
+    deaf = MeshAgent(home.add_host("deaf"), "deaf").start(token)
+    assert wait_until(lambda: deaf.status() is not None, 20), deaf.output()
+    hold_api(home, server.host)
+    late = MeshAgent(lab.add_nat("cafe", NatType.PORT_RESTRICTED).add_host("late"), "late")
+    late.start(token)
+    assert wait_until(lambda: "punch failed for" in late.output(), 20), late.output()
+    let_api_through(home)
+    assert wait_until(lambda: "-> relay (" in late.output(), 30), late.output() + deaf.output()
+    # The first try is DIRECT_FIRST_TRY_S after the relay; a missed one waits DIRECT_RETRY_S.
+    assert wait_until(lambda: all_direct([deaf, late]), DIRECT_FIRST_TRY_S + 30), (
+        late.output() + deaf.output()
+    )

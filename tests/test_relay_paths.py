@@ -100,6 +100,30 @@ def test_a_relayed_pair_tries_direct_when_the_mapping_moves_and_keeps_what_answe
     assert any("relay -> direct (a direct path answers)" in event for event in done.events)
 
 
+def test_a_direct_try_answers_at_once_what_reaches_it_inside_the_other_sides_window() -> None:
+    # Both sides of a relayed pair try at about the same time, and a keepalive carries a try:
+    # nothing answers it. The side whose packet got in first (the other NAT had a pinhole) hears
+    # nothing back, since the other side's packet went out before ours opened our own NAT. If
+    # the side that was reached answers only at the end of its try, the first side has gone
+    # back to the relay by then, its kick moves the other side there too, and the pair stays
+    # relayed until the next periodic try, 5 minutes on (a lab flake found it).
+    mesh = mesh_with(names_us=True)
+    mesh.plan(DeviceStatus(), 100.0)
+    mesh.plan(device(RELAY, handshake=100.5, rx=100), 101.0)
+    moved = RemotePeer(PEER, "nas", "10.77.0.3", (), MOVED, frozenset({OWN}))
+    mesh.merge(api_list([moved]))
+    [trying] = mesh.plan(device(RELAY, handshake=100.5, rx=100), 102.0).set_peers
+    assert trying.endpoint == MOVED and trying.kick
+    reached = device(MOVED, handshake=100.5, rx=132)  # the other side's try got in
+    [answer] = mesh.plan(reached, 102.0 + SETTLING_TICK_S).set_peers
+    assert answer.endpoint == MOVED and answer.kick
+    assert not mesh.plan(reached, 102.0 + 2 * SETTLING_TICK_S).set_peers  # once a try
+    assert mesh.path(PEER) == "relay"  # still a try: its end decides
+    mesh.plan(reached, 102.0 + DIRECT_TRY_S)
+    mesh.plan(reached, 103.0 + DIRECT_TRY_S)
+    assert mesh.path(PEER) == "direct"
+
+
 def test_a_direct_try_nothing_answers_goes_back_to_the_relay_within_the_try() -> None:
     mesh = mesh_with(names_us=True)
     mesh.plan(DeviceStatus(), 100.0)
