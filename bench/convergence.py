@@ -31,7 +31,7 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from loadgen import machine, uapi_exchange
@@ -47,6 +47,7 @@ from tests.lab.rendezvous import RendezvousServer
 
 POLL_S = 0.01
 TIMEOUT_S = 60.0
+LOG_LINES = 30  # of each agent's log, when a case times out
 
 
 def handshaken_addresses(agent: MeshAgent) -> set[str]:
@@ -88,13 +89,21 @@ def all_pairs(agents: list[MeshAgent]) -> bool:
     return True
 
 
-def wait(predicate: Callable[[], bool], what: str) -> float:
+def wait(predicate: Callable[[], bool], what: str, agents: Sequence[MeshAgent]) -> float:
     deadline = time.monotonic() + TIMEOUT_S
     while not predicate():
         if time.monotonic() > deadline:
+            explain(agents)
             raise SystemExit(f"{what} did not happen within {TIMEOUT_S:.0f} s")
         time.sleep(POLL_S)
     return time.time()
+
+
+def explain(agents: Sequence[MeshAgent]) -> None:
+    """What each agent saw, on stderr: a case that timed out in CI is read from this alone."""
+    for agent in agents:
+        log = agent.output().splitlines()[-LOG_LINES:]
+        print(f"--- {agent.name}: paths {agent.paths()}", *log, sep="\n", file=sys.stderr)
 
 
 def build(lab: Lab, count: int) -> tuple[str, list[MeshAgent], list[Router]]:
@@ -114,7 +123,7 @@ def formation(count: int, join: bool) -> dict[str, float]:
         started = time.time()
         for agent in agents:
             agent.start(token)
-        done = wait(lambda: all_pairs(agents), f"all pairs of {count}")
+        done = wait(lambda: all_pairs(agents), f"all pairs of {count}", agents)
         figures[f"all pairs, {count} peers"] = done - started
         if count == 2:
             second = max(registered_at(agent) or started for agent in agents)
@@ -124,7 +133,8 @@ def formation(count: int, join: bool) -> dict[str, float]:
             late = MeshAgent(late_site.add_host("late"), "late")
             started = time.time()
             late.start(token)
-            done = wait(lambda: all_pairs([*agents, late]), "the late joiner's pairs")
+            everyone = [*agents, late]
+            done = wait(lambda: all_pairs(everyone), "the late joiner's pairs", everyone)
             figures[f"join a mesh of {count}, from start"] = done - started
             figures[f"join a mesh of {count}, from registration"] = done - (
                 registered_at(late) or started
@@ -138,11 +148,11 @@ def heal() -> float:
         token, agents, routers = build(lab, 2)
         for agent in agents:
             agent.start(token)
-        wait(lambda: all_pairs(agents), "the pair")
+        wait(lambda: all_pairs(agents), "the pair", agents)
         first, second = agents
         target = mesh_address(second) or "unknown"
         pinger = first.host.spawn("ping", ["ping", "-D", "-n", "-i", "0.05", "-W", "1", target])
-        wait(lambda: "bytes from" in pinger.output(), "the first ping")
+        wait(lambda: "bytes from" in pinger.output(), "the first ping", agents)
         time.sleep(0.5)
         reset = time.time()
         routers[0].reset_mappings()
@@ -151,7 +161,7 @@ def heal() -> float:
         def replied_after_reset() -> bool:
             return any(float(stamp) > reset + 0.2 for stamp in replies.findall(pinger.output()))
 
-        wait(replied_after_reset, "pings after the NAT reset")
+        wait(replied_after_reset, "pings after the NAT reset", agents)
         stamps = [float(stamp) for stamp in replies.findall(pinger.output())]
         pinger.stop()
         return min(stamp for stamp in stamps if stamp > reset + 0.2) - reset
@@ -172,14 +182,14 @@ def roam() -> float:
         cafe = lab.add_nat("cafe", NatType.PORT_RESTRICTED)
         for agent in agents:
             agent.start(token)
-        wait(lambda: all_pairs(agents), "all pairs")
+        wait(lambda: all_pairs(agents), "all pairs", agents)
         mover, *others = agents
         pingers = []
         for other in others:
             target = mesh_address(other) or "unknown"
             command = ["ping", "-D", "-n", "-i", "0.05", "-W", "1", target]
             pingers.append(mover.host.spawn(f"ping-{other.name}", command))
-        wait(lambda: all("bytes from" in p.output() for p in pingers), "the first pings")
+        wait(lambda: all("bytes from" in p.output() for p in pingers), "the first pings", agents)
         time.sleep(0.5)
         moved = time.time()
         mover.host.move_to(cafe)
@@ -187,7 +197,7 @@ def roam() -> float:
         def all_replied() -> bool:
             return all(first_reply_after(p.output(), moved + 0.2) for p in pingers)
 
-        wait(all_replied, "pings after the move")
+        wait(all_replied, "pings after the move", agents)
         replies = [first_reply_after(p.output(), moved + 0.2) or moved for p in pingers]
         for pinger in pingers:
             pinger.stop()
@@ -205,15 +215,15 @@ def upgrade() -> tuple[float, float]:
         for agent in agents:
             hold_mdns(agent.host, True)
             agent.start(token)
-        wait(lambda: all(set(a.paths().values()) == {"direct"} for a in agents), "direct")
+        wait(lambda: all(set(a.paths().values()) == {"direct"} for a in agents), "direct", agents)
         first, second = agents
         target = mesh_address(second) or "unknown"
         pinger = first.host.spawn("ping", ["ping", "-D", "-n", "-i", "0.05", "-W", "1", target])
-        wait(lambda: "bytes from" in pinger.output(), "the first ping")
+        wait(lambda: "bytes from" in pinger.output(), "the first ping", agents)
         opened = time.time()
         for agent in agents:
             hold_mdns(agent.host, False)
-        done = wait(lambda: all(set(a.paths().values()) == {"lan"} for a in agents), "lan")
+        done = wait(lambda: all(set(a.paths().values()) == {"lan"} for a in agents), "lan", agents)
         time.sleep(1.0)
         stamps = [float(stamp) for stamp in REPLY.findall(pinger.output()) if float(stamp) > opened]
         pinger.stop()
