@@ -32,6 +32,7 @@ class PathState:
     last_direct_try: float | None = None
     lan_tried: Endpoint | None = None  # the LAN endpoint a path tried last
     try_answered: bool = False  # the try above was reached and answered at once (try_over)
+    try_set_again: bool = False  # ... or WireGuard roamed back from it, and it was set again
     echoed: Endpoint | None = None  # the direct endpoint we answered on, once
     fresh: bool = False  # write the WireGuard peer anew this round (a new session at once)
     punched_again: float | None = None  # the turn (its start) whose second initiation went
@@ -286,8 +287,26 @@ def _try_direct(
     *,
     back: Endpoint | None = None,
 ) -> PeerConfig:
-    state.direct_try, state.try_back, state.try_answered = (now, status.rx_bytes), back, False
+    state.direct_try, state.try_back = (now, status.rx_bytes), back
+    state.try_answered = state.try_set_again = False
     return punched(replace(config, endpoint=endpoint), state, now)
+
+
+def _during_try(
+    state: PathState, status: PeerStatus, rx: int, config: PeerConfig
+) -> PeerConfig | None:
+    """Once a try each: answer a peer that reached the tried endpoint, and set a LAN try again
+    that WireGuard roamed back from. A packet the peer sent on the old path before our try
+    reached it (a ping's reply in the NAT's hairpin) moves WireGuard back there; our next one
+    then moves the peer back too, and the pair stays on the public path for LAN_TRY_EVERY_S."""
+    tried = state.endpoint
+    if status.endpoint == tried and status.rx_bytes > rx and not state.try_answered:
+        state.try_answered = True  # the try's end answers again if it still must
+        return replace(config, endpoint=tried, kick=True)
+    if status.endpoint == state.try_back is not None and not state.try_set_again:
+        state.try_set_again = True
+        return replace(config, endpoint=tried, kick=True)
+    return None
 
 
 def try_over(
@@ -304,11 +323,7 @@ def try_over(
         return None
     started, rx = state.direct_try
     if now - started < timers.DIRECT_TRY_S:
-        reached = status.rx_bytes > rx and status.endpoint == state.endpoint
-        if not reached or state.try_answered:
-            return None
-        state.try_answered = True  # once: the try's end answers again if it still must
-        return replace(config, endpoint=state.endpoint, kick=True)
+        return _during_try(state, status, rx, config)
     back, what = (state.try_back, "LAN") if state.try_back else (relay, "direct")
     state.direct_try = state.try_back = None
     if status.endpoint == back or back is None:

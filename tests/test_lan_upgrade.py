@@ -186,6 +186,25 @@ def test_an_unanswered_lan_try_goes_back_within_2_s_and_waits_a_minute() -> None
     assert again.endpoint == PEER_LAN
 
 
+def test_a_lan_try_that_a_packet_on_the_hairpin_moved_back_is_set_again_once() -> None:
+    """The peer's last packet on the public path (a ping's reply in the NAT's hairpin) arrives
+    just after our try went out, and WireGuard roams back to the public endpoint: our next
+    packet would move the peer back there too, and the pair would stay on the hairpin for
+    LAN_TRY_EVERY_S. The try is set again, once; a LAN that never answers still costs one try."""
+    mesh, wire = public_path_mesh(OWN_PUBLIC_SAME_NAT, (PEER_LAN,))
+    mesh.merge(sighted("lan", {PEER: [PEER_LAN]}))
+    wire.apply(mesh, 102.0)
+    assert wire.endpoint == PEER_LAN
+    wire.endpoint, wire.rx = PUBLIC, wire.rx + 100  # the reply from the hairpin
+    [again] = mesh.plan(wire.status(), 102.25).set_peers
+    assert again.endpoint == PEER_LAN and again.kick
+    wire.endpoint, wire.rx = PUBLIC, wire.rx + 100  # and again: a LAN that does not work
+    assert mesh.plan(wire.status(), 102.5).set_peers == []
+    assert mesh.plan(wire.status(), 102.0 + DIRECT_TRY_S).set_peers == []  # roamed back: over
+    for second in range(105, 102 + int(LAN_TRY_EVERY_S)):
+        assert mesh.plan(wire.status(), float(second)).set_peers == [], second
+
+
 def test_a_peer_that_reaches_us_on_its_reported_lan_endpoint_is_answered_there() -> None:
     """Its try of our LAN address made our WireGuard roam to its LAN endpoint: a keepalive
     back there, once, is what its try waits for."""
