@@ -154,7 +154,7 @@ def main() -> None:
         token, agents, _ = build(lab, args.peers)
         for agent in agents:
             agent.start(token)
-        wait(lambda: all_pairs(agents), "all pairs")
+        wait(lambda: all_pairs(agents), "all pairs", agents)
         time.sleep(min(5.0, args.seconds))  # past the start-up work
         pids = {}
         for agent in agents:
