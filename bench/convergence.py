@@ -58,7 +58,7 @@ def handshaken_addresses(agent: MeshAgent) -> set[str]:
         device = uapi.parse_get(uapi_exchange(control, uapi.get_request()))
     except (OSError, uapi.UapiError):
         return set()
-    found = set()
+    found: set[str] = set()
     for peer in device.peers.values():
         if peer.latest_handshake:
             found.update(

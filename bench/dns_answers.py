@@ -42,13 +42,14 @@ import dns.exception
 import dns.message
 import dns.name
 import dns.rdatatype
-from loadgen import LOAD_CORE, SERVER_CORE, machine
 
 from meshpeer.dns.naming import instance_name
 from meshpeer.dns.ratelimit import ResponseRateLimiter
 from meshpeer.dns.records import PeerEntry, Zone, ZoneConfig
 from meshpeer.dns.server import ANSWER_CACHE_SIZE, Authority
 from meshpeer.rendezvous.dnsserve import DnsServer
+
+from loadgen import LOAD_CORE, SERVER_CORE, machine
 
 ZONE = dns.name.from_text("mesh.internal.")
 SERVICE = "_wireguard._udp.mesh.internal."

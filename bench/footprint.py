@@ -33,14 +33,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import loadgen
-from convergence import all_pairs, build, wait
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.lab
 
 from tests.lab import Lab
 
+import loadgen
+from convergence import all_pairs, build, wait
+
 
 def children(pid: int) -> list[int]:
-    found = []
+    found: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         text = (task / "children").read_text().split()
         found.extend(int(child) for child in text)

@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import loadgen
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from meshpeer.peer import uapi
@@ -38,6 +37,8 @@ from meshpeer.rendezvous import noise, settings
 from meshpeer.rendezvous.handshake import Responder
 from meshpeer.rendezvous.initiator import Initiator
 from meshpeer.rendezvous.registry import Registry
+
+import loadgen
 
 BIN = Path(sys.executable).parent
 OURS_PORT, WIREGUARD_GO_PORT = 51820, 51830

@@ -25,12 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.loadgen import machine
 from meshpeer.rendezvous import settings as config
 from meshpeer.rendezvous.model import Peer
 from meshpeer.rendezvous.registry import Registry
 from tests.joining import Joiner
 from tests.pgcluster import Cluster, private_cluster
+
+from loadgen import machine
 
 SERVED = config.Overrides(network="10.64.0.0/16", public_endpoint="192.0.2.10:51820")
 

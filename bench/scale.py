@@ -44,15 +44,16 @@ import asyncpg
 import dns.name
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from bench import loadgen
-from bench.pgstatements import WITH_STATEMENTS, count_statements, top_statements
-from bench.scalepeers import WG_PORT, Simulation
-from bench.scalereport import Figures, report, report_ratios
 from meshpeer.dns.naming import instance_name
 from meshpeer.rendezvous import settings
 from meshpeer.rendezvous.datadir import DATABASE_NAME
 from meshpeer.rendezvous.registry import Registry
 from tests.pgcluster import NO_TCP, Cluster, private_cluster
+
+import loadgen
+from pgstatements import WITH_STATEMENTS, count_statements, top_statements
+from scalepeers import WG_PORT, Simulation
+from scalereport import Figures, report, report_ratios
 
 BIN = Path(sys.executable).parent
 API_PORT, DNS_PORT = 51821, 5300

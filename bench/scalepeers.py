@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from bench import loadgen
 from meshpeer.rendezvous import wire
 from meshpeer.rendezvous.initiator import HandshakeFailed, Initiator
+
+import loadgen
 
 WG_PORT = 51820
 # WireGuard's persistent keepalive as agents set it, and its REKEY_AFTER_TIME.

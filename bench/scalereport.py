@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from bench.scalepeers import KEEPALIVE_S, REKEY_S
+from scalepeers import KEEPALIVE_S, REKEY_S
 
 
 @dataclass(slots=True)
