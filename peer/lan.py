@@ -83,6 +83,11 @@ class LanDiscovery:
         self._zeroconf: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._resolving: dict[str, asyncio.Task[None]] = {}
+        # Names announced and not resolved yet (bounded: MAX_SERVICE_NAMES). zeroconf tells of a
+        # name once, when its PTR record is new; a resolve skipped in a flood or timed out would
+        # not be tried again until that record expired (75 minutes), and asking again does not
+        # help: the PTR goes with the question as a known answer. `ask_again` resolves them.
+        self._unresolved: dict[str, None] = {}
         self._warned_full = False
 
     async def start(self) -> None:
@@ -117,7 +122,8 @@ class LanDiscovery:
     def ask_again(self) -> None:
         """One more multicast question for our service type (neighbours.py says when). The
         services we already know go with it as known answers (RFC 6762 §7.1): only the others
-        answer. What answers reaches the browser as any announcement does."""
+        answer. What answers reaches the browser as any announcement does. Names known and not
+        resolved yet are resolved again, as many as MAX_PENDING_RESOLVES allows."""
         if self._zeroconf is None:
             return
         zc = self._zeroconf.zeroconf
@@ -130,30 +136,47 @@ class LanDiscovery:
             zc.async_send(query)
         except (OSError, zeroconf.Error) as error:  # stopping, or the address just went
             logger.debug("mDNS: cannot ask again: %s", error)
+        for name in list(self._unresolved):
+            if len(self._resolving) >= MAX_PENDING_RESOLVES:
+                break
+            if name not in self._resolving:
+                # To the back: after a flood of names, each question retries the next ones.
+                del self._unresolved[name]
+                self._unresolved[name] = None
+                self._start_resolve(name)
 
     def _on_service_state_change(
         self, zeroconf: Any, service_type: str, name: str, state_change: ServiceStateChange
     ) -> None:
         if state_change is ServiceStateChange.Removed:
+            self._unresolved.pop(name, None)
             if self._sightings.pop(name, None) is not None:
                 self._publish()
             return
+        if name in self._unresolved or len(self._unresolved) < MAX_SERVICE_NAMES:
+            self._unresolved[name] = None
+        self._start_resolve(name)
+
+    def _start_resolve(self, name: str) -> None:
         if name in self._resolving or len(self._resolving) >= MAX_PENDING_RESOLVES:
-            return  # an update of a name being resolved, or a flood: the next update retries
+            return  # an update of a name being resolved, or a flood: `ask_again` retries
         task = asyncio.get_running_loop().create_task(self._resolve(name))
         self._resolving[name] = task
         task.add_done_callback(lambda _: self._resolving.pop(name, None))
 
     async def _resolve(self, name: str) -> None:
         if self._zeroconf is None or not self._room_for(name):
+            self._unresolved.pop(name, None)
             return
         try:
             info = AsyncServiceInfo(SERVICE_TYPE, name)
             if not await info.async_request(self._zeroconf.zeroconf, RESOLVE_TIMEOUT_MS):
-                return
+                return  # not answered: still unresolved
         except zeroconf.Error as error:  # a name zeroconf itself will not ask about
             logger.debug("mDNS: cannot resolve %r: %s", name[:80], error)
+            self._unresolved.pop(name, None)
             return
+        self._unresolved.pop(name, None)  # answered: its updates come as events
         sighting = parse_sighting(info.properties, info.parsed_addresses(), info.port)
         if sighting is None or sighting[0] == self.public_key:
             return
