@@ -87,8 +87,12 @@ class LanDiscovery:
         # name once, when its PTR record is new; a resolve skipped in a flood or timed out would
         # not be tried again until that record expired (75 minutes), and asking again does not
         # help: the PTR goes with the question as a known answer. `ask_again` resolves them.
-        self._unresolved: dict[str, None] = {}
+        # Each with the count of its resolves that timed out: a full table makes room by the
+        # name that failed most (the oldest of those), so names announced once in a burst and
+        # never answered cannot shut out a name announced after them.
+        self._unresolved: dict[str, int] = {}
         self._warned_full = False
+        self._stopped = False
 
     async def start(self) -> None:
         if not self.addresses:
@@ -111,19 +115,26 @@ class LanDiscovery:
         logger.info("mDNS: announcing %s on %s", SERVICE_TYPE, ", ".join(self.addresses))
 
     async def stop(self) -> None:
+        # Stopped first: an event zeroconf delivers while the browser is cancelled, or an
+        # ask_again, starts no resolve on a closing zeroconf that nothing would cancel.
+        zc, self._zeroconf, self._stopped = self._zeroconf, None, True
         for task in list(self._resolving.values()):
             task.cancel()
         if self._browser is not None:
             await self._browser.async_cancel()
-        if self._zeroconf is not None:
-            await self._zeroconf.async_unregister_all_services()
-            await self._zeroconf.async_close()
+        if zc is not None:
+            await zc.async_unregister_all_services()
+            await zc.async_close()
 
     def ask_again(self) -> None:
         """One more multicast question for our service type (neighbours.py says when). The
         services we already know go with it as known answers (RFC 6762 §7.1): only the others
         answer. What answers reaches the browser as any announcement does. Names known and not
-        resolved yet are resolved again, as many as MAX_PENDING_RESOLVES allows."""
+        resolved yet are resolved again, MAX_PENDING_RESOLVES at most, the ones that failed
+        least first and the newest of those first: a flood sent before a name cannot keep it
+        waiting (names that keep coming after it can, as they can fill any table). Their own
+        budget: a neighbour that keeps the announcements' resolves in flight cannot stop
+        these."""
         if self._zeroconf is None:
             return
         zc = self._zeroconf.zeroconf
@@ -136,29 +147,35 @@ class LanDiscovery:
             zc.async_send(query)
         except (OSError, zeroconf.Error) as error:  # stopping, or the address just went
             logger.debug("mDNS: cannot ask again: %s", error)
-        for name in list(self._unresolved):
-            if len(self._resolving) >= MAX_PENDING_RESOLVES:
-                break
-            if name not in self._resolving:
-                # To the back: after a flood of names, each question retries the next ones.
-                del self._unresolved[name]
-                self._unresolved[name] = None
-                self._start_resolve(name)
+        newest_first = reversed(self._unresolved.items())
+        order = sorted(newest_first, key=lambda item: item[1])  # stable: newest first in a tie
+        retries = [name for name, _ in order if name not in self._resolving]
+        for name in retries[:MAX_PENDING_RESOLVES]:
+            self._start_resolve(name, limit=2 * MAX_PENDING_RESOLVES)
 
     def _on_service_state_change(
         self, zeroconf: Any, service_type: str, name: str, state_change: ServiceStateChange
     ) -> None:
         if state_change is ServiceStateChange.Removed:
             self._unresolved.pop(name, None)
+            resolving = self._resolving.get(name)
+            if resolving is not None:
+                resolving.cancel()  # its answer would be of a service gone: nothing removes it
             if self._sightings.pop(name, None) is not None:
                 self._publish()
             return
+        if name not in self._unresolved and len(self._unresolved) >= MAX_SERVICE_NAMES:
+            idle = [item for item in self._unresolved.items() if item[0] not in self._resolving]
+            if idle:  # the one that failed most, the oldest of those (max takes the first)
+                del self._unresolved[max(idle, key=lambda item: item[1])[0]]
         if name in self._unresolved or len(self._unresolved) < MAX_SERVICE_NAMES:
-            self._unresolved[name] = None
+            self._unresolved.setdefault(name, 0)
         self._start_resolve(name)
 
-    def _start_resolve(self, name: str) -> None:
-        if name in self._resolving or len(self._resolving) >= MAX_PENDING_RESOLVES:
+    def _start_resolve(self, name: str, limit: int = MAX_PENDING_RESOLVES) -> None:
+        if self._stopped:
+            return
+        if name in self._resolving or len(self._resolving) >= limit:
             return  # an update of a name being resolved, or a flood: `ask_again` retries
         task = asyncio.get_running_loop().create_task(self._resolve(name))
         self._resolving[name] = task
@@ -171,7 +188,9 @@ class LanDiscovery:
         try:
             info = AsyncServiceInfo(SERVICE_TYPE, name)
             if not await info.async_request(self._zeroconf.zeroconf, RESOLVE_TIMEOUT_MS):
-                return  # not answered: still unresolved
+                if name in self._unresolved:  # not answered: still unresolved
+                    self._unresolved[name] += 1
+                return
         except zeroconf.Error as error:  # a name zeroconf itself will not ask about
             logger.debug("mDNS: cannot resolve %r: %s", name[:80], error)
             self._unresolved.pop(name, None)

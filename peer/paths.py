@@ -293,7 +293,7 @@ def _try_direct(
 
 
 def _during_try(
-    state: PathState, status: PeerStatus, rx: int, config: PeerConfig
+    state: PathState, status: PeerStatus, started: float, rx: int, config: PeerConfig
 ) -> PeerConfig | None:
     """Once a try each: answer a peer that reached the tried endpoint, and set a LAN try again
     that WireGuard roamed back from. A packet the peer sent on the old path before our try
@@ -304,7 +304,9 @@ def _during_try(
         state.try_answered = True  # the try's end answers again if it still must
         return replace(config, endpoint=tried, kick=True)
     if status.endpoint == state.try_back is not None and not state.try_set_again:
-        state.try_set_again = True
+        # What came on the old path is no answer from the tried one: count from here, or the
+        # next round answers it at once and the try's end keeps a LAN that never answered.
+        state.try_set_again, state.direct_try = True, (started, status.rx_bytes)
         return replace(config, endpoint=tried, kick=True)
     return None
 
@@ -323,7 +325,7 @@ def try_over(
         return None
     started, rx = state.direct_try
     if now - started < timers.DIRECT_TRY_S:
-        return _during_try(state, status, rx, config)
+        return _during_try(state, status, started, rx, config)
     back, what = (state.try_back, "LAN") if state.try_back else (relay, "direct")
     state.direct_try = state.try_back = None
     if status.endpoint == back or back is None:
