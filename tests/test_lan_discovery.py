@@ -1,6 +1,8 @@
 """mDNS names that were announced and not resolved (a resolve that timed out, or one skipped
 while a flood of names filled the resolves in flight) are resolved again when the agent asks
-mDNS again: zeroconf tells of a name only once, when its PTR record is new."""
+mDNS again: zeroconf tells of a name only once, when its PTR record is new. Then what a
+neighbour on the LAN can make of that (an outside review): bounded tables, no starvation by a
+burst of names, goodbyes and stops that leave nothing behind."""
 
 from __future__ import annotations
 
@@ -12,18 +14,19 @@ import pytest
 from zeroconf import ServiceStateChange
 
 from meshpeer.peer import lan
-from meshpeer.peer.lan import MAX_PENDING_RESOLVES, LanDiscovery, Sightings
+from meshpeer.peer.lan import MAX_PENDING_RESOLVES, MAX_SERVICE_NAMES, LanDiscovery, Sightings
 
-OWN, PEER = bytes([1]) * 32, bytes([2]) * 32
+PEER = bytes([2]) * 32
+
 REAL = f"nas.{lan.SERVICE_TYPE}"
-
-
-ANSWERING: set[str] = set()  # the names the LAN answers a resolve of (none until the test adds)
+ANSWERING: set[str] = set()  # the names the LAN answers a resolve of
 ASKED: list[str] = []  # every resolve, in order
+HELD: dict[str, asyncio.Event] = {}  # resolves that run until the test lets them time out
 
 
 class Answers:
-    """zeroconf's AsyncServiceInfo, answering from ANSWERING."""
+    """zeroconf's AsyncServiceInfo: answers the names in ANSWERING, times out on the others
+    (at once, or when HELD lets them: a resolve takes MDNS_RESOLVE_TIMEOUT_S, 3 s)."""
 
     def __init__(self, service_type: str, name: str) -> None:
         self.name = name
@@ -32,37 +35,31 @@ class Answers:
 
     async def async_request(self, zc: Any, timeout_ms: int) -> bool:
         ASKED.append(self.name)
-        await asyncio.sleep(0.01)
+        held = HELD.get(self.name)
+        await (held.wait() if held else asyncio.sleep(0.01))
         return self.name in ANSWERING
 
     def parsed_addresses(self) -> list[str]:
-        return ["192.168.1.7"]
+        return ["192.168.7.3"]
 
 
 class Zeroconf:
-    """The few calls `ask_again` makes: an empty cache, and a send that goes nowhere."""
+    """The few calls `ask_again` and `stop` make."""
 
     def __init__(self) -> None:
-        self.zeroconf = self
-        self.cache = self
-        self.sent = 0
+        self.zeroconf = self.cache = self
 
     def async_all_by_details(self, *details: object) -> list[object]:
         return []
 
     def async_send(self, query: object) -> None:
-        self.sent += 1
+        pass
 
+    async def async_unregister_all_services(self) -> None:
+        pass
 
-def discovery(found: list[Sightings]) -> LanDiscovery:
-    discovered = LanDiscovery(OWN, "me", 51820, ["192.168.1.2"], found.append)
-    discovered._zeroconf = Zeroconf()  # type: ignore[assignment]
-    return discovered
-
-
-async def settle(discovered: LanDiscovery) -> None:
-    while discovered._resolving:
-        await asyncio.gather(*discovered._resolving.values())
+    async def async_close(self) -> None:
+        pass
 
 
 @pytest.fixture(autouse=True)
@@ -70,6 +67,29 @@ def answers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lan, "AsyncServiceInfo", Answers)
     ANSWERING.clear()
     ASKED.clear()
+    HELD.clear()
+
+
+def discovery(found: list[Sightings]) -> LanDiscovery:
+    discovered = LanDiscovery(bytes([1]) * 32, "me", 51820, ["192.168.7.2"], found.append)
+    discovered._zeroconf = Zeroconf()  # type: ignore[assignment]
+    return discovered
+
+
+def announce(discovered: LanDiscovery, *names: str) -> None:
+    for name in names:
+        discovered._on_service_state_change(None, "", name, ServiceStateChange.Added)
+
+
+async def settle(discovered: LanDiscovery) -> None:
+    """Until every resolve is over and gone from `_resolving` (none may be HELD)."""
+    while discovered._resolving:
+        await asyncio.gather(*discovered._resolving.values(), return_exceptions=True)
+        await asyncio.sleep(0)  # their done callbacks, which take them out
+
+
+def junk(count: int, start: int = 0) -> list[str]:
+    return [f"junk{n}.{lan.SERVICE_TYPE}" for n in range(start, start + count)]
 
 
 def test_a_name_whose_resolve_timed_out_is_resolved_when_mdns_is_asked_again() -> None:
@@ -87,7 +107,7 @@ def test_a_name_whose_resolve_timed_out_is_resolved_when_mdns_is_asked_again() -
         await settle(discovered)
 
     asyncio.run(scenario())
-    assert found == [{PEER: [("192.168.1.7", 51820)]}]
+    assert found == [{PEER: [("192.168.7.3", 51820)]}]
     assert ASKED == [REAL, REAL]
 
 
@@ -110,7 +130,7 @@ def test_a_name_skipped_in_a_flood_gets_its_turn_at_a_later_question() -> None:
         return questions
 
     assert asyncio.run(scenario()) <= 3
-    assert found == [{PEER: [("192.168.1.7", 51820)]}]
+    assert found == [{PEER: [("192.168.7.3", 51820)]}]
 
 
 def test_a_name_that_goes_away_is_not_resolved_again() -> None:
@@ -124,3 +144,98 @@ def test_a_name_that_goes_away_is_not_resolved_again() -> None:
 
     asyncio.run(scenario())
     assert ASKED == [REAL]
+
+
+def test_resolves_held_in_flight_by_a_neighbour_do_not_starve_a_name_resolved_again() -> None:
+    # The peer's name was announced and its resolve timed out (multicast lost, say). Now a
+    # neighbour keeps every resolve in flight: a few new names (or records changed under its
+    # old ones) every MDNS_RESOLVE_TIMEOUT_S, each resolve running its 3 s, is all it takes.
+    # ask_again gave up on the whole list whenever MAX_PENDING_RESOLVES were in flight, so
+    # at every question: the peer's name was never asked about again, however many questions.
+    found: list[Sightings] = []
+
+    async def scenario() -> None:
+        discovered = discovery(found)
+        announce(discovered, REAL)
+        await settle(discovered)
+        assert found == [] and REAL in discovered._unresolved
+        flood = junk(MAX_PENDING_RESOLVES)
+        HELD.update({name: asyncio.Event() for name in flood})
+        announce(discovered, *flood)
+        ANSWERING.add(REAL)
+        for _ in range(3):
+            discovered.ask_again()
+            await asyncio.sleep(0.05)
+        assert len(discovered._resolving) <= 2 * MAX_PENDING_RESOLVES  # still bounded
+        for held in HELD.values():
+            held.set()
+        await settle(discovered)
+
+    asyncio.run(scenario())
+    assert found == [{PEER: [("192.168.7.3", 51820)]}]
+
+
+def test_a_one_time_flood_of_names_does_not_shut_the_real_name_out_for_good() -> None:
+    # MAX_SERVICE_NAMES names announced once (one burst of PTR records with a long TTL: no
+    # goodbye ever comes) that never answer filled `_unresolved`, which took no name after
+    # that: the peer's name, announced later and timed out once, was never resolved again.
+    found: list[Sightings] = []
+
+    async def scenario() -> int:
+        discovered = discovery(found)
+        for start in range(0, MAX_SERVICE_NAMES, MAX_PENDING_RESOLVES):
+            announce(discovered, *junk(MAX_PENDING_RESOLVES, start))
+            await settle(discovered)
+        announce(discovered, REAL)
+        await settle(discovered)  # timed out, once
+        ANSWERING.add(REAL)
+        questions = 0
+        while not found and questions < 20:
+            discovered.ask_again()
+            questions += 1
+            await settle(discovered)
+        assert len(discovered._unresolved) <= MAX_SERVICE_NAMES
+        return questions
+
+    assert asyncio.run(scenario()) <= 2
+    assert found == [{PEER: [("192.168.7.3", 51820)]}]
+
+
+def test_a_name_whose_goodbye_comes_during_its_resolve_is_not_sighted() -> None:
+    # A goodbye (TTL 0) for a name whose resolve runs: the answer that comes in after it is
+    # of a service that is gone, and nothing would take the sighting away again.
+    found: list[Sightings] = []
+
+    async def scenario() -> None:
+        discovered = discovery(found)
+        HELD[REAL] = asyncio.Event()
+        ANSWERING.add(REAL)
+        announce(discovered, REAL)
+        await asyncio.sleep(0.01)
+        discovered._on_service_state_change(None, "", REAL, ServiceStateChange.Removed)
+        HELD[REAL].set()
+        await settle(discovered)
+        assert REAL not in discovered._sightings and REAL not in discovered._unresolved
+
+    asyncio.run(scenario())
+    assert found == []
+
+
+def test_no_resolve_starts_once_mdns_is_stopped() -> None:
+    # stop() cancels the resolves in flight, then awaits the browser and zeroconf: an event
+    # zeroconf delivers meanwhile, or an ask_again, started resolves on a closed zeroconf
+    # that nothing cancelled.
+    async def scenario() -> None:
+        discovered = discovery([])
+        HELD[REAL] = asyncio.Event()
+        announce(discovered, REAL)
+        await asyncio.sleep(0.01)
+        await discovered.stop()
+        announce(discovered, *junk(2))
+        discovered.ask_again()
+        await asyncio.sleep(0.05)
+        assert not [task for task in discovered._resolving.values() if not task.done()]
+        HELD[REAL].set()
+
+    asyncio.run(scenario())
+    assert ASKED == [REAL]  # the one before the stop
