@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,7 @@ async def _ask(request: dict[str, Any]) -> tuple[bytes, int | None]:
         sys.executable,
         "-m",
         "meshpeer.peer.joining",
+        str(os.getpid()),  # it ends with us, even when we are SIGKILLed
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         # A session of its own: a terminal's Ctrl-C reaches the agent only, which kills this

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ctypes
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -34,6 +36,7 @@ from .state import Membership, StateDir, StateError
 
 # The request is a token, a name and at most 64 routes: far below this.
 MAX_REQUEST_BYTES = 65536
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent ends
 
 
 async def join(
@@ -123,11 +126,27 @@ def enrol(request: dict[str, Any]) -> dict[str, Any]:
     return {**outcome, "joined": True, "pending": list(pending)}
 
 
+def end_with(agent: int) -> None:
+    """SIGKILL when the agent (pid `agent`) ends, however it ends. Its stop kills us, but a
+    SIGKILLed agent runs no stop, and in a session of our own we went on with the join (up to
+    its timeouts, about 15 s) and wrote a membership nobody read. Linux only: elsewhere the
+    join's own timeouts end it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != agent:  # it ended before the call: nothing would signal us
+        os._exit(1)
+
+
 def main() -> int:
     # The agent ends this process when it is stopped (it runs in a session of its own, so a
     # terminal's Ctrl-C goes to the agent only); SIGTERM's default ends it at once, and a
     # SIGINT sent to it directly must not print a traceback here.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if len(sys.argv) > 1 and sys.argv[1].isdigit():
+        end_with(int(sys.argv[1]))
     try:
         request = json.loads(sys.stdin.buffer.read(MAX_REQUEST_BYTES))
         outcome = enrol(request)

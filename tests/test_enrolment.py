@@ -275,3 +275,41 @@ def parent_of(pid: int) -> int | None:
         return int(Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2].split()[1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+JOINING_AGENT = """
+import asyncio, sys
+from pathlib import Path
+from meshpeer.peer import enrolment
+
+asyncio.run(enrolment.enrol(Path(sys.argv[1]), sys.argv[2], "pc", (), 1))
+"""
+
+
+def test_the_join_process_ends_with_an_agent_killed_by_sigkill(tmp_path: Path) -> None:
+    """A SIGKILLed agent runs no stop: its join process, in a session of its own, went on
+    with its join against an API that never answers (up to its timeouts, about 15 s), and
+    would then have written a membership the agent never read."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    rendezvous_key = X25519PrivateKey.generate().public_key().public_bytes_raw()
+    token = tokens.JoinToken(f"https://127.0.0.1:{port}", bytes(32), rendezvous_key, None)
+    agent = subprocess.Popen([sys.executable, "-c", JOINING_AGENT, str(tmp_path), token.encode()])
+    try:
+        deadline = time.monotonic() + 10
+        while not [pid for pid in joining_processes(tmp_path) if parent_of(pid) == agent.pid]:
+            assert time.monotonic() < deadline, "the join process never started"
+            time.sleep(0.01)
+        time.sleep(1.0)  # past its imports: waiting on the silent API
+        agent.kill()
+        agent.wait()
+        deadline = time.monotonic() + 2
+        while joining_processes(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert joining_processes(tmp_path) == []
+    finally:
+        listener.close()
+        for pid in joining_processes(tmp_path):
+            os.kill(pid, signal.SIGKILL)
