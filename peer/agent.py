@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from meshpeer.common.events import set_within
 from meshpeer.common.keys import encode_key
 from meshpeer.common.tokens import decode as decode_token
 
@@ -287,11 +288,7 @@ class Agent:
                 next_round_s = await self.reconcile(live)
             except (BackendError, UapiError, OSError) as error:
                 logger.warning("could not configure the interface yet: %s", error)
-            # asyncio.timeout, not wait_for: 3.11's wait_for returns when the wake and a
-            # cancel (a stop) come in one loop iteration, and the loop went on.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(next_round_s):
-                    await self._wake.wait()
+            await set_within(self._wake, next_round_s)
             self._wake.clear()
 
     async def _remake_interface(self, live: Live) -> None:

@@ -83,7 +83,7 @@ class DnsServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str
     ) -> None:
         while True:
-            async with asyncio.timeout(DNS_TCP_IDLE_S):  # not wait_for: following.py says why
+            async with asyncio.timeout(DNS_TCP_IDLE_S):  # not wait_for: common/events.py says why
                 size = int.from_bytes(await reader.readexactly(2), "big")
             if size < HEADER_SIZE:
                 return

@@ -16,6 +16,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from meshpeer.common.events import set_within
+
 from .peerindex import PeerIndex
 from .storage import Reader, Store, StoreFailure
 from .timers import FOLLOW_SAFETY_POLL_S, TIDY_EVERY_S
@@ -42,11 +44,7 @@ class ChangeFollower:
         feed = asyncio.create_task(self._store.follow_changes(self._nudged.set), name="feed")
         try:
             while True:
-                # asyncio.timeout, not wait_for: 3.11's wait_for returns when the event and a
-                # cancel come in one loop iteration, and the loop then never stopped.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(FOLLOW_SAFETY_POLL_S):
-                        await self._nudged.wait()
+                await set_within(self._nudged, FOLLOW_SAFETY_POLL_S)
                 self._nudged.clear()
                 try:
                     await self.sync()

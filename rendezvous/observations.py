@@ -9,13 +9,13 @@ written behind as before and logged as no change (they arrive at keepalive rate)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
 
 from meshpeer.common.endpoints import Endpoint
+from meshpeer.common.events import set_within
 
 from .damping import EndpointDamper
 from .model import Peer
@@ -102,9 +102,7 @@ class Observations:
     async def write_behind(self) -> None:
         """Serving only, until cancelled."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(LAZY_FLUSH_S):  # not wait_for: following.py says why
-                    await self._endpoint_moved.wait()
+            if await set_within(self._endpoint_moved, LAZY_FLUSH_S):
                 await asyncio.sleep(ENDPOINT_FLUSH_S)  # let a burst of moves share one commit
             self._endpoint_moved.clear()
             self.publish_held(time.time())

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import itertools
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from meshpeer.common.events import set_within
 
 from .model import Peer
 from .timers import WATCH_COALESCE_S
@@ -67,11 +68,8 @@ class WatchLog:
         """Changes after revision `since` of `epoch`, waiting up to `timeout_s` for one; at once
         when closing. A full answer's peers are in no particular order."""
         if epoch == self.epoch and since == self.revision and not self.closing:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout_s):  # not wait_for: following.py says why
-                    await self.changed.wait()
-                if not self.closing:
-                    await asyncio.sleep(WATCH_COALESCE_S)  # a burst of changes: one answer
+            if await set_within(self.changed, timeout_s) and not self.closing:
+                await asyncio.sleep(WATCH_COALESCE_S)  # a burst of changes: one answer
         oldest = self.entries[0][0] if self.entries else self.revision + 1
         if epoch != self.epoch or since is None or since > self.revision or since < oldest - 1:
             return WatchResult(self.epoch, self.revision, True, list(peers.values()), [], True)
