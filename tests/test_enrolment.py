@@ -12,6 +12,7 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -158,7 +159,7 @@ def test_the_answer_is_read_as_data() -> None:
     assert enrolled.refused is None and not enrolled.joined
 
 
-def joining_processes(state_dir: Path) -> list[int]:
+def joining_processes() -> list[int]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -170,31 +171,46 @@ def joining_processes(state_dir: Path) -> list[int]:
     return found
 
 
-def test_a_stop_while_joining_ends_the_join_process(tmp_path: Path) -> None:
-    """An API that takes the connection and never answers: the stop must not wait for it."""
+@pytest.fixture
+def silent_api_token() -> Iterator[str]:
+    """A join token for an API on loopback that takes the connection and never answers."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     port = listener.getsockname()[1]
     rendezvous_key = X25519PrivateKey.generate().public_key().public_bytes_raw()
     url = f"https://127.0.0.1:{port}"
-    token = tokens.JoinToken(url, bytes(32), rendezvous_key, None).encode()
+    try:
+        yield tokens.JoinToken(url, bytes(32), rendezvous_key, None).encode()
+    finally:
+        listener.close()
+
+
+def join_process_of(agent: subprocess.Popen[bytes]) -> int:
+    """The join process `agent` started, once it has."""
+    deadline = time.monotonic() + 10
+    while not (started := [p for p in joining_processes() if parent_of(p) == agent.pid]):
+        assert time.monotonic() < deadline, "the join process never started"
+        time.sleep(0.001)
+    return started[0]
+
+
+def test_a_stop_while_joining_ends_the_join_process(tmp_path: Path, silent_api_token: str) -> None:
+    """An API that takes the connection and never answers: the stop must not wait for it."""
+    token = silent_api_token
 
     async def scenario() -> float:
         task = asyncio.create_task(enrolment.enrol(tmp_path, token, "pc", (), 1))
         await asyncio.sleep(1.5)  # the process has started and is waiting on TLS
-        assert joining_processes(tmp_path)
+        assert joining_processes()
         started = time.monotonic()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         return time.monotonic() - started
 
-    try:
-        assert asyncio.run(scenario()) < 2
-    finally:
-        listener.close()
-    assert joining_processes(tmp_path) == []
+    assert asyncio.run(scenario()) < 2
+    assert joining_processes() == []
 
 
 def test_a_pin_answer_nested_too_deep_is_no_pin(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -237,33 +253,25 @@ asyncio.run(main())
 """
 
 
-def test_ctrl_c_as_the_join_process_starts_prints_no_traceback(tmp_path: Path) -> None:
+def test_ctrl_c_as_the_join_process_starts_prints_no_traceback(
+    tmp_path: Path, silent_api_token: str
+) -> None:
     """Review of the join process: a terminal's Ctrl-C reaches the whole foreground process
     group, and the join process set SIGINT's default only once its imports were done (about
     0.1 s here, far longer on a small board): a KeyboardInterrupt traceback from it, and
     sometimes `run` ending with 'the join process ended without an answer' (exit 1)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    port = listener.getsockname()[1]
-    rendezvous_key = X25519PrivateKey.generate().public_key().public_bytes_raw()
-    token = tokens.JoinToken(f"https://127.0.0.1:{port}", bytes(32), rendezvous_key, None)
     agent = subprocess.Popen(
-        [sys.executable, "-c", STOPPED_BY_CTRL_C, str(tmp_path), token.encode()],
+        [sys.executable, "-c", STOPPED_BY_CTRL_C, str(tmp_path), silent_api_token],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,  # a process group of its own, as a terminal's job has
     )
     try:
-        deadline = time.monotonic() + 10
-        while not [pid for pid in joining_processes(tmp_path) if parent_of(pid) == agent.pid]:
-            assert time.monotonic() < deadline, "the join process never started"
-            time.sleep(0.001)
+        join_process_of(agent)
         time.sleep(0.03)  # it is importing: its imports take ~0.1 s
         os.killpg(agent.pid, signal.SIGINT)  # Ctrl-C
         output, errors = agent.communicate(timeout=10)
     finally:
-        listener.close()
         if agent.poll() is None:
             agent.kill()
     assert b"Traceback" not in errors, errors.decode()[-2000:]
@@ -286,30 +294,22 @@ asyncio.run(enrolment.enrol(Path(sys.argv[1]), sys.argv[2], "pc", (), 1))
 """
 
 
-def test_the_join_process_ends_with_an_agent_killed_by_sigkill(tmp_path: Path) -> None:
+def test_the_join_process_ends_with_an_agent_killed_by_sigkill(
+    tmp_path: Path, silent_api_token: str
+) -> None:
     """A SIGKILLed agent runs no stop: its join process, in a session of its own, went on
     with its join against an API that never answers (up to its timeouts, about 15 s), and
     would then have written a membership the agent never read."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    port = listener.getsockname()[1]
-    rendezvous_key = X25519PrivateKey.generate().public_key().public_bytes_raw()
-    token = tokens.JoinToken(f"https://127.0.0.1:{port}", bytes(32), rendezvous_key, None)
-    agent = subprocess.Popen([sys.executable, "-c", JOINING_AGENT, str(tmp_path), token.encode()])
+    agent = subprocess.Popen([sys.executable, "-c", JOINING_AGENT, str(tmp_path), silent_api_token])
     try:
-        deadline = time.monotonic() + 10
-        while not [pid for pid in joining_processes(tmp_path) if parent_of(pid) == agent.pid]:
-            assert time.monotonic() < deadline, "the join process never started"
-            time.sleep(0.01)
+        join_process_of(agent)
         time.sleep(1.0)  # past its imports: waiting on the silent API
         agent.kill()
         agent.wait()
         deadline = time.monotonic() + 2
-        while joining_processes(tmp_path) and time.monotonic() < deadline:
+        while joining_processes() and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert joining_processes(tmp_path) == []
+        assert joining_processes() == []
     finally:
-        listener.close()
-        for pid in joining_processes(tmp_path):
+        for pid in joining_processes():
             os.kill(pid, signal.SIGKILL)
