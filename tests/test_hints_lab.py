@@ -37,6 +37,11 @@ def wg_peers(host: Host) -> dict[str, str]:
 
 
 def routes(host: Host) -> str:
+    """Every route of the host, once its addresses are settled: the kernel adds an IPv6
+    link-local address's route when duplicate address detection ends, about 2 s after the
+    link comes up, and a mesh can be up before that (CI saw the route arrive mid-test)."""
+    settled = wait_until(lambda: not host.run(["ip", "-6", "addr", "show", "tentative"]).stdout, 10)
+    assert settled, host.run(["ip", "-6", "addr"]).stdout
     return "".join(
         host.run(["ip", *family, "route", "show", "table", "all"]).stdout
         for family in (["-4"], ["-6"])
