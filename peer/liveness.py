@@ -19,17 +19,24 @@ class _Sent:
     first_unanswered: float | None = None  # when more than a keepalive went out since
 
 
+# What came from a peer so far: its bytes in, and its latest handshake. Both, since the
+# counters start from nothing when the WireGuard peer is written anew (a new session at once):
+# a path that had carried one handshake (92 bytes in) and was answered once more after the
+# rewrite showed 92 again, and read as silent. Its handshake is new, and that is heard.
+_Heard = tuple[int, float | None]
+
+
 @dataclass(slots=True)
 class Liveness:
-    _seen: dict[bytes, tuple[int, float]] = field(default_factory=dict)  # rx bytes, when grown
+    _seen: dict[bytes, tuple[_Heard, float]] = field(default_factory=dict)  # ... and since when
     _sent: dict[bytes, _Sent] = field(default_factory=dict)
 
     def observe(self, device: DeviceStatus, now: float) -> None:
         seen = self._seen
         for key, peer in device.peers.items():
-            before = seen.get(key)
-            if peer.rx_bytes and (before is None or peer.rx_bytes != before[0]):
-                seen[key] = (peer.rx_bytes, now)
+            before, heard = seen.get(key), (peer.rx_bytes, peer.latest_handshake)
+            if peer.rx_bytes and (before is None or heard != before[0]):
+                seen[key] = (heard, now)
                 self._sent[key] = _Sent(peer.tx_bytes)
             else:
                 self._note_sent(key, peer.tx_bytes, now)
@@ -39,6 +46,8 @@ class Liveness:
 
     def _note_sent(self, key: bytes, tx_bytes: int, now: float) -> None:
         sent = self._sent.setdefault(key, _Sent(tx_bytes))
+        if tx_bytes < sent.tx_bytes:  # written anew: its counters start again
+            sent = self._sent[key] = _Sent(tx_bytes)
         if sent.first_unanswered is None and tx_bytes - sent.tx_bytes > KEEPALIVE_BYTES:
             sent.first_unanswered = now
 

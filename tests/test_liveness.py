@@ -35,3 +35,26 @@ def test_the_rendezvous_state_says_how_long_it_was_silent() -> None:
     assert (state.answering, state.since) == (False, 20.0)
     assert state.answered(now=50.0) == 30.0
     assert (state.answering, state.since) == (True, 50.0)
+
+
+def test_a_peer_written_anew_is_heard_by_its_new_handshake_at_the_old_byte_count() -> None:
+    """The agent writes a WireGuard peer anew for a new session at once: its counters start
+    from nothing. One handshake's answer brings bytes in back to 92, as before the rewrite;
+    its new handshake is what tells that the peer was heard."""
+    liveness = Liveness()
+    before = PeerStatus(KEY, latest_handshake=100.0, rx_bytes=92, tx_bytes=500)
+    liveness.observe(DeviceStatus(peers={KEY: before}), now=100.0)
+    answered = PeerStatus(KEY, latest_handshake=104.0, rx_bytes=92, tx_bytes=180)
+    liveness.observe(DeviceStatus(peers={KEY: answered}), now=104.0)
+    assert liveness.last_seen(KEY) == 104.0
+
+
+def test_data_a_peer_written_anew_leaves_unanswered_is_a_stall() -> None:
+    """... and what it sends is counted from its new counters: 400 bytes out after a rewrite
+    from 500 went unnoticed until they passed 500."""
+    liveness = Liveness()
+    before = PeerStatus(KEY, latest_handshake=100.0, rx_bytes=92, tx_bytes=500)
+    liveness.observe(DeviceStatus(peers={KEY: before}), now=100.0)
+    for now, tx in ((101.0, 148), (102.0, 400)):
+        liveness.observe(DeviceStatus(peers={KEY: PeerStatus(KEY, tx_bytes=tx)}), now=now)
+    assert liveness.stalled(KEY, now=103.0)

@@ -10,7 +10,7 @@ from meshpeer.common.endpoints import Endpoint
 from meshpeer.peer.discovery import RemotePeer, api_list, sighted
 from meshpeer.peer.hints import Hints
 from meshpeer.peer.mesh import Mesh
-from meshpeer.peer.timers import RELAY_AFTER_S
+from meshpeer.peer.timers import PUNCH_AGAIN_S, RELAY_AFTER_S
 from meshpeer.peer.uapi import DeviceStatus, PeerStatus
 
 OWN, PEER, HIGHER = bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 32
@@ -22,7 +22,12 @@ CAFE = ipaddress.IPv4Interface("10.20.0.9/24")
 
 
 def mesh_on(
-    endpoint: Endpoint, *, names_us: bool = False, on_lan: bool = True, own: bytes = OWN
+    endpoint: Endpoint,
+    *,
+    names_us: bool = False,
+    on_lan: bool = True,
+    own: bytes = OWN,
+    rx: int = 500,
 ) -> Mesh:
     """A mesh whose one peer is up on `endpoint` (its mapping, its LAN address, the relay)."""
     mesh = Mesh(own)
@@ -33,8 +38,8 @@ def mesh_on(
     if on_lan:
         mesh.merge(sighted("lan", {PEER: [NEIGHBOUR]}))
     mesh.plan(DeviceStatus(), 99.0)
-    mesh.plan(device(endpoint), 100.0)
-    mesh.plan(device(endpoint), 101.0)
+    mesh.plan(device(endpoint, rx), 100.0)
+    mesh.plan(device(endpoint, rx), 101.0)
     return mesh
 
 
@@ -77,6 +82,26 @@ def test_a_path_unanswered_since_the_move_is_down_and_relayed_by_us_whatever_the
     relayed = mesh.plan(device(MAPPING), 104.0 + RELAY_AFTER_S)
     assert [c.endpoint for c in relayed.set_peers] == [RELAY] and relayed.set_peers[0].kick
     assert PEER in relayed.remove  # written anew: a new session, through the relay, now
+
+
+def test_the_answer_to_a_peer_written_anew_counts_though_its_byte_count_is_the_old_one() -> None:
+    """CI's flake in test_roam_lab (the cloud VM relayed after a move to a symmetric NAT): the
+    path had carried one handshake and nothing else (92 bytes in), and the punch's second
+    initiation wrote the peer anew, whose counters start from nothing. Its answer made them 92
+    again: "no change", so nothing counted as heard since the move, and the pair went to the
+    relay with a fresh handshake in hand."""
+    mesh = mesh_on(MAPPING, on_lan=False, rx=92)
+    mesh.set_own_lan([CAFE])
+    mesh.roamed()
+    mesh.plan(device(MAPPING, rx=92), 102.0)
+    again = mesh.plan(device(MAPPING, rx=92), 102.0 + PUNCH_AGAIN_S)
+    assert PEER in again.remove  # written anew: a new initiation now
+    answered = PeerStatus(PEER, MAPPING, latest_handshake=104.1, rx_bytes=92, tx_bytes=180)
+    mesh.plan(DeviceStatus(peers={PEER: answered}), 104.25)
+    mesh.plan(DeviceStatus(peers={PEER: answered}), 104.5)
+    assert mesh.path(PEER) == "direct"
+    late = mesh.plan(DeviceStatus(peers={PEER: answered}), 102.0 + RELAY_AFTER_S + 1)
+    assert not late.relay_partners and mesh.path(PEER) == "direct"
 
 
 def test_a_lan_path_goes_to_the_public_mapping_even_on_a_lan_of_the_same_subnet() -> None:
