@@ -125,6 +125,9 @@ class Registry:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
+            # This swallows a cancellation of close() itself too, on purpose: a close cut
+            # short leaves the store open, and aiosqlite's thread (not a daemon) then holds
+            # the process at exit. The loops end within a round once cancelled.
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
