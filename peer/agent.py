@@ -310,7 +310,7 @@ class Agent:
         table = await live.routes.read_table() if live.mesh.wants_route_table() else None
         if live.presence.moves != moves:
             # The host moved while we read: bytes counted since came before the move, and the
-            # core would take them for the peer's answer from the new network (Mesh._is_up).
+            # core would take them for the peer's answer from the new network (pathview.is_up).
             device = await live.backend.status()
         plan = live.mesh.plan(device, time.time(), live.surroundings(table))
         await self._apply(live, plan)

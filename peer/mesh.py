@@ -19,7 +19,7 @@ from meshpeer.common.endpoints import Endpoint, format_endpoint
 from meshpeer.common.keys import short_key
 from meshpeer.common.limits import MAX_RELAY_PARTNERS
 
-from . import paths, timers
+from . import paths, pathview, timers
 from .discovery import Discovery, RemotePeer
 from .hints import Candidate, Hints
 from .liveness import Liveness
@@ -76,7 +76,8 @@ class Mesh:
         """This host's addresses or gateway changed (a new network, netlink says): every
         endpoint is set again at the next round, the rendezvous's first. wireguard-go keeps
         sending from the old source address until then, and every NAT mapping of ours is new:
-        the rendezvous publishes the new one, and the peers punch it (`_moved` on their side)."""
+        the rendezvous publishes the new one, and the peers punch it (their
+        `pathview.mapping_moved`)."""
         self._roaming = True
         self.own_public = None  # until the rendezvous sees the new one (no LAN try meanwhile)
         self.hints.replace("lan", {}, self.peers)  # what the old LAN said points nowhere now
@@ -263,12 +264,13 @@ class Mesh:
             or applied.allowed_ips != config.allowed_ips
         )
         up = self._is_up(peer.public_key, device, state, now)
-        moved = self._moved(peer, device, state)
+        moved = pathview.mapping_moved(peer, device.peers.get(peer.public_key), state)
         if state.roamed:
             relay = self.relay_endpoint
             return paths.after_roaming(state, peer.endpoint, relay, config, now)
         if up:
-            status, relayed_now = device.peers[peer.public_key], self._through_relay(peer, device)
+            status = device.peers[peer.public_key]
+            relayed_now = pathview.through_relay(status, self.relay_endpoint)
             sightings = self.hints.endpoints("lan", peer.public_key)
             lans = paths.lan_to_try(peer, sightings, self.own_public, relayed=relayed_now)
             if relayed_now:
@@ -336,36 +338,8 @@ class Mesh:
             state.reason = f"punch failed for {stuck:.0f} s: relaying via {relay}"
         return None
 
-    def _through_relay(self, peer: RemotePeer, device: DeviceStatus) -> bool:
-        status = device.peers.get(peer.public_key)
-        return status is not None and status.endpoint == self.relay_endpoint is not None
-
-    def _moved(self, peer: RemotePeer, device: DeviceStatus, state: PathState) -> bool:
-        """The endpoint in use is the mapping the API gave, and the API has a new one: the
-        peer's NAT rebooted, say. The session still looks fresh, but WireGuard would keep
-        sending to a dead mapping until it times out, minutes later: punch the new one now.
-        An endpoint WireGuard roamed to by itself, or a LAN one, is kept: only the API, never
-        a hint, can move a live path."""
-        status = device.peers.get(peer.public_key)
-        current = status.endpoint if status else None
-        news = peer.endpoint is not None and peer.endpoint != state.public
-        return news and current is not None and current == state.public
-
     def _is_up(self, key: bytes, device: DeviceStatus, state: PathState, now: float) -> bool:
-        """A fresh session, and since this host moved (if it did), an answer on it: a path
-        that answers nothing from the new network is down, however young its handshake (a
-        symmetric NAT there never lets a port-restricted peer in: the pair must relay)."""
-        status = device.peers.get(key)
-        fresh = bool(
-            status
-            and status.latest_handshake
-            and now - status.latest_handshake < timers.PATH_FRESH_S
-        )
-        if fresh and state.moved_at is not None:
-            if (self.liveness.last_seen(key) or 0.0) <= state.moved_at:
-                return False
-            state.moved_at = None  # answered from the new network
-        return fresh
+        return pathview.is_up(device.peers.get(key), state, self.liveness.last_seen(key), now)
 
     def _note_path(
         self,
@@ -375,28 +349,13 @@ class Mesh:
         now: float,
         events: list[str],
     ) -> None:
-        path: Path = "none"
-        up = self._is_up(peer.public_key, device, state, now)
-        if up and (state.direct_try is not None or state.turn_started == now):
-            path = state.path  # a try, or an endpoint set just now: the device is a round behind
-        elif up:
-            seen = device.peers[peer.public_key].endpoint
-            path = "lan" if self._on_lan(peer, state, seen) else "direct"
-            path = "relay" if seen is not None and seen == self.relay_endpoint else path
-        paths.note(state, peer.name, path, self.relay_endpoint, events)
-
-    def _on_lan(self, peer: RemotePeer, state: PathState, seen: Endpoint | None) -> bool:
-        """Whether WireGuard sends to the peer on a LAN: at a sighting, at an endpoint the peer
-        reported, or at the LAN endpoint a try left it on. Not the sighting alone: an mDNS
-        goodbye (or a record that expired) turned a LAN path `direct`, and a `direct` path is
-        never taken off a LAN that stopped answering (paths.off_a_silent_lan). A host with a
-        public address on its link (a cloud VM) reports it as its LAN endpoint: that one is
-        its public mapping, and `direct`."""
-        if seen is None:
-            return False
-        if seen in self.hints.endpoints("lan", peer.public_key):
-            return True
-        return seen != peer.endpoint and (seen in peer.lan_endpoints or seen == state.lan_tried)
+        key, relay = peer.public_key, self.relay_endpoint
+        up = self._is_up(key, device, state, now)
+        sightings = self.hints.endpoints("lan", key)
+        path = pathview.seen_path(
+            peer, device.peers.get(key), state, sightings, relay, up=up, now=now
+        )
+        paths.note(state, peer.name, path, relay, events)
 
     def path(self, key: bytes) -> Path:
         state = self._paths.get(key)
