@@ -12,7 +12,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import zeroconf
@@ -91,6 +91,11 @@ class LanDiscovery:
         # name that failed most (the oldest of those), so names announced once in a burst and
         # never answered cannot shut out a name announced after them.
         self._unresolved: dict[str, int] = {}
+        # The service names of the peers that should be on our LAN and are not sighted (the
+        # rendezvous lists them: neighbours.py), lower-cased as mDNS compares names. Resolved
+        # again first, and never the one a full table drops: names that keep coming after
+        # the peer's cannot starve it. Bounded: MAX_SERVICE_NAMES.
+        self._expected: frozenset[str] = frozenset()
         self._warned_full = False
         self._stopped = False
 
@@ -126,15 +131,21 @@ class LanDiscovery:
             await zc.async_unregister_all_services()
             await zc.async_close()
 
+    def expect(self, names: Iterable[str]) -> None:
+        """The peers that should be on our LAN and are not sighted, by name (neighbours.py,
+        each round): their services are resolved again first, and kept in a full table."""
+        services = (f"{name}.{SERVICE_TYPE}".lower() for name in names)
+        self._expected = frozenset(list(services)[:MAX_SERVICE_NAMES])
+
     def ask_again(self) -> None:
         """One more multicast question for our service type (neighbours.py says when). The
         services we already know go with it as known answers (RFC 6762 §7.1): only the others
         answer. What answers reaches the browser as any announcement does. Names known and not
-        resolved yet are resolved again, MAX_PENDING_RESOLVES at most, the ones that failed
-        least first and the newest of those first: a flood sent before a name cannot keep it
-        waiting (names that keep coming after it can, as they can fill any table). Their own
-        budget: a neighbour that keeps the announcements' resolves in flight cannot stop
-        these."""
+        resolved yet are resolved again, MAX_PENDING_RESOLVES at most: the services of the
+        peers we `expect` first, then the ones that failed least, the newest of those first.
+        A flood sent before a name cannot keep it waiting, nor can names that keep coming
+        after an expected peer's. Their own budget: a neighbour that keeps the
+        announcements' resolves in flight cannot stop these."""
         if self._zeroconf is None:
             return
         zc = self._zeroconf.zeroconf
@@ -148,7 +159,8 @@ class LanDiscovery:
         except (OSError, zeroconf.Error) as error:  # stopping, or the address just went
             logger.debug("mDNS: cannot ask again: %s", error)
         newest_first = reversed(self._unresolved.items())
-        order = sorted(newest_first, key=lambda item: item[1])  # stable: newest first in a tie
+        # Stable: the newest first in a tie.
+        order = sorted(newest_first, key=lambda item: (not self._is_expected(item[0]), item[1]))
         retries = [name for name, _ in order if name not in self._resolving]
         for name in retries[:MAX_PENDING_RESOLVES]:
             self._start_resolve(name, limit=2 * MAX_PENDING_RESOLVES)
@@ -165,12 +177,19 @@ class LanDiscovery:
                 self._publish()
             return
         if name not in self._unresolved and len(self._unresolved) >= MAX_SERVICE_NAMES:
-            idle = [item for item in self._unresolved.items() if item[0] not in self._resolving]
+            idle = [
+                item
+                for item in self._unresolved.items()
+                if item[0] not in self._resolving and not self._is_expected(item[0])
+            ]
             if idle:  # the one that failed most, the oldest of those (max takes the first)
                 del self._unresolved[max(idle, key=lambda item: item[1])[0]]
         if name in self._unresolved or len(self._unresolved) < MAX_SERVICE_NAMES:
             self._unresolved.setdefault(name, 0)
         self._start_resolve(name)
+
+    def _is_expected(self, name: str) -> bool:
+        return name.lower() in self._expected
 
     def _start_resolve(self, name: str, limit: int = MAX_PENDING_RESOLVES) -> None:
         if self._stopped:

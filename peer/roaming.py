@@ -62,8 +62,10 @@ class Presence:
         lan = self._lan
         if lan is None or not lan.done() or lan.cancelled() or lan.exception() is not None:
             return  # mDNS is starting: its browser's own first questions are on their way
-        if self._asking.due(neighbours.unsighted(self.mesh), now):
-            lan.result().ask_again()
+        wanted, discovery = neighbours.unsighted(self.mesh), lan.result()
+        discovery.expect(self.mesh.peers[key].name for key in wanted)
+        if self._asking.due(wanted, now):
+            discovery.ask_again()
 
     async def stop(self) -> None:
         """Stop mDNS, started or still starting, within a bounded wait."""

@@ -239,3 +239,32 @@ def test_no_resolve_starts_once_mdns_is_stopped() -> None:
 
     asyncio.run(scenario())
     assert ASKED == [REAL]  # the one before the stop
+
+
+def test_names_that_keep_coming_after_an_expected_peers_cannot_starve_it() -> None:
+    # The peer's name timed out once; a neighbour then announces a table's worth of new names
+    # before every question, each never answering. A full table dropped the peer's name (it
+    # had failed as often, and was the oldest), and by failures, then newest first, the new
+    # names took every retry: the peer the rendezvous says is on our LAN was never asked
+    # about again. It goes first now, and a full table keeps it.
+    found: list[Sightings] = []
+
+    async def scenario() -> int:
+        discovered = discovery(found)
+        discovered.expect(["NAS"])  # mDNS compares names without case
+        announce(discovered, REAL)
+        await settle(discovered)
+        ANSWERING.add(REAL)
+        questions, start = 0, 0
+        while not found and questions < 5:
+            for _ in range(MAX_SERVICE_NAMES // MAX_PENDING_RESOLVES):
+                announce(discovered, *junk(MAX_PENDING_RESOLVES, start))
+                start += MAX_PENDING_RESOLVES
+                await settle(discovered)
+            discovered.ask_again()
+            questions += 1
+            await settle(discovered)
+        return questions
+
+    assert asyncio.run(scenario()) == 1
+    assert found == [{PEER: [("192.168.7.3", 51820)]}]
