@@ -168,6 +168,11 @@ class LanDiscovery:
     def _on_service_state_change(
         self, zeroconf: Any, service_type: str, name: str, state_change: ServiceStateChange
     ) -> None:
+        # mDNS compares names without case, as zeroconf does, but hands a name over as a record
+        # spelled it, and anyone can send a TXT record under any spelling: one entry for all
+        # of them, or the spellings of an expected peer's name (each kept by a full table)
+        # could fill the table for good.
+        name = name.lower()
         if state_change is ServiceStateChange.Removed:
             self._unresolved.pop(name, None)
             resolving = self._resolving.get(name)
@@ -189,7 +194,7 @@ class LanDiscovery:
         self._start_resolve(name)
 
     def _is_expected(self, name: str) -> bool:
-        return name.lower() in self._expected
+        return name in self._expected  # both lower-cased
 
     def _start_resolve(self, name: str, limit: int = MAX_PENDING_RESOLVES) -> None:
         if self._stopped:

@@ -268,3 +268,38 @@ def test_names_that_keep_coming_after_an_expected_peers_cannot_starve_it() -> No
 
     assert asyncio.run(scenario()) == 1
     assert found == [{PEER: [("192.168.7.3", 51820)]}]
+
+
+def test_case_variants_of_an_expected_name_take_one_place_in_the_table() -> None:
+    # mDNS compares names without case (zeroconf too), but any neighbour can send a TXT or SRV
+    # record under any spelling, and zeroconf hands its name over as spelled: an Updated event.
+    # Each spelling of an expected peer's name was its own entry, and each was kept by a full
+    # table: 256 spellings of "livingroom" (none answering) filled it for good, and a name
+    # announced after them (another peer's, or the expected peer's renamed one) never got a
+    # place, nor a second resolve once its first timed out.
+    found: list[Sightings] = []
+    spellings = [
+        "".join(c.upper() if n >> i & 1 else c for i, c in enumerate("livingroom"))
+        for n in range(1, MAX_SERVICE_NAMES + 1)
+    ]
+    garage = f"garage.{lan.SERVICE_TYPE}"
+
+    async def scenario() -> int:
+        discovered = discovery(found)
+        discovered.expect(["livingroom"])
+        for spelling in spellings:
+            name = f"{spelling}.{lan.SERVICE_TYPE}"
+            discovered._on_service_state_change(None, "", name, ServiceStateChange.Updated)
+            await settle(discovered)
+        announce(discovered, garage)
+        await settle(discovered)  # timed out once
+        ANSWERING.add(garage)
+        questions = 0
+        while not found and questions < 5:
+            discovered.ask_again()
+            questions += 1
+            await settle(discovered)
+        return questions
+
+    assert asyncio.run(scenario()) == 1
+    assert found == [{PEER: [("192.168.7.3", 51820)]}]
