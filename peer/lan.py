@@ -45,6 +45,10 @@ MAX_PENDING_RESOLVES = 16
 # - endpoints per service name: a host's IPv4 addresses on its LANs (wire, Wi-Fi, a few VLANs);
 #   what one publish hands the core is at most MAX_SERVICE_NAMES times this.
 MAX_ADDRESSES_PER_NAME = 8
+# - names of the peers we expect on the LAN (`expect`), and their entries a full table keeps:
+#   at most half of it, so a neighbour announcing ever new renames of an expected name (see
+#   `_is_expected`) can never hold the whole table.
+MAX_PROTECTED_NAMES = MAX_SERVICE_NAMES // 2
 Sightings = dict[bytes, list[Endpoint]]
 # zeroconf has no public call to ask once more; these are what its own browser asks with,
 # importable from the package but left out of its __all__.
@@ -91,10 +95,10 @@ class LanDiscovery:
         # name that failed most (the oldest of those), so names announced once in a burst and
         # never answered cannot shut out a name announced after them.
         self._unresolved: dict[str, int] = {}
-        # The service names of the peers that should be on our LAN and are not sighted (the
-        # rendezvous lists them: neighbours.py), lower-cased as mDNS compares names. Resolved
-        # again first, and never the one a full table drops: names that keep coming after
-        # the peer's cannot starve it. Bounded: MAX_SERVICE_NAMES.
+        # The names of the peers that should be on our LAN and are not sighted (the rendezvous
+        # lists them: neighbours.py), lower-cased as mDNS compares names. Their services are
+        # resolved again first, and a full table keeps them: names that keep coming after the
+        # peer's cannot starve it. Bounded: MAX_PROTECTED_NAMES.
         self._expected: frozenset[str] = frozenset()
         self._warned_full = False
         self._stopped = False
@@ -134,8 +138,7 @@ class LanDiscovery:
     def expect(self, names: Iterable[str]) -> None:
         """The peers that should be on our LAN and are not sighted, by name (neighbours.py,
         each round): their services are resolved again first, and kept in a full table."""
-        services = (f"{name}.{SERVICE_TYPE}".lower() for name in names)
-        self._expected = frozenset(list(services)[:MAX_SERVICE_NAMES])
+        self._expected = frozenset([name.lower() for name in names][:MAX_PROTECTED_NAMES])
 
     def ask_again(self) -> None:
         """One more multicast question for our service type (neighbours.py says when). The
@@ -158,10 +161,7 @@ class LanDiscovery:
             zc.async_send(query)
         except (OSError, zeroconf.Error) as error:  # stopping, or the address just went
             logger.debug("mDNS: cannot ask again: %s", error)
-        newest_first = reversed(self._unresolved.items())
-        # Stable: the newest first in a tie.
-        order = sorted(newest_first, key=lambda item: (not self._is_expected(item[0]), item[1]))
-        retries = [name for name, _ in order if name not in self._resolving]
+        retries = [name for name in self._retry_order() if name not in self._resolving]
         for name in retries[:MAX_PENDING_RESOLVES]:
             self._start_resolve(name, limit=2 * MAX_PENDING_RESOLVES)
 
@@ -182,19 +182,47 @@ class LanDiscovery:
                 self._publish()
             return
         if name not in self._unresolved and len(self._unresolved) >= MAX_SERVICE_NAMES:
-            idle = [
-                item
-                for item in self._unresolved.items()
-                if item[0] not in self._resolving and not self._is_expected(item[0])
-            ]
-            if idle:  # the one that failed most, the oldest of those (max takes the first)
-                del self._unresolved[max(idle, key=lambda item: item[1])[0]]
+            self._make_room()
         if name in self._unresolved or len(self._unresolved) < MAX_SERVICE_NAMES:
             self._unresolved.setdefault(name, 0)
         self._start_resolve(name)
 
+    def _make_room(self) -> None:
+        """A full table drops the name retried last: of the other names, the one that failed
+        most (the oldest of those). The expected peers' names are kept, unless there are more
+        than MAX_PROTECTED_NAMES of them: then the made-up renames (failed most, the newest)
+        go first."""
+        expected = sum(1 for known in self._unresolved if self._is_expected(known))
+        over = expected > MAX_PROTECTED_NAMES
+        idle = [name for name in self._retry_order() if name not in self._resolving]
+        drop = [name for name in idle if self._is_expected(name) == over]
+        if drop:
+            del self._unresolved[drop[-1]]
+
+    def _retry_order(self) -> list[str]:
+        """The unresolved names, the expected peers' first, each group by fewest failed
+        resolves. Other names: the newest first in a tie, so a burst announced before a name
+        cannot keep it waiting. Expected names: the oldest first, so renames a neighbour keeps
+        making up after the peer's cannot."""
+
+        def key(entry: tuple[int, tuple[str, int]]) -> tuple[bool, int, int]:
+            age, (name, failures) = entry
+            expected = self._is_expected(name)
+            return (not expected, failures, age if expected else -age)
+
+        return [name for _, (name, _) in sorted(enumerate(self._unresolved.items()), key=key)]
+
     def _is_expected(self, name: str) -> bool:
-        return name in self._expected  # both lower-cased
+        """Whether a (lower-cased) service name is an expected peer's, or one of zeroconf's
+        renames of it: a service whose name is taken is announced as `nas-2`, `nas-3`, ...
+        Anyone can take a peer's name first (answer its probe, or announce it before the
+        peer's mDNS starts, as it does at every roam), and the peer then goes by a rename."""
+        instance, dot, service_type = name.partition(".")
+        if not dot or service_type != SERVICE_TYPE.lower():
+            return False
+        base, dash, number = instance.rpartition("-")
+        renamed = bool(dash) and number.isascii() and number.isdigit()
+        return instance in self._expected or (renamed and base in self._expected)
 
     def _start_resolve(self, name: str, limit: int = MAX_PENDING_RESOLVES) -> None:
         if self._stopped:
