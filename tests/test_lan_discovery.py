@@ -363,3 +363,35 @@ def test_made_up_renames_of_an_expected_name_never_hold_the_whole_table() -> Non
 
     assert asyncio.run(scenario()) == 1
     assert found == [{PEER: [("192.168.7.3", 51820)]}]
+
+
+def test_renames_made_up_after_the_peers_failed_rename_cannot_starve_it() -> None:
+    # The peer goes by "nas-2" (a neighbour holds "nas") and its resolve timed out once (a
+    # multicast answer lost on Wi-Fi). Before every question the neighbour then announces
+    # 2 * MAX_PENDING_RESOLVES new renames "nas-N" that never answer: the first ones' resolves
+    # fill the slots for events, so the others were never tried. By failures first, those
+    # untried renames took every retry ahead of the peer's, at every question: expected
+    # names went by fewest failures, and a made-up name has none until it is tried.
+    found: list[Sightings] = []
+    renamed = f"nas-2.{lan.SERVICE_TYPE}"
+
+    async def scenario() -> int:
+        discovered = discovery(found)
+        discovered.expect(["nas"])
+        announce(discovered, renamed)
+        await settle(discovered)  # timed out, once
+        ANSWERING.add(renamed)
+        questions, number = 0, 3
+        while not found and questions < 10:
+            made_up = range(number, number + 2 * MAX_PENDING_RESOLVES)
+            announce(discovered, *[f"nas-{n}.{lan.SERVICE_TYPE}" for n in made_up])
+            number += 2 * MAX_PENDING_RESOLVES
+            await settle(discovered)
+            discovered.ask_again()
+            questions += 1
+            await settle(discovered)
+            assert len(discovered._unresolved) <= MAX_SERVICE_NAMES
+        return questions
+
+    assert asyncio.run(scenario()) <= 2
+    assert found == [{PEER: [("192.168.7.3", 51820)]}]
