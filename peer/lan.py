@@ -167,9 +167,20 @@ class LanDiscovery:
             zc.async_send(query)
         except (OSError, zeroconf.Error) as error:  # stopping, or the address just went
             logger.debug("mDNS: cannot ask again: %s", error)
-        retries = [name for name in self._retry_order() if name not in self._resolving]
-        for name in retries[:MAX_PENDING_RESOLVES]:
+        for name in self._retries():
             self._start_resolve(name, limit=2 * MAX_PENDING_RESOLVES)
+
+    def _retries(self) -> list[str]:
+        """What one question resolves again: MAX_PENDING_RESOLVES names, half of them kept
+        for each group while it has names waiting. Renames anyone can make up of a single
+        expected peer took every retry, and no other name was tried again."""
+        waiting = [name for name in self._retry_order() if name not in self._resolving]
+        expected = [name for name in waiting if self._is_expected(name)]
+        others = [name for name in waiting if not self._is_expected(name)]
+        half = MAX_PENDING_RESOLVES // 2
+        return (expected[:half] + others[:half] + expected[half:] + others[half:])[
+            :MAX_PENDING_RESOLVES
+        ]
 
     def _on_service_state_change(
         self, zeroconf: Any, service_type: str, name: str, state_change: ServiceStateChange

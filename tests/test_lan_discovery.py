@@ -395,3 +395,29 @@ def test_renames_made_up_after_the_peers_failed_rename_cannot_starve_it() -> Non
 
     assert asyncio.run(scenario()) <= 2
     assert found == [{PEER: [("192.168.7.3", 51820)]}]
+
+
+def test_made_up_renames_of_one_expected_peer_leave_other_names_their_retries() -> None:
+    # Sixteen renames of an expected peer that never answer came first at every question and
+    # took the whole retry budget: a name of no expected peer, timed out once, was never
+    # resolved again (an outside review).
+    found: list[Sightings] = []
+    other = f"tv.{lan.SERVICE_TYPE}"
+
+    async def scenario() -> int:
+        discovered = discovery(found)
+        discovered.expect(["nas"])
+        announce(discovered, other)
+        await settle(discovered)
+        ANSWERING.add(other)
+        announce(discovered, *[f"nas-{n}.{lan.SERVICE_TYPE}" for n in range(2, 34)])
+        await settle(discovered)
+        questions = 0
+        while not found and questions < 5:
+            discovered.ask_again()
+            questions += 1
+            await settle(discovered)
+        return questions
+
+    assert asyncio.run(scenario()) == 1
+    assert found == [{PEER: [("192.168.7.3", 51820)]}]
