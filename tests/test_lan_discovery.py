@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -90,6 +91,55 @@ async def settle(discovered: LanDiscovery) -> None:
 
 def junk(count: int, start: int = 0) -> list[str]:
     return [f"junk{n}.{lan.SERVICE_TYPE}" for n in range(start, start + count)]
+
+
+def rename(number: int) -> str:
+    """zeroconf's rename of the peer "nas", whose name was taken: "nas-2", "nas-3", ..."""
+    return f"nas-{number}.{lan.SERVICE_TYPE}"
+
+
+async def renamed_peer(found: list[Sightings]) -> LanDiscovery:
+    """Discovery expecting the peer "nas", whose service goes by "nas-2" (its name was
+    taken) and timed out once; it answers from now on."""
+    discovered = discovery(found)
+    discovered.expect(["nas"])
+    announce(discovered, rename(2))
+    await settle(discovered)
+    ANSWERING.add(rename(2))
+    return discovered
+
+
+class Flood:
+    """A neighbour announcing ever new names that never answer (`name` of a number)."""
+
+    def __init__(self, discovered: LanDiscovery, name: Callable[[int], str], first: int) -> None:
+        self.discovered, self.name, self.next = discovered, name, first
+
+    async def send(self, count: int, burst: int = MAX_PENDING_RESOLVES) -> None:
+        """`count` new names, `burst` at a time, each burst's resolves over before the next."""
+        for _ in range(0, count, burst):
+            numbers = range(self.next, self.next + burst)
+            self.next += burst
+            announce(self.discovered, *[self.name(number) for number in numbers])
+            await settle(self.discovered)
+
+
+async def questions_until_found(
+    discovered: LanDiscovery,
+    found: list[Sightings],
+    most: int,
+    before_each: Callable[[], Awaitable[None]] | None = None,
+) -> int:
+    """Ask again until the peer is sighted, at most `most` times, with `before_each` (a
+    neighbour's announcements) ahead of every question: how many questions it took."""
+    questions = 0
+    while not found and questions < most:
+        if before_each is not None:
+            await before_each()
+        discovered.ask_again()
+        questions += 1
+        await settle(discovered)
+    return questions
 
 
 def test_a_name_whose_resolve_timed_out_is_resolved_when_mdns_is_asked_again() -> None:
@@ -255,16 +305,10 @@ def test_names_that_keep_coming_after_an_expected_peers_cannot_starve_it() -> No
         announce(discovered, REAL)
         await settle(discovered)
         ANSWERING.add(REAL)
-        questions, start = 0, 0
-        while not found and questions < 5:
-            for _ in range(MAX_SERVICE_NAMES // MAX_PENDING_RESOLVES):
-                announce(discovered, *junk(MAX_PENDING_RESOLVES, start))
-                start += MAX_PENDING_RESOLVES
-                await settle(discovered)
-            discovered.ask_again()
-            questions += 1
-            await settle(discovered)
-        return questions
+        flood = Flood(discovered, lambda n: f"junk{n}.{lan.SERVICE_TYPE}", 0)
+        return await questions_until_found(
+            discovered, found, 5, lambda: flood.send(MAX_SERVICE_NAMES)
+        )
 
     assert asyncio.run(scenario()) == 1
     assert found == [{PEER: [("192.168.7.3", 51820)]}]
@@ -294,18 +338,13 @@ def test_case_variants_of_an_expected_name_take_one_place_in_the_table() -> None
         announce(discovered, garage)
         await settle(discovered)  # timed out once
         ANSWERING.add(garage)
-        questions = 0
-        while not found and questions < 5:
-            discovered.ask_again()
-            questions += 1
-            await settle(discovered)
-        return questions
+        return await questions_until_found(discovered, found, 5)
 
     assert asyncio.run(scenario()) == 1
     assert found == [{PEER: [("192.168.7.3", 51820)]}]
 
 
-def test_a_neighbour_squatting_an_expected_name_leaves_the_renamed_peer_unprotected() -> None:
+def test_the_peer_is_expected_by_its_rename_when_a_neighbour_took_its_name() -> None:
     # zeroconf renames a service whose name is in its cache already (allow_name_change):
     # "nas" becomes "nas-2". Anyone who announces "nas" before the peer's mDNS starts (every
     # roam restarts it) makes it so, and expect(["nas"]) protected the squatter's name (first
@@ -321,16 +360,10 @@ def test_a_neighbour_squatting_an_expected_name_leaves_the_renamed_peer_unprotec
         announce(discovered, REAL, renamed)  # the squatter's "nas", then the peer's "nas-2"
         await settle(discovered)
         ANSWERING.add(renamed)
-        questions, start = 0, 0
-        while not found and questions < 5:
-            for _ in range(MAX_SERVICE_NAMES // MAX_PENDING_RESOLVES):
-                announce(discovered, *junk(MAX_PENDING_RESOLVES, start))
-                start += MAX_PENDING_RESOLVES
-                await settle(discovered)
-            discovered.ask_again()
-            questions += 1
-            await settle(discovered)
-        return questions
+        flood = Flood(discovered, lambda n: f"junk{n}.{lan.SERVICE_TYPE}", 0)
+        return await questions_until_found(
+            discovered, found, 5, lambda: flood.send(MAX_SERVICE_NAMES)
+        )
 
     assert asyncio.run(scenario()) == 1
 
@@ -341,18 +374,10 @@ def test_made_up_renames_of_an_expected_name_never_hold_the_whole_table() -> Non
     # oldest expected ones first (the peer's own rename, made before the flood of others).
     found: list[Sightings] = []
     printer = f"printer.{lan.SERVICE_TYPE}"
-    renamed = f"nas-2.{lan.SERVICE_TYPE}"
 
     async def scenario() -> int:
-        discovered = discovery(found)
-        discovered.expect(["nas"])
-        announce(discovered, renamed)
-        await settle(discovered)
-        ANSWERING.add(renamed)
-        for start in range(3, 3 + MAX_SERVICE_NAMES, MAX_PENDING_RESOLVES):
-            names = [f"nas-{n}.{lan.SERVICE_TYPE}" for n in range(start, start + 16)]
-            announce(discovered, *names)
-            await settle(discovered)
+        discovered = await renamed_peer(found)
+        await Flood(discovered, rename, 3).send(MAX_SERVICE_NAMES)
         announce(discovered, printer)
         await settle(discovered)
         assert printer in discovered._unresolved  # a full table made room for it
@@ -373,25 +398,16 @@ def test_renames_made_up_after_the_peers_failed_rename_cannot_starve_it() -> Non
     # untried renames took every retry ahead of the peer's, at every question: expected
     # names went by fewest failures, and a made-up name has none until it is tried.
     found: list[Sightings] = []
-    renamed = f"nas-2.{lan.SERVICE_TYPE}"
 
     async def scenario() -> int:
-        discovered = discovery(found)
-        discovered.expect(["nas"])
-        announce(discovered, renamed)
-        await settle(discovered)  # timed out, once
-        ANSWERING.add(renamed)
-        questions, number = 0, 3
-        while not found and questions < 10:
-            made_up = range(number, number + 2 * MAX_PENDING_RESOLVES)
-            announce(discovered, *[f"nas-{n}.{lan.SERVICE_TYPE}" for n in made_up])
-            number += 2 * MAX_PENDING_RESOLVES
-            await settle(discovered)
-            discovered.ask_again()
-            questions += 1
-            await settle(discovered)
+        discovered = await renamed_peer(found)
+        flood = Flood(discovered, rename, 3)
+
+        async def made_up() -> None:
             assert len(discovered._unresolved) <= MAX_SERVICE_NAMES
-        return questions
+            await flood.send(2 * MAX_PENDING_RESOLVES, burst=2 * MAX_PENDING_RESOLVES)
+
+        return await questions_until_found(discovered, found, 10, made_up)
 
     assert asyncio.run(scenario()) <= 2
     assert found == [{PEER: [("192.168.7.3", 51820)]}]
@@ -410,14 +426,10 @@ def test_made_up_renames_of_one_expected_peer_leave_other_names_their_retries() 
         announce(discovered, other)
         await settle(discovered)
         ANSWERING.add(other)
-        announce(discovered, *[f"nas-{n}.{lan.SERVICE_TYPE}" for n in range(2, 34)])
-        await settle(discovered)
-        questions = 0
-        while not found and questions < 5:
-            discovered.ask_again()
-            questions += 1
-            await settle(discovered)
-        return questions
+        await Flood(discovered, rename, 2).send(
+            2 * MAX_PENDING_RESOLVES, burst=2 * MAX_PENDING_RESOLVES
+        )
+        return await questions_until_found(discovered, found, 5)
 
     assert asyncio.run(scenario()) == 1
     assert found == [{PEER: [("192.168.7.3", 51820)]}]
