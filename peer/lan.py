@@ -150,11 +150,8 @@ class LanDiscovery:
         """One more multicast question for our service type (neighbours.py says when). The
         services we already know go with it as known answers (RFC 6762 §7.1): only the others
         answer. What answers reaches the browser as any announcement does. Names known and not
-        resolved yet are resolved again, MAX_PENDING_RESOLVES at most: the services of the
-        peers we `expect` first, then the ones that failed least, the newest of those first.
-        A flood sent before a name cannot keep it waiting, nor can names that keep coming
-        after an expected peer's. Their own budget: a neighbour that keeps the
-        announcements' resolves in flight cannot stop these."""
+        resolved yet are resolved again (`_retries` says which), with a budget of their own:
+        a neighbour that keeps the announcements' resolves in flight cannot stop these."""
         if self._zeroconf is None:
             return
         zc = self._zeroconf.zeroconf
@@ -174,9 +171,11 @@ class LanDiscovery:
         """What one question resolves again: MAX_PENDING_RESOLVES names, half of them kept
         for each group while it has names waiting. Renames anyone can make up of a single
         expected peer took every retry, and no other name was tried again."""
-        waiting = [name for name in self._retry_order() if name not in self._resolving]
-        expected = [name for name in waiting if self._is_expected(name)]
-        others = [name for name in waiting if not self._is_expected(name)]
+        expected: list[str] = []
+        others: list[str] = []
+        for name in self._retry_order():
+            if name not in self._resolving:
+                (expected if self._is_expected(name) else others).append(name)
         half = MAX_PENDING_RESOLVES // 2
         return (expected[:half] + others[:half] + expected[half:] + others[half:])[
             :MAX_PENDING_RESOLVES
@@ -275,8 +274,8 @@ class LanDiscovery:
             info = AsyncServiceInfo(SERVICE_TYPE, name)
             if not await info.async_request(self._zeroconf.zeroconf, RESOLVE_TIMEOUT_MS):
                 if name in self._unresolved:  # not answered: still unresolved
+                    # Kept again as the newest: expected names take turns (`_retry_order`).
                     failures = self._unresolved.pop(name) + 1
-                    # An expected name goes behind the others: they take turns (`_retry_order`).
                     self._unresolved[name] = failures
                 return
         except zeroconf.Error as error:  # a name zeroconf itself will not ask about

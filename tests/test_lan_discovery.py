@@ -98,15 +98,20 @@ def rename(number: int) -> str:
     return f"nas-{number}.{lan.SERVICE_TYPE}"
 
 
-async def renamed_peer(found: list[Sightings]) -> LanDiscovery:
-    """Discovery expecting the peer "nas", whose service goes by "nas-2" (its name was
-    taken) and timed out once; it answers from now on."""
+async def expecting_nas(found: list[Sightings], *names: str, answering: str) -> LanDiscovery:
+    """Discovery expecting the peer "nas": `names` announced, each timed out once, and the
+    one `answering` answers from now on."""
     discovered = discovery(found)
     discovered.expect(["nas"])
-    announce(discovered, rename(2))
+    announce(discovered, *names)
     await settle(discovered)
-    ANSWERING.add(rename(2))
+    ANSWERING.add(answering)
     return discovered
+
+
+async def renamed_peer(found: list[Sightings]) -> LanDiscovery:
+    """... whose service goes by "nas-2": its name was taken."""
+    return await expecting_nas(found, rename(2), answering=rename(2))
 
 
 class Flood:
@@ -352,14 +357,10 @@ def test_the_peer_is_expected_by_its_rename_when_a_neighbour_took_its_name() -> 
     # exactly as before expect() existed (an outside review; 5 questions, not found). A
     # rename of an expected name is expected too.
     found: list[Sightings] = []
-    renamed = f"nas-2.{lan.SERVICE_TYPE}"
 
     async def scenario() -> int:
-        discovered = discovery(found)
-        discovered.expect(["nas"])
-        announce(discovered, REAL, renamed)  # the squatter's "nas", then the peer's "nas-2"
-        await settle(discovered)
-        ANSWERING.add(renamed)
+        # The squatter's "nas", then the peer's "nas-2".
+        discovered = await expecting_nas(found, REAL, rename(2), answering=rename(2))
         flood = Flood(discovered, lambda n: f"junk{n}.{lan.SERVICE_TYPE}", 0)
         return await questions_until_found(
             discovered, found, 5, lambda: flood.send(MAX_SERVICE_NAMES)
@@ -421,11 +422,7 @@ def test_made_up_renames_of_one_expected_peer_leave_other_names_their_retries() 
     other = f"tv.{lan.SERVICE_TYPE}"
 
     async def scenario() -> int:
-        discovered = discovery(found)
-        discovered.expect(["nas"])
-        announce(discovered, other)
-        await settle(discovered)
-        ANSWERING.add(other)
+        discovered = await expecting_nas(found, other, answering=other)
         await Flood(discovered, rename, 2).send(
             2 * MAX_PENDING_RESOLVES, burst=2 * MAX_PENDING_RESOLVES
         )
